@@ -1,0 +1,5 @@
+import sys
+
+from pqcfs.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command line: one module per subcommand; exit codes only here."""

@@ -1,0 +1,36 @@
+"""Exit codes. Scripts rely on these: never renumber, only add (docs/cli.md lists them)."""
+
+from pqcfs import errors
+
+OK = 0
+ERROR = 1            # anything not listed below
+USAGE = 2            # bad command line (argparse)
+NOT_A_VAULT = 3      # location missing or holds no vault
+UNSUPPORTED = 4      # newer or unknown format version or feature
+DAMAGED = 5          # a structure is damaged or failed authentication
+WRONG_KEY = 6        # wrong passphrase, recovery code or identity
+DRIVE = 7            # drive missing, not removable, or two locations on one drive
+MOUNT = 8            # mountpoint missing, not a directory, busy, or already mounted
+NO_SPACE = 9         # a drive is full
+CRYPTO = 10          # ciphertext failed authentication (corruption or tampering)
+PARAMETERS = 11      # KDF parameters outside the accepted range
+INTERRUPTED = 130    # Ctrl-C
+
+_BY_EXCEPTION = [
+    (errors.WrongKey, WRONG_KEY),
+    (errors.NotAVault, NOT_A_VAULT),
+    (errors.UnsupportedVersion, UNSUPPORTED),
+    (errors.DamagedStructure, DAMAGED),
+    (errors.ParameterError, PARAMETERS),
+    (errors.DriveError, DRIVE),
+    (errors.MountError, MOUNT),
+    (errors.NoSpace, NO_SPACE),
+    (errors.CryptoError, CRYPTO),
+]
+
+
+def for_exception(exc: BaseException) -> int:
+    for cls, code in _BY_EXCEPTION:
+        if isinstance(exc, cls):
+            return code
+    return ERROR

@@ -1,0 +1,62 @@
+"""pqcfs init PRIMARY [BACKUP...]"""
+
+from __future__ import annotations
+
+import os
+
+from pqcfs import vault as vault_mod
+from pqcfs.cli import options, secrets
+from pqcfs.crypto import kem
+from pqcfs.crypto.kdf import SALT_LEN, Argon2Params, calibrate
+from pqcfs.format import slots
+from pqcfs.format.identity import PublicIdentity
+from pqcfs.store import devices
+
+
+def add_kdf_options(p) -> None:
+    p.add_argument("--kdf-time", type=float, default=1.0, metavar="SECONDS",
+                   help="calibrate Argon2id to take about this long here (default 1)")
+    p.add_argument("--kdf-memory", type=int, metavar="MIB", help="fixed Argon2id memory instead of calibrating")
+    p.add_argument("--kdf-iterations", type=int, default=3, metavar="N", help="with --kdf-memory (default 3)")
+
+
+def kdf_from_args(args) -> Argon2Params:
+    if args.kdf_memory:
+        params = Argon2Params(args.kdf_memory * 1024, args.kdf_iterations, 2, os.urandom(SALT_LEN))
+        params.validate()
+        return params
+    return calibrate(args.kdf_time)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("init", help="create a vault on a primary and backup drive")
+    p.add_argument("primary")
+    p.add_argument("backups", nargs="*", metavar="BACKUP")
+    p.add_argument("--suite", default=kem.DEFAULT_SUITE, choices=sorted(kem.SUITES))
+    p.add_argument("--block-size", type=int, default=vault_mod.DEFAULT_BLOCK_SIZE,
+                   choices=(4096, 8192, 16384, 32768, 65536))
+    p.add_argument("--owner", metavar="PUBFILE", help="also add an identity slot for this public key")
+    p.add_argument("--json", action="store_true", help="print the result (with the recovery code) as JSON")
+    options.add_secret_options(p)
+    options.add_drive_options(p)
+    add_kdf_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    locations = [args.primary, *args.backups]
+    infos = devices.check_locations(locations, args.allow_fixed, args.allow_same_device)
+    owner = None
+    if args.owner:
+        with open(args.owner) as f:
+            owner = PublicIdentity.decode(f.read())
+    passphrase = secrets.passphrase(args.passfile, args.extpass, "New vault passphrase", confirm=True)
+    vault, code = vault_mod.create(locations, passphrase=passphrase, kdf=kdf_from_args(args),
+                                   suite=args.suite, block_size=args.block_size, identity=owner,
+                                   drive_infos=infos)
+    shown = slots.format_recovery_code(code)
+    doc = {"vault_id": vault.header.vault_id.hex(), "replicas": locations, "recovery_code": shown}
+    options.emit(args, doc, (
+        f"Created vault {vault.header.vault_id.hex()} on {', '.join(locations)}\n\n"
+        f"Recovery code (shown once; write it down and keep it away from the drives):\n\n    {shown}\n"))
+    return 0

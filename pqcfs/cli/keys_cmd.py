@@ -1,0 +1,89 @@
+"""pqcfs keys list|add|remove and pqcfs passwd: key slots, no data re-encrypted."""
+
+from __future__ import annotations
+
+from pqcfs import vault as vault_mod
+from pqcfs.cli import options, secrets
+from pqcfs.cli.init_cmd import add_kdf_options, kdf_from_args
+from pqcfs.errors import PqcfsError
+from pqcfs.format import slots
+from pqcfs.format.identity import PublicIdentity
+
+
+def _common(p) -> None:
+    p.add_argument("vault")
+    options.add_unlock_options(p)
+    options.add_replica_options(p)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("keys", help="list, add and remove key slots")
+    ksub = p.add_subparsers(dest="keys_cmd", required=True)
+    ls = ksub.add_parser("list", help="list key slots (no unlock needed)")
+    ls.add_argument("vault")
+    ls.add_argument("--json", action="store_true")
+    add = ksub.add_parser("add", help="add a passphrase, identity or recovery-code slot")
+    _common(add)
+    what = add.add_mutually_exclusive_group(required=True)
+    what.add_argument("--passphrase", action="store_true", help="add a passphrase slot")
+    what.add_argument("--public-key", metavar="PUBFILE", help="add a slot for this identity's public key")
+    what.add_argument("--recovery-code", action="store_true", help="add a new recovery code (printed once)")
+    add.add_argument("--new-passfile", metavar="FILE", help="the new passphrase (else asked for)")
+    add.add_argument("--label", default="", help="a label for an identity slot")
+    add.add_argument("--json", action="store_true")
+    add_kdf_options(add)
+    rm = ksub.add_parser("remove", help="remove a key slot")
+    _common(rm)
+    rm.add_argument("slot", type=int)
+    p.set_defaults(func=run)
+
+    pw = sub.add_parser("passwd", help="change a passphrase (the slot that unlocks, or --slot)")
+    _common(pw)
+    pw.add_argument("--slot", type=int, help="the passphrase slot to change")
+    pw.add_argument("--new-passfile", metavar="FILE", help="the new passphrase (else asked for)")
+    add_kdf_options(pw)
+    pw.set_defaults(func=run_passwd)
+
+
+def _new_passphrase(args) -> bytes:
+    if args.new_passfile:
+        return secrets.from_file(args.new_passfile)
+    return secrets.prompt("New passphrase", confirm=True)
+
+
+def run(args) -> int:
+    if args.keys_cmd == "list":
+        header, _, _ = vault_mod.read_header(args.vault)
+        doc = [{"id": s["id"], "type": s["type"], "description": slots.describe(s)} for s in header.slots]
+        options.emit(args, {"slots": doc}, "\n".join(f"{s['id']}: {s['description']}" for s in doc))
+        return 0
+    vault = options.unlock(args)
+    if args.keys_cmd == "remove":
+        vault.remove_slot(args.slot)
+        print(f"removed key slot {args.slot}")
+        return 0
+    if args.passphrase:
+        slot_id = vault.add_passphrase(_new_passphrase(args), kdf_from_args(args))
+        options.emit(args, {"slot": slot_id}, f"added passphrase slot {slot_id}")
+    elif args.public_key:
+        with open(args.public_key) as f:
+            public = PublicIdentity.decode(f.read())
+        slot_id = vault.add_identity(public, args.label)
+        options.emit(args, {"slot": slot_id}, f"added identity slot {slot_id} for {public.fingerprint}")
+    else:
+        slot_id, code = vault.add_recovery()
+        shown = slots.format_recovery_code(code)
+        options.emit(args, {"slot": slot_id, "recovery_code": shown},
+                     f"added recovery slot {slot_id}; the code (shown once):\n\n    {shown}\n")
+    return 0
+
+
+def run_passwd(args) -> int:
+    vault: vault_mod.UnlockedVault = options.unlock(args)
+    slot_id = args.slot or vault.slot_id
+    slot = next((s for s in vault.header.slots if s["id"] == slot_id), None)
+    if slot is None or slot["type"] != slots.PASSPHRASE:
+        raise PqcfsError(f"key slot {slot_id} is not a passphrase slot (use --slot N)")
+    vault.change_passphrase(slot_id, _new_passphrase(args), kdf_from_args(args))
+    print(f"passphrase of key slot {slot_id} changed")
+    return 0

@@ -1,0 +1,41 @@
+"""Entry point: parse, dispatch, and turn domain errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pqcfs import __version__
+from pqcfs.cli import exitcodes, identity_cmd, info_cmd, init_cmd, keys_cmd
+from pqcfs.errors import PqcfsError
+from pqcfs.format.names import InvalidName
+
+COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pqcfs", description="Post-quantum encrypted, mirrored file system.")
+    parser.add_argument("--version", action="version", version=f"pqcfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("pqcfs: interrupted", file=sys.stderr)
+        return exitcodes.INTERRUPTED
+    except (PqcfsError, InvalidName) as e:
+        print(f"pqcfs: {e}", file=sys.stderr)
+        return exitcodes.for_exception(e)
+    except OSError as e:
+        print(f"pqcfs: {e.filename or ''}: {e.strerror}" if e.filename else f"pqcfs: {e.strerror}", file=sys.stderr)
+        return exitcodes.ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

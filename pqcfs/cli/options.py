@@ -1,0 +1,110 @@
+"""Options several subcommands share: unlocking, finding replicas, drive checks, config paths."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from pqcfs import vault as vault_mod
+from pqcfs.cli import secrets
+from pqcfs.errors import DriveError, NotAVault, PqcfsError
+from pqcfs.format import identity as identity_fmt
+from pqcfs.format import slots
+from pqcfs.vault import Credentials
+
+
+def config_dir() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "pqcfs")
+
+
+def default_identity_path() -> str:
+    return os.path.join(config_dir(), "identity.json")
+
+
+def add_secret_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--passfile", metavar="FILE", help="read the passphrase from the first line of FILE")
+    p.add_argument("--extpass", metavar="CMD", help="run CMD and read the passphrase from its first line")
+
+
+def add_unlock_options(p: argparse.ArgumentParser) -> None:
+    add_secret_options(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--identity", nargs="?", const=default_identity_path(), metavar="FILE",
+                       help="unlock with an identity (default: %(const)s); the passphrase is the identity's")
+    group.add_argument("--recovery", action="store_true", help="unlock with the recovery code (asked for)")
+    group.add_argument("--recovery-code-file", metavar="FILE", help="unlock with the recovery code in FILE")
+
+
+def add_replica_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backup", metavar="PATH", help="the backup replica (default: found from the vault header)")
+
+
+def add_drive_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-fixed", action="store_true",
+                   help="allow locations that are not on removable drives (internal disks, tests)")
+    p.add_argument("--allow-same-device", action="store_true",
+                   help="allow replicas on the same device (tests only: a mirror on one drive protects nothing)")
+
+
+def load_identity(path: str, passphrase: bytes) -> identity_fmt.Identity:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise PqcfsError(f"no identity at {path} (create one with `pqcfs identity new`)") from None
+    return identity_fmt.decode_file(data, passphrase)
+
+
+def credentials(args) -> Credentials:
+    if getattr(args, "identity", None):
+        pw = secrets.passphrase(args.passfile, args.extpass, f"Passphrase for identity {args.identity}")
+        return Credentials(identity=load_identity(args.identity, pw))
+    if getattr(args, "recovery_code_file", None):
+        return Credentials(recovery_code=slots.parse_recovery_code(secrets.from_file(args.recovery_code_file).decode()))
+    if getattr(args, "recovery", False):
+        return Credentials(recovery_code=slots.parse_recovery_code(secrets.prompt("Recovery code", False).decode()))
+    return Credentials(passphrase=secrets.passphrase(args.passfile, args.extpass, "Vault passphrase"))
+
+
+def replica_locations(primary: str, backup: str | None, require_all: bool) -> list[str]:
+    """The primary plus every other replica the header names that can be found."""
+    header, _, _ = vault_mod.read_header(primary)
+    found = [primary]
+    if backup:
+        _same_vault(backup, header.vault_id)
+        return found + [backup]
+    primary_real = os.path.realpath(primary)
+    for replica in header.replicas:
+        hint = replica.get("path_hint")
+        if not hint or os.path.realpath(hint) == primary_real:
+            continue
+        try:
+            _same_vault(hint, header.vault_id)
+            found.append(hint)
+        except (NotAVault, DriveError):
+            if require_all:
+                raise DriveError(f"replica {replica['id']} ({replica['role']}, last seen at {hint}) is not "
+                                 "plugged in; connect it or name it with --backup") from None
+    return found
+
+
+def _same_vault(location: str, vault_id: bytes) -> None:
+    other, _, _ = vault_mod.read_header(location)
+    if other.vault_id != vault_id:
+        raise DriveError(f"{location} holds a different vault")
+
+
+def unlock(args, require_all: bool = True) -> vault_mod.UnlockedVault:
+    locations = replica_locations(args.vault, getattr(args, "backup", None), require_all)
+    return vault_mod.unlock(locations, credentials(args))
+
+
+def emit(args, data: dict, text: str) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -1,0 +1,1 @@
+"""Pure cryptography: bytes in, bytes out. No pyfuse3, no trio, no file system."""

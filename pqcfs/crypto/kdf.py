@@ -1,0 +1,110 @@
+"""Key derivation: HKDF purpose keys with named labels, Argon2id for passphrases.
+
+Every label is a constant here, so `docs/format.md` and the code can be checked against
+each other by reading one file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pqcfs.errors import ParameterError
+
+# HKDF info labels. One key, one purpose: a new use gets a new label, never a reused one.
+LABEL_NAME = b"pqcfs name v1"             # AES-SIV name encryption (64-byte key)
+LABEL_WRAP = b"pqcfs override wrap v1"    # AES-SIV override wrapping (64-byte key)
+LABEL_CONTENT = b"pqcfs content v1"       # AES-256-GCM content blocks
+LABEL_META = b"pqcfs meta v1"             # AES-256-GCM node metadata and xattrs
+LABEL_HEADER_MAC = b"pqcfs header mac v1"  # HMAC-SHA256 over the vault header
+LABEL_STATE_MAC = b"pqcfs state mac v1"    # HMAC-SHA256 over replica state
+LABEL_AUDIT = b"pqcfs audit v1"            # audit log chain key (reserved)
+LABEL_SLOT_KEM = b"pqcfs slot kem v1"      # identity slot KEK from the KEM secret
+LABEL_SLOT_RECOVERY = b"pqcfs slot recovery v1"  # recovery-code slot KEK
+LABEL_NODE = b"pqcfs node"                 # HMAC prefix of the node-key tree
+
+
+def hkdf(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+# Argon2id bounds. The floor stops a tampered header from downgrading the KDF; the
+# ceiling stops it from making unlock eat all memory or hang.
+FLOOR = {"memory_kib": 19 * 1024, "iterations": 2, "lanes": 1}
+CEILING = {"memory_kib": 4 * 1024 * 1024, "iterations": 64, "lanes": 16}
+# The one test-only switch: tests set it to make Argon2id (and calibration) cheap.
+TEST_SWITCH = "PQCFS_INSECURE_FAST_KDF"
+TEST_PARAMS = {"memory_kib": 64, "iterations": 1, "lanes": 1}
+SALT_LEN = 16
+
+
+def insecure_fast_kdf() -> bool:
+    return os.environ.get(TEST_SWITCH) == "1"
+
+
+@dataclass(frozen=True)
+class Argon2Params:
+    memory_kib: int
+    iterations: int
+    lanes: int
+    salt: bytes
+
+    def to_dict(self) -> dict:
+        return {"alg": "argon2id", "memory_kib": self.memory_kib,
+                "iterations": self.iterations, "lanes": self.lanes, "salt": self.salt.hex()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Argon2Params":
+        if d.get("alg") != "argon2id":
+            raise ParameterError(f"unsupported passphrase KDF {d.get('alg')!r}")
+        try:
+            p = cls(int(d["memory_kib"]), int(d["iterations"]), int(d["lanes"]),
+                    bytes.fromhex(d["salt"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ParameterError(f"malformed KDF parameters: {e}") from None
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        floor = TEST_PARAMS if insecure_fast_kdf() else FLOOR
+        for field in ("memory_kib", "iterations", "lanes"):
+            value = getattr(self, field)
+            if value < floor[field]:
+                raise ParameterError(f"KDF {field}={value} is below the floor {floor[field]}")
+            if value > CEILING[field]:
+                raise ParameterError(f"KDF {field}={value} is above the ceiling {CEILING[field]}")
+        if len(self.salt) != SALT_LEN:
+            raise ParameterError("KDF salt must be 16 bytes")
+
+
+def argon2id(secret: bytes, params: Argon2Params, length: int = 32) -> bytes:
+    params.validate()
+    return hash_secret_raw(secret, params.salt, time_cost=params.iterations,
+                           memory_cost=params.memory_kib, parallelism=params.lanes,
+                           hash_len=length, type=Type.ID)
+
+
+def calibrate(target_seconds: float = 1.0, lanes: int = 2) -> Argon2Params:
+    """Pick Argon2id parameters that take about target_seconds here (LUKS-style)."""
+    salt = os.urandom(SALT_LEN)
+    if insecure_fast_kdf():
+        return Argon2Params(salt=salt, **TEST_PARAMS)
+    memory_kib, iterations = 64 * 1024, 2
+    start = time.perf_counter()
+    hash_secret_raw(b"calibration", salt, time_cost=iterations, memory_cost=memory_kib,
+                    parallelism=lanes, hash_len=32, type=Type.ID)
+    elapsed = max(time.perf_counter() - start, 1e-3)
+    # Spend the budget on memory first (what hurts attackers most), up to 1 GiB, then time.
+    scale = target_seconds / elapsed
+    memory_kib = int(min(memory_kib * scale, 1024 * 1024))
+    memory_kib = max(memory_kib, FLOOR["memory_kib"])
+    spent = elapsed * memory_kib / (64 * 1024)
+    if spent < target_seconds:
+        iterations = max(2, int(iterations * target_seconds / spent))
+    iterations = min(iterations, CEILING["iterations"])
+    return Argon2Params(memory_kib=memory_kib, iterations=iterations, lanes=lanes, salt=salt)

@@ -1,0 +1,41 @@
+"""Domain exceptions. errno is chosen at the FUSE boundary, exit codes at the CLI boundary."""
+
+
+class PqcfsError(Exception):
+    """Base of every error pqcfs raises on purpose."""
+
+
+class CryptoError(PqcfsError):
+    """A ciphertext, tag or key failed to authenticate."""
+
+
+class WrongKey(PqcfsError):
+    """No key slot opened with the key material that was offered."""
+
+
+class NotAVault(PqcfsError):
+    """The location holds no pqcfs vault."""
+
+
+class UnsupportedVersion(PqcfsError):
+    """The vault or structure was written by a newer (or retired) format version."""
+
+
+class DamagedStructure(PqcfsError):
+    """A persisted structure is malformed or fails its checksum."""
+
+
+class ParameterError(PqcfsError):
+    """KDF or format parameters out of the accepted range (downgrade or DoS guard)."""
+
+
+class DriveError(PqcfsError):
+    """A drive is missing, not removable, or two locations are the same drive."""
+
+
+class MountError(PqcfsError):
+    """A mountpoint is missing, busy, or the vault is already mounted."""
+
+
+class NoSpace(PqcfsError):
+    """A drive ran out of space."""

@@ -1,0 +1,1 @@
+"""Pure persisted formats: bytes in, bytes out. Every structure carries its version."""

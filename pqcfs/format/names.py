@@ -1,0 +1,90 @@
+"""Encrypted names that survive exFAT and FAT32.
+
+c_name = base32-lowercase-unpadded(AES-SIV(name_key(dir), pad16(p_name), ad=[dir_id]))
+
+Lowercase base32 uses only [a-z2-7]: valid on every USB file system, and injective even on
+case-insensitive ones, so two plaintext names can never collide on the drive. Every name
+pqcfs reserves for itself contains a dot, which base32 never produces. A c_name longer
+than MAX_SHORT becomes "l." + base32(SHA-256(c_name)) and its full form is kept in a
+sidecar "<that>.n" (like gocryptfs' longname files).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from pqcfs.crypto import aead
+from pqcfs.crypto.keys import NodeKeys
+from pqcfs.errors import CryptoError, DamagedStructure
+
+PAD = 16
+MAX_P_NAME = 255
+MAX_SHORT = 240          # leaves room for the ".x"/".n" sidecar suffixes under 255
+LONG_PREFIX = "l."
+LONG_SUFFIX = ".n"
+XATTR_SUFFIX = ".x"
+DIR_ID_NAME = "d.id"
+OVERRIDES_NAME = "d.ov"
+TEMP_PREFIX = "t."
+
+
+class InvalidName(ValueError):
+    """A plaintext name the file system can not hold (empty, '.', '..', '/', NUL, too long)."""
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+def _unb32(text: str) -> bytes:
+    upper = text.upper()
+    try:
+        return base64.b32decode(upper + "=" * (-len(upper) % 8))
+    except (ValueError, base64.binascii.Error):
+        raise DamagedStructure(f"not an encrypted name: {text!r}") from None
+
+
+def check_p_name(p_name: bytes) -> None:
+    if not p_name or p_name in (b".", b"..") or b"/" in p_name or b"\0" in p_name:
+        raise InvalidName(p_name)
+    if len(p_name) > MAX_P_NAME:
+        raise InvalidName(p_name)
+
+
+def encrypt_name(dir_keys: NodeKeys, p_name: bytes) -> str:
+    """The full (possibly long) encrypted form of p_name inside the directory."""
+    check_p_name(p_name)
+    pad = PAD - len(p_name) % PAD
+    sealed = aead.siv_seal(dir_keys.name_key, p_name + bytes([pad]) * pad, [dir_keys.node_id])
+    return _b32(sealed)
+
+
+def decrypt_name(dir_keys: NodeKeys, full_c_name: str) -> bytes:
+    padded = aead.siv_open(dir_keys.name_key, _unb32(full_c_name), [dir_keys.node_id])
+    pad = padded[-1] if padded else 0
+    if not 1 <= pad <= PAD or padded[-pad:] != bytes([pad]) * pad:
+        raise CryptoError("bad name padding")
+    p_name = padded[:-pad]
+    check_p_name(p_name)
+    return p_name
+
+
+def on_disk_name(full_c_name: str) -> str:
+    """The directory entry name for a full c_name (short names are used as they are)."""
+    if len(full_c_name) <= MAX_SHORT:
+        return full_c_name
+    return LONG_PREFIX + _b32(hashlib.sha256(full_c_name.encode("ascii")).digest())
+
+
+def is_long(disk_name: str) -> bool:
+    return disk_name.startswith(LONG_PREFIX) and "." not in disk_name[len(LONG_PREFIX):]
+
+
+def is_entry(disk_name: str) -> bool:
+    """True for names that stand for a plaintext entry (not pqcfs' own files)."""
+    return "." not in disk_name or is_long(disk_name)
+
+
+def long_name_matches(disk_name: str, full_c_name: str) -> bool:
+    return on_disk_name(full_c_name) == disk_name

@@ -1,0 +1,55 @@
+"""Replica state (pqcfs.state): one per replica, never copied between them.
+
+  canonical JSON {"format":1,"vault_id","replica_id","generation","clean"} + "\n"
+  + hex(HMAC-SHA256(state_mac_key, that JSON))
+
+The generation counter rises with every mount session that changes the replica; the MAC
+(key from the root key) stops anyone without the key from faking a newer generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import asdict, dataclass
+
+from pqcfs.crypto.kdf import LABEL_STATE_MAC, hkdf
+from pqcfs.errors import DamagedStructure, UnsupportedVersion
+
+FILE_NAME = "pqcfs.state"
+VERSION = 1
+READABLE_VERSIONS = {1}
+
+
+@dataclass
+class ReplicaState:
+    vault_id: str
+    replica_id: str
+    generation: int = 0
+    clean: bool = True
+    format: int = VERSION
+
+
+def _mac(root_key: bytes, body: bytes) -> str:
+    return hmac.new(hkdf(root_key, LABEL_STATE_MAC), body, hashlib.sha256).hexdigest()
+
+
+def encode(state: ReplicaState, root_key: bytes) -> bytes:
+    body = json.dumps(asdict(state), sort_keys=True, separators=(",", ":")).encode()
+    return body + b"\n" + _mac(root_key, body).encode() + b"\n"
+
+
+def decode(data: bytes, root_key: bytes | None) -> ReplicaState:
+    """Parse; verify the MAC when the root key is known (info shows it unverified)."""
+    try:
+        body, mac = data.rstrip(b"\n").split(b"\n")
+        fields = json.loads(body)
+        state = ReplicaState(**fields)
+    except (ValueError, TypeError):
+        raise DamagedStructure("replica state is malformed") from None
+    if state.format not in READABLE_VERSIONS:
+        raise UnsupportedVersion(f"replica state format {state.format} is not supported")
+    if root_key is not None and not hmac.compare_digest(_mac(root_key, body).encode(), mac):
+        raise DamagedStructure("replica state failed authentication")
+    return state

@@ -1,0 +1,107 @@
+"""The vault header (pqcfs.vault), identical on every replica.
+
+  magic "PQCFSVLT" (8) | version u16be | body length u32be | body (canonical JSON, UTF-8)
+  | checksum BLAKE3-256(all preceding bytes) (32) | mac HMAC-SHA256(header_mac_key, same) (32)
+
+The checksum lets `pqcfs info` and unlock tell accidental damage apart from a wrong
+passphrase before any key is known; the MAC, checked right after unlock, makes the whole
+header (slots, KDF parameters, suite, grants, replicas) tamper-evident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from dataclasses import dataclass, field
+
+import blake3
+
+from pqcfs.crypto.kdf import LABEL_HEADER_MAC, hkdf
+from pqcfs.errors import DamagedStructure, NotAVault, UnsupportedVersion
+
+MAGIC = b"PQCFSVLT"
+VERSION = 1                 # the version this code writes
+READABLE_VERSIONS = {1}     # the versions this code reads
+KNOWN_FEATURES: frozenset[str] = frozenset()
+FILE_NAME = "pqcfs.vault"
+_PREFIX = struct.Struct(">8sHI")
+_DIGEST = 32
+MAX_BODY = 1 << 20
+
+
+@dataclass
+class VaultHeader:
+    vault_id: bytes
+    suite: str
+    block_size: int
+    created: str
+    slots: list[dict] = field(default_factory=list)
+    grants: list[dict] = field(default_factory=list)
+    replicas: list[dict] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    version: int = VERSION
+
+    def body(self) -> dict:
+        return {"format": self.version, "vault_id": self.vault_id.hex(), "suite": self.suite,
+                "block_size": self.block_size, "created": self.created,
+                "features": self.features, "slots": self.slots, "grants": self.grants,
+                "replicas": self.replicas}
+
+    def next_slot_id(self) -> int:
+        return max((s["id"] for s in self.slots), default=0) + 1
+
+
+def mac_key(root_key: bytes) -> bytes:
+    return hkdf(root_key, LABEL_HEADER_MAC)
+
+
+def _signed_part(body: dict) -> bytes:
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw
+
+
+def encode(header: VaultHeader, root_key: bytes) -> bytes:
+    signed = _signed_part(header.body())
+    return signed + blake3.blake3(signed).digest() + hmac.new(mac_key(root_key), signed, hashlib.sha256).digest()
+
+
+def decode(data: bytes) -> tuple[VaultHeader, bytes, bytes]:
+    """Parse and checksum-verify; return (header, signed bytes, mac) for verify_mac()."""
+    if len(data) < _PREFIX.size or data[:8] != MAGIC:
+        raise NotAVault("no pqcfs vault header here")
+    _, version, length = _PREFIX.unpack_from(data)
+    if version not in READABLE_VERSIONS:
+        raise UnsupportedVersion(
+            f"vault format {version} is not supported by this pqcfs (reads {sorted(READABLE_VERSIONS)})")
+    end = _PREFIX.size + length
+    if length > MAX_BODY or len(data) != end + 2 * _DIGEST:
+        raise DamagedStructure("vault header is truncated or has trailing bytes")
+    signed, checksum, mac = data[:end], data[end:end + _DIGEST], data[end + _DIGEST:]
+    if not hmac.compare_digest(blake3.blake3(signed).digest(), checksum):
+        raise DamagedStructure("vault header is damaged (checksum mismatch)")
+    try:
+        body = json.loads(signed[_PREFIX.size:])
+        header = VaultHeader(
+            vault_id=bytes.fromhex(body["vault_id"]), suite=body["suite"],
+            block_size=int(body["block_size"]), created=body["created"],
+            slots=list(body["slots"]), grants=list(body["grants"]),
+            replicas=list(body["replicas"]), features=list(body["features"]),
+            version=int(body["format"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise DamagedStructure(f"vault header body is malformed: {e}") from None
+    if header.version != version:
+        raise DamagedStructure("vault header versions disagree")
+    unknown = set(header.features) - KNOWN_FEATURES
+    if unknown:
+        raise UnsupportedVersion(f"vault uses features this pqcfs does not know: {sorted(unknown)}")
+    if header.block_size not in (4096, 8192, 16384, 32768, 65536):
+        raise DamagedStructure(f"unsupported block size {header.block_size}")
+    if len(header.vault_id) != 16:
+        raise DamagedStructure("vault id must be 16 bytes")
+    return header, signed, mac
+
+
+def verify_mac(signed: bytes, mac: bytes, root_key: bytes) -> bool:
+    return hmac.compare_digest(hmac.new(mac_key(root_key), signed, hashlib.sha256).digest(), mac)

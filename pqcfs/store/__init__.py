@@ -1,0 +1,1 @@
+"""The only code that touches the drives: replicas, atomic writes, device checks."""
