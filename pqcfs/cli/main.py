@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from pqcfs import __version__
-from pqcfs.cli import exitcodes, identity_cmd, info_cmd, init_cmd, keys_cmd
+from pqcfs.cli import exitcodes, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
 
-COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd]
+COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 Both suites share one construction (draft-connolly-cfrg-xwing-kem): a 32-byte seed is
 expanded with SHAKE256 into the ML-KEM (d, z) seed and the X25519 private key, and the
 shared secret is SHA3-256(ss_M || ss_X || ct_X || pk_X || label). `xwing` is X-Wing
-exactly (ML-KEM-768, label "\\./\\/^\\"); `mlkem1024-x25519` swaps in ML-KEM-1024 and a
+exactly (ML-KEM-768, 6-byte label hex 5c2e2f2f5e5c); `mlkem1024-x25519` swaps in ML-KEM-1024 and a
 label of its own, so a secret from one suite can never be confused with the other's.
 """
 
@@ -41,7 +41,8 @@ class Suite:
         return self.mlkem_ct_len + X25519_LEN
 
 
-XWING = Suite("xwing", b"\\./\\/^\\", mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey, 1184, 1088)
+XWING = Suite("xwing", bytes.fromhex("5c2e2f2f5e5c"),  # the 6 bytes \.//^\
+               mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey, 1184, 1088)
 MLKEM1024_X25519 = Suite(
     "mlkem1024-x25519", b"pqcfs mlkem1024-x25519 v1",
     mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey, 1568, 1568,

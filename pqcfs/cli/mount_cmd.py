@@ -1,0 +1,110 @@
+"""pqcfs mount VAULT MOUNTPOINT and pqcfs umount MOUNTPOINT."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from pqcfs.cli import options
+from pqcfs.errors import MountError
+from pqcfs.fs import session as session_mod
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("mount", help="mount a vault (returns once the mount is ready)")
+    p.add_argument("vault", help="the primary replica")
+    p.add_argument("mountpoint")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--ro", action="store_true", help="mount read-only")
+    p.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT]",
+                   help="FUSE options, e.g. allow_other")
+    p.add_argument("--debug", action="store_true", help="log FUSE operations (never keys or names)")
+    options.add_unlock_options(p)
+    options.add_replica_options(p)
+    p.set_defaults(func=run_mount)
+    u = sub.add_parser("umount", help="unmount a vault and wait until it is written out")
+    u.add_argument("mountpoint")
+    u.set_defaults(func=run_umount)
+
+
+def _split_options(values: list[str]) -> list[str]:
+    return [o for v in values for o in v.split(",") if o]
+
+
+def run_mount(args) -> int:
+    session_mod.check_mountpoint(args.mountpoint)
+    vault = options.unlock(args)
+    session = session_mod.Session(vault, args.mountpoint, read_only=args.ro)
+    session.lock()
+    extra = _split_options(args.fuse_options)
+    level = logging.DEBUG if args.debug else logging.INFO
+    if args.foreground:
+        logging.basicConfig(level=level, format="pqcfs: %(message)s")
+        session.serve(extra)
+        return 0
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        session.unlock()  # the child holds its own copies of the lock descriptors
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read()
+        if message == b"ok":
+            return 0
+        raise MountError(message.decode(errors="replace") or "the mount daemon died before it was ready")
+    # Child: detach from the terminal, serve, report readiness through the pipe.
+    os.close(read_end)
+    os.setsid()
+    log_path = session.runtime_path[:-5] + ".log"
+    os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+    logging.basicConfig(level=level, filename=log_path, format="%(asctime)s pqcfs[%(process)d]: %(message)s")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+
+    def ready():
+        os.write(write_end, b"ok")
+        os.close(write_end)
+
+    code = 0
+    try:
+        session.serve(extra, ready)
+    except BaseException as e:  # noqa: BLE001 - the parent shows it; the daemon must exit
+        try:
+            os.write(write_end, str(e).encode())
+        except OSError:
+            pass
+        logging.getLogger(__name__).error("mount failed: %s", e)
+        code = 1
+    os._exit(code)
+
+
+def run_umount(args) -> int:
+    path = session_mod.runtime_file(args.mountpoint)
+    pid = None
+    try:
+        with open(path) as f:
+            pid = json.load(f)["pid"]
+    except (OSError, ValueError, KeyError):
+        pass
+    if not os.path.ismount(args.mountpoint):
+        raise MountError(f"{args.mountpoint} is not mounted")
+    proc = subprocess.run(["fusermount3", "-u", args.mountpoint], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MountError(proc.stderr.strip() or f"could not unmount {args.mountpoint}")
+    # Wait for the daemon to write the replica state, so the drives can be pulled after.
+    deadline = time.monotonic() + 60
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        if pid:
+            print(f"pqcfs: daemon {pid} is still finishing", file=sys.stderr)
+    return 0

@@ -1,0 +1,118 @@
+"""Reading and writing a file's plaintext through its ciphertext blocks.
+
+Layout: node header (HEADER_LEN bytes), then blocks of c_block bytes; only the last block
+may be short, and it alone carries the end-of-file flag. Every function here runs without
+a trio checkpoint, so a read-modify-write of a block is atomic with respect to other
+requests on the same node.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pqcfs.crypto.content import BlockCorrupt, ContentCipher
+from pqcfs.format.node_header import HEADER_LEN
+from pqcfs.store.replicas import MirroredFile
+
+log = logging.getLogger(__name__)
+
+
+class FileContent:
+    """Plaintext view of one node's ciphertext (shared by all its open handles)."""
+
+    def __init__(self, cipher: ContentCipher, handle: MirroredFile, size: int, on_heal=None):
+        self.cipher = cipher
+        self.handle = handle
+        self.size = size
+        self.on_heal = on_heal
+        self.B = cipher.p_block
+        self.C = cipher.c_block
+
+    def _c_off(self, index: int) -> int:
+        return HEADER_LEN + index * self.C
+
+    def _last_index(self, size: int | None = None) -> int:
+        size = self.size if size is None else size
+        return (size - 1) // self.B if size else -1
+
+    def _read_blocks(self, first: int, last: int) -> bytes:
+        """Plaintext of blocks first..last (inclusive), healing from another replica."""
+        length = (last - first + 1) * self.C
+        c_data = self.handle.pread(length, self._c_off(first))
+        try:
+            return self.cipher.open(first, c_data, self._last_index())
+        except BlockCorrupt as primary_error:
+            for replica in range(1, self.handle.replicas):
+                good = self.handle.pread(length, self._c_off(first), replica)
+                try:
+                    plain = self.cipher.open(first, good, self._last_index())
+                except BlockCorrupt:
+                    continue
+                self.handle.pwrite_one(0, good, self._c_off(first))
+                log.warning("healed blocks %d-%d of a file from replica %d", first, last, replica)
+                if self.on_heal:
+                    self.on_heal(first, last, replica)
+                return plain
+            raise primary_error
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        first, last = offset // self.B, (end - 1) // self.B
+        plain = self._read_blocks(first, last)
+        base = first * self.B
+        return plain[offset - base : end - base]
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
+        if not data:
+            return 0
+        B = self.B
+        end = offset + len(data)
+        old_size, new_size = self.size, max(self.size, end)
+        old_last = self._last_index(old_size)
+        first, last = offset // B, (end - 1) // B
+        blocks: dict[int, bytes] = {}
+
+        def block(index: int) -> bytes:
+            if index not in blocks:
+                blocks[index] = self._read_blocks(index, index)
+            return blocks[index]
+
+        # Partial blocks at either end keep the bytes this write does not cover; a gap
+        # between the old end of file and offset inside the same block reads as zeros.
+        lead = offset % B
+        head = block(first)[:lead].ljust(lead, b"\0") if lead and first <= old_last else bytes(lead)
+        tail = block(last)[end % B :] if end % B and end < old_size else b""
+        # The old last block loses its end-of-file flag (and grows to a full block) when the
+        # file now extends past it and this write does not rewrite it.
+        if 0 <= old_last < first:
+            old_tail = self._read_blocks(old_last, old_last)
+            self.size = new_size  # its flag is now "not last"
+            resealed = self.cipher.seal(old_last, old_tail.ljust(B, b"\0"), eof_at_end=False)
+            self.handle.pwrite(resealed, self._c_off(old_last))
+        plain = b"".join((head, bytes(data), tail)) if head or tail else data
+        new_last = self._last_index(new_size)
+        c_data = self.cipher.seal(first, plain, eof_at_end=(last == new_last))
+        self.handle.pwrite(c_data, self._c_off(first))
+        self.size = new_size
+        return len(data)
+
+    def truncate(self, new_size: int) -> None:
+        old_size = self.size
+        if new_size == old_size:
+            return
+        if new_size > old_size:
+            # Only the new last block is written; whole blocks between stay holes.
+            start = max(old_size, self._last_index(new_size) * self.B)
+            self.write(start, bytes(new_size - start))
+            return
+        if new_size == 0:
+            self.handle.truncate(HEADER_LEN)
+            self.size = 0
+            return
+        last = self._last_index(new_size)
+        keep = self._read_blocks(last, last)[: new_size - last * self.B]
+        self.handle.truncate(self._c_off(last))
+        self.size = new_size
+        self.handle.pwrite(self.cipher.seal(last, keep, eof_at_end=True), self._c_off(last))

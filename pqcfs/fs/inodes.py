@@ -1,0 +1,103 @@
+"""Inodes and their lookup counts.
+
+Lifecycle (pyfuse3's rules): every reply that hands an entry to the kernel (lookup,
+create, mkdir, mknod, symlink, and each readdir_reply that returns True) counts one
+lookup through `InodeTable.remember`; `forget` subtracts what the kernel says. A node is
+dropped when it has no lookups and no open handles; the root is never dropped.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+from pqcfs.crypto.content import ContentCipher
+from pqcfs.crypto.keys import NodeKeys
+from pqcfs.format.node_header import Meta
+
+
+@dataclass(eq=False)
+class Node:
+    ino: int
+    parent: "Node | None"
+    p_name: bytes
+    disk_name: str          # the entry name in the parent's ciphertext directory
+    keys: NodeKeys
+    meta: Meta
+    size: int = 0           # plaintext size of file-like nodes (we own the replica: cache it)
+    lookups: int = 0
+    opens: int = 0
+    unlinked: bool = False
+    children: dict[bytes, "Node"] = field(default_factory=dict)
+    overrides: dict[bytes, bytes] | None = None   # dirs: node id -> wrapped key (d.ov)
+    cipher: ContentCipher | None = None
+    handle: object = None   # the shared MirroredFile while any handle is open
+    xattrs: dict[bytes, bytes] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.meta.mode)
+
+    @property
+    def c_path(self) -> str:
+        """Path of this node's backing entry relative to the ciphertext tree root."""
+        parts = []
+        node = self
+        while node.parent is not None:
+            parts.append(node.disk_name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+
+class InodeTable:
+    def __init__(self, root: Node):
+        root.ino = pyfuse3.ROOT_INODE
+        root.lookups = 1
+        self._nodes: dict[int, Node] = {root.ino: root}
+        self._next = root.ino + 1
+        self.root = root
+
+    def new_ino(self) -> int:
+        ino, self._next = self._next, self._next + 1
+        return ino
+
+    def add(self, node: Node) -> Node:
+        self._nodes[node.ino] = node
+        if node.parent is not None:
+            node.parent.children[node.p_name] = node
+        return node
+
+    def __getitem__(self, ino: int) -> Node:
+        return self._nodes[ino]
+
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def remember(self, node: Node) -> None:
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._nodes.get(ino)
+        if node is None or node is self.root:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self.maybe_drop(node)
+
+    def detach(self, node: Node) -> None:
+        """The name is gone from its parent (unlink, rmdir, replaced by rename)."""
+        if node.parent is not None and node.parent.children.get(node.p_name) is node:
+            del node.parent.children[node.p_name]
+        node.unlinked = True
+        self.maybe_drop(node)
+
+    def maybe_drop(self, node: Node) -> None:
+        if node.lookups or node.opens or node is self.root:
+            return
+        self._nodes.pop(node.ino, None)
+        if node.parent is not None and node.parent.children.get(node.p_name) is node:
+            del node.parent.children[node.p_name]

@@ -1,0 +1,297 @@
+"""pyfuse3 Operations: translate kernel requests into VaultFS calls, and domain errors
+into errno, in one place (`_errors`). No handler awaits between reading and updating
+state, so each request is atomic with respect to the others on the single trio thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+
+import pyfuse3
+
+from pqcfs.crypto.content import BlockCorrupt
+from pqcfs.errors import CryptoError, DamagedStructure, NoSpace, PqcfsError
+from pqcfs.format import names
+from pqcfs.fs.inodes import Node
+from pqcfs.fs.vaultfs import Caller, FsError, VaultFS
+
+log = logging.getLogger(__name__)
+# pqcfs owns its replicas while mounted, so the kernel may cache names and attributes for
+# long: every change reaches the kernel through this mount anyway.
+ENTRY_TIMEOUT = 300
+ATTR_TIMEOUT = 300
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, FsError):
+        return exc.errno
+    if isinstance(exc, NoSpace):
+        return errno.ENOSPC
+    if isinstance(exc, (BlockCorrupt, CryptoError, DamagedStructure)):
+        return errno.EIO
+    if isinstance(exc, names.InvalidName):
+        return errno.EINVAL
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _errors(fn):
+    @functools.wraps(fn)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except (PqcfsError, OSError, names.InvalidName) as e:
+            err = _errno_of(e)
+            if err == errno.EIO:
+                log.error("%s failed: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(err) from None
+    return wrapper
+
+
+def _caller(ctx) -> Caller:
+    return Caller(uid=ctx.uid, gid=ctx.gid, umask=getattr(ctx, "umask", 0o022))
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = True
+    enable_acl = False
+
+    def __init__(self, vfs: VaultFS):
+        super().__init__()
+        self.vfs = vfs
+        self._open_dirs: dict[int, tuple[Node, list[tuple[bytes, str]]]] = {}
+        self._next_fh = 1
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        node = self.vfs.inodes.get(inode)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        return node
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        st = self.vfs.backing_stat(node) if not node.unlinked else None
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = ENTRY_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = node.meta.mode
+        a.st_nlink = 2 if node.is_dir else (0 if node.unlinked else 1)
+        a.st_uid, a.st_gid, a.st_rdev = node.meta.uid, node.meta.gid, node.meta.rdev
+        a.st_size = 4096 if node.is_dir else self.vfs.size_of(node)
+        a.st_blksize = self.vfs.block_size
+        if st is not None:
+            a.st_blocks = st.st_blocks
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        else:
+            a.st_blocks = (a.st_size + 511) // 512
+        return a
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        self.vfs.inodes.remember(node)
+        return self.attrs(node)
+
+    # --- lookup counts --------------------------------------------------------------
+
+    @_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(self.vfs.lookup(self._node(parent_inode), name))
+
+    async def forget(self, inode_list):
+        for inode, nlookup in inode_list:
+            self.vfs.inodes.forget(inode, nlookup)
+
+    # --- attributes -----------------------------------------------------------------
+
+    @_errors
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(self._node(inode))
+
+    @_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if fields.update_size:
+            self.vfs.truncate(node, attr.st_size)
+        if fields.update_mode:
+            self.vfs.set_mode(node, attr.st_mode)
+        if fields.update_uid or fields.update_gid:
+            self.vfs.set_owner(node, attr.st_uid if fields.update_uid else None,
+                               attr.st_gid if fields.update_gid else None)
+        if fields.update_atime or fields.update_mtime:
+            self.vfs.set_times(node, attr.st_atime_ns if fields.update_atime else None,
+                               attr.st_mtime_ns if fields.update_mtime else None)
+        return self.attrs(node)
+
+    @_errors
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not stat.S_ISLNK(node.meta.mode):
+            raise FsError(errno.EINVAL)
+        return self.vfs.read_all(node)
+
+    @_errors
+    async def statfs(self, ctx):
+        st = self.vfs.replicas.statvfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize, out.f_frsize = st.f_bsize, st.f_frsize
+        out.f_blocks, out.f_bfree, out.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
+        out.f_files, out.f_ffree, out.f_favail = st.f_files, st.f_ffree, st.f_favail
+        out.f_namemax = names.MAX_P_NAME
+        return out
+
+    # --- creating and removing ------------------------------------------------------
+
+    @_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx), rdev)
+        return self._entry(node)
+
+    @_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(self.vfs.mkdir(self._node(parent_inode), name, mode, _caller(ctx)))
+
+    @_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        node = self.vfs.create_file(self._node(parent_inode), name, stat.S_IFLNK | 0o777, _caller(ctx),
+                                    content=target)
+        return self._entry(node)
+
+    @_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        # Hard links need a shared inode object in the format (docs/format.md, "Not yet").
+        raise FsError(errno.EPERM)
+
+    @_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self.vfs.unlink(self._node(parent_inode), name)
+
+    @_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self.vfs.rmdir(self._node(parent_inode), name)
+
+    @_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.vfs.rename(self._node(parent_inode_old), name_old, self._node(parent_inode_new), name_new,
+                        noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                        exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
+
+    # --- files ----------------------------------------------------------------------
+
+    def _file_info(self, node: Node) -> pyfuse3.FileInfo:
+        fi = pyfuse3.FileInfo()
+        fi.fh = node.ino
+        fi.keep_cache = True   # nobody else changes the ciphertext while we are mounted
+        return fi
+
+    @_errors
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        writable = flags & (os.O_WRONLY | os.O_RDWR)
+        if writable and self.vfs.read_only:
+            raise FsError(errno.EROFS)
+        self.vfs.open(node, bool(writable))
+        if flags & os.O_TRUNC and writable:
+            self.vfs.truncate(node, 0)
+        return self._file_info(node)
+
+    @_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx))
+        self.vfs.open(node, True)
+        return self._file_info(node), self._entry(node)
+
+    @_errors
+    async def read(self, fh, off, size):
+        return self._node(fh).handle.read(off, size)
+
+    @_errors
+    async def write(self, fh, off, buf):
+        if self.vfs.read_only:
+            raise FsError(errno.EROFS)
+        node = self._node(fh)
+        written = node.handle.write(off, buf)
+        node.size = node.handle.size
+        return written
+
+    @_errors
+    async def flush(self, fh):
+        pass
+
+    @_errors
+    async def fsync(self, fh, datasync):
+        self._node(fh).handle.handle.fsync(bool(datasync))
+
+    @_errors
+    async def release(self, fh):
+        self.vfs.release(self._node(fh))
+
+    # --- directories ----------------------------------------------------------------
+
+    @_errors
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        # A snapshot, so offsets stay stable while entries come and go during a listing.
+        self._open_dirs[fh] = (node, self.vfs.listdir(node))
+        return fh
+
+    @_errors
+    async def readdir(self, fh, start_id, token):
+        node, entries = self._open_dirs[fh]
+        for index in range(start_id, len(entries)):
+            p_name, disk_name = entries[index]
+            try:
+                child = self.vfs.entry(node, p_name, disk_name)
+            except FsError:
+                continue  # removed since the snapshot
+            if not pyfuse3.readdir_reply(token, p_name, self.attrs(child), index + 1):
+                self.vfs.inodes.maybe_drop(child)
+                break
+            self.vfs.inodes.remember(child)
+
+    async def releasedir(self, fh):
+        self._open_dirs.pop(fh, None)
+
+    @_errors
+    async def fsyncdir(self, fh, datasync):
+        node, _ = self._open_dirs[fh]
+        self.vfs.replicas.fsync_dir(node.c_path)
+
+    # --- extended attributes --------------------------------------------------------
+
+    @_errors
+    async def getxattr(self, inode, name, ctx):
+        value = self.vfs.xattrs(self._node(inode)).get(name)
+        if value is None:
+            raise FsError(pyfuse3.ENOATTR)
+        return value
+
+    @_errors
+    async def setxattr(self, inode, name, value, ctx):
+        self.vfs.set_xattr(self._node(inode), name, value)
+
+    @_errors
+    async def listxattr(self, inode, ctx):
+        return list(self.vfs.xattrs(self._node(inode)))
+
+    @_errors
+    async def removexattr(self, inode, name, ctx):
+        try:
+            self.vfs.set_xattr(self._node(inode), name, None)
+        except FsError as e:
+            raise FsError(pyfuse3.ENOATTR) if e.errno == errno.ENODATA else e

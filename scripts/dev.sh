@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian 12 machine (run as root, or with sudo available):
+#   bash scripts/dev.sh demo    install everything, then run the demo
+#   bash scripts/dev.sh test    install everything, then run the whole test suite
+#   bash scripts/dev.sh bench   install everything, then run the benchmarks
+# Idempotent: packages and the virtual environment are only installed when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config exfatprogs exfat-fuse gocryptfs e2fsprogs util-linux
+              python3 python3-venv python3-dev gcc)
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_system() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+install_python() {
+  if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    python3 -m venv .venv
+  fi
+  if ! .venv/bin/python -c "import pqcfs, pyfuse3, kyber_py, pytest" 2>/dev/null \
+     || [ pyproject.toml -nt .venv/.installed ]; then
+    echo "==> installing pqcfs into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[test]'
+    touch .venv/.installed
+  fi
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  demo|test|bench) ;;
+  *) echo "usage: bash scripts/dev.sh demo|test|bench" >&2; exit 2 ;;
+esac
+install_system
+install_python
+shift
+case "$cmd" in
+  demo)  exec .venv/bin/python examples/demo.py "$@" ;;
+  test)  exec .venv/bin/python -m pytest -p no:cacheprovider "$@" ;;
+  bench) exec .venv/bin/python benchmarks/bench.py "$@" ;;
+esac

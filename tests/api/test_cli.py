@@ -1,0 +1,122 @@
+"""The CLI as a user runs it: documented exit codes, clear messages, never a traceback."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pqcfs.cli import exitcodes
+
+DOCS = pathlib.Path(__file__).parents[2] / "docs" / "cli.md"
+
+
+def pqcfs(*args, env_extra=None, cwd=None):
+    env = {**os.environ, **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-m", "pqcfs", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, stdin=subprocess.DEVNULL, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def cli_vault(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    pw = tmp_path / "pw"
+    pw.write_text("hunter2\n")
+    r = pqcfs("init", str(a), str(b), "--passfile", str(pw), "--allow-fixed", "--allow-same-device", "--json")
+    assert r.returncode == 0, r.stderr
+    return a, b, pw, tmp_path, r.stdout
+
+
+def test_init_info_and_passfile_unlock(cli_vault):
+    a, b, pw, tmp, out = cli_vault
+    code = re.search(r'"recovery_code": "([A-Z2-7-]+)"', out).group(1)
+    info = pqcfs("info", str(a))
+    assert info.returncode == 0 and "mlkem1024-x25519" in info.stdout and "backup" in info.stdout
+    # Passfile unlock needs no prompt; the backup is found from the header.
+    new = tmp / "new"
+    new.write_text("second\n")
+    assert pqcfs("keys", "add", str(a), "--passfile", str(pw), "--passphrase", "--new-passfile", str(new)).returncode == 0
+    (tmp / "code").write_text(code + "\n")
+    r = pqcfs("passwd", str(a), "--recovery-code-file", str(tmp / "code"), "--slot", "1", "--new-passfile", str(new))
+    assert r.returncode == 0, r.stderr
+    listing = pqcfs("keys", "list", str(b)).stdout
+    assert listing.count("passphrase") == 2
+    assert pqcfs("keys", "add", str(a), "--extpass", "echo second", "--recovery-code").returncode == 0
+
+
+@pytest.mark.parametrize("damage,code", [
+    ("wrong-pass", exitcodes.WRONG_KEY), ("not-a-vault", exitcodes.NOT_A_VAULT),
+    ("missing-dir", exitcodes.NOT_A_VAULT), ("flip-byte", exitcodes.DAMAGED),
+    ("newer-format", exitcodes.UNSUPPORTED), ("missing-backup", exitcodes.DRIVE),
+])
+def test_user_errors_have_their_exit_codes(cli_vault, damage, code):
+    a, b, pw, tmp, _ = cli_vault
+    target = str(a)
+    if damage == "wrong-pass":
+        pw.write_text("wrong\n")
+    elif damage == "not-a-vault":
+        target = str(tmp)
+    elif damage == "missing-dir":
+        target = str(tmp / "nowhere")
+    elif damage == "flip-byte":
+        data = bytearray((a / "pqcfs.vault").read_bytes())
+        data[40] ^= 0x20
+        (a / "pqcfs.vault").write_bytes(data)
+    elif damage == "newer-format":
+        data = bytearray((a / "pqcfs.vault").read_bytes())
+        data[9] = 7
+        (a / "pqcfs.vault").write_bytes(data)
+    elif damage == "missing-backup":
+        os.rename(b, tmp / "unplugged")
+    r = pqcfs("keys", "add", target, "--passfile", str(pw), "--recovery-code")
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert r.stderr.startswith("pqcfs: ") and len(r.stderr.splitlines()) == 1
+
+
+def test_drive_checks(tmp_path):
+    a = tmp_path / "a"
+    a.mkdir()
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    r = pqcfs("init", str(a), str(a), "--passfile", str(pw), "--allow-fixed")
+    assert r.returncode == exitcodes.DRIVE and "same location" in r.stderr
+    b = tmp_path / "b"
+    b.mkdir()
+    r = pqcfs("init", str(a), str(b), "--passfile", str(pw), "--allow-fixed")
+    assert r.returncode == exitcodes.DRIVE and "same drive" in r.stderr
+    r = pqcfs("init", str(a), "--passfile", str(pw))
+    assert r.returncode == exitcodes.DRIVE and "removable" in r.stderr
+    r = pqcfs("init", str(tmp_path / "missing"), "--passfile", str(pw), "--allow-fixed")
+    assert r.returncode == exitcodes.DRIVE
+    assert pqcfs("init").returncode == exitcodes.USAGE
+
+
+def test_identity_commands_and_identity_unlock(cli_vault):
+    a, b, pw, tmp, _ = cli_vault
+    env = {"XDG_CONFIG_HOME": str(tmp / "cfg")}
+    assert pqcfs("identity", "new", "--passfile", str(pw), env_extra=env).returncode == 0
+    assert pqcfs("identity", "new", "--passfile", str(pw), env_extra=env).returncode == exitcodes.ERROR
+    show = pqcfs("identity", "show", "--json", env_extra=env)
+    assert '"fingerprint"' in show.stdout
+    assert pqcfs("identity", "export", "-o", str(tmp / "me.pub"), env_extra=env).returncode == 0
+    assert pqcfs("keys", "add", str(a), "--passfile", str(pw), "--public-key", str(tmp / "me.pub")).returncode == 0
+    r = pqcfs("keys", "remove", str(a), "--identity", "--passfile", str(pw), "1", env_extra=env)
+    assert r.returncode == 0, r.stderr
+    assert pqcfs("keys", "add", str(a), "--passfile", str(pw), "--recovery-code").returncode == exitcodes.WRONG_KEY
+    (tmp / "bad").write_text("bad\n")
+    r = pqcfs("keys", "list", str(a), env_extra=env)
+    assert "identity" in r.stdout
+    r = pqcfs("keys", "add", str(a), "--identity", "--passfile", str(tmp / "bad"), "--recovery-code", env_extra=env)
+    assert r.returncode == exitcodes.WRONG_KEY
+
+
+def test_every_exit_code_is_documented():
+    text = DOCS.read_text()
+    for name, value in vars(exitcodes).items():
+        if name.isupper() and isinstance(value, int):
+            assert re.search(rf"\|\s*{value}\s*\|\s*`{name}`", text), f"{name}={value} missing from docs/cli.md"

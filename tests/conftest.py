@@ -1,0 +1,25 @@
+import os
+
+# The one test-only switch: cheap Argon2id so unlocking takes microseconds, not seconds.
+os.environ.setdefault("PQCFS_INSECURE_FAST_KDF", "1")
+
+import pytest  # noqa: E402
+
+from pqcfs import vault as vault_mod  # noqa: E402
+from pqcfs.crypto.kdf import calibrate  # noqa: E402
+
+PASSPHRASE = b"correct horse battery staple"
+
+
+@pytest.fixture
+def two_dirs(tmp_path):
+    a, b = tmp_path / "primary", tmp_path / "backup"
+    a.mkdir()
+    b.mkdir()
+    return str(a), str(b)
+
+
+@pytest.fixture
+def new_vault(two_dirs):
+    vault, code = vault_mod.create(list(two_dirs), passphrase=PASSPHRASE, kdf=calibrate())
+    return vault, code
