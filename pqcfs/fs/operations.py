@@ -51,7 +51,12 @@ def _errors(fn):
             err = _errno_of(e)
             if err == errno.EIO:
                 log.error("%s failed: %s", fn.__name__, e)
+            else:
+                log.debug("%s: %s (%s)", fn.__name__, os.strerror(err), e)
             raise pyfuse3.FUSEError(err) from None
+        except Exception:
+            log.exception("%s failed unexpectedly", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
 
 

@@ -165,6 +165,9 @@ class VaultFS:
     # --- attributes -----------------------------------------------------------------
 
     def backing_stat(self, node: Node) -> os.stat_result:
+        # Through the open descriptor when there is one: an unlinked file has no path.
+        if node.handle is not None:
+            return node.handle.handle.stat()
         return self.replicas.lstat(node.c_path)
 
     def _write_meta(self, node: Node) -> None:
@@ -195,8 +198,12 @@ class VaultFS:
     def set_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> None:
         self._check_writable()
         st = self.backing_stat(node)
-        self.replicas.utime(node.c_path, (atime_ns if atime_ns is not None else st.st_atime_ns,
-                                          mtime_ns if mtime_ns is not None else st.st_mtime_ns))
+        ns = (atime_ns if atime_ns is not None else st.st_atime_ns,
+              mtime_ns if mtime_ns is not None else st.st_mtime_ns)
+        if node.handle is not None:
+            node.handle.handle.utime(ns)
+        else:
+            self.replicas.utime(node.c_path, ns)
 
     # --- creating -------------------------------------------------------------------
 

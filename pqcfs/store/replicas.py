@@ -55,6 +55,13 @@ class MirroredFile:
     def size(self) -> int:
         return os.fstat(self.fds[0]).st_size
 
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.fds[0])
+
+    def utime(self, ns: tuple[int, int]) -> None:
+        for fd in self.fds:
+            os.utime(fd, ns=ns)
+
     @property
     def replicas(self) -> int:
         return len(self.fds)

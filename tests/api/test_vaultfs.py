@@ -1,0 +1,242 @@
+"""Operation-level tests: the file system core and the pyfuse3 Operations, no kernel."""
+
+import errno
+import os
+import stat
+
+import pyfuse3
+import pytest
+import trio
+
+from pqcfs.fs.operations import Operations
+from pqcfs.fs.vaultfs import Caller, FsError, VaultFS
+from pqcfs.store.replicas import ReplicaSet
+
+ME = Caller(uid=1000, gid=1000)
+
+
+@pytest.fixture
+def vfs(new_vault):
+    vault, _ = new_vault
+    return make_vfs(vault)
+
+
+def make_vfs(vault):
+    trees = [os.path.join(loc, "tree") for loc in vault.locations]
+    return VaultFS(ReplicaSet(trees), vault.root_dir_keys(), vault.header.block_size)
+
+
+def write(vfs, node, offset, data):
+    content = vfs.open(node, True)
+    content.write(offset, data)
+    vfs.release(node)
+
+
+def read(vfs, node):
+    return vfs.read_all(node)
+
+
+def test_create_write_read_back_after_reopen(new_vault, vfs):
+    root = vfs.inodes.root
+    f = vfs.create_file(root, b"notes.txt", stat.S_IFREG | 0o640, ME)
+    write(vfs, f, 0, b"hello world")
+    assert read(vfs, f) == b"hello world"
+    # A fresh VaultFS (a new mount) decrypts the same bytes and metadata.
+    again = make_vfs(new_vault[0])
+    node = again.lookup(again.inodes.root, b"notes.txt")
+    assert again.read_all(node) == b"hello world"
+    assert (node.meta.uid, node.meta.gid, stat.S_IMODE(node.meta.mode)) == (1000, 1000, 0o640)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 17])
+def test_writes_at_every_alignment_match_a_model(vfs, size):
+    rng = __import__("random").Random(size)
+    f = vfs.create_file(vfs.inodes.root, b"f", stat.S_IFREG | 0o644, ME)
+    model = bytearray(os.urandom(size))
+    write(vfs, f, 0, bytes(model))
+    for _ in range(40):
+        off = rng.randrange(0, size + 9000)
+        data = os.urandom(rng.randrange(1, 9000))
+        if off > len(model):
+            model.extend(bytes(off - len(model)))
+        model[off:off + len(data)] = data
+        write(vfs, f, off, data)
+        if rng.random() < 0.3:
+            new = rng.randrange(0, len(model) + 10000)
+            vfs.truncate(f, new)
+            model = model[:new] + bytes(max(0, new - len(model)))
+        assert read(vfs, f) == bytes(model)
+
+
+def test_sparse_file_far_beyond_the_end(vfs):
+    f = vfs.create_file(vfs.inodes.root, b"sparse", stat.S_IFREG | 0o644, ME)
+    write(vfs, f, 10 * 1024 * 1024, b"end")
+    assert f.size == 10 * 1024 * 1024 + 3
+    content = vfs.open(f, False)
+    assert content.read(5 * 1024 * 1024, 4) == bytes(4)
+    assert content.read(10 * 1024 * 1024, 10) == b"end"
+    vfs.release(f)
+
+
+def test_names_directories_and_errors(vfs):
+    root = vfs.inodes.root
+    d = vfs.mkdir(root, b"dir", 0o755, ME)
+    vfs.create_file(d, b"inner", stat.S_IFREG | 0o600, ME)
+    assert [p for p, _ in vfs.listdir(root)] == [b"dir"]
+    with pytest.raises(FsError) as e:
+        vfs.mkdir(root, b"dir", 0o755, ME)
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(FsError) as e:
+        vfs.rmdir(root, b"dir")
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(FsError) as e:
+        vfs.lookup(root, b"missing")
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(FsError) as e:
+        vfs.create_file(root, b"x" * 256, stat.S_IFREG, ME)
+    assert e.value.errno == errno.ENAMETOOLONG
+    vfs.unlink(d, b"inner")
+    vfs.rmdir(root, b"dir")
+    assert vfs.listdir(root) == []
+
+
+def test_long_names_round_trip_and_rename(new_vault, vfs):
+    root = vfs.inodes.root
+    long_name = "ä".encode() * 120  # 240 bytes
+    f = vfs.create_file(root, long_name, stat.S_IFREG | 0o644, ME)
+    write(vfs, f, 0, b"long")
+    assert [p for p, _ in vfs.listdir(root)] == [long_name]
+    vfs.rename(root, long_name, root, b"short", False)
+    vfs.rename(root, b"short", root, long_name + b"!", False)
+    again = make_vfs(new_vault[0])
+    assert [p for p, _ in again.listdir(again.inodes.root)] == [long_name + b"!"]
+    tree = os.listdir(os.path.join(new_vault[0].locations[0], "tree"))
+    assert sorted(n.endswith(".n") for n in tree).count(True) == 1
+
+
+def test_moves_keep_keys_through_overrides(new_vault, vfs):
+    root = vfs.inodes.root
+    a = vfs.mkdir(root, b"a", 0o755, ME)
+    b = vfs.mkdir(root, b"b", 0o755, ME)
+    sub = vfs.mkdir(a, b"sub", 0o755, ME)
+    f = vfs.create_file(sub, b"f", stat.S_IFREG | 0o644, ME)
+    write(vfs, f, 0, b"payload")
+    vfs.rename(a, b"sub", b, b"moved", False)
+    again = make_vfs(new_vault[0])
+    moved = again.lookup(again.lookup(again.inodes.root, b"b"), b"moved")
+    assert again.read_all(again.lookup(moved, b"f")) == b"payload"
+    # Moving back home drops the override again.
+    vfs.rename(b, b"moved", a, b"sub", False)
+    assert not os.path.exists(os.path.join(new_vault[0].locations[0], "tree", a.disk_name, "d.ov"))
+    third = make_vfs(new_vault[0])
+    home = third.lookup(third.lookup(third.inodes.root, b"a"), b"sub")
+    assert third.read_all(third.lookup(home, b"f")) == b"payload"
+
+
+def test_rename_replace_noreplace_exchange(vfs):
+    root = vfs.inodes.root
+    x = vfs.create_file(root, b"x", stat.S_IFREG | 0o644, ME, content=b"X")
+    y = vfs.create_file(root, b"y", stat.S_IFREG | 0o644, ME, content=b"Y")
+    with pytest.raises(FsError) as e:
+        vfs.rename(root, b"x", root, b"y", noreplace=True)
+    assert e.value.errno == errno.EEXIST
+    d = vfs.mkdir(root, b"d", 0o755, ME)
+    vfs.rename(root, b"x", d, b"y", exchange=False)
+    vfs.rename(d, b"y", root, b"y", exchange=True)
+    assert vfs.read_all(vfs.lookup(root, b"y")) == b"X"
+    assert vfs.read_all(vfs.lookup(d, b"y")) == b"Y"
+    vfs.rename(root, b"y", d, b"y")  # replaces
+    assert vfs.read_all(vfs.lookup(d, b"y")) == b"X"
+    assert [p for p, _ in vfs.listdir(d)] == [b"y"] and [p for p, _ in vfs.listdir(root)] == [b"d"]
+    with pytest.raises(FsError) as e:
+        vfs.rename(root, b"d", d, b"inside")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_symlinks_fifos_xattrs_and_modes(new_vault, vfs):
+    root = vfs.inodes.root
+    link = vfs.create_file(root, b"link", stat.S_IFLNK | 0o777, ME, content=b"../target")
+    fifo = vfs.create_file(root, b"fifo", stat.S_IFIFO | 0o600, ME)
+    vfs.set_xattr(fifo, b"user.colour", b"blue")
+    vfs.set_mode(fifo, 0o640)
+    vfs.set_owner(fifo, 7, 8)
+    again = make_vfs(new_vault[0])
+    assert again.read_all(again.lookup(again.inodes.root, b"link")) == b"../target"
+    fifo2 = again.lookup(again.inodes.root, b"fifo")
+    assert stat.S_ISFIFO(fifo2.meta.mode) and stat.S_IMODE(fifo2.meta.mode) == 0o640
+    assert (fifo2.meta.uid, fifo2.meta.gid) == (7, 8)
+    assert again.xattrs(fifo2) == {b"user.colour": b"blue"}
+    vfs.set_xattr(fifo, b"user.colour", None)
+    third = make_vfs(new_vault[0])
+    assert third.xattrs(third.lookup(third.inodes.root, b"fifo")) == {}
+
+
+def test_corrupt_block_is_healed_from_the_backup(new_vault, vfs):
+    f = vfs.create_file(vfs.inodes.root, b"f", stat.S_IFREG | 0o644, ME)
+    write(vfs, f, 0, b"A" * 10000)
+    primary = os.path.join(new_vault[0].locations[0], "tree", f.disk_name)
+    with open(primary, "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\xff\xff")
+    fresh = make_vfs(new_vault[0])
+    assert fresh.read_all(fresh.lookup(fresh.inodes.root, b"f")) == b"A" * 10000
+    assert fresh.heal_events == 1
+    backup = os.path.join(new_vault[0].locations[1], "tree", f.disk_name)
+    with open(primary, "rb") as p, open(backup, "rb") as b:
+        assert p.read() == b.read()
+
+
+def test_corrupt_block_on_every_replica_is_an_io_error(new_vault, vfs):
+    f = vfs.create_file(vfs.inodes.root, b"f", stat.S_IFREG | 0o644, ME)
+    write(vfs, f, 0, b"A" * 10000)
+    for loc in new_vault[0].locations:
+        with open(os.path.join(loc, "tree", f.disk_name), "r+b") as fh:
+            fh.seek(5000)
+            fh.write(b"\x00\x01")
+    ops = Operations(make_vfs(new_vault[0]))
+
+    async def scenario():
+        entry = await ops.lookup(pyfuse3.ROOT_INODE, b"f")
+        fi = await ops.open(entry.st_ino, os.O_RDONLY, None)
+        assert await ops.read(fi.fh, 0, 100) == b"A" * 100
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.read(fi.fh, 4096, 100)
+        assert e.value.errno == errno.EIO
+        await ops.release(fi.fh)
+    trio.run(scenario)
+
+
+def test_operations_translate_and_count_lookups(vfs):
+    ops = Operations(vfs)
+
+    class Ctx:
+        uid, gid, umask, pid = 1000, 1000, 0o022, 1
+
+    async def scenario():
+        fi, entry = await ops.create(pyfuse3.ROOT_INODE, b"a", stat.S_IFREG | 0o644, os.O_RDWR, Ctx())
+        assert await ops.write(fi.fh, 0, b"data") == 4
+        assert (await ops.getattr(entry.st_ino)).st_size == 4
+        await ops.release(fi.fh)
+        again = await ops.lookup(pyfuse3.ROOT_INODE, b"a")
+        assert again.st_ino == entry.st_ino and vfs.inodes[entry.st_ino].lookups == 2
+        await ops.forget([(entry.st_ino, 2)])
+        assert vfs.inodes.get(entry.st_ino) is None
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(pyfuse3.ROOT_INODE, b"missing")
+        assert e.value.errno == errno.ENOENT
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getxattr(pyfuse3.ROOT_INODE, b"user.none", Ctx())
+        assert e.value.errno == pyfuse3.ENOATTR
+    trio.run(scenario)
+
+
+def test_open_unlinked_file_keeps_working(vfs):
+    root = vfs.inodes.root
+    f = vfs.create_file(root, b"tmp", stat.S_IFREG | 0o644, ME)
+    content = vfs.open(f, True)
+    vfs.unlink(root, b"tmp")
+    content.write(0, b"still here")
+    assert content.read(0, 100) == b"still here"
+    vfs.release(f)
+    with pytest.raises(FsError):
+        vfs.lookup(root, b"tmp")

@@ -1,0 +1,319 @@
+"""One POSIX checklist, run against every real mount. Each check gets a fresh directory
+inside the mount and uses only what a program would: the os module and subprocesses."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+CHECKS = []
+
+
+def check(fn):
+    CHECKS.append(fn)
+    return fn
+
+
+def _renameat2(src: str, dst: str, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    AT_FDCWD = -100
+    if libc.renameat2(AT_FDCWD, src.encode(), AT_FDCWD, dst.encode(), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), src)
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def _write(path, data, mode="wb"):
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@check
+def create_read_write_at_offsets(d):
+    p = os.path.join(d, "f")
+    _write(p, b"a" * 10000)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"XYZ", 4095)
+        os.pwrite(fd, b"tail", 12000)
+        assert os.pread(fd, 5, 4094) == b"aXYZa"
+        assert os.pread(fd, 100, 10000) == bytes(2000)[:100]
+    finally:
+        os.close(fd)
+    data = _read(p)
+    assert len(data) == 12004 and data[-4:] == b"tail" and data[4095:4098] == b"XYZ"
+    assert os.stat(p).st_size == 12004
+
+
+@check
+def append(d):
+    p = os.path.join(d, "log")
+    for n in range(50):
+        _write(p, b"line %d\n" % n, "ab")
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    os.pwrite if False else os.write(fd, b"end\n")
+    os.close(fd)
+    assert _read(p) == b"".join(b"line %d\n" % n for n in range(50)) + b"end\n"
+
+
+@check
+def truncate_up_and_down(d):
+    p = os.path.join(d, "t")
+    _write(p, os.urandom(9000))
+    head = _read(p)[:5000]
+    os.truncate(p, 5000)
+    assert _read(p) == head
+    os.truncate(p, 20000)
+    assert _read(p) == head + bytes(15000)
+    os.truncate(p, 4096)
+    assert _read(p) == head[:4096]
+    os.truncate(p, 0)
+    assert _read(p) == b""
+    with open(p, "r+b") as f:
+        f.truncate(3)
+    assert _read(p) == bytes(3)
+
+
+@check
+def sparse_files_and_holes(d):
+    p = os.path.join(d, "sparse")
+    with open(p, "wb") as f:
+        f.seek(50 * 1024 * 1024)
+        f.write(b"end")
+    assert os.stat(p).st_size == 50 * 1024 * 1024 + 3
+    with open(p, "rb") as f:
+        f.seek(25 * 1024 * 1024)
+        assert f.read(4096) == bytes(4096)
+        f.seek(50 * 1024 * 1024)
+        assert f.read() == b"end"
+
+
+@check
+def large_file_beyond_4gib(d, fstype):
+    if fstype == "exfat":
+        pytest.skip("an exFAT image has no sparse files: 4 GiB would be written out")
+    p = os.path.join(d, "big")
+    with open(p, "wb") as f:
+        f.seek(5 * 1024 ** 3)
+        f.write(b"beyond 4 GiB")
+    assert os.stat(p).st_size == 5 * 1024 ** 3 + 12
+    with open(p, "rb") as f:
+        f.seek(5 * 1024 ** 3)
+        assert f.read() == b"beyond 4 GiB"
+
+
+@check
+def fsync_and_fdatasync(d):
+    p = os.path.join(d, "synced")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"durable")
+    os.fsync(fd)
+    os.fdatasync(fd)
+    os.close(fd)
+    dfd = os.open(d, os.O_RDONLY)
+    os.fsync(dfd)
+    os.close(dfd)
+    assert _read(p) == b"durable"
+
+
+@check
+def directories(d):
+    os.makedirs(os.path.join(d, "a/b/c"))
+    _write(os.path.join(d, "a/b/c/f"), b"x")
+    assert sorted(os.listdir(os.path.join(d, "a"))) == ["b"]
+    with pytest.raises(OSError) as e:
+        os.rmdir(os.path.join(d, "a/b"))
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(FileExistsError):
+        os.mkdir(os.path.join(d, "a"))
+    os.unlink(os.path.join(d, "a/b/c/f"))
+    os.rmdir(os.path.join(d, "a/b/c"))
+    assert os.listdir(os.path.join(d, "a/b")) == []
+    names = [f"entry-{n:03d}" for n in range(300)]
+    for n in names:
+        _write(os.path.join(d, n), b"")
+    assert sorted(os.listdir(d)) == sorted(names + ["a"])
+
+
+@check
+def unlink_while_open(d):
+    p = os.path.join(d, "ghost")
+    _write(p, b"before")
+    with open(p, "r+b") as f:
+        os.unlink(p)
+        assert not os.path.exists(p)
+        f.seek(0, 2)
+        f.write(b" after")
+        f.flush()
+        f.seek(0)
+        assert f.read() == b"before after"
+    assert os.listdir(d) == []
+
+
+@check
+def renames(d):
+    j = lambda *p: os.path.join(d, *p)  # noqa: E731
+    os.mkdir(j("x"))
+    os.mkdir(j("y"))
+    _write(j("x", "a"), b"A")
+    _write(j("x", "b"), b"B")
+    os.rename(j("x", "a"), j("x", "b"))              # over an existing file
+    assert _read(j("x", "b")) == b"A" and not os.path.exists(j("x", "a"))
+    os.rename(j("x", "b"), j("y", "moved"))          # across directories
+    os.makedirs(j("x", "deep", "er"))
+    _write(j("x", "deep", "er", "f"), b"deep")
+    os.rename(j("x"), j("y", "x2"))                  # a directory with contents
+    assert _read(j("y", "x2", "deep", "er", "f")) == b"deep"
+    _write(j("y", "other"), b"O")
+    with pytest.raises(FileExistsError):
+        _renameat2(j("y", "moved"), j("y", "other"), RENAME_NOREPLACE)
+    _renameat2(j("y", "moved"), j("y", "other"), RENAME_EXCHANGE)
+    assert _read(j("y", "moved")) == b"O" and _read(j("y", "other")) == b"A"
+    _renameat2(j("y", "x2"), j("y", "moved"), RENAME_EXCHANGE)  # a directory and a file
+    assert _read(j("y", "x2")) == b"O" and os.path.isdir(j("y", "moved"))
+    os.mkdir(j("empty"))
+    os.rename(j("y", "moved"), j("empty"))           # a directory over an empty one
+    assert _read(j("empty", "deep", "er", "f")) == b"deep"
+    with pytest.raises(OSError) as e:
+        os.rename(j("empty"), j("empty", "deep", "inside"))
+    assert e.value.errno == errno.EINVAL
+
+
+@check
+def long_names(d):
+    name = "n" * 255
+    _write(os.path.join(d, name), b"long")
+    os.mkdir(os.path.join(d, "é" * 127))
+    assert sorted(os.listdir(d)) == sorted([name, "é" * 127])
+    os.rename(os.path.join(d, name), os.path.join(d, "é" * 127, name[:-1]))
+    assert _read(os.path.join(d, "é" * 127, name[:-1])) == b"long"
+    with pytest.raises(OSError) as e:
+        _write(os.path.join(d, "x" * 256), b"")
+    assert e.value.errno == errno.ENAMETOOLONG
+
+
+@check
+def symlinks(d):
+    _write(os.path.join(d, "target"), b"T")
+    os.symlink("target", os.path.join(d, "link"))
+    os.symlink("/nonexistent/dangling", os.path.join(d, "dangling"))
+    assert os.readlink(os.path.join(d, "link")) == "target"
+    assert _read(os.path.join(d, "link")) == b"T"
+    assert os.readlink(os.path.join(d, "dangling")) == "/nonexistent/dangling"
+    assert stat.S_ISLNK(os.lstat(os.path.join(d, "link")).st_mode)
+    os.rename(os.path.join(d, "link"), os.path.join(d, "link2"))
+    assert os.readlink(os.path.join(d, "link2")) == "target"
+
+
+@check
+def modes_owners_times(d):
+    p = os.path.join(d, "m")
+    _write(p, b"")
+    os.chmod(p, 0o604)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o604
+    os.chown(p, 1234, 5678)
+    st = os.stat(p)
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    os.utime(p, ns=(1_000_000_000, 2_000_000_000))
+    assert os.stat(p).st_mtime_ns == 2_000_000_000
+    os.mkdir(os.path.join(d, "sub"), 0o700)
+    os.chmod(os.path.join(d, "sub"), 0o751)
+    assert stat.S_IMODE(os.stat(os.path.join(d, "sub")).st_mode) == 0o751
+
+
+@check
+def permissions_are_enforced(d):
+    os.chmod(d, 0o755)
+    private, public = os.path.join(d, "private"), os.path.join(d, "public")
+    for p, mode in ((private, 0o600), (public, 0o644)):
+        _write(p, b"secret")
+        os.chmod(p, mode)
+    nobody = {"user": 65534, "group": 65534, "capture_output": True}
+    assert subprocess.run(["cat", public], **nobody).stdout == b"secret"
+    denied = subprocess.run(["cat", private], **nobody)
+    assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+
+
+@check
+def xattrs(d):
+    p = os.path.join(d, "x")
+    _write(p, b"")
+    os.setxattr(p, "user.colour", b"blue")
+    os.setxattr(p, "user.empty", b"")
+    assert os.getxattr(p, "user.colour") == b"blue"
+    assert sorted(os.listxattr(p)) == ["user.colour", "user.empty"]
+    os.removexattr(p, "user.colour")
+    with pytest.raises(OSError) as e:
+        os.getxattr(p, "user.colour")
+    assert e.value.errno == errno.ENODATA
+    os.rename(p, os.path.join(d, "y"))
+    assert os.listxattr(os.path.join(d, "y")) == ["user.empty"]
+    os.mkdir(os.path.join(d, "dir"))
+    os.setxattr(os.path.join(d, "dir"), "user.tag", b"t" * 3000)
+    assert os.getxattr(os.path.join(d, "dir"), "user.tag") == b"t" * 3000
+
+
+@check
+def statfs(d):
+    st = os.statvfs(d)
+    assert st.f_blocks > 0 and st.f_bavail > 0 and st.f_namemax == 255
+
+
+@check
+def fifos(d):
+    p = os.path.join(d, "fifo")
+    os.mkfifo(p)
+    assert stat.S_ISFIFO(os.stat(p).st_mode)
+    reader = subprocess.Popen(["cat", p], stdout=subprocess.PIPE)
+    with open(p, "wb") as f:
+        f.write(b"through the pipe")
+    assert reader.communicate(timeout=10)[0] == b"through the pipe"
+
+
+@check
+def mmap_read_and_write(d):
+    p = os.path.join(d, "mapped")
+    _write(p, b"0123456789" * 1000)
+    with open(p, "r+b") as f:
+        with mmap.mmap(f.fileno(), 0) as m:
+            assert m[10:20] == b"0123456789"
+            m[0:5] = b"HELLO"
+            m.flush()
+    assert _read(p)[:10] == b"HELLO56789"
+
+
+@check
+def many_processes_at_once(d):
+    script = (
+        "import os, sys\n"
+        "d, n = sys.argv[1], int(sys.argv[2])\n"
+        "p = os.path.join(d, f'w{n}')\n"
+        "data = bytes([n]) * 300000\n"
+        "for i in range(5):\n"
+        "    open(p, 'wb').write(data)\n"
+        "    assert open(p, 'rb').read() == data\n"
+        "shared = os.path.join(d, 'shared')\n"
+        "fd = os.open(shared, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)\n"
+        "for i in range(200):\n"
+        "    os.write(fd, b'%02d\\n' % n)\n"
+        "os.close(fd)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, d, str(n)]) for n in range(8)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    lines = _read(os.path.join(d, "shared")).split(b"\n")[:-1]
+    assert len(lines) == 1600 and sorted(set(lines)) == [b"%02d" % n for n in range(8)]
+    for n in range(8):
+        assert _read(os.path.join(d, f"w{n}")) == bytes([n]) * 300000

@@ -1,0 +1,54 @@
+"""The POSIX checklist on real mounts: pqcfs over ext4 and over exFAT stand-in drives."""
+
+import inspect
+import os
+import subprocess
+
+import pytest
+
+from tests.mounted import drives
+from tests.mounted.posix_checks import CHECKS
+
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
+MARKER = b"PLAINTEXT-MARKER-7f3a9c"
+SECRET_NAMES = ["quarterly-secret-report.txt", "hidden-folder-name", "symlink-target-secret"]
+
+
+@pytest.fixture(scope="module", params=["ext4", "exfat"])
+def vault(request):
+    with drives.workdir() as w, drives.mounted_vault(w, request.param) as v:
+        yield v
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+def test_posix(vault, check):
+    d = os.path.join(vault.mountpoint, check.__name__)
+    os.mkdir(d)
+    kwargs = {"fstype": vault.fstype} if "fstype" in inspect.signature(check).parameters else {}
+    check(d, **kwargs)
+
+
+def test_contents_survive_remount_and_nothing_plaintext_reaches_the_drives(vault):
+    m = vault.mountpoint
+    os.mkdir(os.path.join(m, SECRET_NAMES[1]))
+    with open(os.path.join(m, SECRET_NAMES[1], SECRET_NAMES[0]), "wb") as f:
+        f.write(MARKER * 1000)
+    os.symlink(SECRET_NAMES[2], os.path.join(m, "a-link"))
+    os.setxattr(os.path.join(m, "a-link"), "user.secretattr", MARKER, follow_symlinks=False) \
+        if vault.fstype == "never" else None
+    with open(os.path.join(m, "x"), "wb") as f:
+        f.write(b"")
+    os.setxattr(os.path.join(m, "x"), "user.secretattr", MARKER)
+    vault.umount()
+    subprocess.run(["sync"], check=True)
+    for image in vault.images:
+        with open(image, "rb") as f:
+            raw = f.read()
+        for needle in [MARKER, b"secretattr"] + [n.encode() for n in SECRET_NAMES]:
+            assert needle not in raw, f"{needle!r} found in {image}"
+            assert needle.decode().encode("utf-16-le") not in raw, f"{needle!r} (UTF-16) in {image}"
+    vault.mount()
+    with open(os.path.join(m, SECRET_NAMES[1], SECRET_NAMES[0]), "rb") as f:
+        assert f.read() == MARKER * 1000
+    assert os.readlink(os.path.join(m, "a-link")) == SECRET_NAMES[2]
+    assert os.getxattr(os.path.join(m, "x"), "user.secretattr") == MARKER
