@@ -1,0 +1,44 @@
+"""Random operations from several processes against in-memory models, then a remount."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.mounted import drives
+from tests.mounted.exerciser import snapshot
+
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
+WORKERS = 4
+OPS = int(os.environ.get("PQCFS_EXERCISER_OPS", "1500"))
+SCRIPT = os.path.join(os.path.dirname(__file__), "exerciser.py")
+
+
+@pytest.fixture(scope="module", params=["ext4", "exfat"])
+def vault(request):
+    with drives.workdir() as w, drives.mounted_vault(w, request.param) as v:
+        yield v
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_exerciser(vault, seed):
+    base = os.path.join(vault.mountpoint, f"seed{seed}")
+    os.mkdir(base)
+    procs, outs = [], []
+    for n in range(WORKERS):
+        out = os.path.join(vault.workdir, f"model-{seed}-{n}.json")
+        outs.append(out)
+        procs.append(subprocess.Popen([sys.executable, SCRIPT, os.path.join(base, f"w{n}"),
+                                       str(seed * 100 + n), str(OPS), out],
+                                      stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate(timeout=1200)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+    vault.umount()
+    vault.mount("-o", "allow_other")
+    for n, out in enumerate(outs):
+        with open(out) as f:
+            want = {k: tuple(v) for k, v in json.load(f)["expected"].items()}
+        got = snapshot(os.path.join(base, f"w{n}"))
+        assert got == want, f"worker {n} of seed {seed} differs after remount"
