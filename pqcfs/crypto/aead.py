@@ -35,7 +35,11 @@ def siv_seal(key64: bytes, plaintext: bytes, ad: list[bytes]) -> bytes:
 
 
 def siv_open(key64: bytes, ciphertext: bytes, ad: list[bytes]) -> bytes:
+    return siv_open_with(AESSIV(key64), ciphertext, ad)
+
+
+def siv_open_with(siv: AESSIV, ciphertext: bytes, ad: list[bytes]) -> bytes:
     try:
-        return AESSIV(key64).decrypt(ciphertext, ad)
+        return siv.decrypt(ciphertext, ad)
     except (InvalidTag, ValueError):
         raise CryptoError("authentication failed") from None

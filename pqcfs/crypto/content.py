@@ -74,13 +74,21 @@ class ContentCipher:
                 raise BlockCorrupt(index) from None
         return b"".join(out)
 
-    # Size arithmetic lives here, next to the layout it describes.
     def c_size(self, p_size: int) -> int:
-        full, rest = divmod(p_size, self.p_block)
-        return full * self.c_block + (rest + OVERHEAD if rest else 0)
+        return c_size(p_size, self.p_block)
 
-    def p_size(self, c_size: int) -> int:
-        full, rest = divmod(c_size, self.c_block)
-        if rest and rest <= OVERHEAD:
-            raise CryptoError("ciphertext size is not a valid block layout")
-        return full * self.p_block + (rest - OVERHEAD if rest else 0)
+    def p_size(self, c_size_: int) -> int:
+        return p_size(c_size_, self.p_block)
+
+
+# Size arithmetic lives here, next to the layout it describes.
+def c_size(p_size_: int, p_block: int) -> int:
+    full, rest = divmod(p_size_, p_block)
+    return full * (p_block + OVERHEAD) + (rest + OVERHEAD if rest else 0)
+
+
+def p_size(c_size_: int, p_block: int) -> int:
+    full, rest = divmod(c_size_, p_block + OVERHEAD)
+    if rest and rest <= OVERHEAD:
+        raise CryptoError("ciphertext size is not a valid block layout")
+    return full * p_block + (rest - OVERHEAD if rest else 0)

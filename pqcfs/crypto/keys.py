@@ -15,6 +15,8 @@ import hmac
 from dataclasses import dataclass
 from functools import cached_property
 
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
 from pqcfs.crypto import aead
 from pqcfs.crypto.kdf import LABEL_CONTENT, LABEL_META, LABEL_NAME, LABEL_NODE, LABEL_WRAP, hkdf
 
@@ -39,6 +41,10 @@ class NodeKeys:
     @cached_property
     def name_key(self) -> bytes:
         return hkdf(self.key, LABEL_NAME, 64)
+
+    @cached_property
+    def name_siv(self) -> AESSIV:
+        return AESSIV(self.name_key)
 
     @cached_property
     def wrap_key(self) -> bytes:

@@ -32,9 +32,16 @@ class Node:
     unlinked: bool = False
     children: dict[bytes, "Node"] = field(default_factory=dict)
     overrides: dict[bytes, bytes] | None = None   # dirs: node id -> wrapped key (d.ov)
-    cipher: ContentCipher | None = None
+    _cipher: ContentCipher | None = None
     handle: object = None   # the shared MirroredFile while any handle is open
     xattrs: dict[bytes, bytes] | None = None
+    stat: object = None     # the backing stat taken by lookup, consumed by the reply
+
+    def cipher(self, block_size: int) -> ContentCipher:
+        # Made on first use: a stat needs no content key.
+        if self._cipher is None:
+            self._cipher = ContentCipher(self.keys.content_key, self.keys.node_id, block_size)
+        return self._cipher
 
     @property
     def is_dir(self) -> bool:

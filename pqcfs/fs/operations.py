@@ -110,7 +110,18 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        return self._entry(self.vfs.lookup(self._node(parent_inode), name))
+        try:
+            node = self.vfs.lookup(self._node(parent_inode), name)
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # A negative entry (inode 0) lets the kernel cache "does not exist" too; it
+            # drops it itself when this mount creates the name.
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = ENTRY_TIMEOUT
+            return negative
+        return self._entry(node)
 
     async def forget(self, inode_list):
         for inode, nlookup in inode_list:

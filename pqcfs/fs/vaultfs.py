@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 
 from pqcfs.crypto import aead
-from pqcfs.crypto.content import ContentCipher
+from pqcfs.crypto import content as content_layout
 from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError
 from pqcfs.format import names, node_header
@@ -131,10 +131,9 @@ class VaultFS:
         if stat.S_ISDIR(meta.mode) != is_dir:
             raise DamagedStructure("node type does not match its ciphertext entry")
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
-                    keys=keys, meta=meta)
+                    keys=keys, meta=meta, stat=st)
         if not is_dir:
-            node.cipher = ContentCipher(keys.content_key, node_id, self.block_size)
-            node.size = node.cipher.p_size(st.st_size - HEADER_LEN)
+            node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
         return self.inodes.add(node)
 
     def listdir(self, dir_node: Node) -> list[tuple[bytes, str]]:
@@ -165,6 +164,10 @@ class VaultFS:
     # --- attributes -----------------------------------------------------------------
 
     def backing_stat(self, node: Node) -> os.stat_result:
+        # A lookup's own stat is used once (the reply right after it), then never again.
+        st, node.stat = node.stat, None
+        if st is not None:
+            return st
         # Through the open descriptor when there is one: an unlinked file has no path.
         if node.handle is not None:
             return node.handle.handle.stat()
@@ -238,10 +241,10 @@ class VaultFS:
         rel = self._join(dir_node.c_path, disk_name)
         handle = self.replicas.create_file(rel, node_header.build(MAGIC_FILE, node_id, keys.meta_key, meta))
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
-                    keys=keys, meta=meta, cipher=ContentCipher(keys.content_key, node_id, self.block_size))
+                    keys=keys, meta=meta)
         try:
             if content:
-                FileContent(node.cipher, handle, 0).write(0, content)
+                FileContent(node.cipher(self.block_size), handle, 0).write(0, content)
                 node.size = len(content)
         finally:
             handle.close()
@@ -406,7 +409,7 @@ class VaultFS:
     def open(self, node: Node, writable: bool) -> FileContent:
         if node.handle is None:
             handle = self.replicas.open_file(node.c_path, writable=not self.read_only)
-            node.handle = FileContent(node.cipher, handle, node.size, on_heal=self._healed)
+            node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed)
         node.opens += 1
         return node.handle
 
