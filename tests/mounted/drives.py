@@ -1,65 +1,17 @@
-"""Stand-in USB drives (loop-mounted images) and pqcfs mounts, always cleaned up."""
+"""pqcfs vaults on stand-in drives, mounted through the CLI, always cleaned up."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import subprocess
 import sys
 import time
 
+from pqcfs.devtools.standin import loop_drive, unmount, workdir  # noqa: F401
+
 ROOT = os.geteuid() == 0 and os.path.exists("/dev/fuse")
 PASSPHRASE = "mounted test passphrase"
-
-
-def run(*cmd, check=True, **kw):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
-
-
-@contextlib.contextmanager
-def workdir():
-    """A directory other users can traverse (permission checks run as nobody)."""
-    path = tempfile.mkdtemp(prefix="pqcfs-test-", dir="/tmp")
-    os.chmod(path, 0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def loop_drive(workdir: str, name: str, fstype: str, size_mb: int = 512):
-    """A file system image on a loop device, mounted at workdir/name."""
-    image = os.path.join(workdir, f"{name}.img")
-    mnt = os.path.join(workdir, name)
-    os.makedirs(mnt, exist_ok=True)
-    with open(image, "wb") as f:
-        f.truncate(size_mb * 1024 * 1024)
-    loop = run("losetup", "--find", "--show", image).stdout.strip()
-    mounted = False
-    try:
-        if fstype == "ext4":
-            run("mkfs.ext4", "-q", "-F", loop)
-            run("mount", loop, mnt)
-        elif fstype == "exfat":
-            run("mkfs.exfat", loop)
-            run("mount.exfat-fuse", loop, mnt)
-        else:
-            raise ValueError(fstype)
-        mounted = True
-        yield mnt, image
-    finally:
-        if mounted:
-            unmount(mnt)
-        run("losetup", "-d", loop, check=False)
-
-
-def unmount(path: str) -> None:
-    for cmd in (["umount", path], ["fusermount3", "-u", path], ["umount", "-l", path]):
-        if subprocess.run(cmd, capture_output=True).returncode == 0:
-            return
 
 
 def pqcfs(*args, check=True, timeout=120):

@@ -1,0 +1,67 @@
+"""Make the golden vault of the current format version (run once per format version).
+
+    .venv/bin/python tests/golden/make_golden.py tests/golden/v1
+
+The result is checked in with its passphrase and recovery code (expected.json) and must
+open with every later version of pqcfs (tests/golden/test_golden.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+
+from pqcfs import vault as vault_mod
+from pqcfs.crypto.kdf import FLOOR, SALT_LEN, Argon2Params
+from pqcfs.format import slots
+from pqcfs.fs.vaultfs import Caller, VaultFS
+from pqcfs.store.replicas import ReplicaSet
+
+PASSPHRASE = "golden vault passphrase v1"
+ME = Caller(uid=1000, gid=1000)
+LONG = "Länger Name " * 16  # 209 bytes in UTF-8: a long name
+
+
+def main(out: str) -> None:
+    primary, backup = os.path.join(out, "primary"), os.path.join(out, "backup")
+    os.makedirs(primary)
+    os.makedirs(backup)
+    # The floor parameters: a real Argon2id, cheap enough for every test run.
+    kdf = Argon2Params(FLOOR["memory_kib"], FLOOR["iterations"], FLOOR["lanes"], os.urandom(SALT_LEN))
+    vault, code = vault_mod.create([primary, backup], passphrase=PASSPHRASE.encode(), kdf=kdf)
+    fs = VaultFS(ReplicaSet([os.path.join(primary, "tree"), os.path.join(backup, "tree")]),
+                 vault.root_dir_keys(), vault.header.block_size)
+    root = fs.inodes.root
+    fs.create_file(root, b"hello.txt", stat.S_IFREG | 0o644, ME, content=b"Hello, golden vault!\n")
+    blocks = bytes(range(256)) * 40  # 10,240 bytes: two full blocks and a short one
+    docs = fs.mkdir(root, b"docs", 0o750, ME)
+    fs.create_file(docs, b"blocks.bin", stat.S_IFREG | 0o600, ME, content=blocks)
+    fs.create_file(docs, LONG.encode(), stat.S_IFREG | 0o644, ME, content=b"long name\n")
+    fs.create_file(root, b"link", stat.S_IFLNK | 0o777, ME, content=b"docs/blocks.bin")
+    fs.create_file(root, b"fifo", stat.S_IFIFO | 0o640, ME)
+    sparse = fs.create_file(root, b"sparse", stat.S_IFREG | 0o644, ME)
+    handle = fs.open(sparse, True)
+    handle.write(1_000_000, b"end")
+    fs.release(sparse)
+    fs.set_xattr(fs.lookup(root, b"hello.txt"), b"user.colour", b"blue")
+    moved = fs.mkdir(root, b"to-move", 0o755, ME)
+    fs.create_file(moved, b"inside.txt", stat.S_IFREG | 0o644, ME, content=b"moved with its key\n")
+    fs.rename(root, b"to-move", docs, b"moved")  # leaves an override in docs/d.ov
+    expected = {
+        "format": 1, "passphrase": PASSPHRASE, "recovery_code": slots.format_recovery_code(code),
+        "files": {"hello.txt": "Hello, golden vault!\n", "docs/moved/inside.txt": "moved with its key\n",
+                  f"docs/{LONG}": "long name\n"},
+        "blocks.bin": {"path": "docs/blocks.bin", "pattern": "bytes(range(256)) * 40"},
+        "symlink": {"link": "docs/blocks.bin"}, "fifo": "fifo",
+        "sparse": {"path": "sparse", "size": 1_000_003, "tail": "end"},
+        "xattrs": {"hello.txt": {"user.colour": "blue"}},
+        "modes": {"docs": 0o750, "docs/blocks.bin": 0o600, "fifo": 0o640}, "uid": 1000, "gid": 1000}
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

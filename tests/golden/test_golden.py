@@ -1,0 +1,68 @@
+"""Golden vaults made by released format versions: every later pqcfs must open them."""
+
+import json
+import os
+import pathlib
+import shutil
+import stat
+
+import pytest
+
+from pqcfs import vault as vault_mod
+from pqcfs.format import slots
+from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.store.replicas import ReplicaSet
+from pqcfs.vault import Credentials
+
+HERE = pathlib.Path(__file__).parent
+VERSIONS = sorted(p.name for p in HERE.iterdir() if (p / "expected.json").exists())
+
+
+@pytest.fixture(params=VERSIONS)
+def golden(request, tmp_path, monkeypatch):
+    # Golden vaults use real Argon2id parameters (the floor): no test switch needed.
+    monkeypatch.delenv("PQCFS_INSECURE_FAST_KDF", raising=False)
+    shutil.copytree(HERE / request.param, tmp_path / request.param)
+    root = tmp_path / request.param
+    return root, json.loads((root / "expected.json").read_text())
+
+
+def walk(fs: VaultFS, path: str):
+    node = fs.inodes.root
+    for part in path.split("/"):
+        node = fs.lookup(node, part.encode())
+    return node
+
+
+@pytest.mark.parametrize("how", ["passphrase", "recovery"])
+def test_golden_vault_opens_and_reads(golden, how):
+    root, exp = golden
+    locations = [str(root / "primary"), str(root / "backup")]
+    creds = (Credentials(passphrase=exp["passphrase"].encode()) if how == "passphrase"
+             else Credentials(recovery_code=slots.parse_recovery_code(exp["recovery_code"])))
+    vault = vault_mod.unlock(locations, creds)
+    assert vault.header.version == exp["format"]
+    fs = VaultFS(ReplicaSet([os.path.join(loc, "tree") for loc in locations]), vault.root_dir_keys(),
+                 vault.header.block_size, read_only=True)
+    for path, text in exp["files"].items():
+        assert fs.read_all(walk(fs, path)) == text.encode()
+    assert fs.read_all(walk(fs, exp["blocks.bin"]["path"])) == bytes(range(256)) * 40
+    for path, target in exp["symlink"].items():
+        node = walk(fs, path)
+        assert stat.S_ISLNK(node.meta.mode) and fs.read_all(node) == target.encode()
+    assert stat.S_ISFIFO(walk(fs, exp["fifo"]).meta.mode)
+    sparse = walk(fs, exp["sparse"]["path"])
+    data = fs.read_all(sparse)
+    assert len(data) == exp["sparse"]["size"] and data.endswith(b"end") and not any(data[:-3])
+    for path, attrs in exp["xattrs"].items():
+        assert fs.xattrs(walk(fs, path)) == {k.encode(): v.encode() for k, v in attrs.items()}
+    for path, mode in exp["modes"].items():
+        node = walk(fs, path)
+        assert stat.S_IMODE(node.meta.mode) == mode
+        assert (node.meta.uid, node.meta.gid) == (exp["uid"], exp["gid"])
+
+
+def test_golden_vault_refuses_wrong_passphrase(golden):
+    root, _ = golden
+    with pytest.raises(vault_mod.WrongKey):
+        vault_mod.unlock([str(root / "primary")], Credentials(passphrase=b"not it"))
