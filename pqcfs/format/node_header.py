@@ -2,13 +2,14 @@
 id file (d.id). Holds the node id (written once) and the sealed metadata slot (rewritten
 in place by chmod/chown).
 
-  0   4  magic   "PQCF" (file, symlink, fifo, device) or "PQCD" (directory id file)
+  0   4  magic   "PQCF" (file, symlink, fifo, device), "PQCD" (directory id file) or
+                 "PQCL" (hard-link stub: the node's data lives in h.links/)
   4   1  version (1)
   5   1  flags   (0; readers reject others)
   6   2  header length, u16be (88)
   8  16  node id
  24  12  meta nonce
- 36  36  meta ciphertext: mode u32, uid u32, gid u32, rdev u64, flags u32, 12 zero bytes
+ 36  36  meta ciphertext: mode u32, uid u32, gid u32, rdev u64, flags u32, nlink u32, 8 zero bytes
  72  16  meta tag        AES-256-GCM(meta_key(node), aad = bytes 0..24)
  88      file content blocks start here
 """
@@ -25,10 +26,11 @@ from pqcfs.errors import CryptoError, DamagedStructure, UnsupportedVersion
 
 MAGIC_FILE = b"PQCF"
 MAGIC_DIR = b"PQCD"
+MAGIC_LINK = b"PQCL"
 VERSION = 1
 READABLE_VERSIONS = {1}
 _PREFIX = struct.Struct(">4sBBH16s")
-_META = struct.Struct(">IIIQI12x")
+_META = struct.Struct(">IIIQII8x")
 META_FLAG_XATTRS = 1
 META_OFFSET = _PREFIX.size
 SEALED_META_LEN = aead.NONCE_LEN + _META.size + aead.TAG_LEN
@@ -42,6 +44,7 @@ class Meta:
     gid: int
     rdev: int = 0
     flags: int = 0
+    nlink: int = 1   # names of a file-like node (more than one only for shared nodes)
 
 
 def new_node_id() -> bytes:
@@ -53,7 +56,8 @@ def _prefix(magic: bytes, node_id: bytes) -> bytes:
 
 
 def seal_meta(meta_key: bytes, prefix: bytes, meta: Meta) -> bytes:
-    return aead.seal(meta_key, _META.pack(meta.mode, meta.uid, meta.gid, meta.rdev, meta.flags), prefix)
+    packed = _META.pack(meta.mode, meta.uid, meta.gid, meta.rdev, meta.flags, meta.nlink)
+    return aead.seal(meta_key, packed, prefix)
 
 
 def build(magic: bytes, node_id: bytes, meta_key: bytes, meta: Meta) -> bytes:
@@ -61,12 +65,12 @@ def build(magic: bytes, node_id: bytes, meta_key: bytes, meta: Meta) -> bytes:
     return prefix + seal_meta(meta_key, prefix, meta)
 
 
-def parse_prefix(data: bytes, magic: bytes) -> bytes:
+def parse_prefix(data: bytes, magic: bytes | tuple[bytes, ...]) -> bytes:
     """Validate the unauthenticated prefix and return the node id."""
     if len(data) < HEADER_LEN:
         raise DamagedStructure("node header is truncated")
     got_magic, version, flags, length, node_id = _PREFIX.unpack_from(data)
-    if got_magic != magic:
+    if got_magic not in (magic if isinstance(magic, tuple) else (magic,)):
         raise DamagedStructure("node header has a wrong magic")
     if version not in READABLE_VERSIONS:
         raise UnsupportedVersion(f"node header version {version} is not supported")

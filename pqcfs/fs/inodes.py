@@ -18,6 +18,13 @@ from pqcfs.crypto.keys import NodeKeys
 from pqcfs.format.node_header import Meta
 
 
+SHARED_DIR = "h.links"   # in the tree root; the dot keeps it out of every listing
+
+
+def shared_path(node_id: bytes) -> str:
+    return f"{SHARED_DIR}/{node_id.hex()}"
+
+
 @dataclass(eq=False)
 class Node:
     ino: int
@@ -36,6 +43,8 @@ class Node:
     handle: object = None   # the shared MirroredFile while any handle is open
     xattrs: dict[bytes, bytes] | None = None
     stat: object = None     # the backing stat taken by lookup, consumed by the reply
+    shared: bool = False    # hard-linked: data in h.links/, every name is a stub
+    names: set = field(default_factory=set)  # shared nodes: the (parent, p_name) known to the kernel
 
     def cipher(self, block_size: int) -> ContentCipher:
         # Made on first use: a stat needs no content key.
@@ -46,6 +55,13 @@ class Node:
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.meta.mode)
+
+    @property
+    def data_path(self) -> str:
+        """Where the node's header and contents live (its entry, or the shared store)."""
+        if self.shared:
+            return shared_path(self.keys.node_id)
+        return self.c_path
 
     @property
     def c_path(self) -> str:
@@ -63,6 +79,7 @@ class InodeTable:
         root.ino = pyfuse3.ROOT_INODE
         root.lookups = 1
         self._nodes: dict[int, Node] = {root.ino: root}
+        self.shared: dict[bytes, Node] = {}   # node id -> the one Node of a hard-linked file
         self._next = root.ino + 1
         self.root = root
 
@@ -95,16 +112,24 @@ class InodeTable:
         node.lookups = max(0, node.lookups - count)
         self.maybe_drop(node)
 
-    def detach(self, node: Node) -> None:
-        """The name is gone from its parent (unlink, rmdir, replaced by rename)."""
-        if node.parent is not None and node.parent.children.get(node.p_name) is node:
-            del node.parent.children[node.p_name]
-        node.unlinked = True
+    def detach(self, node: Node, parent: Node | None = None, p_name: bytes | None = None) -> None:
+        """A name is gone (unlink, rmdir, replaced by rename); the last one unlinks the node."""
+        parent = node.parent if parent is None else parent
+        p_name = node.p_name if p_name is None else p_name
+        if parent is not None and parent.children.get(p_name) is node:
+            del parent.children[p_name]
+        if not node.shared or node.meta.nlink == 0:
+            node.unlinked = True
         self.maybe_drop(node)
 
     def maybe_drop(self, node: Node) -> None:
         if node.lookups or node.opens or node is self.root:
             return
         self._nodes.pop(node.ino, None)
+        if node.shared:
+            self.shared.pop(node.keys.node_id, None)
+            for parent, p_name in list(node.names):
+                if parent.children.get(p_name) is node:
+                    del parent.children[p_name]
         if node.parent is not None and node.parent.children.get(node.p_name) is node:
             del node.parent.children[node.p_name]

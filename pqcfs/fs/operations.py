@@ -91,7 +91,7 @@ class Operations(pyfuse3.Operations):
         a.entry_timeout = ENTRY_TIMEOUT
         a.attr_timeout = ATTR_TIMEOUT
         a.st_mode = node.meta.mode
-        a.st_nlink = 2 if node.is_dir else (0 if node.unlinked else 1)
+        a.st_nlink = 2 if node.is_dir else (0 if node.unlinked else node.meta.nlink)
         a.st_uid, a.st_gid, a.st_rdev = node.meta.uid, node.meta.gid, node.meta.rdev
         a.st_size = 4096 if node.is_dir else self.vfs.size_of(node)
         a.st_blksize = self.vfs.block_size
@@ -184,8 +184,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        # Hard links need a shared inode object in the format (docs/format.md, "Not yet").
-        raise FsError(errno.EPERM)
+        return self._entry(self.vfs.link(self._node(inode), self._node(new_parent_inode), new_name))
 
     @_errors
     async def unlink(self, parent_inode, name, ctx):

@@ -18,9 +18,9 @@ from pqcfs.crypto import content as content_layout
 from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError
 from pqcfs.format import names, node_header
-from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, Meta
+from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.fs.content import FileContent
-from pqcfs.fs.inodes import InodeTable, Node
+from pqcfs.fs.inodes import SHARED_DIR, InodeTable, Node, shared_path
 from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,17 @@ class VaultFS:
 
     def _meta_path(self, node: Node) -> str:
         """The file holding the node header: the file itself, or a directory's d.id."""
-        return self._join(node.c_path, names.DIR_ID_NAME) if node.is_dir else node.c_path
+        return self._join(node.c_path, names.DIR_ID_NAME) if node.is_dir else node.data_path
 
     def _xattr_path(self, node: Node) -> str:
         if node.is_dir:
             return self._join(node.c_path, "d" + names.XATTR_SUFFIX)
-        return node.c_path + names.XATTR_SUFFIX
+        return node.data_path + names.XATTR_SUFFIX
+
+    def _entry_rel(self, dir_node: Node, p_name: bytes) -> str:
+        """The backing entry of the name p_name in dir_node (for a hard-linked node, each
+        of its names has its own stub entry; node.c_path names only one of them)."""
+        return self._join(dir_node.c_path, names.on_disk_name(_full_c_name(dir_node, p_name)))
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -125,16 +130,34 @@ class VaultFS:
             raise FsError(errno.ENOENT) from None
         is_dir = stat.S_ISDIR(st.st_mode)
         header = self.replicas.read_file(self._join(rel, names.DIR_ID_NAME) if is_dir else rel, HEADER_LEN)
-        node_id = node_header.parse_prefix(header, MAGIC_DIR if is_dir else MAGIC_FILE)
+        node_id = node_header.parse_prefix(header, MAGIC_DIR if is_dir else (MAGIC_FILE, MAGIC_LINK))
+        shared = header[:4] == MAGIC_LINK
+        if shared:
+            known = self.inodes.shared.get(node_id)
+            if known is not None:
+                return self._add_name(known, dir_node, p_name)
+            # A stub: the header, metadata and contents are in the shared store.
+            st = self.replicas.lstat(shared_path(node_id))
+            header = self.replicas.read_file(shared_path(node_id), HEADER_LEN)
+            if node_header.parse_prefix(header, MAGIC_FILE) != node_id:
+                raise DamagedStructure("hard-link stub and shared node disagree")
         keys = self._child_keys(dir_node, node_id)
         meta = node_header.open_meta(keys.meta_key, header)
         if stat.S_ISDIR(meta.mode) != is_dir:
             raise DamagedStructure("node type does not match its ciphertext entry")
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
-                    keys=keys, meta=meta, stat=st)
+                    keys=keys, meta=meta, stat=st, shared=shared)
         if not is_dir:
             node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
+        if shared:
+            self.inodes.shared[node_id] = node
+            node.names.add((dir_node, p_name))
         return self.inodes.add(node)
+
+    def _add_name(self, node: Node, dir_node: Node, p_name: bytes) -> Node:
+        dir_node.children[p_name] = node
+        node.names.add((dir_node, p_name))
+        return node
 
     def listdir(self, dir_node: Node) -> list[tuple[bytes, str]]:
         """(p_name, disk_name) of every entry, in a stable order."""
@@ -171,7 +194,7 @@ class VaultFS:
         # Through the open descriptor when there is one: an unlinked file has no path.
         if node.handle is not None:
             return node.handle.handle.stat()
-        return self.replicas.lstat(node.c_path)
+        return self.replicas.lstat(node.data_path)
 
     def _write_meta(self, node: Node) -> None:
         prefix = node_header.build(MAGIC_DIR if node.is_dir else MAGIC_FILE, node.keys.node_id,
@@ -206,7 +229,7 @@ class VaultFS:
         if node.handle is not None:
             node.handle.handle.utime(ns)
         else:
-            self.replicas.utime(node.c_path, ns)
+            self.replicas.utime(node.data_path, ns)
 
     # --- creating -------------------------------------------------------------------
 
@@ -264,12 +287,46 @@ class VaultFS:
                     keys=keys, meta=meta, overrides={})
         return self.inodes.add(node)
 
+    def link(self, node: Node, dir_node: Node, p_name: bytes) -> Node:
+        """A new name for a file-like node. The first extra name moves the node's data into
+        the shared store (h.links/<node id>) and leaves a stub at every name, so hard links
+        work on file systems without them (exFAT)."""
+        if node.is_dir:
+            raise FsError(errno.EPERM)
+        if node.unlinked:
+            raise FsError(errno.ENOENT)
+        disk_name = self._prepare_name(dir_node, p_name)
+        if not node.shared:
+            self._share(node)
+        self._adopt(dir_node, node)
+        stub = node_header.build(MAGIC_LINK, node.keys.node_id, node.keys.meta_key, Meta(0, 0, 0))
+        self.replicas.write_atomic(self._join(dir_node.c_path, disk_name), stub, sync=False)
+        node.meta.nlink += 1
+        self._write_meta(node)
+        node.unlinked = False
+        return self._add_name(node, dir_node, p_name)
+
+    def _share(self, node: Node) -> None:
+        if not self.replicas.exists(SHARED_DIR):
+            self.replicas.mkdir(SHARED_DIR)
+        entry = node.c_path
+        stub = node_header.build(MAGIC_LINK, node.keys.node_id, node.keys.meta_key, Meta(0, 0, 0))
+        # Data first, then the stub at the old name: a crash in between leaves the data in
+        # the shared store (recoverable) and never two copies that could diverge.
+        self.replicas.rename(entry, shared_path(node.keys.node_id))
+        if self.replicas.exists(entry + names.XATTR_SUFFIX):
+            self.replicas.rename(entry + names.XATTR_SUFFIX, shared_path(node.keys.node_id) + names.XATTR_SUFFIX)
+        self.replicas.write_atomic(entry, stub, sync=False)
+        node.shared = True
+        node.names.add((node.parent, node.p_name))
+        self.inodes.shared[node.keys.node_id] = node
+
     # --- removing -------------------------------------------------------------------
 
-    def _drop_sidecars(self, parent: Node, disk_name: str, is_dir: bool) -> None:
+    def _drop_sidecars(self, parent: Node, disk_name: str, with_xattrs: bool) -> None:
         if names.is_long(disk_name):
             self.replicas.unlink(self._join(parent.c_path, disk_name + names.LONG_SUFFIX), missing_ok=True)
-        if not is_dir:
+        if with_xattrs:
             self.replicas.unlink(self._join(parent.c_path, disk_name + names.XATTR_SUFFIX), missing_ok=True)
 
     def _forget_override(self, parent: Node, node: Node) -> None:
@@ -282,8 +339,22 @@ class VaultFS:
         node = self.lookup(dir_node, p_name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
-        self.replicas.unlink(node.c_path)
-        self._drop_sidecars(dir_node, node.disk_name, False)
+        rel = self._entry_rel(dir_node, p_name)
+        self.replicas.unlink(rel)
+        if node.shared:
+            # Overrides stay: another name of this node may live in the same directory,
+            # and a leftover override is harmless.
+            self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1], with_xattrs=False)
+            node.names.discard((dir_node, p_name))
+            node.meta.nlink -= 1
+            if node.meta.nlink == 0:
+                self.replicas.unlink(node.data_path)
+                self.replicas.unlink(node.data_path + names.XATTR_SUFFIX, missing_ok=True)
+            else:
+                self._write_meta(node)
+            self.inodes.detach(node, dir_node, p_name)
+            return
+        self._drop_sidecars(dir_node, node.disk_name, with_xattrs=True)
         self._forget_override(dir_node, node)
         self.inodes.detach(node)
 
@@ -295,7 +366,7 @@ class VaultFS:
         if self.listdir(node):
             raise FsError(errno.ENOTEMPTY)
         self.replicas.rmdir_tree(node.c_path)
-        self._drop_sidecars(dir_node, node.disk_name, True)
+        self._drop_sidecars(dir_node, node.disk_name, with_xattrs=False)
         self._forget_override(dir_node, node)
         self.inodes.detach(node)
 
@@ -334,7 +405,7 @@ class VaultFS:
         if exchange:
             if target is None:
                 raise FsError(errno.ENOENT)
-            return self._exchange(old_dir, node, new_dir, target)
+            return self._exchange(old_dir, old_name, node, new_dir, new_name, target)
         if target is not None:
             if noreplace:
                 raise FsError(errno.EEXIST)
@@ -347,6 +418,8 @@ class VaultFS:
         new_full = _full_c_name(new_dir, new_name)
         new_disk = names.on_disk_name(new_full)
         new_rel = self._join(new_dir.c_path, new_disk)
+        old_rel = self._entry_rel(old_dir, old_name)
+        old_disk = old_rel.rsplit("/", 1)[-1]
         # Write order keeps a crash harmless: the override and long-name file first, then
         # the rename, then the stale override (a leftover one is never used).
         if new_dir is not old_dir:
@@ -355,37 +428,54 @@ class VaultFS:
             self.replicas.write_atomic(new_rel + names.LONG_SUFFIX, new_full.encode(), sync=False)
         if target is not None and target.is_dir:
             self.replicas.rmdir_tree(new_rel)
-        old_rel, old_disk = node.c_path, node.disk_name
         self.replicas.rename(old_rel, new_rel)
-        if not node.is_dir and self.replicas.exists(old_rel + names.XATTR_SUFFIX):
+        # A plain file's xattrs sit beside its entry and move with it; a shared node's sit
+        # beside its data, which does not move.
+        if not node.is_dir and not node.shared and self.replicas.exists(old_rel + names.XATTR_SUFFIX):
             self.replicas.rename(old_rel + names.XATTR_SUFFIX, new_rel + names.XATTR_SUFFIX)
-        elif not node.is_dir and target is not None:
+        elif target is not None and not target.is_dir and not target.shared:
             self.replicas.unlink(new_rel + names.XATTR_SUFFIX, missing_ok=True)
-        if names.is_long(old_disk) and (old_disk != new_disk or old_dir is not new_dir):
-            self.replicas.unlink(self._join(old_dir.c_path, old_disk + names.LONG_SUFFIX), missing_ok=True)
+        if names.is_long(old_disk) and old_rel != new_rel:
+            self.replicas.unlink(old_rel + names.LONG_SUFFIX, missing_ok=True)
         if target is not None:
-            if new_dir is not old_dir or target.keys.node_id in self._overrides(new_dir):
-                self._forget_override(new_dir, target)
-            self.inodes.detach(target)
-        if new_dir is not old_dir:
+            self._lose_name(target, new_dir, new_name)
+        if new_dir is not old_dir and not node.shared:
             self._forget_override(old_dir, node)
-        self._move_node(node, new_dir, new_name, new_disk)
+        self._move_name(node, old_dir, old_name, new_dir, new_name, new_disk)
 
-    def _move_node(self, node: Node, new_dir: Node, new_name: bytes, new_disk: str) -> None:
-        if node.parent.children.get(node.p_name) is node:
-            del node.parent.children[node.p_name]
+    def _lose_name(self, node: Node, dir_node: Node, p_name: bytes) -> None:
+        """Bookkeeping after rename replaced the entry p_name that named node."""
+        if node.shared:
+            node.names.discard((dir_node, p_name))
+            node.meta.nlink -= 1
+            if node.meta.nlink == 0:
+                self.replicas.unlink(node.data_path)
+                self.replicas.unlink(node.data_path + names.XATTR_SUFFIX, missing_ok=True)
+            else:
+                self._write_meta(node)
+        else:
+            self._forget_override(dir_node, node)
+        self.inodes.detach(node, dir_node, p_name)
+
+    def _move_name(self, node: Node, old_dir: Node, old_name: bytes, new_dir: Node, new_name: bytes,
+                   new_disk: str) -> None:
+        if old_dir.children.get(old_name) is node:
+            del old_dir.children[old_name]
+        if node.shared:
+            node.names.discard((old_dir, old_name))
+            node.names.add((new_dir, new_name))
         node.parent, node.p_name, node.disk_name = new_dir, new_name, new_disk
         new_dir.children[new_name] = node
 
-    def _exchange(self, dir_a: Node, a: Node, dir_b: Node, b: Node) -> None:
+    def _exchange(self, dir_a: Node, a_name: bytes, a: Node, dir_b: Node, b_name: bytes, b: Node) -> None:
         # Each entry name stays valid for its (directory, plaintext name) slot, so only the
         # contents swap places; keys follow their nodes through overrides.
         if dir_a is not dir_b:
             self._adopt(dir_b, a)
             self._adopt(dir_a, b)
-        a_rel, b_rel = a.c_path, b.c_path
-        xa = None if a.is_dir else a_rel + names.XATTR_SUFFIX
-        xb = None if b.is_dir else b_rel + names.XATTR_SUFFIX
+        a_rel, b_rel = self._entry_rel(dir_a, a_name), self._entry_rel(dir_b, b_name)
+        xa = None if a.is_dir or a.shared else a_rel + names.XATTR_SUFFIX
+        xb = None if b.is_dir or b.shared else b_rel + names.XATTR_SUFFIX
         has_a, has_b = bool(xa) and self.replicas.exists(xa), bool(xb) and self.replicas.exists(xb)
         self.replicas.exchange(a_rel, b_rel)
         # A file's xattr sidecar sits beside it, so it follows its file to the other slot.
@@ -395,20 +485,24 @@ class VaultFS:
             self.replicas.rename(xa, b_rel + names.XATTR_SUFFIX)
         elif has_b:
             self.replicas.rename(xb, a_rel + names.XATTR_SUFFIX)
-        a_name, b_name, a_disk, b_disk = a.p_name, b.p_name, a.disk_name, b.disk_name
-        a.parent, a.p_name, a.disk_name = dir_b, b_name, b_disk
-        b.parent, b.p_name, b.disk_name = dir_a, a_name, a_disk
-        dir_b.children[b_name] = a
-        dir_a.children[a_name] = b
+        a_disk, b_disk = a_rel.rsplit("/", 1)[-1], b_rel.rsplit("/", 1)[-1]
+        for node, old_dir, old_name in ((a, dir_a, a_name), (b, dir_b, b_name)):
+            if old_dir.children.get(old_name) is node:
+                del old_dir.children[old_name]
+            node.names.discard((old_dir, old_name))
+        self._move_name(a, dir_b, b_name, dir_b, b_name, b_disk)
+        self._move_name(b, dir_a, a_name, dir_a, a_name, a_disk)
         if dir_a is not dir_b:
-            self._forget_override(dir_a, a)
-            self._forget_override(dir_b, b)
+            if not a.shared:
+                self._forget_override(dir_a, a)
+            if not b.shared:
+                self._forget_override(dir_b, b)
 
     # --- contents -------------------------------------------------------------------
 
     def open(self, node: Node, writable: bool) -> FileContent:
         if node.handle is None:
-            handle = self.replicas.open_file(node.c_path, writable=not self.read_only)
+            handle = self.replicas.open_file(node.data_path, writable=not self.read_only)
             node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed)
         node.opens += 1
         return node.handle

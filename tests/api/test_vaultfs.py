@@ -238,3 +238,31 @@ def test_open_unlinked_file_keeps_working(vfs):
     vfs.release(f)
     with pytest.raises(FsError):
         vfs.lookup(root, b"tmp")
+
+
+def test_hard_links_share_one_node_across_directories_and_remounts(new_vault, vfs):
+    root = vfs.inodes.root
+    d = vfs.mkdir(root, b"d", 0o755, ME)
+    f = vfs.create_file(root, b"orig", stat.S_IFREG | 0o644, ME, content=b"shared data")
+    vfs.set_xattr(f, b"user.k", b"v")
+    assert vfs.link(f, d, b"alias") is f and f.meta.nlink == 2
+    vfs.link(f, root, b"third")
+    write(vfs, vfs.lookup(d, b"alias"), 0, b"SHARED")
+    assert read(vfs, vfs.lookup(root, b"third")) == b"SHARED data"
+    again = make_vfs(new_vault[0])
+    a = again.lookup(again.lookup(again.inodes.root, b"d"), b"alias")
+    b = again.lookup(again.inodes.root, b"orig")
+    assert a is b and a.meta.nlink == 3 and again.read_all(a) == b"SHARED data"
+    assert again.xattrs(a) == {b"user.k": b"v"}
+    vfs.unlink(root, b"orig")
+    vfs.rename(d, b"alias", root, b"renamed")
+    vfs.unlink(root, b"third")
+    third = make_vfs(new_vault[0])
+    last = third.lookup(third.inodes.root, b"renamed")
+    assert last.meta.nlink == 1 and third.read_all(last) == b"SHARED data"
+    vfs.unlink(root, b"renamed")
+    shared_dir = os.path.join(new_vault[0].locations[0], "tree", "h.links")
+    assert os.listdir(shared_dir) == []
+    with pytest.raises(FsError) as e:
+        vfs.link(d, root, b"dirlink")
+    assert e.value.errno == errno.EPERM

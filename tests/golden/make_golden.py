@@ -49,14 +49,17 @@ def main(out: str) -> None:
     moved = fs.mkdir(root, b"to-move", 0o755, ME)
     fs.create_file(moved, b"inside.txt", stat.S_IFREG | 0o644, ME, content=b"moved with its key\n")
     fs.rename(root, b"to-move", docs, b"moved")  # leaves an override in docs/d.ov
+    fs.link(fs.lookup(root, b"hello.txt"), docs, b"hello-link.txt")  # a hard link: h.links/
     expected = {
         "format": 1, "passphrase": PASSPHRASE, "recovery_code": slots.format_recovery_code(code),
         "files": {"hello.txt": "Hello, golden vault!\n", "docs/moved/inside.txt": "moved with its key\n",
+                  "docs/hello-link.txt": "Hello, golden vault!\n",
                   f"docs/{LONG}": "long name\n"},
         "blocks.bin": {"path": "docs/blocks.bin", "pattern": "bytes(range(256)) * 40"},
         "symlink": {"link": "docs/blocks.bin"}, "fifo": "fifo",
         "sparse": {"path": "sparse", "size": 1_000_003, "tail": "end"},
-        "xattrs": {"hello.txt": {"user.colour": "blue"}},
+        "xattrs": {"hello.txt": {"user.colour": "blue"}, "docs/hello-link.txt": {"user.colour": "blue"}},
+        "hard_links": [["hello.txt", "docs/hello-link.txt"]],
         "modes": {"docs": 0o750, "docs/blocks.bin": 0o600, "fifo": 0o640}, "uid": 1000, "gid": 1000}
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1, ensure_ascii=False)

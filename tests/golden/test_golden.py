@@ -56,6 +56,9 @@ def test_golden_vault_opens_and_reads(golden, how):
     assert len(data) == exp["sparse"]["size"] and data.endswith(b"end") and not any(data[:-3])
     for path, attrs in exp["xattrs"].items():
         assert fs.xattrs(walk(fs, path)) == {k.encode(): v.encode() for k, v in attrs.items()}
+    for group in exp["hard_links"]:
+        nodes = [walk(fs, path) for path in group]
+        assert all(n is nodes[0] for n in nodes) and nodes[0].meta.nlink == len(group)
     for path, mode in exp["modes"].items():
         node = walk(fs, path)
         assert stat.S_IMODE(node.meta.mode) == mode

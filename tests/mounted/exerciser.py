@@ -17,12 +17,16 @@ import stat
 import sys
 
 
+class Inode(bytearray):
+    """A file's contents; hard links are two paths holding the same object."""
+    mode = 0o644
+
+
 class Model:
     def __init__(self):
-        self.files: dict[str, bytearray] = {}
+        self.files: dict[str, Inode] = {}
         self.links: dict[str, str] = {}
         self.dirs: set[str] = {""}
-        self.modes: dict[str, int] = {}
 
     def entries(self):
         return set(self.files) | set(self.links) | (self.dirs - {""})
@@ -49,7 +53,7 @@ def snapshot(root: str) -> dict:
 def expected(model: Model) -> dict:
     out = {d: ("dir", None) for d in model.dirs if d}
     out.update({p: ("link", t) for p, t in model.links.items()})
-    out.update({p: ("file", hashlib.sha256(bytes(c)).hexdigest(), model.modes[p]) for p, c in model.files.items()})
+    out.update({p: ("file", hashlib.sha256(bytes(c)).hexdigest(), c.mode) for p, c in model.files.items()})
     return out
 
 
@@ -79,15 +83,15 @@ def run(root: str, seed: int, ops: int) -> Model:
     for step in range(ops):
         kind = rng.choices(
             ["create", "write", "truncate", "append", "rename", "mkdir", "rmdir", "unlink",
-             "symlink", "renamedir", "chmod"],
-            weights=[10, 25, 8, 8, 8, 4, 2, 5, 3, 2, 3])[0]
+             "symlink", "renamedir", "chmod", "link"],
+            weights=[10, 25, 8, 8, 8, 4, 2, 5, 3, 2, 3, 3])[0]
         files, dirs = sorted(m.files), sorted(m.dirs)
-        if kind == "create" or (not files and kind in ("write", "truncate", "append", "rename", "unlink", "chmod")):
+        if kind == "create" or (not files and kind in ("write", "truncate", "append", "rename", "unlink", "chmod", "link")):
             rel = fresh_name(rng.choice(dirs))
             data = os.urandom(rng.choice([0, 1, 100, 4096, 5000, 70000]))
             with open(P(rel), "wb") as f:
                 f.write(data)
-            m.files[rel], m.modes[rel] = bytearray(data), 0o644
+            m.files[rel] = Inode(data)
             check_file(rel)
         elif kind == "write":
             rel = rng.choice(files)
@@ -108,7 +112,8 @@ def run(root: str, seed: int, ops: int) -> Model:
             size = rng.randrange(0, len(m.files[rel]) + 20000)
             os.truncate(P(rel), size)
             c = m.files[rel]
-            m.files[rel] = c[:size] + bytearray(max(0, size - len(c)))
+            del c[size:]
+            c.extend(bytes(max(0, size - len(c))))
             check_file(rel)
         elif kind == "append":
             rel = rng.choice(files)
@@ -121,8 +126,10 @@ def run(root: str, seed: int, ops: int) -> Model:
             src = rng.choice(files)
             dst = rng.choice(files) if rng.random() < 0.3 else fresh_name(rng.choice(dirs))
             os.rename(P(src), P(dst))
-            if src != dst:
-                m.files[dst], m.modes[dst] = m.files.pop(src), m.modes.pop(src)
+            if m.files[src] is m.files.get(dst):
+                pass  # two names of one file: rename does nothing (POSIX)
+            else:
+                m.files[dst] = m.files.pop(src)
             check_file(dst)
         elif kind == "mkdir":
             rel = fresh_name(rng.choice(dirs))
@@ -139,7 +146,6 @@ def run(root: str, seed: int, ops: int) -> Model:
             rel = rng.choice(victims)
             os.unlink(P(rel))
             m.files.pop(rel, None)
-            m.modes.pop(rel, None)
             m.links.pop(rel, None)
         elif kind == "symlink":
             rel = fresh_name(rng.choice(dirs))
@@ -158,13 +164,18 @@ def run(root: str, seed: int, ops: int) -> Model:
                     return dst + p[len(src):] if p == src or p.startswith(src + "/") else p
                 m.dirs = {moved(d) for d in m.dirs}
                 m.files = {moved(p): c for p, c in m.files.items()}
-                m.modes = {moved(p): c for p, c in m.modes.items()}
                 m.links = {moved(p): t for p, t in m.links.items()}
         elif kind == "chmod":
             rel = rng.choice(files)
             mode = rng.choice([0o600, 0o640, 0o644, 0o755])
             os.chmod(P(rel), mode)
-            m.modes[rel] = mode
+            m.files[rel].mode = mode
+        elif kind == "link":
+            src = rng.choice(files)
+            dst = fresh_name(rng.choice(dirs))
+            os.link(P(src), P(dst))
+            m.files[dst] = m.files[src]
+            check_file(dst)
         if step % 25 == 0 or step == ops - 1:
             got, want = snapshot(root), expected(m)
             assert got == want, f"tree differs at step {step} (seed {seed}): {set(got) ^ set(want)}"

@@ -220,6 +220,24 @@ def symlinks(d):
 
 
 @check
+def hard_links(d):
+    a, b = os.path.join(d, "a"), os.path.join(d, "sub", "b")
+    os.mkdir(os.path.join(d, "sub"))
+    _write(a, b"one")
+    os.link(a, b)
+    assert os.stat(a).st_nlink == 2 and os.stat(a).st_ino == os.stat(b).st_ino
+    _write(b, b"two", "ab")
+    assert _read(a) == b"onetwo"
+    os.chmod(b, 0o600)
+    assert stat.S_IMODE(os.stat(a).st_mode) == 0o600
+    os.rename(b, os.path.join(d, "c"))
+    os.unlink(a)
+    assert _read(os.path.join(d, "c")) == b"onetwo" and os.stat(os.path.join(d, "c")).st_nlink == 1
+    with pytest.raises(PermissionError):
+        os.link(os.path.join(d, "sub"), os.path.join(d, "dirlink"))
+
+
+@check
 def modes_owners_times(d):
     p = os.path.join(d, "m")
     _write(p, b"")
