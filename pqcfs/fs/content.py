@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from pqcfs.crypto.content import BlockCorrupt, ContentCipher
+from pqcfs.crypto.content import BlockCorrupt, ContentCipher, c_size
+from pqcfs.errors import NoSpace
 from pqcfs.format.node_header import HEADER_LEN
 from pqcfs.store.replicas import MirroredFile
 
@@ -84,17 +85,23 @@ class FileContent:
         lead = offset % B
         head = block(first)[:lead].ljust(lead, b"\0") if lead and first <= old_last else bytes(lead)
         tail = block(last)[end % B :] if end % B and end < old_size else b""
-        # The old last block loses its end-of-file flag (and grows to a full block) when the
-        # file now extends past it and this write does not rewrite it.
-        if 0 <= old_last < first:
-            old_tail = self._read_blocks(old_last, old_last)
-            self.size = new_size  # its flag is now "not last"
-            resealed = self.cipher.seal(old_last, old_tail.ljust(B, b"\0"), eof_at_end=False)
-            self.handle.pwrite(resealed, self._c_off(old_last))
         plain = b"".join((head, bytes(data), tail)) if head or tail else data
         new_last = self._last_index(new_size)
         c_data = self.cipher.seal(first, plain, eof_at_end=(last == new_last))
-        self.handle.pwrite(c_data, self._c_off(first))
+        resealed = None
+        if 0 <= old_last < first:
+            # The old last block loses its end-of-file flag (and grows to a full block)
+            # when the file now extends past it and this write does not rewrite it.
+            resealed = self.cipher.seal(old_last, block(old_last).ljust(B, b"\0"), eof_at_end=False)
+        try:
+            self.handle.pwrite(c_data, self._c_off(first))
+        except NoSpace:
+            # A full drive: give back what the failed write allocated, so the file on the
+            # drive is exactly what it was (and its old last block was never touched).
+            self.handle.truncate(HEADER_LEN + c_size(old_size, B))
+            raise
+        if resealed is not None:
+            self.handle.pwrite(resealed, self._c_off(old_last))
         self.size = new_size
         return len(data)
 
