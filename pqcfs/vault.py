@@ -60,6 +60,10 @@ def read_state(location: str, root_key: bytes | None) -> replica_state.ReplicaSt
     return replica_state.decode(_read(os.path.join(location, replica_state.FILE_NAME)), root_key)
 
 
+def write_state(location: str, state: replica_state.ReplicaState, root_key: bytes) -> None:
+    write_atomic(os.path.join(location, replica_state.FILE_NAME), replica_state.encode(state, root_key))
+
+
 def _check_empty(location: str) -> None:
     if not os.path.isdir(location):
         raise NotAVault(f"{location}: no such directory")
@@ -100,11 +104,12 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
     root_keys = root_dir_keys(root_key, root_id)
     meta = node_header.Meta(mode=0o40755, uid=os.getuid(), gid=os.getgid())
     root_dir_file = node_header.build(node_header.MAGIC_DIR, root_id, root_keys.meta_key, meta)
+    genesis = "init-" + os.urandom(8).hex()
     for location, replica in zip(locations, header.replicas):
         tree = os.path.join(location, TREE_DIR)
         os.mkdir(tree, 0o700)
         write_atomic(os.path.join(tree, DIR_ID_NAME), root_dir_file)
-        state = replica_state.ReplicaState(vault_id.hex(), replica["id"])
+        state = replica_state.ReplicaState(vault_id.hex(), replica["id"], lineage=[genesis])
         write_atomic(os.path.join(location, replica_state.FILE_NAME), replica_state.encode(state, root_key))
     vault.save_header()  # last: a location with a header is a complete vault
     return vault, code

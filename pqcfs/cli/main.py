@@ -6,11 +6,12 @@ import argparse
 import sys
 
 from pqcfs import __version__
-from pqcfs.cli import exitcodes, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd
+from pqcfs.cli import (exitcodes, fsck_cmd, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd,
+                       status_cmd, sync_cmd)
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
 
-COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd]
+COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd, status_cmd, sync_cmd, fsck_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

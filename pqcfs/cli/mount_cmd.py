@@ -10,6 +10,7 @@ import sys
 import time
 
 from pqcfs.cli import options
+from pqcfs.cli.progress import Progress
 from pqcfs.errors import MountError
 from pqcfs.fs import session as session_mod
 
@@ -37,9 +38,18 @@ def _split_options(values: list[str]) -> list[str]:
 
 def run_mount(args) -> int:
     session_mod.check_mountpoint(args.mountpoint)
-    vault = options.unlock(args)
+    vault = options.unlock(args, require_all=False)
     session = session_mod.Session(vault, args.mountpoint, read_only=args.ro)
     session.lock()
+    try:
+        plan = session.prepare(Progress)
+    except BaseException:
+        session.unlock()
+        raise
+    if plan.missing:
+        print(f"pqcfs: warning: {len(plan.missing)} replica(s) not present ({', '.join(plan.missing)}): "
+              "mounted DEGRADED on the primary only; `pqcfs sync` brings them up to date later",
+              file=sys.stderr)
     extra = _split_options(args.fuse_options)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:

@@ -1,10 +1,13 @@
 """Replica state (pqcfs.state): one per replica, never copied between them.
 
-  canonical JSON {"format":1,"vault_id","replica_id","generation","clean"} + "\n"
-  + hex(HMAC-SHA256(state_mac_key, that JSON))
+  canonical JSON {"format":1,"vault_id","replica_id","generation","clean","lineage",
+  "missing"} + "\n" + hex(HMAC-SHA256(state_mac_key, that JSON))
 
-The generation counter rises with every mount session that changes the replica; the MAC
-(key from the root key) stops anyone without the key from faking a newer generation.
+`generation` rises with every mount session that changes the replica; `lineage` lists
+the ids of the last sessions it took part in (newest last), so one replica is known to be
+an ancestor of another (stale) or the two to have diverged (split brain); `missing` names
+the replicas that missed writes this replica has. The MAC (key from the root key) stops
+anyone without the key from faking any of it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from pqcfs.crypto.kdf import LABEL_STATE_MAC, hkdf
 from pqcfs.errors import DamagedStructure, UnsupportedVersion
@@ -29,6 +32,34 @@ class ReplicaState:
     generation: int = 0
     clean: bool = True
     format: int = VERSION
+    lineage: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    LINEAGE_KEPT = 256
+
+    @property
+    def head(self) -> str:
+        return self.lineage[-1] if self.lineage else ""
+
+    def begin_session(self, session_id: str, missing: list[str]) -> None:
+        self.lineage = (self.lineage + [session_id])[-self.LINEAGE_KEPT:]
+        self.generation += 1
+        self.clean = False
+        self.missing = sorted(set(self.missing) | set(missing))
+
+
+SAME, STALE, NEWER, DIVERGED = "same", "stale", "newer", "diverged"
+
+
+def compare(reference: ReplicaState, other: ReplicaState) -> str:
+    """How `other` stands relative to `reference`."""
+    if reference.head == other.head:
+        return SAME
+    if other.head in reference.lineage:
+        return STALE
+    if reference.head in other.lineage:
+        return NEWER
+    return DIVERGED
 
 
 def _mac(root_key: bytes, body: bytes) -> str:

@@ -43,7 +43,7 @@ class FileContent:
         try:
             return self.cipher.open(first, c_data, self._last_index())
         except BlockCorrupt as primary_error:
-            for replica in range(1, self.handle.replicas):
+            for replica in [n for n in self.handle.readable_replicas if n != 0]:
                 good = self.handle.pread(length, self._c_off(first), replica)
                 try:
                     plain = self.cipher.open(first, good, self._last_index())

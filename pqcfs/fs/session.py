@@ -17,9 +17,10 @@ import signal
 import pyfuse3
 import trio
 
+from pqcfs import mirror
 from pqcfs import vault as vault_mod
 from pqcfs.errors import MountError
-from pqcfs.format import replica_state
+from pqcfs.fs import recovery
 from pqcfs.fs.operations import Operations
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
@@ -60,6 +61,9 @@ class Session:
         # Resolved now: once mounted, any lookup under the mountpoint would wait for this
         # very process to answer, before it serves.
         self.runtime_path = runtime_file(self.mountpoint)
+        self.replicas: ReplicaSet | None = None
+        self.missing: list[str] = []
+        self.session_id = ""
 
     def lock(self) -> None:
         for location in self.vault.locations:
@@ -77,20 +81,64 @@ class Session:
             os.close(fd)
         self._locks = []
 
-    def _set_state(self, clean: bool) -> None:
+    def _trees(self) -> list[str]:
+        return [os.path.join(loc, vault_mod.TREE_DIR) for loc in self.vault.locations]
+
+    def prepare(self, progress_factory=None) -> mirror.Plan:
+        """Before serving: bring stale replicas up to date, repair after a crash, and
+        start a new session in every present replica's history."""
+        plan, _ = mirror.plan(self.vault)
+        for location in plan.stale:
+            progress = progress_factory(f"sync {location}", mirror.total_bytes(plan.primary)) if progress_factory else None
+            mirror.sync_replica(self.vault, plan.primary, location, progress)
+            if progress:
+                progress.close()
+            log.info("brought the stale replica at %s up to date", location)
+        if plan.unclean and len(self.vault.locations) > 1 and not self.read_only:
+            vfs = VaultFS(ReplicaSet(self._trees()), self.vault.root_dir_keys(), self.vault.header.block_size)
+            repaired = recovery.recover(vfs, self._trees()[0], self._trees()[1:], self.vault.header.block_size)
+            for location in self.vault.locations[1:]:
+                mirror.sync_replica(self.vault, plan.primary, location)
+            log.warning("recovered from an unclean unmount (%d blocks repaired from a backup)", repaired)
+        self.missing = plan.missing
+        if not self.read_only:
+            self.session_id = os.urandom(8).hex()
+            for location in self.vault.locations:
+                state = vault_mod.read_state(location, self.vault.root_key)
+                state.begin_session(self.session_id, plan.missing)
+                vault_mod.write_state(location, state, self.vault.root_key)
+        return plan
+
+    def _replica_failed(self, n: int, error: BaseException) -> None:
+        """A backup dropped out while mounted: the primary's history moves on without it,
+        so the next mount knows that replica is stale."""
+        location = self.vault.locations[n]
+        primary = self.vault.locations[0]
+        try:
+            failed_id = vault_mod.read_state(location, self.vault.root_key).replica_id
+        except Exception:  # noqa: BLE001 - the drive may be gone entirely
+            failed_id = next((r["id"] for r in self.vault.header.replicas
+                              if r.get("path_hint") == os.path.realpath(location)), location)
+        state = vault_mod.read_state(primary, self.vault.root_key)
+        state.begin_session(f"{self.session_id}-degraded-{os.urandom(4).hex()}", [failed_id])
+        vault_mod.write_state(primary, state, self.vault.root_key)
+        self.missing = sorted(set(self.missing) | {failed_id})
+        self._write_runtime()
+        log.warning("backup at %s failed (%s): degraded, writing to the primary only", location, error)
+
+    def _finish(self) -> None:
         if self.read_only:
             return
-        for location in self.vault.locations:
+        healthy = self.replicas.healthy if self.replicas else range(len(self.vault.locations))
+        for n in healthy:
+            location = self.vault.locations[n]
             state = vault_mod.read_state(location, self.vault.root_key)
-            if not clean:
-                state.generation += 1
-            state.clean = clean
-            write_atomic(os.path.join(location, replica_state.FILE_NAME),
-                         replica_state.encode(state, self.vault.root_key))
+            state.clean = True
+            vault_mod.write_state(location, state, self.vault.root_key)
 
     def build(self) -> Operations:
-        trees = [os.path.join(loc, vault_mod.TREE_DIR) for loc in self.vault.locations]
-        vfs = VaultFS(ReplicaSet(trees), self.vault.root_dir_keys(), self.vault.header.block_size,
+        self.replicas = ReplicaSet(self._trees(), on_failure=self._replica_failed)
+        vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
                       read_only=self.read_only)
         return Operations(vfs)
 
@@ -105,11 +153,10 @@ class Session:
     def serve(self, extra_options: list[str], ready=None) -> None:
         """Mount and serve until unmounted or signalled; ready() runs once mounted."""
         ops = self.build()
-        self._set_state(clean=False)
         try:
             pyfuse3.init(ops, self.mountpoint, self.fuse_options(extra_options))
         except RuntimeError as e:
-            self._set_state(clean=True)
+            self._finish()
             raise MountError(f"mounting {self.mountpoint} failed: {e}") from None
         self._write_runtime()
         if ready:
@@ -121,7 +168,7 @@ class Session:
                 pyfuse3.close(unmount=True)
             except Exception:  # already unmounted from outside (fusermount3 -u)
                 pass
-            self._set_state(clean=True)
+            self._finish()
             self._remove_runtime()
             self.unlock()
 
@@ -140,9 +187,11 @@ class Session:
 
     def _write_runtime(self) -> None:
         os.makedirs(RUNTIME_DIR, mode=0o700, exist_ok=True)
+        failed = [self.vault.locations[n] for n in sorted(self.replicas.failed)] if self.replicas else []
         write_atomic(self.runtime_path, json.dumps({
             "pid": os.getpid(), "mountpoint": self.mountpoint, "replicas": self.vault.locations,
-            "vault_id": self.vault.header.vault_id.hex(), "read_only": self.read_only}).encode(), sync=False)
+            "failed": failed, "missing": self.missing, "vault_id": self.vault.header.vault_id.hex(),
+            "read_only": self.read_only}).encode(), sync=False)
 
     def _remove_runtime(self) -> None:
         try:

@@ -1,93 +1,63 @@
-"""The ciphertext tree on N replicas. Every mutation goes to every replica; reads come
-from the first (the primary) and fall back to the others when the primary's copy fails.
+"""The ciphertext tree on N replicas. Every mutation goes to every healthy replica; reads
+come from the first (the primary) and fall back to the others when its copy fails.
 
-Paths here are relative to each replica's `tree/` directory and are ciphertext paths.
+A failing backup (unplugged, read-only, full, I/O errors) is dropped for the rest of the
+session and reported through `on_failure`; the mount continues degraded on the others.
+A failing primary is an error for the caller. Paths here are relative to each replica's
+`tree/` directory and are ciphertext paths.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 
 from pqcfs.errors import NoSpace
 from pqcfs.store import atomic
 
+log = logging.getLogger(__name__)
+
 
 def _no_space(e: OSError) -> OSError | NoSpace:
-    return NoSpace("a drive is full") if e.errno == errno.ENOSPC else e
-
-
-class MirroredFile:
-    """One open ciphertext file on every replica."""
-
-    def __init__(self, fds: list[int]):
-        self.fds = fds
-
-    def pread(self, size: int, offset: int, replica: int = 0) -> bytes:
-        return os.pread(self.fds[replica], size, offset)
-
-    def pwrite(self, data: bytes, offset: int) -> None:
-        try:
-            for fd in self.fds:
-                view = memoryview(data)
-                pos = offset
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    view, pos = view[n:], pos + n
-        except OSError as e:
-            raise _no_space(e) from None
-
-    def pwrite_one(self, replica: int, data: bytes, offset: int) -> None:
-        os.pwrite(self.fds[replica], data, offset)
-
-    def truncate(self, length: int) -> None:
-        try:
-            for fd in self.fds:
-                os.ftruncate(fd, length)
-        except OSError as e:
-            raise _no_space(e) from None
-
-    def fsync(self, datasync: bool = False) -> None:
-        for fd in self.fds:
-            (os.fdatasync if datasync else os.fsync)(fd)
-
-    def size(self) -> int:
-        return os.fstat(self.fds[0]).st_size
-
-    def stat(self) -> os.stat_result:
-        return os.fstat(self.fds[0])
-
-    def utime(self, ns: tuple[int, int]) -> None:
-        for fd in self.fds:
-            os.utime(fd, ns=ns)
-
-    @property
-    def replicas(self) -> int:
-        return len(self.fds)
-
-    def close(self) -> None:
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds = []
+    return NoSpace("the primary drive is full") if e.errno == errno.ENOSPC else e
 
 
 class ReplicaSet:
-    def __init__(self, tree_roots: list[str]):
+    def __init__(self, tree_roots: list[str], on_failure=None):
         self.roots = tree_roots
+        self.failed: set[int] = set()
+        self.on_failure = on_failure
+
+    @property
+    def healthy(self) -> list[int]:
+        return [n for n in range(len(self.roots)) if n not in self.failed]
+
+    def fail(self, n: int, error: BaseException) -> None:
+        if n in self.failed:
+            return
+        self.failed.add(n)
+        log.warning("replica %d failed (%s); continuing without it (degraded)", n, error)
+        if self.on_failure:
+            self.on_failure(n, error)
 
     def path(self, rel: str, replica: int = 0) -> str:
         return os.path.join(self.roots[replica], rel) if rel else self.roots[replica]
 
-    def _each(self, fn, *rels: str) -> None:
-        try:
-            for n in range(len(self.roots)):
-                fn(*(self.path(r, n) for r in rels))
-        except OSError as e:
-            raise _no_space(e) from None
+    def each(self, fn) -> None:
+        """Run fn(n) for every healthy replica; a backup that raises is failed, a primary
+        that raises raises."""
+        for n in self.healthy:
+            try:
+                fn(n)
+            except OSError as e:
+                if n == 0:
+                    raise _no_space(e) from None
+                self.fail(n, e)
+
+    def _each_path(self, fn, *rels: str) -> None:
+        self.each(lambda n: fn(*(self.path(r, n) for r in rels)))
 
     # Reads (primary first).
     def lstat(self, rel: str) -> os.stat_result:
@@ -109,70 +79,137 @@ class ReplicaSet:
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self.path(rel))
 
-    # Mutations (every replica).
+    # Mutations (every healthy replica).
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
-        for n in range(len(self.roots)):
-            atomic.write_atomic(self.path(rel, n), data, sync)
-
-    def create_file(self, rel: str, header: bytes) -> MirroredFile:
-        fds = []
         try:
-            for n in range(len(self.roots)):
-                fd = os.open(self.path(rel, n), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-                fds.append(fd)
-                os.pwrite(fd, header, 0)
-        except OSError as e:
-            MirroredFile(fds).close()
-            for n in range(len(fds)):
+            self.each(lambda n: atomic.write_atomic(self.path(rel, n), data, sync))
+        except NoSpace:
+            raise
+
+    def write_one(self, replica: int, rel: str, data: bytes, offset: int = 0) -> None:
+        fd = os.open(self.path(rel, replica), os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    def create_file(self, rel: str, header: bytes) -> "MirroredFile":
+        fds: dict[int, int] = {}
+
+        def create(n: int) -> None:
+            fd = os.open(self.path(rel, n), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fds[n] = fd
+            os.pwrite(fd, header, 0)
+
+        try:
+            self.each(create)
+        except (OSError, NoSpace):
+            for n, fd in fds.items():
+                os.close(fd)
                 try:
                     os.unlink(self.path(rel, n))
                 except OSError:
                     pass
-            raise _no_space(e) from None
-        return MirroredFile(fds)
-
-    def open_file(self, rel: str, writable: bool = True) -> MirroredFile:
-        flags = os.O_RDWR if writable else os.O_RDONLY
-        fds = []
-        try:
-            for n in range(len(self.roots)):
-                fds.append(os.open(self.path(rel, n), flags))
-        except OSError:
-            MirroredFile(fds).close()
             raise
-        return MirroredFile(fds)
+        return MirroredFile(self, fds)
+
+    def open_file(self, rel: str, writable: bool = True) -> "MirroredFile":
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        fds: dict[int, int] = {}
+        try:
+            self.each(lambda n: fds.__setitem__(n, os.open(self.path(rel, n), flags)))
+        except OSError:
+            MirroredFile(self, fds).close()
+            raise
+        return MirroredFile(self, fds)
 
     def mkdir(self, rel: str) -> None:
-        self._each(lambda p: os.mkdir(p, 0o700), rel)
+        self._each_path(lambda p: os.mkdir(p, 0o700), rel)
 
     def rmdir_tree(self, rel: str) -> None:
         """Remove a ciphertext directory that holds only pqcfs' own files."""
-        self._each(shutil.rmtree, rel)
+        self._each_path(shutil.rmtree, rel)
 
     def unlink(self, rel: str, missing_ok: bool = False) -> None:
-        for n in range(len(self.roots)):
+        def remove(p: str) -> None:
             try:
-                os.unlink(self.path(rel, n))
+                os.unlink(p)
             except FileNotFoundError:
                 if not missing_ok:
                     raise
+        self._each_path(remove, rel)
 
     def rename(self, src: str, dst: str) -> None:
-        self._each(os.replace, src, dst)
+        self._each_path(os.replace, src, dst)
 
     def exchange(self, a: str, b: str) -> None:
         # No renameat2(RENAME_EXCHANGE) in os; a three-step swap through a temp name.
         tmp = os.path.join(os.path.dirname(a), atomic.TEMP_PREFIX + os.urandom(6).hex())
-        self._each(os.rename, a, tmp)
-        self._each(os.rename, b, a)
-        self._each(os.rename, tmp, b)
+        self._each_path(os.rename, a, tmp)
+        self._each_path(os.rename, b, a)
+        self._each_path(os.rename, tmp, b)
 
     def utime(self, rel: str, ns: tuple[int, int]) -> None:
-        self._each(lambda p: os.utime(p, ns=ns, follow_symlinks=False), rel)
+        self._each_path(lambda p: os.utime(p, ns=ns, follow_symlinks=False), rel)
 
     def fsync_dir(self, rel: str) -> None:
-        for n in range(len(self.roots)):
-            atomic.fsync_dir(self.path(rel, n))
+        self._each_path(atomic.fsync_dir, rel)
 
     def statvfs(self) -> os.statvfs_result:
         return os.statvfs(self.roots[0])
+
+
+class MirroredFile:
+    """One open ciphertext file on every healthy replica (replica index -> fd)."""
+
+    def __init__(self, replicas: ReplicaSet, fds: dict[int, int]):
+        self.replicas = replicas
+        self.fds = fds
+
+    def _each(self, fn) -> None:
+        def run(n: int) -> None:
+            fd = self.fds.get(n)
+            if fd is not None:
+                fn(fd)
+        self.replicas.each(run)
+
+    def pread(self, size: int, offset: int, replica: int = 0) -> bytes:
+        return os.pread(self.fds[replica], size, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        def write(fd: int) -> None:
+            view, pos = memoryview(data), offset
+            while view:
+                n = os.pwrite(fd, view, pos)
+                view, pos = view[n:], pos + n
+        self._each(write)
+
+    def pwrite_one(self, replica: int, data: bytes, offset: int) -> None:
+        os.pwrite(self.fds[replica], data, offset)
+
+    def truncate(self, length: int) -> None:
+        self._each(lambda fd: os.ftruncate(fd, length))
+
+    def fsync(self, datasync: bool = False) -> None:
+        self._each(os.fdatasync if datasync else os.fsync)
+
+    def size(self) -> int:
+        return os.fstat(self.fds[0]).st_size
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.fds[0])
+
+    def utime(self, ns: tuple[int, int]) -> None:
+        self._each(lambda fd: os.utime(fd, ns=ns))
+
+    @property
+    def readable_replicas(self) -> list[int]:
+        return [n for n in self.fds if n not in self.replicas.failed]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = {}

@@ -1,0 +1,40 @@
+"""pqcfs fsck VAULT [--repair]"""
+
+from __future__ import annotations
+
+from pqcfs import fsck, mirror
+from pqcfs.cli import exitcodes, options
+from pqcfs.cli.progress import Progress
+from pqcfs.fs import session as session_mod
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("fsck", help="authenticate everything on every replica, compare them, repair")
+    p.add_argument("vault")
+    p.add_argument("--repair", action="store_true", help="repair damaged copies from a good replica")
+    p.add_argument("--json", action="store_true")
+    options.add_unlock_options(p)
+    options.add_replica_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    vault = options.unlock(args, require_all=False)
+    lock = session_mod.Session(vault, "/nonexistent-fsck")
+    lock.lock()  # refuses while mounted: fsck must not race the daemon
+    try:
+        total = sum(mirror.total_bytes(loc) for loc in vault.locations)
+        progress = Progress("fsck", total)
+        report = fsck.run(vault, repair=args.repair, progress=progress)
+        progress.close()
+    finally:
+        lock.unlock()
+    lines = [f"checked {report.nodes} nodes, {report.bytes_checked / 2**20:.1f} MiB on "
+             f"{len(report.replicas)} replica(s)"]
+    for p in report.problems:
+        lines.append(f"  {'REPAIRED' if p.repaired else 'DAMAGED '} {p.replica}: {p.c_path}: {p.what}")
+    if report.differing_files:
+        lines.append(f"  replicas differ in {report.differing_files} file(s) (run `pqcfs sync`)")
+    lines.append("clean" if report.clean else "NOT clean")
+    options.emit(args, report.to_dict(), "\n".join(lines))
+    return exitcodes.OK if report.clean else exitcodes.CRYPTO

@@ -1,0 +1,72 @@
+"""Mirroring policy: which replicas are current, stale, newer or diverged, and what a
+session does about it. Replica states decide; an older replica never overwrites a newer
+one, and two that both moved on (split brain) are left alone until the user chooses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from pqcfs import vault as vault_mod
+from pqcfs.errors import DriveError
+from pqcfs.format import replica_state as rs
+from pqcfs.store import sync as sync_mod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    primary: str
+    current: list[str]                      # present and identical in history to the primary
+    stale: list[str] = field(default_factory=list)      # present, behind the primary: sync first
+    missing: list[str] = field(default_factory=list)    # replica ids not plugged in
+    unclean: bool = False                   # some present replica was not cleanly unmounted
+
+
+def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaState]]:
+    states = {loc: vault_mod.read_state(loc, vault.root_key) for loc in vault.locations}
+    primary = vault.locations[0]
+    ref = states[primary]
+    p = Plan(primary=primary, current=[primary], unclean=not ref.clean)
+    for loc in vault.locations[1:]:
+        relation = rs.compare(ref, states[loc])
+        if relation == rs.SAME:
+            p.current.append(loc)
+            p.unclean |= not states[loc].clean
+        elif relation == rs.STALE:
+            p.stale.append(loc)
+        elif relation == rs.NEWER:
+            raise DriveError(f"the replica at {loc} is newer than the primary {primary}: it was used "
+                             "without it. Mount that one as the primary, or bring the primary up to "
+                             f"date with `pqcfs sync {loc} --backup {primary}`")
+        else:
+            raise DriveError(f"{primary} and {loc} were both changed without each other (split brain); "
+                             "nothing was touched. Choose the one to keep and run "
+                             f"`pqcfs sync KEEP --backup OTHER --overwrite-diverged`")
+    present_ids = {states[loc].replica_id for loc in vault.locations}
+    p.missing = [r["id"] for r in vault.header.replicas if r["id"] not in present_ids]
+    return p, states
+
+
+def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progress=None) -> sync_mod.SyncStats:
+    """Make target a copy of source (ciphertext and history)."""
+    stats = sync_mod.sync_tree(source, target, progress or (lambda n: None))
+    src_state = vault_mod.read_state(source, vault.root_key)
+    dst_state = vault_mod.read_state(target, vault.root_key)
+    dst_state.lineage = list(src_state.lineage)
+    dst_state.generation = src_state.generation
+    dst_state.clean = True
+    dst_state.missing = []
+    vault_mod.write_state(target, dst_state, vault.root_key)
+    # The source no longer waits for this replica.
+    if dst_state.replica_id in src_state.missing:
+        src_state.missing.remove(dst_state.replica_id)
+        vault_mod.write_state(source, src_state, vault.root_key)
+    return stats
+
+
+def total_bytes(location: str) -> int:
+    return sync_mod.total_bytes(os.path.join(location, vault_mod.TREE_DIR))
