@@ -4,6 +4,7 @@ every replica, compare the replicas, and repair from a good copy when asked."""
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 
 from pqcfs import vault as vault_mod
@@ -12,6 +13,7 @@ from pqcfs.errors import CryptoError, DamagedStructure
 from pqcfs.format.names import is_entry
 from pqcfs.fs import recovery
 from pqcfs.fs.vaultfs import FsError, VaultFS
+from pqcfs.store import sync as sync_mod
 from pqcfs.store.replicas import ReplicaSet
 
 READ_CHUNK = 1 << 20
@@ -114,17 +116,27 @@ def run(vault: vault_mod.UnlockedVault, repair: bool = False, progress=lambda n:
 
 
 def _repair(vault: vault_mod.UnlockedVault, report: Report, trees: list[str]) -> None:
+    """Repair each problem from a replica that has no problem at the same place: blocks
+    and headers by an authenticated merge (or a copy), damaged names by copying the
+    directory's entries from the good replica."""
     bad = {(p.replica, p.c_path) for p in report.problems}
+    by_location = dict(zip(vault.locations, trees))
     for problem in report.problems:
-        if problem.keys is None:
-            continue
-        for location, tree in zip(vault.locations, trees):
+        damaged_tree = by_location[problem.replica]
+        for location, tree in by_location.items():
             if location == problem.replica or (location, problem.c_path) in bad:
                 continue
             good = os.path.join(tree, problem.c_path)
-            damaged = os.path.join(vault.locations[vault.locations.index(problem.replica)],
-                                   vault_mod.TREE_DIR, problem.c_path)
-            if os.path.isfile(good):
+            damaged = os.path.join(damaged_tree, problem.c_path)
+            if "entry name" in problem.what and os.path.isdir(good):
+                sync_mod.sync_tree(good, damaged)
+            elif problem.keys is not None and os.path.isfile(good):
                 recovery.merge_file(damaged, good, problem.keys, vault.header.block_size)
-                problem.repaired = True
-                break
+            elif os.path.isfile(good):
+                shutil.copy2(good, damaged)
+            elif os.path.isdir(good):
+                sync_mod.sync_tree(good, damaged)
+            else:
+                continue
+            problem.repaired = True
+            break

@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import signal
+import sys
 
 import pyfuse3
 import trio
 
 from pqcfs import mirror
 from pqcfs import vault as vault_mod
-from pqcfs.errors import MountError
+from pqcfs.errors import MountError, PqcfsError
 from pqcfs.fs import recovery
 from pqcfs.fs.operations import Operations
 from pqcfs.fs.vaultfs import VaultFS
@@ -90,10 +91,20 @@ class Session:
         plan, _ = mirror.plan(self.vault)
         for location in plan.stale:
             progress = progress_factory(f"sync {location}", mirror.total_bytes(plan.primary)) if progress_factory else None
-            mirror.sync_replica(self.vault, plan.primary, location, progress)
-            if progress:
-                progress.close()
-            log.info("brought the stale replica at %s up to date", location)
+            try:
+                mirror.sync_replica(self.vault, plan.primary, location, progress)
+                log.info("brought the stale replica at %s up to date", location)
+            except (OSError, PqcfsError) as e:
+                # A backup that can not take the sync (full, read-only, failing) does not
+                # stop the mount: it stays stale and the session runs degraded.
+                log.warning("could not bring %s up to date (%s); mounting without it", location, e)
+                print(f"pqcfs: warning: could not sync {location} ({e}); it stays out of date",
+                      file=sys.stderr)
+                self.vault.locations.remove(location)
+                plan.missing.append(vault_mod.read_state(location, self.vault.root_key).replica_id)
+            finally:
+                if progress:
+                    progress.close()
         if plan.unclean and len(self.vault.locations) > 1 and not self.read_only:
             vfs = VaultFS(ReplicaSet(self._trees()), self.vault.root_dir_keys(), self.vault.header.block_size)
             repaired = recovery.recover(vfs, self._trees()[0], self._trees()[1:], self.vault.header.block_size)

@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 
@@ -127,10 +128,18 @@ class VaultFS:
         try:
             st = self.replicas.lstat(rel)
         except FileNotFoundError:
-            raise FsError(errno.ENOENT) from None
+            # Replicas agree while mounted, so a name only a backup has is damage here:
+            # healing the listing brings it back.
+            if not any(os.path.lexists(self.replicas.path(rel, n)) for n in self.replicas.healthy[1:]):
+                raise FsError(errno.ENOENT) from None
+            self.listdir(dir_node)
+            try:
+                st = self.replicas.lstat(rel)
+            except FileNotFoundError:
+                raise FsError(errno.ENOENT) from None
         is_dir = stat.S_ISDIR(st.st_mode)
-        header = self.replicas.read_file(self._join(rel, names.DIR_ID_NAME) if is_dir else rel, HEADER_LEN)
-        node_id = node_header.parse_prefix(header, MAGIC_DIR if is_dir else (MAGIC_FILE, MAGIC_LINK))
+        header_rel = self._join(rel, names.DIR_ID_NAME) if is_dir else rel
+        header, node_id, keys, meta = self._read_header(dir_node, header_rel, MAGIC_DIR if is_dir else (MAGIC_FILE, MAGIC_LINK))
         shared = header[:4] == MAGIC_LINK
         if shared:
             known = self.inodes.shared.get(node_id)
@@ -138,11 +147,9 @@ class VaultFS:
                 return self._add_name(known, dir_node, p_name)
             # A stub: the header, metadata and contents are in the shared store.
             st = self.replicas.lstat(shared_path(node_id))
-            header = self.replicas.read_file(shared_path(node_id), HEADER_LEN)
-            if node_header.parse_prefix(header, MAGIC_FILE) != node_id:
+            header, shared_id, keys, meta = self._read_header(dir_node, shared_path(node_id), MAGIC_FILE)
+            if shared_id != node_id:
                 raise DamagedStructure("hard-link stub and shared node disagree")
-        keys = self._child_keys(dir_node, node_id)
-        meta = node_header.open_meta(keys.meta_key, header)
         if stat.S_ISDIR(meta.mode) != is_dir:
             raise DamagedStructure("node type does not match its ciphertext entry")
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
@@ -159,27 +166,90 @@ class VaultFS:
         node.names.add((dir_node, p_name))
         return node
 
+    def _read_header(self, dir_node: Node, rel: str, magic) -> tuple[bytes, bytes, NodeKeys, Meta]:
+        """Header, node id, keys and metadata of a node; a header that fails on the primary
+        is read from another replica and the primary's copy repaired (self-healing)."""
+        error: Exception | None = None
+        for replica in self.replicas.healthy:
+            try:
+                header = self.replicas.read_file(rel, HEADER_LEN, replica)
+                node_id = node_header.parse_prefix(header, magic)
+                keys = self._child_keys(dir_node, node_id)
+                if header[:4] == MAGIC_LINK:
+                    meta = Meta(0, 0, 0)
+                    node_header.open_meta(keys.meta_key, header)
+                else:
+                    meta = node_header.open_meta(keys.meta_key, header)
+            except (CryptoError, DamagedStructure, OSError) as e:
+                error = error or e
+                continue
+            if replica != 0:
+                self.replicas.write_one(0, rel, header)
+                self.heal_events += 1
+                log.warning("healed a node header on the primary from replica %d", replica)
+            return header, node_id, keys, meta
+        raise error
+
     def listdir(self, dir_node: Node) -> list[tuple[bytes, str]]:
-        """(p_name, disk_name) of every entry, in a stable order."""
-        out = []
-        for disk_name in sorted(self.replicas.listdir(dir_node.c_path)):
+        """(p_name, disk_name) of every entry, in a stable order. Entries whose names fail
+        on the primary are healed from another replica where they authenticate."""
+        out, bad = self._listdir_on(dir_node, 0)
+        if bad:
+            for source in self.replicas.healthy[1:]:
+                self._heal_dir(dir_node, target=0, source=source)
+                out, bad = self._listdir_on(dir_node, 0)
+                if not bad:
+                    break
+        return out
+
+    def _heal_dir(self, dir_node: Node, target: int, source: int) -> None:
+        """Entries that authenticate on source and are missing on target are copied over;
+        entries on target that fail and are no authentic entry on source are removed."""
+        good, _ = self._listdir_on(dir_node, source)
+        have, bad = self._listdir_on(dir_node, target)
+        have_disk = {d for _, d in have}
+        copied = 0
+        for _, disk_name in good:
+            if disk_name in have_disk:
+                continue
+            src = self.replicas.path(self._join(dir_node.c_path, disk_name), source)
+            dst = self.replicas.path(self._join(dir_node.c_path, disk_name), target)
+            (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst)
+            for suffix in (names.LONG_SUFFIX, names.XATTR_SUFFIX):
+                if os.path.exists(src + suffix):
+                    shutil.copy2(src + suffix, dst + suffix)
+            copied += 1
+        for disk_name in bad:
+            junk = self.replicas.path(self._join(dir_node.c_path, disk_name), target)
+            (shutil.rmtree if os.path.isdir(junk) else os.unlink)(junk)
+        if copied or bad:
+            self.heal_events += 1
+            log.warning("healed %d damaged entry name(s) on replica %d from replica %d", copied, target, source)
+
+    def _listdir_on(self, dir_node: Node, replica: int) -> tuple[list[tuple[bytes, str]], list[str]]:
+        out, bad = [], []
+        for disk_name in sorted(os.listdir(self.replicas.path(dir_node.c_path, replica))):
             if not names.is_entry(disk_name):
                 continue
             full = disk_name
             if names.is_long(disk_name):
                 try:
-                    full = self.replicas.read_file(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX)).decode()
+                    full = self.replicas.read_file(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX),
+                                                   replica=replica).decode()
                 except (OSError, UnicodeDecodeError):
                     log.error("long name file of an entry is missing; entry skipped")
+                    bad.append(disk_name)
                     continue
                 if not names.long_name_matches(disk_name, full):
                     log.error("long name file does not match its entry; entry skipped")
+                    bad.append(disk_name)
                     continue
             try:
                 out.append((names.decrypt_name(dir_node.keys, full), disk_name))
             except (CryptoError, DamagedStructure, names.InvalidName):
                 log.error("an entry name failed authentication; entry skipped")
-        return out
+                bad.append(disk_name)
+        return out, bad
 
     def entry(self, dir_node: Node, p_name: bytes, disk_name: str) -> Node:
         return dir_node.children.get(p_name) or self._load(dir_node, p_name, disk_name)
@@ -502,6 +572,12 @@ class VaultFS:
 
     def open(self, node: Node, writable: bool) -> FileContent:
         if node.handle is None:
+            # An entry a backup lacks while the primary has it is a damaged name there:
+            # heal it rather than drop the whole backup.
+            for n in self.replicas.healthy[1:]:
+                if not node.is_dir and not node.shared and node.parent is not None \
+                        and not os.path.lexists(self.replicas.path(node.data_path, n)):
+                    self._heal_dir(node.parent, target=n, source=0)
             handle = self.replicas.open_file(node.data_path, writable=not self.read_only)
             node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed)
         node.opens += 1

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from pqcfs.devtools.standin import loop_drive, unmount, workdir  # noqa: F401
+from pqcfs.devtools.standin import loop_drive, run, unmount, workdir  # noqa: F401
 
 ROOT = os.geteuid() == 0 and os.path.exists("/dev/fuse")
 PASSPHRASE = "mounted test passphrase"
@@ -41,11 +41,18 @@ class Vault:
                      "--backup", self.backup, *extra)
 
     def umount(self):
-        if os.path.ismount(self.mountpoint):
-            proc = pqcfs("umount", self.mountpoint, check=False)
-            if proc.returncode != 0:
-                unmount(self.mountpoint)
-                time.sleep(0.5)
+        """Unmount, even a mount whose daemon died (stat on it fails with ENOTCONN)."""
+        if not is_mounted(self.mountpoint):
+            return
+        if pqcfs("umount", self.mountpoint, check=False).returncode != 0 or is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True)
+            time.sleep(0.2)
+
+
+def is_mounted(path: str) -> bool:
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == real for line in f)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,263 @@
+"""Faults on real stand-in drives: killed daemons, full, yanked and rolled-back backups,
+bit rot. Nothing fsynced may be lost, and replicas must end identical and fsck-clean."""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pqcfs.fs import session as session_mod
+from tests.mounted import drives
+
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
+
+WRITER = r'''
+import hashlib, json, os, random, sys
+mnt, journal, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(seed)
+contents = {}
+for name in os.listdir(mnt):
+    if name.startswith("f"):
+        with open(os.path.join(mnt, name), "rb") as f:
+            contents[name] = f.read()
+with open(journal, "a") as log:
+    while True:
+        name = "f%d" % rng.randrange(8)
+        chunk = os.urandom(rng.choice([1, 100, 4095, 4096, 5000, 70000, 300000]))
+        fd = os.open(os.path.join(mnt, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, chunk)
+        os.fsync(fd)
+        os.close(fd)
+        contents[name] = contents.get(name, b"") + chunk
+        log.write(json.dumps([name, len(contents[name]), hashlib.sha256(contents[name]).hexdigest()]) + "\n")
+        log.flush()
+'''
+
+
+def daemon_pid(mountpoint: str) -> int:
+    with open(session_mod.runtime_file(mountpoint)) as f:
+        return json.load(f)["pid"]
+
+
+def fsck(vault, *extra):
+    return drives.pqcfs("fsck", vault.primary, "--passfile", vault.passfile, "--backup", vault.backup,
+                        "--json", *extra, check=False)
+
+
+def trees_identical(vault) -> bool:
+    from pqcfs.fs.recovery import differing_files
+    return differing_files(os.path.join(vault.primary, "tree"), os.path.join(vault.backup, "tree")) == []
+
+
+def verify_journal(mnt: str, journal: str) -> int:
+    last = {}
+    with open(journal) as f:
+        for line in f:
+            if line.endswith("\n"):
+                name, length, digest = json.loads(line)
+                last[name] = (length, digest)
+    for name, (length, digest) in last.items():
+        with open(os.path.join(mnt, name), "rb") as f:
+            data = f.read()
+        assert len(data) >= length, f"{name}: fsynced length {length}, found {len(data)}"
+        assert hashlib.sha256(data[:length]).hexdigest() == digest, f"{name}: fsynced bytes changed"
+    return len(last)
+
+
+@pytest.fixture
+def ext4_pair():
+    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
+         drives.loop_drive(w, "backup", "ext4", 256) as (b, _):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        try:
+            yield vault
+        finally:
+            vault.umount()
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_sigkill_at_random_points_loses_nothing_fsynced(ext4_pair, seed):
+    vault, rng = ext4_pair, random.Random(seed)
+    journal = os.path.join(vault.workdir, "journal")
+    for round_ in range(5):
+        vault.mount()
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, vault.mountpoint, journal, str(seed * 100 + round_)],
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))
+        os.kill(daemon_pid(vault.mountpoint), signal.SIGKILL)
+        writer.wait(timeout=60)
+        drives.unmount(vault.mountpoint)
+        time.sleep(0.2)
+        vault.mount()  # recovery runs here
+        assert verify_journal(vault.mountpoint, journal) > 0
+        vault.umount()
+        assert trees_identical(vault), f"replicas differ after recovery (round {round_})"
+        report = fsck(vault)
+        assert report.returncode == 0, report.stdout
+
+
+def test_backup_full_keeps_writing_degraded():
+    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
+         drives.loop_drive(w, "backup", "ext4", 32) as (b, _):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        vault.mount()
+        try:
+            data = os.urandom(1 << 20)
+            with open(os.path.join(vault.mountpoint, "big"), "wb") as f:
+                for _ in range(64):   # 64 MiB: twice what the backup can hold
+                    f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            status = drives.pqcfs("status", "--json")
+            mine = [m for m in json.loads(status.stdout)["mounts"] if m["mountpoint"] == vault.mountpoint]
+            assert mine and mine[0]["health"] == "degraded"
+        finally:
+            vault.umount()
+        pending = json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)["pending_sync"]
+        assert pending, "the full backup must be marked as needing a sync"
+        vault.mount()  # the backup still can not take it: mounts degraded, loses nothing
+        try:
+            with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
+                assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data * 64).digest()
+        finally:
+            vault.umount()
+
+
+def test_backup_yanked_mid_write_then_resynced():
+    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
+         drives.loop_drive(w, "backup", "exfat", 256) as (b, bimg):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        vault.mount()
+        loop = drives.run("losetup", "-j", bimg).stdout.split(":")[0]
+        try:
+            payload = os.urandom(1 << 20)
+            with open(os.path.join(vault.mountpoint, "big"), "wb") as f:
+                for n in range(80):
+                    f.write(payload)
+                    if n == 20:
+                        # Pull the backup: the exFAT daemon dies, every access fails.
+                        drives.run("pkill", "-KILL", "-f", f"mount.exfat-fuse {loop}", check=False)
+                f.flush()
+                os.fsync(f.fileno())
+            with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
+                assert f.read() == payload * 80
+        finally:
+            vault.umount()
+        # Plug it back in.
+        drives.unmount(b)
+        drives.run("mount.exfat-fuse", loop, b)
+        status = json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)
+        assert status["pending_sync"]
+        vault.mount()  # brings the backup up to date
+        vault.umount()
+        assert trees_identical(vault)
+        assert fsck(vault).returncode == 0
+
+
+@pytest.fixture
+def plain_vault(tmp_path):
+    """A vault on two plain directories (faults that need no real drive)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    vault = drives.Vault(str(tmp_path), str(a), str(b))
+    drives.pqcfs("init", str(a), str(b), "--passfile", vault.passfile, "--allow-fixed", "--allow-same-device")
+    try:
+        yield vault
+    finally:
+        vault.umount()
+
+
+@pytest.mark.parametrize("where", ["blocks", "headers", "names"])
+def test_bit_rot_in_one_replica_is_healed_on_read_and_by_fsck(plain_vault, where):
+    vault = plain_vault
+    vault.mount()
+    os.mkdir(os.path.join(vault.mountpoint, "dir"))
+    files = {f"dir/f{n}" if n % 2 else f"f{n}": os.urandom(50000 + n) for n in range(6)}
+    for name, data in files.items():
+        with open(os.path.join(vault.mountpoint, name), "wb") as f:
+            f.write(data)
+    vault.umount()
+    rng = random.Random(5)
+    tree = os.path.join(vault.primary, "tree")
+    victims = sorted(os.path.relpath(os.path.join(d, n), tree) for d, _, fs in os.walk(tree)
+                     for n in fs if "." not in n)
+    for n, rel in enumerate(victims):
+        path = os.path.join(vault.primary if n % 2 else vault.backup, "tree", rel)
+        if where == "names":
+            os.rename(path, path[:-3] + ("aaa" if not path.endswith("aaa") else "bbb"))
+            continue
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        lo, hi = (24, 88) if where == "headers" else (100, len(data))
+        data[rng.randrange(lo, hi)] ^= 1 << rng.randrange(8)
+        with open(path, "wb") as f:
+            f.write(data)
+    assert fsck(vault).returncode == 10
+    vault.mount()
+    assert sorted(os.listdir(os.path.join(vault.mountpoint, "dir"))) == ["f1", "f3", "f5"]
+    for name, data in files.items():
+        with open(os.path.join(vault.mountpoint, name), "rb") as f:
+            assert f.read() == data, name
+    vault.umount()
+    repaired = fsck(vault, "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    assert fsck(vault).returncode == 0 and trees_identical(vault)
+
+
+def test_rolled_back_replica_is_never_trusted_over_the_newer_one(plain_vault, tmp_path):
+    vault = plain_vault
+    vault.mount()
+    with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
+        f.write(b"version 1")
+    vault.umount()
+    snapshot = str(tmp_path / "backup-snapshot")
+    shutil.copytree(vault.backup, snapshot)
+    vault.mount()
+    with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
+        f.write(b"version 2")
+    vault.umount()
+    shutil.rmtree(vault.backup)
+    shutil.copytree(snapshot, vault.backup)   # the backup is rolled back
+    # As the primary, the old copy is refused; as the backup, it is brought up to date.
+    rolled = drives.pqcfs("mount", vault.backup, vault.mountpoint, "--passfile", vault.passfile,
+                          "--backup", vault.primary, check=False)
+    assert rolled.returncode == 7 and "newer" in rolled.stderr
+    vault.mount()
+    with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
+        assert f.read() == b"version 2"
+    vault.umount()
+    assert trees_identical(vault)
+
+
+def test_split_brain_is_reported_and_left_alone(plain_vault, tmp_path):
+    vault = plain_vault
+    away = str(tmp_path / "away")
+    for location, other, text in ((vault.primary, vault.backup, b"A"), (vault.backup, vault.primary, b"B")):
+        os.rename(other, away)        # only one drive plugged in
+        drives.pqcfs("mount", location, vault.mountpoint, "--passfile", vault.passfile)
+        with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
+            f.write(text)
+        drives.pqcfs("umount", vault.mountpoint)
+        os.rename(away, other)
+    r = drives.pqcfs("mount", vault.primary, vault.mountpoint, "--passfile", vault.passfile,
+                     "--backup", vault.backup, check=False)
+    assert r.returncode == 7 and "split brain" in r.stderr
+    r = drives.pqcfs("sync", vault.primary, "--passfile", vault.passfile, "--backup", vault.backup, check=False)
+    assert r.returncode == 7
+    drives.pqcfs("sync", vault.primary, "--passfile", vault.passfile, "--backup", vault.backup,
+                 "--overwrite-diverged")
+    vault.mount()
+    with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
+        assert f.read() == b"A"
+    vault.umount()
