@@ -74,7 +74,7 @@ def pqcfs(work, replicas):
         env = {**os.environ, "PQCFS_INSECURE_FAST_KDF": "1"}
         py = [sys.executable, "-m", "pqcfs"]
         sh(*py, "init", *locs, "--passfile", passfile, "--allow-fixed", env=env, cwd=REPO)
-        sh(*py, "mount", locs[0], mnt, "--passfile", passfile, env=env, cwd=REPO)
+        sh(*py, "mount", locs[0], mnt, "--passfile", passfile, "--allow-fixed", env=env, cwd=REPO)
         try:
             yield mnt
         finally:

@@ -48,7 +48,7 @@ def main() -> int:
         pqcfs("init", primary, backup, "--passfile", passfile, "--allow-fixed")
         pqcfs("info", primary)
         step("Mount it and use it like any directory")
-        pqcfs("mount", primary, mnt, "--passfile", passfile)
+        pqcfs("mount", primary, mnt, "--passfile", passfile, "--allow-fixed")
         try:
             shell("mkdir -p 'Tax returns/2026' && echo 'IBAN DE00 1234' > 'Tax returns/2026/bank.txt'", mnt)
             shell("echo 'the launch codes' > secrets.txt && ln -s secrets.txt shortcut "
@@ -67,7 +67,7 @@ def main() -> int:
         shell(f"grep -rl -e 'launch codes' -e 'IBAN' -e 'Tax returns' {primary} {backup} "
               "&& echo 'FOUND PLAINTEXT' || echo 'none found'", w)
         step("Mount again: everything is still there")
-        pqcfs("mount", primary, mnt, "--passfile", passfile)
+        pqcfs("mount", primary, mnt, "--passfile", passfile, "--allow-fixed")
         try:
             shell("cat secrets.txt && find . | sort", mnt)
         finally:

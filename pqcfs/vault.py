@@ -96,8 +96,9 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
                                                 identity.kem_pk, identity.fingerprint, "owner"))
     for n, location in enumerate(locations):
         info = drive_infos[n] if drive_infos else None
+        subpath = os.path.relpath(info.path, info.mountpoint) if info and info.mountpoint else None
         header.replicas.append({"id": os.urandom(8).hex(), "role": "primary" if n == 0 else "backup",
-                                "fs_uuid": info.fs_uuid if info else None,
+                                "fs_uuid": info.fs_uuid if info else None, "subpath": subpath,
                                 "path_hint": os.path.realpath(location)})
     vault = UnlockedVault(header, root_key, list(locations), slot_id=1)
     root_id = node_header.new_node_id()

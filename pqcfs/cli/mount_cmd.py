@@ -13,6 +13,7 @@ from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import MountError
 from pqcfs.fs import session as session_mod
+from pqcfs.store import devices
 
 
 def add_parser(sub) -> None:
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--debug", action="store_true", help="log FUSE operations (never keys or names)")
     options.add_unlock_options(p)
     options.add_replica_options(p)
+    options.add_drive_options(p)
     p.set_defaults(func=run_mount)
     u = sub.add_parser("umount", help="unmount a vault and wait until it is written out")
     u.add_argument("mountpoint")
@@ -39,6 +41,7 @@ def _split_options(values: list[str]) -> list[str]:
 def run_mount(args) -> int:
     session_mod.check_mountpoint(args.mountpoint)
     vault = options.unlock(args, require_all=False)
+    devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
     session = session_mod.Session(vault, args.mountpoint, read_only=args.ro)
     session.lock()
     try:

@@ -12,6 +12,7 @@ from pqcfs.cli import secrets
 from pqcfs.errors import DriveError, NotAVault, PqcfsError
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
+from pqcfs.store import devices
 from pqcfs.vault import Credentials
 
 
@@ -77,18 +78,37 @@ def replica_locations(primary: str, backup: str | None, require_all: bool) -> li
         _same_vault(backup, header.vault_id)
         return found + [backup]
     primary_real = os.path.realpath(primary)
+    primary_state = vault_mod.read_state(primary, None)
     for replica in header.replicas:
-        hint = replica.get("path_hint")
-        if not hint or os.path.realpath(hint) == primary_real:
+        if replica["id"] == primary_state.replica_id:
             continue
-        try:
-            _same_vault(hint, header.vault_id)
-            found.append(hint)
-        except (NotAVault, DriveError):
+        location = _find_replica(replica, header.vault_id, primary_real)
+        if location:
+            found.append(location)
+        else:
             if require_all:
                 raise DriveError(f"replica {replica['id']} ({replica['role']}, last seen at {hint}) is not "
                                  "plugged in; connect it or name it with --backup") from None
     return found
+
+
+def _find_replica(replica: dict, vault_id: bytes, primary_real: str) -> str | None:
+    """Where a replica is plugged in now: where it was last seen, else on the drive with
+    its file system UUID (mounted anywhere)."""
+    candidates = [replica.get("path_hint")]
+    if replica.get("fs_uuid"):
+        candidates += [os.path.join(mp, replica.get("subpath") or ".")
+                       for mp in devices.find_by_uuid(replica["fs_uuid"])]
+    for location in candidates:
+        if not location or os.path.realpath(location) == primary_real:
+            continue
+        try:
+            _same_vault(location, vault_id)
+            if vault_mod.read_state(location, None).replica_id == replica["id"]:
+                return os.path.normpath(location)
+        except (NotAVault, DriveError, PqcfsError):
+            continue
+    return None
 
 
 def _same_vault(location: str, vault_id: bytes) -> None:

@@ -96,3 +96,13 @@ def check_locations(paths: list[str], allow_fixed: bool, allow_same_device: bool
                 raise DriveError(f"{p} is not on a removable drive ({info.device or 'no block device'}); "
                                  "use --allow-fixed to mirror to a fixed disk")
     return infos
+
+
+def find_by_uuid(fs_uuid: str) -> list[str]:
+    """Mountpoints of the file systems with this UUID (a plugged-in drive, wherever it
+    was mounted this time)."""
+    found = []
+    for part in psutil.disk_partitions(all=True):
+        if part.device.startswith("/dev/") and _fs_uuid(part.device) == fs_uuid:
+            found.append(part.mountpoint)
+    return found

@@ -31,6 +31,7 @@ class Vault:
         with open(self.passfile, "w") as f:
             f.write(PASSPHRASE + "\n")
         self.mountpoint = os.path.join(workdir, "mnt")
+        self.mount_flags: list[str] = []   # e.g. --allow-same-device for plain directories
         os.makedirs(self.mountpoint, exist_ok=True)
 
     def init(self, *extra):
@@ -38,7 +39,7 @@ class Vault:
 
     def mount(self, *extra):
         return pqcfs("mount", self.primary, self.mountpoint, "--passfile", self.passfile,
-                     "--backup", self.backup, *extra)
+                     "--backup", self.backup, "--allow-fixed", *self.mount_flags, *extra)
 
     def umount(self):
         """Unmount, even a mount whose daemon died (stat on it fails with ENOTCONN)."""

@@ -172,6 +172,7 @@ def plain_vault(tmp_path):
     b.mkdir()
     vault = drives.Vault(str(tmp_path), str(a), str(b))
     drives.pqcfs("init", str(a), str(b), "--passfile", vault.passfile, "--allow-fixed", "--allow-same-device")
+    vault.mount_flags = ["--allow-same-device"]
     try:
         yield vault
     finally:
@@ -231,7 +232,7 @@ def test_rolled_back_replica_is_never_trusted_over_the_newer_one(plain_vault, tm
     shutil.copytree(snapshot, vault.backup)   # the backup is rolled back
     # As the primary, the old copy is refused; as the backup, it is brought up to date.
     rolled = drives.pqcfs("mount", vault.backup, vault.mountpoint, "--passfile", vault.passfile,
-                          "--backup", vault.primary, check=False)
+                          "--backup", vault.primary, "--allow-fixed", "--allow-same-device", check=False)
     assert rolled.returncode == 7 and "newer" in rolled.stderr
     vault.mount()
     with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
@@ -245,13 +246,13 @@ def test_split_brain_is_reported_and_left_alone(plain_vault, tmp_path):
     away = str(tmp_path / "away")
     for location, other, text in ((vault.primary, vault.backup, b"A"), (vault.backup, vault.primary, b"B")):
         os.rename(other, away)        # only one drive plugged in
-        drives.pqcfs("mount", location, vault.mountpoint, "--passfile", vault.passfile)
+        drives.pqcfs("mount", location, vault.mountpoint, "--passfile", vault.passfile, "--allow-fixed")
         with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
             f.write(text)
         drives.pqcfs("umount", vault.mountpoint)
         os.rename(away, other)
     r = drives.pqcfs("mount", vault.primary, vault.mountpoint, "--passfile", vault.passfile,
-                     "--backup", vault.backup, check=False)
+                     "--backup", vault.backup, "--allow-fixed", "--allow-same-device", check=False)
     assert r.returncode == 7 and "split brain" in r.stderr
     r = drives.pqcfs("sync", vault.primary, "--passfile", vault.passfile, "--backup", vault.backup, check=False)
     assert r.returncode == 7
@@ -261,3 +262,29 @@ def test_split_brain_is_reported_and_left_alone(plain_vault, tmp_path):
     with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
         assert f.read() == b"A"
     vault.umount()
+
+
+def test_mount_finds_a_moved_backup_by_its_file_system_uuid():
+    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 64) as (p, _), \
+         drives.loop_drive(w, "backup", "ext4", 64) as (b, bimg):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        # The backup comes back mounted somewhere else.
+        loop = drives.run("losetup", "-j", bimg).stdout.split(":")[0]
+        drives.unmount(b)
+        elsewhere = os.path.join(w, "media-usb-backup")
+        os.mkdir(elsewhere)
+        drives.run("mount", loop, elsewhere)
+        try:
+            refused = drives.pqcfs("mount", p, vault.mountpoint, "--passfile", vault.passfile, check=False)
+            assert refused.returncode == 7 and "removable" in refused.stderr
+            drives.pqcfs("mount", p, vault.mountpoint, "--passfile", vault.passfile, "--allow-fixed")
+            try:
+                status = json.loads(drives.pqcfs("status", "--json").stdout)["mounts"]
+                mine = [m for m in status if m["mountpoint"] == vault.mountpoint][0]
+                assert mine["health"] == "healthy" and os.path.realpath(elsewhere) in map(os.path.realpath, mine["replicas"])
+            finally:
+                vault.umount()
+        finally:
+            drives.unmount(elsewhere)
+            drives.run("mount", loop, b)
