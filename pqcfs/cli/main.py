@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pqcfs import __version__
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.for_exception(e)
     except OSError as e:
         print(f"pqcfs: {e.filename or ''}: {e.strerror}" if e.filename else f"pqcfs: {e.strerror}", file=sys.stderr)
+        return exitcodes.ERROR
+    except Exception as e:  # noqa: BLE001 - a bug: say so in one line; PQCFS_DEBUG=1 shows where
+        if os.environ.get("PQCFS_DEBUG") == "1":
+            raise
+        print(f"pqcfs: internal error ({type(e).__name__}: {e}); please report it "
+              "(PQCFS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return exitcodes.ERROR
 
 

@@ -87,8 +87,9 @@ def replica_locations(primary: str, backup: str | None, require_all: bool) -> li
             found.append(location)
         else:
             if require_all:
-                raise DriveError(f"replica {replica['id']} ({replica['role']}, last seen at {hint}) is not "
-                                 "plugged in; connect it or name it with --backup") from None
+                raise DriveError(f"replica {replica['id']} ({replica['role']}, last seen at "
+                                 f"{replica.get('path_hint')}) is not plugged in; connect it or name it "
+                                 "with --backup")
     return found
 
 
