@@ -27,6 +27,11 @@ def run(args) -> int:
         progress = Progress("fsck", total)
         report = fsck.run(vault, repair=args.repair, progress=progress)
         progress.close()
+        vault.extra["audit"].append(
+            "fsck", clean=report.clean, problems=len(report.problems),
+            repaired=sum(p.repaired for p in report.problems), differing_files=report.differing_files,
+            findings=[f"{p.replica}: {p.c_path}: {p.what}{' (repaired)' if p.repaired else ''}"
+                      for p in report.problems][:100])
     finally:
         lock.unlock()
     lines = [f"checked {report.nodes} nodes, {report.bytes_checked / 2**20:.1f} MiB on "

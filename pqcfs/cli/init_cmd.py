@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from pqcfs import vault as vault_mod
+from pqcfs.audit.writer import AuditLog
 from pqcfs.cli import options, secrets
 from pqcfs.crypto import kem
 from pqcfs.crypto.kdf import SALT_LEN, Argon2Params, calibrate
@@ -54,6 +55,10 @@ def run(args) -> int:
     vault, code = vault_mod.create(locations, passphrase=passphrase, kdf=kdf_from_args(args),
                                    suite=args.suite, block_size=args.block_size, identity=owner,
                                    drive_infos=infos)
+    log = AuditLog(vault)
+    log.append("init", replicas=len(locations), suite=args.suite, block_size=args.block_size,
+               slots=[s["type"] for s in vault.header.slots])
+    log.sync()
     shown = slots.format_recovery_code(code)
     doc = {"vault_id": vault.header.vault_id.hex(), "replicas": locations, "recovery_code": shown}
     options.emit(args, doc, (

@@ -7,12 +7,12 @@ import os
 import sys
 
 from pqcfs import __version__
-from pqcfs.cli import (exitcodes, fsck_cmd, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd,
+from pqcfs.cli import (audit_cmd, exitcodes, fsck_cmd, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd,
                        status_cmd, sync_cmd)
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
 
-COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd, status_cmd, sync_cmd, fsck_cmd]
+COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd, status_cmd, sync_cmd, fsck_cmd, audit_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        log = getattr(args, "audit_log", None)
+        if log is not None:
+            log.sync()
+        return code
     except KeyboardInterrupt:
         print("pqcfs: interrupted", file=sys.stderr)
         return exitcodes.INTERRUPTED

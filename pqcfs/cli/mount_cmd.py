@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT]",
                    help="FUSE options, e.g. allow_other")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (never keys or names)")
+    p.add_argument("--audit-files", action="store_true",
+                   help="also record every open, create, rename and removal in the audit log (encrypted)")
     options.add_unlock_options(p)
     options.add_replica_options(p)
     options.add_drive_options(p)
@@ -40,9 +42,10 @@ def _split_options(values: list[str]) -> list[str]:
 
 def run_mount(args) -> int:
     session_mod.check_mountpoint(args.mountpoint)
-    vault = options.unlock(args, require_all=False)
+    vault = options.unlock(args, require_all=False, audit=not args.ro)
+    args.audit_log = None   # the daemon owns the log from here on
     devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
-    session = session_mod.Session(vault, args.mountpoint, read_only=args.ro)
+    session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files)
     session.lock()
     try:
         plan = session.prepare(Progress)

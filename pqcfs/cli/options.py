@@ -9,7 +9,9 @@ import sys
 
 from pqcfs import vault as vault_mod
 from pqcfs.cli import secrets
-from pqcfs.errors import DriveError, NotAVault, PqcfsError
+from pqcfs.audit import host
+from pqcfs.audit.writer import AuditLog
+from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, WrongKey
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
 from pqcfs.store import devices
@@ -118,9 +120,32 @@ def _same_vault(location: str, vault_id: bytes) -> None:
         raise DriveError(f"{location} holds a different vault")
 
 
-def unlock(args, require_all: bool = True) -> vault_mod.UnlockedVault:
-    locations = replica_locations(args.vault, getattr(args, "backup", None), require_all)
-    return vault_mod.unlock(locations, credentials(args))
+def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.UnlockedVault:
+    """Unlock, and record it: in the vault's audit log on success (adopting events the
+    host logged before), in the host-side log when it fails before the key is known."""
+    try:
+        vault_id = vault_mod.read_header(args.vault)[0].vault_id.hex()
+    except PqcfsError:
+        vault_id = None
+    try:
+        locations = replica_locations(args.vault, getattr(args, "backup", None), require_all)
+        creds = credentials(args)
+        vault = vault_mod.unlock(locations, creds)
+    except (WrongKey, DriveError, DamagedStructure) as e:
+        host.record(vault_id, "unlock-failed", command=args.command, reason=type(e).__name__)
+        raise
+    if audit:
+        log = AuditLog(vault)
+        for event in host.take(vault.header.vault_id.hex()):
+            event.pop("vault_id", None)
+            log.append("host-" + event.pop("event"), **event)
+        slot = next(s for s in vault.header.slots if s["id"] == vault.slot_id)
+        log.append("unlock", command=args.command, slot=vault.slot_id, slot_type=slot["type"],
+                   replicas=len(locations))
+        vault.extra["audit"] = log
+        vault.extra["identity"] = creds.identity
+        args.audit_log = log
+    return vault
 
 
 def emit(args, data: dict, text: str) -> None:

@@ -45,6 +45,8 @@ def run(args) -> int:
             progress.close()
             synced.append({"replica": location, "files_changed": stats.files_changed,
                            "bytes_written": stats.bytes_written, "removed": stats.removed})
+            vault.extra["audit"].append("sync", source=vault.locations[0], target=location,
+                                        files_changed=stats.files_changed, diverged=relation == rs.DIVERGED)
     finally:
         lock.unlock()
     text = "\n".join(f"synced {s['replica']}: {s['files_changed']} files changed, "

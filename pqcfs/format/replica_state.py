@@ -1,7 +1,7 @@
 """Replica state (pqcfs.state): one per replica, never copied between them.
 
   canonical JSON {"format":1,"vault_id","replica_id","generation","clean","lineage",
-  "missing"} + "\n" + hex(HMAC-SHA256(state_mac_key, that JSON))
+  "missing","audit_head"} + "\n" + hex(HMAC-SHA256(state_mac_key, that JSON))
 
 `generation` rises with every mount session that changes the replica; `lineage` lists
 the ids of the last sessions it took part in (newest last), so one replica is known to be
@@ -34,6 +34,7 @@ class ReplicaState:
     format: int = VERSION
     lineage: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    audit_head: dict | None = None   # {"seq", "mac"} of the last audit record written
 
     LINEAGE_KEPT = 256
 

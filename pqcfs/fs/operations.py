@@ -51,6 +51,7 @@ def _errors(fn):
             err = _errno_of(e)
             if err == errno.EIO:
                 log.error("%s failed: %s", fn.__name__, e)
+                self.vfs.on_event("integrity-failure", operation=fn.__name__, error=str(e))
             else:
                 log.debug("%s: %s (%s)", fn.__name__, os.strerror(err), e)
             raise pyfuse3.FUSEError(err) from None
@@ -69,9 +70,10 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
     enable_acl = False
 
-    def __init__(self, vfs: VaultFS):
+    def __init__(self, vfs: VaultFS, audit_files: bool = False):
         super().__init__()
         self.vfs = vfs
+        self.audit_files = audit_files
         self._open_dirs: dict[int, tuple[Node, list[tuple[bytes, str]]]] = {}
         self._next_fh = 1
 
@@ -101,6 +103,16 @@ class Operations(pyfuse3.Operations):
         else:
             a.st_blocks = (a.st_size + 511) // 512
         return a
+
+    def _file_event(self, event: str, parent: Node, name: bytes, **details) -> None:
+        """Per-file audit records (off unless mounted with --audit-files; encrypted in the log)."""
+        if self.audit_files:
+            parts, node = [name], parent
+            while node is not None and node.parent is not None:
+                parts.append(node.p_name)
+                node = node.parent
+            path = "/" + b"/".join(reversed(parts)).decode("utf-8", "surrogateescape")
+            self.vfs.on_event(event, path=path, **details)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.vfs.inodes.remember(node)
@@ -174,6 +186,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
+        self._file_event("mkdir", self._node(parent_inode), name)
         return self._entry(self.vfs.mkdir(self._node(parent_inode), name, mode, _caller(ctx)))
 
     @_errors
@@ -188,14 +201,18 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def unlink(self, parent_inode, name, ctx):
+        self._file_event("unlink", self._node(parent_inode), name)
         self.vfs.unlink(self._node(parent_inode), name)
 
     @_errors
     async def rmdir(self, parent_inode, name, ctx):
+        self._file_event("rmdir", self._node(parent_inode), name)
         self.vfs.rmdir(self._node(parent_inode), name)
 
     @_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._file_event("rename", self._node(parent_inode_old), name_old,
+                         to=name_new.decode("utf-8", "surrogateescape"))
         self.vfs.rename(self._node(parent_inode_old), name_old, self._node(parent_inode_new), name_new,
                         noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                         exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
@@ -217,6 +234,8 @@ class Operations(pyfuse3.Operations):
         if writable and self.vfs.read_only:
             raise FsError(errno.EROFS)
         self.vfs.open(node, bool(writable))
+        if node.parent is not None:
+            self._file_event("open", node.parent, node.p_name, write=bool(writable))
         if flags & os.O_TRUNC and writable:
             self.vfs.truncate(node, 0)
         return self._file_info(node)
@@ -224,6 +243,7 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx))
+        self._file_event("create", self._node(parent_inode), name)
         self.vfs.open(node, True)
         return self._file_info(node), self._entry(node)
 

@@ -54,8 +54,11 @@ def check_mountpoint(mountpoint: str) -> None:
 
 
 class Session:
-    def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False):
+    def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False,
+                 audit_files: bool = False):
         self.vault = vault
+        self.audit = vault.extra.get("audit")
+        self.audit_files = audit_files
         self.mountpoint = canonical_mountpoint(mountpoint)
         self.read_only = read_only
         self._locks: list[int] = []
@@ -92,8 +95,9 @@ class Session:
         for location in plan.stale:
             progress = progress_factory(f"sync {location}", mirror.total_bytes(plan.primary)) if progress_factory else None
             try:
-                mirror.sync_replica(self.vault, plan.primary, location, progress)
+                stats = mirror.sync_replica(self.vault, plan.primary, location, progress)
                 log.info("brought the stale replica at %s up to date", location)
+                self._event("sync", target=location, files_changed=stats.files_changed, at="mount")
             except (OSError, PqcfsError) as e:
                 # A backup that can not take the sync (full, read-only, failing) does not
                 # stop the mount: it stays stale and the session runs degraded.
@@ -111,9 +115,14 @@ class Session:
             for location in self.vault.locations[1:]:
                 mirror.sync_replica(self.vault, plan.primary, location)
             log.warning("recovered from an unclean unmount (%d blocks repaired from a backup)", repaired)
+            self._event("crash-recovery", blocks_repaired=repaired)
         self.missing = plan.missing
+        if plan.missing:
+            self._event("degraded", missing=plan.missing, at="mount")
         if not self.read_only:
             self.session_id = os.urandom(8).hex()
+            self._event("mount", mountpoint=self.mountpoint, replicas=len(self.vault.locations),
+                        session=self.session_id)
             for location in self.vault.locations:
                 state = vault_mod.read_state(location, self.vault.root_key)
                 state.begin_session(self.session_id, plan.missing)
@@ -134,12 +143,30 @@ class Session:
         state.begin_session(f"{self.session_id}-degraded-{os.urandom(4).hex()}", [failed_id])
         vault_mod.write_state(primary, state, self.vault.root_key)
         self.missing = sorted(set(self.missing) | {failed_id})
+        self._event("degraded", replica=failed_id, error=str(error), at="while mounted")
         self._write_runtime()
         log.warning("backup at %s failed (%s): degraded, writing to the primary only", location, error)
+
+    def _event(self, event: str, **details) -> None:
+        if self.audit is not None and not self.read_only:
+            try:
+                self.audit.append(event, **details)
+            except OSError as e:  # the audit log must never take the file system down
+                log.error("could not write the audit log: %s", e)
 
     def _finish(self) -> None:
         if self.read_only:
             return
+        if self.audit is not None:
+            heals = self.ops.vfs.heal_events if getattr(self, "ops", None) else 0
+            self._event("unmount", session=self.session_id, self_heals=heals)
+            identity = self.vault.extra.get("identity")
+            try:
+                if identity is not None:
+                    self.audit.checkpoint(identity)
+                self.audit.sync()
+            except OSError as e:
+                log.error("could not write the audit log: %s", e)
         healthy = self.replicas.healthy if self.replicas else range(len(self.vault.locations))
         for n in healthy:
             location = self.vault.locations[n]
@@ -150,8 +177,11 @@ class Session:
     def build(self) -> Operations:
         self.replicas = ReplicaSet(self._trees(), on_failure=self._replica_failed)
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
-                      read_only=self.read_only)
-        return Operations(vfs)
+                      read_only=self.read_only, on_event=self._event)
+        if self.audit is not None:
+            self.audit._healthy = lambda: self.replicas.healthy
+        self.ops = Operations(vfs, audit_files=self.audit_files)
+        return self.ops
 
     def fuse_options(self, extra: list[str]) -> set[str]:
         opts = set(pyfuse3.default_options)

@@ -50,8 +50,10 @@ def _full_c_name(dir_node: Node, p_name: bytes) -> str:
 
 
 class VaultFS:
-    def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False):
+    def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False,
+                 on_event=None):
         self.replicas = replicas
+        self.on_event = on_event or (lambda event, **details: None)
         self.block_size = block_size
         self.read_only = read_only
         data = replicas.read_file(names.DIR_ID_NAME)
@@ -186,6 +188,7 @@ class VaultFS:
             if replica != 0:
                 self.replicas.write_one(0, rel, header)
                 self.heal_events += 1
+                self.on_event("self-heal", what="node header", c_path=rel, source=replica)
                 log.warning("healed a node header on the primary from replica %d", replica)
             return header, node_id, keys, meta
         raise error
@@ -224,6 +227,8 @@ class VaultFS:
             (shutil.rmtree if os.path.isdir(junk) else os.unlink)(junk)
         if copied or bad:
             self.heal_events += 1
+            self.on_event("self-heal", what="entry names", c_path=dir_node.c_path or ".",
+                          copied=copied, removed=len(bad), target=target, source=source)
             log.warning("healed %d damaged entry name(s) on replica %d from replica %d", copied, target, source)
 
     def _listdir_on(self, dir_node: Node, replica: int) -> tuple[list[tuple[bytes, str]], list[str]]:
@@ -593,6 +598,7 @@ class VaultFS:
 
     def _healed(self, first: int, last: int, replica: int) -> None:
         self.heal_events += 1
+        self.on_event("self-heal", what="content blocks", first=first, last=last, source=replica)
 
     def content(self, node: Node) -> tuple[FileContent, bool]:
         """The node's content view; the bool says whether the caller must release it."""

@@ -1,0 +1,115 @@
+"""pqcfs audit show|verify|checkpoint"""
+
+from __future__ import annotations
+
+import os
+
+from pqcfs import vault as vault_mod
+from pqcfs.audit import log as audit_log
+from pqcfs.cli import exitcodes, options
+from pqcfs.errors import PqcfsError
+from pqcfs.format.identity import PublicIdentity
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("audit", help="show and verify the vault's tamper-evident audit log")
+    asub = p.add_subparsers(dest="audit_cmd", required=True)
+    show = asub.add_parser("show", help="decrypt and list audit records")
+    show.add_argument("vault")
+    show.add_argument("--since", metavar="ISO-TIME")
+    show.add_argument("--until", metavar="ISO-TIME")
+    show.add_argument("--event", action="append", help="only these events (repeatable)")
+    show.add_argument("--json", action="store_true")
+    verify = asub.add_parser("verify", help="check the chain on every replica (exit 0 intact, 10 broken)")
+    verify.add_argument("vault")
+    verify.add_argument("--public-key", metavar="PUBFILE",
+                        help="verify without the vault key, up to the last checkpoint signed by this identity")
+    verify.add_argument("--json", action="store_true")
+    cp = asub.add_parser("checkpoint", help="sign the log so far with your identity (needs --identity)")
+    cp.add_argument("vault")
+    for q in (show, verify, cp):
+        options.add_unlock_options(q)
+        options.add_replica_options(q)
+    p.set_defaults(func=run)
+
+
+def _read(location: str) -> bytes:
+    try:
+        with open(os.path.join(location, audit_log.FILE_NAME), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def run(args) -> int:
+    if args.audit_cmd == "verify" and args.public_key:
+        return _verify_public(args)
+    # Reading the log must not change it: no unlock record for show/verify.
+    vault = options.unlock(args, require_all=False, audit=args.audit_cmd == "checkpoint")
+    keys = audit_log.AuditKeys.from_root(vault.root_key)
+    vid = vault.header.vault_id
+    if args.audit_cmd == "checkpoint":
+        identity = vault.extra.get("identity")
+        if identity is None:
+            raise PqcfsError("a checkpoint is signed with an identity: use --identity")
+        vault.extra["audit"].checkpoint(identity)
+        print(f"checkpoint signed by {identity.public.fingerprint} after record {vault.extra['audit'].seq - 2}")
+        return 0
+    if args.audit_cmd == "verify":
+        results, logs = [], []
+        for location in vault.locations:
+            data = _read(location)
+            logs.append(data)
+            head = vault_mod.read_state(location, vault.root_key).audit_head
+            v = audit_log.verify(data, keys, vid, head)
+            results.append({"replica": location, "records": v.records, "intact": v.intact,
+                            "first_bad_record": v.first_bad, "reason": v.reason, "checkpoints": v.checkpoints})
+        consistent = all(a.startswith(b) or b.startswith(a) for a in logs for b in logs)
+        intact = all(r["intact"] for r in results) and consistent
+        lines = [f"{r['replica']}: {r['records']} records, "
+                 + ("intact" if r["intact"] else f"BROKEN at record {r['first_bad_record']}: {r['reason']}")
+                 for r in results]
+        if not consistent:
+            lines.append("the replicas' logs disagree (one is not a prefix of the other)")
+        options.emit(args, {"intact": intact, "replicas": results, "consistent": consistent}, "\n".join(lines))
+        return exitcodes.OK if intact else exitcodes.CRYPTO
+    data = _read(vault.locations[0])
+    verdict = audit_log.verify(data, keys, vid, vault_mod.read_state(vault.locations[0], vault.root_key).audit_head)
+    records = audit_log.parse(data[: _prefix_len(data, verdict)])
+    shown = []
+    for r in records:
+        entry = {"seq": r.seq, **audit_log.decrypt(keys, vid, r)}
+        t = entry.get("time", "")
+        if (args.since and t < args.since) or (args.until and t > args.until):
+            continue
+        if args.event and entry.get("event") not in args.event:
+            continue
+        shown.append(entry)
+    text = "\n".join(f"{e['seq']:>6} {e.get('time', ''):<29} {e['event']:<18} "
+                     + " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "time", "event"))
+                     for e in shown)
+    if not verdict.intact:
+        text += f"\nWARNING: the log is not intact from record {verdict.first_bad}: {verdict.reason}"
+    options.emit(args, {"records": shown, "intact": verdict.intact}, text or "no records")
+    return exitcodes.OK if verdict.intact else exitcodes.CRYPTO
+
+
+def _prefix_len(data: bytes, verdict) -> int:
+    if verdict.intact or verdict.first_bad is None:
+        return len(data)
+    pos = 0
+    for _ in range(verdict.first_bad):
+        pos += 4 + int.from_bytes(data[pos:pos + 4], "big")
+    return pos
+
+
+def _verify_public(args) -> int:
+    header, _, _ = vault_mod.read_header(args.vault)
+    with open(args.public_key) as f:
+        public = PublicIdentity.decode(f.read())
+    v = audit_log.verify_public(_read(args.vault), header.vault_id, public.sign_pk)
+    text = (f"intact up to record {v.records - 1} ({v.checkpoints} checkpoint(s) by {public.fingerprint})"
+            if v.intact else f"NOT verified: {v.reason}")
+    options.emit(args, {"intact": v.intact, "verified_records": v.records if v.intact else None,
+                        "first_bad_record": v.first_bad, "reason": v.reason}, text)
+    return exitcodes.OK if v.intact else exitcodes.CRYPTO
