@@ -25,6 +25,7 @@ class AuditLog:
         self.keys = AuditKeys.from_root(vault.root_key)
         self.vault_id = vault.header.vault_id
         self._healthy = healthy or (lambda: list(range(len(vault.locations))))
+        self._fds: dict[int, int] = {}
         data = self._read(0)
         try:
             records = audit_log.parse(data)
@@ -59,17 +60,30 @@ class AuditLog:
             if os.path.exists(self._path(n)):
                 os.truncate(self._path(n), length)
 
+    def _fd(self, n: int) -> int:
+        # Kept open for the session: an open/close per record would cost more than the record.
+        fd = self._fds.get(n)
+        if fd is None:
+            fd = self._fds[n] = os.open(self._path(n), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return fd
+
     def _append(self, record: bytes) -> None:
         for n in self._healthy():
             try:
-                with open(self._path(n), "ab") as f:
-                    f.write(record)
+                os.write(self._fd(n), record)
             except OSError as e:
                 if n == 0:
                     raise
                 log.warning("could not append to the audit log on replica %d: %s", n, e)
-
         self.chain = blake3.blake3(self.chain + record).digest()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = {}
 
     def append(self, event: str, **details) -> None:
         record = audit_log.encode_event(self.keys, self.vault_id, self.seq, self.prev,
@@ -92,11 +106,8 @@ class AuditLog:
         """fsync the logs and record the head in each replica's (authenticated) state."""
         for n in self._healthy():
             try:
-                fd = os.open(self._path(n), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                if n in self._fds:
+                    os.fsync(self._fds[n])
                 location = self.vault.locations[n]
                 state = vault_mod.read_state(location, self.vault.root_key)
                 state.audit_head = self.head()

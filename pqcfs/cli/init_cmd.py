@@ -59,6 +59,7 @@ def run(args) -> int:
     log.append("init", replicas=len(locations), suite=args.suite, block_size=args.block_size,
                slots=[s["type"] for s in vault.header.slots])
     log.sync()
+    log.close()
     shown = slots.format_recovery_code(code)
     doc = {"vault_id": vault.header.vault_id.hex(), "replicas": locations, "recovery_code": shown}
     options.emit(args, doc, (

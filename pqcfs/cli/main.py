@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         log = getattr(args, "audit_log", None)
         if log is not None:
             log.sync()
+            log.close()
         return code
     except KeyboardInterrupt:
         print("pqcfs: interrupted", file=sys.stderr)

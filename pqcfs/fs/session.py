@@ -165,6 +165,7 @@ class Session:
                 if identity is not None:
                     self.audit.checkpoint(identity)
                 self.audit.sync()
+                self.audit.close()
             except OSError as e:
                 log.error("could not write the audit log: %s", e)
         healthy = self.replicas.healthy if self.replicas else range(len(self.vault.locations))
