@@ -17,7 +17,7 @@ from pqcfs.crypto.content import BlockCorrupt, ContentCipher, p_size
 from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError, DamagedStructure
 from pqcfs.format import names, node_header
-from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK
+from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, MAGIC_LINK
 
 log = logging.getLogger(__name__)
 

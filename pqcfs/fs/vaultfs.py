@@ -7,18 +7,16 @@ requests into these calls, and tests call them directly. Errors are FsError(errn
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
 import stat
 from dataclasses import dataclass
 
-from pqcfs.crypto import aead
 from pqcfs.crypto import content as content_layout
 from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError
-from pqcfs.format import names, node_header
+from pqcfs.format import names, node_header, sealed_table
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import SHARED_DIR, InodeTable, Node, shared_path
@@ -93,9 +91,8 @@ class VaultFS:
             path = self._join(dir_node.c_path, names.OVERRIDES_NAME)
             table: dict[bytes, bytes] = {}
             if self.replicas.exists(path):
-                raw = aead.open_sealed(dir_node.keys.meta_key, self.replicas.read_file(path),
-                                       OVERRIDES_AD + dir_node.keys.node_id)
-                table = {bytes.fromhex(k): bytes.fromhex(v) for k, v in json.loads(raw).items()}
+                table = sealed_table.decode(dir_node.keys.meta_key, OVERRIDES_AD + dir_node.keys.node_id,
+                                            self.replicas.read_file(path))
             dir_node.overrides = table
         return dir_node.overrides
 
@@ -105,8 +102,8 @@ class VaultFS:
         if not table:
             self.replicas.unlink(path, missing_ok=True)
             return
-        raw = json.dumps({k.hex(): v.hex() for k, v in table.items()}).encode()
-        self.replicas.write_atomic(path, aead.seal(dir_node.keys.meta_key, raw, OVERRIDES_AD + dir_node.keys.node_id))
+        self.replicas.write_atomic(path, sealed_table.encode(dir_node.keys.meta_key,
+                                                             OVERRIDES_AD + dir_node.keys.node_id, table))
 
     def _child_keys(self, dir_node: Node, node_id: bytes) -> NodeKeys:
         wrapped = self._overrides(dir_node).get(node_id)
@@ -636,9 +633,8 @@ class VaultFS:
             path = self._xattr_path(node)
             table: dict[bytes, bytes] = {}
             if self.replicas.exists(path):
-                raw = aead.open_sealed(node.keys.meta_key, self.replicas.read_file(path),
-                                       XATTR_AD + node.keys.node_id)
-                table = {bytes.fromhex(k): bytes.fromhex(v) for k, v in json.loads(raw).items()}
+                table = sealed_table.decode(node.keys.meta_key, XATTR_AD + node.keys.node_id,
+                                            self.replicas.read_file(path))
             node.xattrs = table
         return node.xattrs
 
@@ -653,8 +649,8 @@ class VaultFS:
             table[name] = value
         path = self._xattr_path(node)
         if table:
-            raw = json.dumps({k.hex(): v.hex() for k, v in table.items()}).encode()
-            self.replicas.write_atomic(path, aead.seal(node.keys.meta_key, raw, XATTR_AD + node.keys.node_id))
+            self.replicas.write_atomic(path, sealed_table.encode(node.keys.meta_key, XATTR_AD + node.keys.node_id,
+                                                                 table))
         else:
             self.replicas.unlink(path, missing_ok=True)
         node.xattrs = table

@@ -135,8 +135,8 @@ def test_moves_keep_keys_through_overrides(new_vault, vfs):
 
 def test_rename_replace_noreplace_exchange(vfs):
     root = vfs.inodes.root
-    x = vfs.create_file(root, b"x", stat.S_IFREG | 0o644, ME, content=b"X")
-    y = vfs.create_file(root, b"y", stat.S_IFREG | 0o644, ME, content=b"Y")
+    vfs.create_file(root, b"x", stat.S_IFREG | 0o644, ME, content=b"X")
+    vfs.create_file(root, b"y", stat.S_IFREG | 0o644, ME, content=b"Y")
     with pytest.raises(FsError) as e:
         vfs.rename(root, b"x", root, b"y", noreplace=True)
     assert e.value.errno == errno.EEXIST
@@ -155,7 +155,7 @@ def test_rename_replace_noreplace_exchange(vfs):
 
 def test_symlinks_fifos_xattrs_and_modes(new_vault, vfs):
     root = vfs.inodes.root
-    link = vfs.create_file(root, b"link", stat.S_IFLNK | 0o777, ME, content=b"../target")
+    vfs.create_file(root, b"link", stat.S_IFLNK | 0o777, ME, content=b"../target")
     fifo = vfs.create_file(root, b"fifo", stat.S_IFIFO | 0o600, ME)
     vfs.set_xattr(fifo, b"user.colour", b"blue")
     vfs.set_mode(fifo, 0o640)
