@@ -30,6 +30,7 @@ sys.path.insert(0, REPO)
 from pqcfs.devtools import standin as drives  # noqa: E402
 
 PW = "benchmark passphrase"
+MARKER = "<!-- analysis: kept across runs -->"
 
 
 def sh(*cmd, **kw):
@@ -201,8 +202,16 @@ def main() -> int:
     report = render(results, args, tar_files)
     print("\n" + report)
     if not args.no_write_docs:
-        with open(os.path.join(REPO, "docs", "benchmarks.md"), "w") as f:
-            f.write(report)
+        # The hand-written analysis below the marker survives a re-run.
+        path = os.path.join(REPO, "docs", "benchmarks.md")
+        kept = ""
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read()
+            if MARKER in text:
+                kept = text[text.index(MARKER):]
+        with open(path, "w") as f:
+            f.write(report + ("\n" + kept if kept else ""))
     return 0
 
 
