@@ -288,3 +288,38 @@ def test_mount_finds_a_moved_backup_by_its_file_system_uuid():
         finally:
             drives.unmount(elsewhere)
             drives.run("mount", loop, b)
+
+
+def test_backup_turning_read_only_mid_write_then_resynced():
+    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
+         drives.loop_drive(w, "backup", "ext4", 256) as (b, bimg):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        vault.mount()
+        loop = drives.run("losetup", "-j", bimg).stdout.split(":")[0]
+        try:
+            payload = os.urandom(1 << 20)
+            with open(os.path.join(vault.mountpoint, "big"), "wb") as f:
+                for n in range(40):
+                    f.write(payload)
+                    if n == 10:
+                        # What ext4 does on a drive error (errors=remount-ro): read-only now.
+                        drives.run("mount", "-o", "remount,abort", b)
+                f.flush()
+                os.fsync(f.fileno())
+            with open(os.path.join(vault.mountpoint, "after"), "wb") as f:
+                f.write(b"still writable")
+            mine = [m for m in json.loads(drives.pqcfs("status", "--json").stdout)["mounts"]
+                    if m["mountpoint"] == vault.mountpoint]
+            assert mine[0]["health"] == "degraded"
+        finally:
+            vault.umount()
+        drives.unmount(b)
+        drives.run("e2fsck", "-fy", loop, check=False)
+        drives.run("mount", loop, b)
+        vault.mount()   # brings the backup up to date
+        with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
+            assert f.read() == payload * 40
+        vault.umount()
+        assert trees_identical(vault)
+        assert fsck(vault).returncode == 0
