@@ -20,8 +20,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     vault = options.unlock(args, require_all=False)
-    lock = session_mod.Session(vault, "/nonexistent-fsck")
-    lock.lock()  # refuses while mounted: fsck must not race the daemon
+    lock = session_mod.VaultLock(vault.locations)
+    lock.acquire()  # refuses while mounted: fsck must not race the daemon
     try:
         total = sum(mirror.total_bytes(loc) for loc in vault.locations)
         progress = Progress("fsck", total)
@@ -33,7 +33,7 @@ def run(args) -> int:
             findings=[f"{p.replica}: {p.c_path}: {p.what}{' (repaired)' if p.repaired else ''}"
                       for p in report.problems][:100])
     finally:
-        lock.unlock()
+        lock.release()
     lines = [f"checked {report.nodes} nodes, {report.bytes_checked / 2**20:.1f} MiB on "
              f"{len(report.replicas)} replica(s)"]
     for p in report.problems:

@@ -26,8 +26,8 @@ def run(args) -> int:
     vault = options.unlock(args, require_all=True)
     if len(vault.locations) < 2:
         raise DriveError("no other replica is present to sync with")
-    lock = session_mod.Session(vault, "/nonexistent-sync")
-    lock.lock()
+    lock = session_mod.VaultLock(vault.locations)
+    lock.acquire()
     synced = []
     try:
         source = vault_mod.read_state(vault.locations[0], vault.root_key)
@@ -48,7 +48,7 @@ def run(args) -> int:
             vault.extra["audit"].append("sync", source=vault.locations[0], target=location,
                                         files_changed=stats.files_changed, diverged=relation == rs.DIVERGED)
     finally:
-        lock.unlock()
+        lock.release()
     text = "\n".join(f"synced {s['replica']}: {s['files_changed']} files changed, "
                      f"{s['bytes_written'] / 2**20:.1f} MiB written, {s['removed']} removed" for s in synced)
     options.emit(args, {"synced": synced}, text or "all replicas are up to date")

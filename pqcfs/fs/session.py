@@ -53,6 +53,30 @@ def check_mountpoint(mountpoint: str) -> None:
         raise MountError(f"mountpoint {mountpoint} is not empty")
 
 
+class VaultLock:
+    """flock on pqcfs.lock in every replica: one writer (mount, sync, fsck) at a time."""
+
+    def __init__(self, locations: list[str]):
+        self.locations = locations
+        self._fds: list[int] = []
+
+    def acquire(self) -> None:
+        for location in self.locations:
+            fd = os.open(os.path.join(location, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self.release()
+                raise MountError(f"the vault on {location} is in use (mounted, or a sync or fsck is running)") from None
+            self._fds.append(fd)
+
+    def release(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
 class Session:
     def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False,
                  audit_files: bool = False):
@@ -61,7 +85,7 @@ class Session:
         self.audit_files = audit_files
         self.mountpoint = canonical_mountpoint(mountpoint)
         self.read_only = read_only
-        self._locks: list[int] = []
+        self._lock = VaultLock(vault.locations)
         # Resolved now: once mounted, any lookup under the mountpoint would wait for this
         # very process to answer, before it serves.
         self.runtime_path = runtime_file(self.mountpoint)
@@ -70,20 +94,10 @@ class Session:
         self.session_id = ""
 
     def lock(self) -> None:
-        for location in self.vault.locations:
-            fd = os.open(os.path.join(location, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                self.unlock()
-                raise MountError(f"the vault on {location} is already mounted") from None
-            self._locks.append(fd)
+        self._lock.acquire()
 
     def unlock(self) -> None:
-        for fd in self._locks:
-            os.close(fd)
-        self._locks = []
+        self._lock.release()
 
     def _trees(self) -> list[str]:
         return [os.path.join(loc, vault_mod.TREE_DIR) for loc in self.vault.locations]
