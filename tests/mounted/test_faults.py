@@ -83,7 +83,7 @@ def ext4_pair():
             vault.umount()
 
 
-@pytest.mark.parametrize("seed", [11, 12])
+@pytest.mark.parametrize("seed", [11, 12, 13])
 def test_sigkill_at_random_points_loses_nothing_fsynced(ext4_pair, seed):
     vault, rng = ext4_pair, random.Random(seed)
     journal = os.path.join(vault.workdir, "journal")
