@@ -72,9 +72,10 @@ def verify_journal(mnt: str, journal: str) -> int:
 
 
 @pytest.fixture
-def ext4_pair():
-    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
-         drives.loop_drive(w, "backup", "ext4", 256) as (b, _):
+def drive_pair(request):
+    fstype = getattr(request, "param", "ext4")
+    with drives.workdir() as w, drives.loop_drive(w, "primary", fstype, 256) as (p, _), \
+         drives.loop_drive(w, "backup", fstype, 256) as (b, _):
         vault = drives.Vault(w, p, b)
         vault.init()
         try:
@@ -83,9 +84,10 @@ def ext4_pair():
             vault.umount()
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
-def test_sigkill_at_random_points_loses_nothing_fsynced(ext4_pair, seed):
-    vault, rng = ext4_pair, random.Random(seed)
+@pytest.mark.parametrize("drive_pair,seed", [("ext4", 11), ("ext4", 12), ("ext4", 13), ("exfat", 21)],
+                         indirect=["drive_pair"], ids=["ext4-11", "ext4-12", "ext4-13", "exfat-21"])
+def test_sigkill_at_random_points_loses_nothing_fsynced(drive_pair, seed):
+    vault, rng = drive_pair, random.Random(seed)
     journal = os.path.join(vault.workdir, "journal")
     for round_ in range(5):
         vault.mount()
