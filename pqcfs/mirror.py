@@ -54,6 +54,12 @@ def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaStat
 def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progress=None) -> sync_mod.SyncStats:
     """Make target a copy of source (ciphertext and history)."""
     stats = sync_mod.sync_tree(source, target, progress or (lambda n: None))
+    adopt_history(vault, source, target)
+    return stats
+
+
+def adopt_history(vault: vault_mod.UnlockedVault, source: str, target: str) -> None:
+    """After target was made a copy of source: it shares source's history and is clean."""
     src_state = vault_mod.read_state(source, vault.root_key)
     dst_state = vault_mod.read_state(target, vault.root_key)
     dst_state.lineage = list(src_state.lineage)
@@ -65,7 +71,6 @@ def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progr
     if dst_state.replica_id in src_state.missing:
         src_state.missing.remove(dst_state.replica_id)
         vault_mod.write_state(source, src_state, vault.root_key)
-    return stats
 
 
 def total_bytes(location: str) -> int:

@@ -14,6 +14,7 @@ from pqcfs.format.node_header import MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.fs.common import Caller, FsError, full_c_name
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import SHARED_DIR, Node, shared_path
+from pqcfs.store.intent import DIRECTORY, FILE
 
 
 class NamespaceOps:
@@ -27,8 +28,16 @@ class NamespaceOps:
                 mode |= stat.S_ISGID
         return Meta(mode=mode, uid=caller.uid, gid=gid, rdev=rdev)
 
+    def _touch(self, *dirs: Node) -> None:
+        """Note the directories an operation changes (and the shared store, which links,
+        unlinks and renames of hard-linked files may change) before changing them."""
+        for d in dirs:
+            self.intent.note(DIRECTORY, d.c_path)
+        self.intent.note(DIRECTORY, SHARED_DIR)
+
     def _prepare_name(self, dir_node: Node, p_name: bytes) -> str:
         self._check_writable()
+        self._touch(dir_node)
         if not dir_node.is_dir:
             raise FsError(errno.ENOTDIR)
         full = full_c_name(dir_node, p_name)
@@ -48,6 +57,7 @@ class NamespaceOps:
         keys = self._child_keys(dir_node, node_id)
         meta = self._new_meta(dir_node, mode, caller, rdev)
         rel = self._join(dir_node.c_path, disk_name)
+        self.intent.note(FILE, rel)
         handle = self.replicas.create_file(rel, node_header.build(MAGIC_FILE, node_id, keys.meta_key, meta))
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta)
@@ -65,6 +75,7 @@ class NamespaceOps:
         keys = self._child_keys(dir_node, node_id)
         meta = self._new_meta(dir_node, stat.S_IFDIR | stat.S_IMODE(mode), caller)
         rel = self._join(dir_node.c_path, disk_name)
+        self.intent.note(DIRECTORY, rel)
         self.replicas.mkdir(rel)
         # The id file is written once, atomically: a directory without one is refused.
         self.replicas.write_atomic(self._join(rel, names.DIR_ID_NAME),
@@ -93,6 +104,7 @@ class NamespaceOps:
         return self._add_name(node, dir_node, p_name)
 
     def _share(self, node: Node) -> None:
+        self._touch(node.parent)
         if not self.replicas.exists(SHARED_DIR):
             self.replicas.mkdir(SHARED_DIR)
         entry = node.c_path
@@ -122,6 +134,7 @@ class NamespaceOps:
 
     def unlink(self, dir_node: Node, p_name: bytes) -> None:
         self._check_writable()
+        self._touch(dir_node)
         node = self.lookup(dir_node, p_name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
@@ -146,6 +159,7 @@ class NamespaceOps:
 
     def rmdir(self, dir_node: Node, p_name: bytes) -> None:
         self._check_writable()
+        self._touch(dir_node)
         node = self.lookup(dir_node, p_name)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
@@ -171,6 +185,7 @@ class NamespaceOps:
     def rename(self, old_dir: Node, old_name: bytes, new_dir: Node, new_name: bytes,
                noreplace: bool = False, exchange: bool = False) -> None:
         self._check_writable()
+        self._touch(old_dir, new_dir)
         node = self.lookup(old_dir, old_name)
         if not new_dir.is_dir:
             raise FsError(errno.ENOTDIR)

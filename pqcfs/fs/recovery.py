@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from pqcfs.crypto.content import BlockCorrupt, ContentCipher, p_size
 from pqcfs.crypto.keys import NodeKeys
@@ -156,4 +157,63 @@ def recover(vfs, primary_tree: str, backup_trees: list[str], block_size: int) ->
                 log.warning("no key for a differing file; the primary's copy is kept")
                 continue
             repaired += merge_file(os.path.join(primary_tree, rel), b, keys, block_size)
+    return repaired
+
+
+def _copy_if_different(src: str, dst: str) -> bool:
+    if os.path.isfile(dst) and _same(src, dst):
+        return False
+    shutil.copy2(src, dst)
+    return True
+
+
+def _sync_dir_shallow(src: str, dst: str) -> None:
+    """dst's entries become src's: missing subtrees copied, extra entries removed, files
+    that differ copied (their blocks were already merged if they had a file intent)."""
+    if not os.path.isdir(dst):
+        if os.path.lexists(dst):
+            os.unlink(dst)
+        shutil.copytree(src, dst)
+        return
+    wanted = set(os.listdir(src))
+    for name in os.listdir(dst):
+        if name not in wanted:
+            path = os.path.join(dst, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    for name in wanted:
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isdir(s):
+            if not os.path.isdir(d):
+                if os.path.lexists(d):
+                    os.unlink(d)
+                shutil.copytree(s, d)
+        else:
+            if os.path.isdir(d):
+                shutil.rmtree(d)
+            _copy_if_different(s, d)
+
+
+def recover_intents(vfs, primary_tree: str, backup_trees: list[str], intents, block_size: int) -> int:
+    """Repair only what the session's intent log says it may have changed: files by an
+    authenticated block merge, then the backup copies them; directories' entries from the
+    primary. Returns blocks repaired on the primary."""
+    resolver = KeyResolver(vfs)
+    repaired = 0
+    files = sorted(rel for kind, rel in intents if kind == "F")
+    dirs = sorted((rel for kind, rel in intents if kind == "D"), key=lambda r: (r.count("/"), r))
+    for backup_tree in backup_trees:
+        for rel in files:
+            p, b = os.path.join(primary_tree, rel), os.path.join(backup_tree, rel)
+            if not (os.path.isfile(p) and os.path.isfile(b)) or _same(p, b):
+                continue
+            keys = resolver.keys_for(rel)
+            if keys is not None:
+                repaired += merge_file(p, b, keys, block_size)
+            _copy_if_different(p, b)
+        for rel in dirs:
+            p, b = os.path.join(primary_tree, rel), os.path.join(backup_tree, rel)
+            if os.path.isdir(p):
+                _sync_dir_shallow(p, b)
+            elif os.path.isdir(b) and not rel == "":
+                shutil.rmtree(b)
     return repaired

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 
@@ -25,6 +26,7 @@ from pqcfs.fs import recovery
 from pqcfs.fs.operations import Operations
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
+from pqcfs.store import intent as intent_mod
 from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class Session:
         # very process to answer, before it serves.
         self.runtime_path = runtime_file(self.mountpoint)
         self.replicas: ReplicaSet | None = None
+        self.intent: intent_mod.IntentLog | None = None
         self.missing: list[str] = []
         self.session_id = ""
 
@@ -124,12 +127,7 @@ class Session:
                 if progress:
                     progress.close()
         if plan.unclean and len(self.vault.locations) > 1 and not self.read_only:
-            vfs = VaultFS(ReplicaSet(self._trees()), self.vault.root_dir_keys(), self.vault.header.block_size)
-            repaired = recovery.recover(vfs, self._trees()[0], self._trees()[1:], self.vault.header.block_size)
-            for location in self.vault.locations[1:]:
-                mirror.sync_replica(self.vault, plan.primary, location)
-            log.warning("recovered from an unclean unmount (%d blocks repaired from a backup)", repaired)
-            self._event("crash-recovery", blocks_repaired=repaired)
+            self._recover(plan)
         self.missing = plan.missing
         if plan.missing:
             self._event("degraded", missing=plan.missing, at="mount")
@@ -142,6 +140,28 @@ class Session:
                 state.begin_session(self.session_id, plan.missing)
                 vault_mod.write_state(location, state, self.vault.root_key)
         return plan
+
+    def _recover(self, plan: mirror.Plan) -> None:
+        """After an unclean unmount: repair what the intent logs name (or, without them,
+        everything that differs), then make the backups copies of the primary again."""
+        trees, bs = self._trees(), self.vault.header.block_size
+        vfs = VaultFS(ReplicaSet(trees), self.vault.root_dir_keys(), bs)
+        intents = intent_mod.read(self.vault.locations)
+        if intents is None:
+            repaired = recovery.recover(vfs, trees[0], trees[1:], bs)
+            for location in self.vault.locations[1:]:
+                mirror.sync_replica(self.vault, plan.primary, location)
+        else:
+            repaired = recovery.recover_intents(vfs, trees[0], trees[1:], intents, bs)
+            primary_log = os.path.join(plan.primary, "pqcfs.audit")
+            for location in self.vault.locations[1:]:
+                if os.path.exists(primary_log):
+                    shutil.copy2(primary_log, os.path.join(location, "pqcfs.audit"))
+                mirror.adopt_history(self.vault, plan.primary, location)
+        log.warning("recovered from an unclean unmount (%d blocks repaired from a backup, %s)", repaired,
+                    "full comparison" if intents is None else f"{len(intents)} intent records")
+        self._event("crash-recovery", blocks_repaired=repaired,
+                    intent_records=None if intents is None else len(intents))
 
     def _replica_failed(self, n: int, error: BaseException) -> None:
         """A backup dropped out while mounted: the primary's history moves on without it,
@@ -171,6 +191,12 @@ class Session:
     def _finish(self) -> None:
         if self.read_only:
             return
+        # Everything on the drives before anything says "clean": the drives may be pulled
+        # right after `pqcfs umount` returns.
+        os.sync()
+        if self.intent is not None:
+            self.intent.clear()
+            self.intent.close()
         if self.audit is not None:
             heals = self.ops.vfs.heal_events if getattr(self, "ops", None) else 0
             self._event("unmount", session=self.session_id, self_heals=heals)
@@ -191,8 +217,11 @@ class Session:
 
     def build(self) -> Operations:
         self.replicas = ReplicaSet(self._trees(), on_failure=self._replica_failed)
+        if not self.read_only:
+            self.intent = intent_mod.IntentLog(self.vault.locations, lambda: self.replicas.healthy)
+            self.intent.clear()
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
-                      read_only=self.read_only, on_event=self._event)
+                      read_only=self.read_only, on_event=self._event, intent=self.intent)
         if self.audit is not None:
             self.audit._healthy = lambda: self.replicas.healthy
         self.ops = Operations(vfs, audit_files=self.audit_files)

@@ -22,6 +22,7 @@ from pqcfs.fs.common import Caller, FsError, full_c_name  # noqa: F401 - Caller,
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import InodeTable, Node, shared_path
 from pqcfs.fs.namespace import NamespaceOps
+from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ OVERRIDES_AD = b"pqcfs overrides v1"
 
 class VaultFS(NamespaceOps):
     def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False,
-                 on_event=None):
+                 on_event=None, intent=None):
         self.replicas = replicas
+        self.intent = intent or NoIntent()
         self.on_event = on_event or (lambda event, **details: None)
         self.block_size = block_size
         self.read_only = read_only
@@ -79,6 +81,7 @@ class VaultFS(NamespaceOps):
         return dir_node.overrides
 
     def _save_overrides(self, dir_node: Node) -> None:
+        self.intent.note(DIRECTORY, dir_node.c_path)
         path = self._join(dir_node.c_path, names.OVERRIDES_NAME)
         table = dir_node.overrides or {}
         if not table:
@@ -251,6 +254,7 @@ class VaultFS(NamespaceOps):
         return self.replicas.lstat(node.data_path)
 
     def _write_meta(self, node: Node) -> None:
+        self.intent.note(FILE, self._meta_path(node))
         prefix = node_header.build(MAGIC_DIR if node.is_dir else MAGIC_FILE, node.keys.node_id,
                                    node.keys.meta_key, node.meta)
         if node.handle is not None:
@@ -288,6 +292,8 @@ class VaultFS(NamespaceOps):
     # --- contents -------------------------------------------------------------------
 
     def open(self, node: Node, writable: bool) -> FileContent:
+        if writable and not self.read_only:
+            self.intent.note(FILE, node.data_path)
         if node.handle is None:
             # An entry a backup lacks while the primary has it is a damaged name there:
             # heal it rather than drop the whole backup.
@@ -355,6 +361,7 @@ class VaultFS(NamespaceOps):
 
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
         self._check_writable()
+        self.intent.note(DIRECTORY, os.path.dirname(self._xattr_path(node)))
         table = dict(self.xattrs(node))
         if value is None:
             if name not in table:
