@@ -72,9 +72,11 @@ class IntentLog(NoIntent):
     def clear(self) -> None:
         """Start empty (a new session, or a clean unmount after everything is synced)."""
         for n in self.healthy():
-            path = os.path.join(self.locations[n], FILE_NAME)
             try:
-                os.truncate(path, 0) if os.path.exists(path) else None
+                # Present and empty: "this session changed nothing yet", which recovery
+                # tells apart from "no intent log at all" (compare everything).
+                os.ftruncate(self._fd(n), 0)
+                os.fsync(self._fd(n))
             except OSError as e:
                 if n == 0:
                     raise
