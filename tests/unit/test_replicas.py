@@ -1,0 +1,65 @@
+"""Replica histories, the intent log and the ciphertext sync, without mounts."""
+
+import os
+
+from pqcfs.format import replica_state as rs
+from pqcfs.store import intent, sync
+
+
+def state(*sessions):
+    return rs.ReplicaState("v", "r", lineage=list(sessions), generation=len(sessions))
+
+
+def test_lineage_tells_stale_newer_and_diverged_apart():
+    base = state("init", "s1")
+    assert rs.compare(base, state("init", "s1")) == rs.SAME
+    assert rs.compare(state("init", "s1", "s2"), base) == rs.STALE
+    assert rs.compare(base, state("init", "s1", "s2")) == rs.NEWER
+    assert rs.compare(state("init", "s1", "a"), state("init", "s1", "b")) == rs.DIVERGED
+    s = state("init")
+    s.begin_session("x", ["backup"])
+    assert s.head == "x" and not s.clean and s.missing == ["backup"] and s.generation == 2
+
+
+def test_lineage_is_bounded():
+    s = state()
+    for n in range(1000):
+        s.begin_session(str(n), [])
+    assert len(s.lineage) == rs.ReplicaState.LINEAGE_KEPT and s.head == "999"
+
+
+def test_intent_log_notes_once_and_reads_the_union(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert intent.read([str(a), str(b)]) is None
+    log = intent.IntentLog([str(a), str(b)], lambda: [0, 1])
+    log.clear()
+    assert intent.read([str(a)]) == set()
+    log.note(intent.FILE, "x/y")
+    log.note(intent.FILE, "x/y")
+    log.note(intent.DIRECTORY, "")
+    log.sync()
+    assert (a / "pqcfs.intent").read_text().count("x/y") == 1
+    (b / "pqcfs.intent").write_text("F other\nD ../escape\ngarbage\n")
+    assert intent.read([str(a), str(b)]) == {("F", "x/y"), ("D", ""), ("F", "other")}
+    log.clear()
+    log.close()
+    assert intent.read([str(a)]) == set()
+
+
+def test_sync_tree_copies_only_what_differs_and_keeps_per_replica_files(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for root in (src, dst):
+        (root / "tree" / "d").mkdir(parents=True)
+        (root / "pqcfs.state").write_text(f"state of {root.name}")
+    (src / "tree" / "same").write_bytes(b"x" * 3000)
+    (dst / "tree" / "same").write_bytes(b"x" * 3000)
+    (src / "tree" / "d" / "changed").write_bytes(os.urandom(5000))
+    (dst / "tree" / "d" / "changed").write_bytes(b"old")
+    (dst / "tree" / "extra").write_bytes(b"gone soon")
+    stats = sync.sync_tree(str(src), str(dst))
+    assert (dst / "tree" / "d" / "changed").read_bytes() == (src / "tree" / "d" / "changed").read_bytes()
+    assert not (dst / "tree" / "extra").exists()
+    assert (dst / "pqcfs.state").read_text() == "state of dst"
+    assert stats.files_changed == 1 and stats.removed == 1
