@@ -140,22 +140,9 @@ class NamespaceOps:
             raise FsError(errno.EISDIR)
         rel = self._entry_rel(dir_node, p_name)
         self.replicas.unlink(rel)
-        if node.shared:
-            # Overrides stay: another name of this node may live in the same directory,
-            # and a leftover override is harmless.
-            self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1], with_xattrs=False)
-            node.names.discard((dir_node, p_name))
-            node.meta.nlink -= 1
-            if node.meta.nlink == 0:
-                self.replicas.unlink(node.data_path)
-                self.replicas.unlink(node.data_path + names.XATTR_SUFFIX, missing_ok=True)
-            else:
-                self._write_meta(node)
-            self.inodes.detach(node, dir_node, p_name)
-            return
-        self._drop_sidecars(dir_node, node.disk_name, with_xattrs=True)
-        self._forget_override(dir_node, node)
-        self.inodes.detach(node)
+        # A plain file's xattrs sit beside its entry; a shared node's beside its data.
+        self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1], with_xattrs=not node.shared)
+        self._lose_name(node, dir_node, p_name)
 
     def rmdir(self, dir_node: Node, p_name: bytes) -> None:
         self._check_writable()
@@ -245,7 +232,9 @@ class NamespaceOps:
         self._move_name(node, old_dir, old_name, new_dir, new_name, new_disk)
 
     def _lose_name(self, node: Node, dir_node: Node, p_name: bytes) -> None:
-        """Bookkeeping after rename replaced the entry p_name that named node."""
+        """Bookkeeping once the entry p_name that named node is gone (unlink, or replaced
+        by a rename). A shared node's overrides stay: another of its names may live in the
+        same directory, and a leftover override is harmless."""
         if node.shared:
             node.names.discard((dir_node, p_name))
             node.meta.nlink -= 1

@@ -72,13 +72,14 @@ class VaultFS(NamespaceOps):
 
     def _overrides(self, dir_node: Node) -> dict[bytes, bytes]:
         if dir_node.overrides is None:
-            path = self._join(dir_node.c_path, names.OVERRIDES_NAME)
-            table: dict[bytes, bytes] = {}
-            if self.replicas.exists(path):
-                table = sealed_table.decode(dir_node.keys.meta_key, OVERRIDES_AD + dir_node.keys.node_id,
-                                            self.replicas.read_file(path))
-            dir_node.overrides = table
+            dir_node.overrides = self._read_table(self._join(dir_node.c_path, names.OVERRIDES_NAME),
+                                                  dir_node.keys.meta_key, OVERRIDES_AD + dir_node.keys.node_id)
         return dir_node.overrides
+
+    def _read_table(self, path: str, key: bytes, aad: bytes) -> dict[bytes, bytes]:
+        if not self.replicas.exists(path):
+            return {}
+        return sealed_table.decode(key, aad, self.replicas.read_file(path))
 
     def _save_overrides(self, dir_node: Node) -> None:
         self.intent.note(DIRECTORY, dir_node.c_path)
@@ -351,12 +352,8 @@ class VaultFS(NamespaceOps):
 
     def xattrs(self, node: Node) -> dict[bytes, bytes]:
         if node.xattrs is None:
-            path = self._xattr_path(node)
-            table: dict[bytes, bytes] = {}
-            if self.replicas.exists(path):
-                table = sealed_table.decode(node.keys.meta_key, XATTR_AD + node.keys.node_id,
-                                            self.replicas.read_file(path))
-            node.xattrs = table
+            node.xattrs = self._read_table(self._xattr_path(node), node.keys.meta_key,
+                                           XATTR_AD + node.keys.node_id)
         return node.xattrs
 
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
