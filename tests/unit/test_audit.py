@@ -21,7 +21,8 @@ def build(n=8, keys=None, vault_id=VAULT, checkpoint_at=None, sign_seed=b"s" * 3
             chain = audit_log.chain_hashes(audit_log.parse(b"".join(out)))[-1]
             rec = audit_log.encode_checkpoint(keys, vault_id, seq, prev, chain, "owner", sign)
         else:
-            rec = audit_log.encode_event(keys, vault_id, seq, prev, {"event": f"e{seq}", "path": "/secret"})
+            rec = audit_log.encode_event(keys, vault_id, seq, prev,
+                                         {"event": f"event-{seq}", "path": "/quarterly-secret-report.txt"})
         out.append(rec)
         prev = rec[-32:]
     return keys, out, {"seq": n - 1, "mac": prev.hex()}, sign.public_key().public_bytes_raw()
@@ -37,8 +38,10 @@ def test_intact_log_verifies_and_hides_contents():
     keys, recs, head, _ = build()
     v = audit_log.verify(b"".join(recs), keys, VAULT, head)
     assert v.intact and v.records == 8
-    assert b"secret" not in b"".join(recs) and b"e3" not in b"".join(recs)
-    assert audit_log.decrypt(keys, VAULT, audit_log.parse(recs[3])[0]) == {"event": "e3", "path": "/secret"}
+    # Markers long enough that random ciphertext can not contain them by chance.
+    assert b"quarterly-secret-report" not in b"".join(recs) and b"event-3" not in b"".join(recs)
+    assert audit_log.decrypt(keys, VAULT, audit_log.parse(recs[3])[0]) == {
+        "event": "event-3", "path": "/quarterly-secret-report.txt"}
 
 
 @pytest.mark.parametrize("k", [0, 3, 7])
