@@ -109,6 +109,14 @@ def parse(data: bytes) -> list[Record]:
     return out
 
 
+def offset_of(data: bytes, index: int) -> int:
+    """Byte offset where record `index` starts (the length of the records before it)."""
+    pos = 0
+    for _ in range(index):
+        pos += _LEN.size + _LEN.unpack_from(data, pos)[0]
+    return pos
+
+
 def chain_hashes(records: list[Record]) -> list[bytes]:
     hashes, h = [], ZERO
     for r in records:

@@ -75,7 +75,10 @@ def run(args) -> int:
         return exitcodes.OK if intact else exitcodes.CRYPTO
     data = _read(vault.locations[0])
     verdict = audit_log.verify(data, keys, vid, vault_mod.read_state(vault.locations[0], vault.root_key).audit_head)
-    records = audit_log.parse(data[: _prefix_len(data, verdict)])
+    intact = len(data)
+    if not verdict.intact and verdict.first_bad is not None:
+        intact = audit_log.offset_of(data, verdict.first_bad)   # show only the intact prefix
+    records = audit_log.parse(data[:intact])
     shown = []
     for r in records:
         entry = {"seq": r.seq, **audit_log.decrypt(keys, vid, r)}
@@ -92,15 +95,6 @@ def run(args) -> int:
         text += f"\nWARNING: the log is not intact from record {verdict.first_bad}: {verdict.reason}"
     options.emit(args, {"records": shown, "intact": verdict.intact}, text or "no records")
     return exitcodes.OK if verdict.intact else exitcodes.CRYPTO
-
-
-def _prefix_len(data: bytes, verdict) -> int:
-    if verdict.intact or verdict.first_bad is None:
-        return len(data)
-    pos = 0
-    for _ in range(verdict.first_bad):
-        pos += 4 + int.from_bytes(data[pos:pos + 4], "big")
-    return pos
 
 
 def _verify_public(args) -> int:

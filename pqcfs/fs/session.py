@@ -223,7 +223,7 @@ class Session:
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
                       read_only=self.read_only, on_event=self._event, intent=self.intent)
         if self.audit is not None:
-            self.audit._healthy = lambda: self.replicas.healthy
+            self.audit.follow(lambda: self.replicas.healthy)
         self.ops = Operations(vfs, audit_files=self.audit_files)
         return self.ops
 

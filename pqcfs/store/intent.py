@@ -10,10 +10,10 @@ recovery looks only at the paths it names.
 
 from __future__ import annotations
 
-import logging
 import os
 
-log = logging.getLogger(__name__)
+from pqcfs.store.append_file import ReplicatedAppendFile
+
 FILE_NAME = "pqcfs.intent"
 FILE, DIRECTORY = "F", "D"
 
@@ -30,64 +30,33 @@ class NoIntent:
 
 class IntentLog(NoIntent):
     def __init__(self, locations: list[str], healthy):
-        self.locations = locations
-        self.healthy = healthy
+        self.file = ReplicatedAppendFile(locations, FILE_NAME, healthy)
         self.noted: set[tuple[str, str]] = set()
         self.dirty = False
-        self._fds: dict[int, int] = {}
-
-    def _fd(self, n: int) -> int:
-        if n not in self._fds:
-            self._fds[n] = os.open(os.path.join(self.locations[n], FILE_NAME),
-                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return self._fds[n]
 
     def note(self, kind: str, rel: str) -> None:
         if (kind, rel) in self.noted:
             return
-        line = f"{kind} {rel}\n".encode()
-        for n in self.healthy():
-            try:
-                os.write(self._fd(n), line)
-            except OSError as e:
-                if n == 0:
-                    raise
-                log.warning("could not write the intent log on replica %d: %s", n, e)
+        self.file.append(f"{kind} {rel}\n".encode())
         self.noted.add((kind, rel))
         self.dirty = True
 
     def sync(self) -> None:
-        if not self.dirty:
-            return
-        for n in self.healthy():
-            if n in self._fds:
-                try:
-                    os.fsync(self._fds[n])
-                except OSError as e:
-                    if n == 0:
-                        raise
-                    log.warning("could not sync the intent log on replica %d: %s", n, e)
-        self.dirty = False
+        if self.dirty:
+            self.file.fsync()
+            self.dirty = False
 
     def clear(self) -> None:
-        """Start empty (a new session, or a clean unmount after everything is synced)."""
-        for n in self.healthy():
-            try:
-                # Present and empty: "this session changed nothing yet", which recovery
-                # tells apart from "no intent log at all" (compare everything).
-                os.ftruncate(self._fd(n), 0)
-                os.fsync(self._fd(n))
-            except OSError as e:
-                if n == 0:
-                    raise
-                log.warning("could not clear the intent log on replica %d: %s", n, e)
+        """Start empty (a new session, or a clean unmount after everything is synced).
+        Present and empty means "this session changed nothing yet", which recovery tells
+        apart from "no intent log at all" (compare everything)."""
+        self.file.truncate(0)
+        self.file.fsync()
         self.noted.clear()
         self.dirty = False
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
+        self.file.close()
 
 
 def read(locations: list[str]) -> set[tuple[str, str]] | None:
