@@ -296,13 +296,9 @@ class VaultFS(NamespaceOps):
         if writable and not self.read_only:
             self.intent.note(FILE, node.data_path)
         if node.handle is None:
-            # An entry a backup lacks while the primary has it is a damaged name there:
-            # heal it rather than drop the whole backup.
-            for n in self.replicas.healthy[1:]:
-                if not node.is_dir and not node.shared and node.parent is not None \
-                        and not os.path.lexists(self.replicas.path(node.data_path, n)):
-                    self._heal_dir(node.parent, target=n, source=0)
-            handle = self.replicas.open_file(node.data_path, writable=not self.read_only)
+            parent = None if node.shared else node.parent
+            heal = (lambda n: self._heal_dir(parent, target=n, source=0)) if parent is not None else None
+            handle = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
             node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed)
         node.opens += 1
         return node.handle

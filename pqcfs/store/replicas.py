@@ -81,10 +81,7 @@ class ReplicaSet:
 
     # Mutations (every healthy replica).
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
-        try:
-            self.each(lambda n: atomic.write_atomic(self.path(rel, n), data, sync))
-        except NoSpace:
-            raise
+        self.each(lambda n: atomic.write_atomic(self.path(rel, n), data, sync))
 
     def write_one(self, replica: int, rel: str, data: bytes, offset: int = 0) -> None:
         fd = os.open(self.path(rel, replica), os.O_WRONLY)
@@ -113,11 +110,24 @@ class ReplicaSet:
             raise
         return MirroredFile(self, fds)
 
-    def open_file(self, rel: str, writable: bool = True) -> "MirroredFile":
+    def open_file(self, rel: str, writable: bool = True, heal_missing=None) -> "MirroredFile":
+        """Open rel on every healthy replica. A backup that lacks it while the primary has
+        it holds a damaged name: heal_missing(n) may restore it before the backup is
+        given up on."""
         flags = os.O_RDWR if writable else os.O_RDONLY
         fds: dict[int, int] = {}
+
+        def open_one(n: int) -> None:
+            try:
+                fds[n] = os.open(self.path(rel, n), flags)
+            except FileNotFoundError:
+                if n == 0 or heal_missing is None:
+                    raise
+                heal_missing(n)
+                fds[n] = os.open(self.path(rel, n), flags)
+
         try:
-            self.each(lambda n: fds.__setitem__(n, os.open(self.path(rel, n), flags)))
+            self.each(open_one)
         except OSError:
             MirroredFile(self, fds).close()
             raise
