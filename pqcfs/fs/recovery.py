@@ -47,15 +47,15 @@ class KeyResolver:
         return None
 
 
-def _blocks(path: str, cipher: ContentCipher) -> tuple[int, bytes, bytes]:
+def _header_and_body(path: str) -> tuple[bytes, bytes]:
     with open(path, "rb") as f:
         data = f.read()
-    return len(data), data[:HEADER_LEN], data[HEADER_LEN:]
+    return data[:HEADER_LEN], data[HEADER_LEN:]
 
 
-def _valid_layout(c_body: bytes, cipher: ContentCipher) -> bool:
+def _valid_layout(c_body: bytes, p_block: int) -> bool:
     try:
-        p_size(len(c_body), cipher.p_block)
+        p_size(len(c_body), p_block)
         return True
     except CryptoError:
         return False
@@ -64,8 +64,8 @@ def _valid_layout(c_body: bytes, cipher: ContentCipher) -> bool:
 def merge_file(primary: str, backup: str, keys: NodeKeys, block_size: int) -> int:
     """Repair primary's ciphertext file in place from backup; returns blocks repaired."""
     cipher = ContentCipher(keys.content_key, keys.node_id, block_size)
-    _, p_head, p_body = _blocks(primary, cipher)
-    _, b_head, b_body = _blocks(backup, cipher)
+    p_head, p_body = _header_and_body(primary)
+    b_head, b_body = _header_and_body(backup)
     repaired = 0
     head = p_head
     try:
@@ -81,7 +81,7 @@ def merge_file(primary: str, backup: str, keys: NodeKeys, block_size: int) -> in
     if not _ends_well(p_body, cipher) and _ends_well(b_body, cipher):
         body = b_body
     C = cipher.c_block
-    last = (p_size(len(body), block_size) - 1) // block_size if _valid_layout(body, cipher) and body else -1
+    last = (p_size(len(body), block_size) - 1) // block_size if _valid_layout(body, block_size) and body else -1
     out = bytearray(body)
     for index in range(last + 1):
         chunk = body[index * C:(index + 1) * C]
@@ -110,7 +110,7 @@ def _opens(cipher: ContentCipher, index: int, chunk: bytes, last: int) -> bool:
 def _ends_well(body: bytes, cipher: ContentCipher) -> bool:
     if not body:
         return True
-    if not _valid_layout(body, cipher):
+    if not _valid_layout(body, cipher.p_block):
         return False
     last = (p_size(len(body), cipher.p_block) - 1) // cipher.p_block
     return _opens(cipher, last, body[last * cipher.c_block:], last)
