@@ -134,51 +134,66 @@ def test_backup_full_keeps_writing_degraded():
             vault.umount()
 
 
-def test_backup_yanked_mid_write_then_resynced():
+def backup_fails_mid_write(backup_fstype, break_backup, plug_back):
+    """Write 40 MiB, break the backup after 10, and check that nothing is lost: the write
+    completes, the mount says degraded, and the next mount resyncs the returned backup."""
     with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
-         drives.loop_drive(w, "backup", "exfat", 256) as (b, bimg):
+         drives.loop_drive(w, "backup", backup_fstype, 256) as (b, bimg):
         vault = drives.Vault(w, p, b)
         vault.init()
         vault.mount()
         loop = drives.run("losetup", "-j", bimg).stdout.split(":")[0]
+        payload = os.urandom(1 << 20)
         try:
-            payload = os.urandom(1 << 20)
             with open(os.path.join(vault.mountpoint, "big"), "wb") as f:
-                for n in range(80):
+                for n in range(40):
                     f.write(payload)
-                    if n == 20:
-                        # Pull the backup: the exFAT daemon dies, every access fails.
-                        drives.run("pkill", "-KILL", "-f", f"mount.exfat-fuse {loop}", check=False)
+                    if n == 10:
+                        break_backup(b, loop)
                 f.flush()
                 os.fsync(f.fileno())
+            with open(os.path.join(vault.mountpoint, "after"), "wb") as f:
+                f.write(b"still writable")
             with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
-                assert f.read() == payload * 80
+                assert f.read() == payload * 40
+            mine = [m for m in json.loads(drives.pqcfs("status", "--json").stdout)["mounts"]
+                    if m["mountpoint"] == vault.mountpoint]
+            assert mine[0]["health"] == "degraded"
         finally:
             vault.umount()
-        # Plug it back in.
-        drives.unmount(b)
-        drives.run("mount.exfat-fuse", loop, b)
-        status = json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)
-        assert status["pending_sync"]
-        vault.mount()  # brings the backup up to date
+        plug_back(b, loop)
+        assert json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)["pending_sync"]
+        vault.mount()   # brings the backup up to date
+        with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
+            assert f.read() == payload * 40
         vault.umount()
         assert trees_identical(vault)
         assert fsck(vault).returncode == 0
 
 
-@pytest.fixture
-def plain_vault(tmp_path):
-    """A vault on two plain directories (faults that need no real drive)."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    b.mkdir()
-    vault = drives.Vault(str(tmp_path), str(a), str(b))
-    drives.pqcfs("init", str(a), str(b), "--passfile", vault.passfile, "--allow-fixed", "--allow-same-device")
-    vault.mount_flags = ["--allow-same-device"]
-    try:
-        yield vault
-    finally:
-        vault.umount()
+def test_backup_yanked_mid_write_then_resynced():
+    def yank(b, loop):
+        # Pull the backup: the exFAT daemon dies, every access fails.
+        drives.run("pkill", "-KILL", "-f", f"mount.exfat-fuse {loop}", check=False)
+
+    def plug_back(b, loop):
+        drives.unmount(b)
+        drives.run("mount.exfat-fuse", loop, b)
+
+    backup_fails_mid_write("exfat", yank, plug_back)
+
+
+def test_backup_turning_read_only_mid_write_then_resynced():
+    def read_only(b, loop):
+        # What ext4 does on a drive error (errors=remount-ro): read-only from now on.
+        drives.run("mount", "-o", "remount,abort", b)
+
+    def plug_back(b, loop):
+        drives.unmount(b)
+        drives.run("e2fsck", "-fy", loop, check=False)
+        drives.run("mount", loop, b)
+
+    backup_fails_mid_write("ext4", read_only, plug_back)
 
 
 @pytest.mark.parametrize("where", ["blocks", "headers", "names"])
@@ -291,37 +306,3 @@ def test_mount_finds_a_moved_backup_by_its_file_system_uuid():
             drives.unmount(elsewhere)
             drives.run("mount", loop, b)
 
-
-def test_backup_turning_read_only_mid_write_then_resynced():
-    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
-         drives.loop_drive(w, "backup", "ext4", 256) as (b, bimg):
-        vault = drives.Vault(w, p, b)
-        vault.init()
-        vault.mount()
-        loop = drives.run("losetup", "-j", bimg).stdout.split(":")[0]
-        try:
-            payload = os.urandom(1 << 20)
-            with open(os.path.join(vault.mountpoint, "big"), "wb") as f:
-                for n in range(40):
-                    f.write(payload)
-                    if n == 10:
-                        # What ext4 does on a drive error (errors=remount-ro): read-only now.
-                        drives.run("mount", "-o", "remount,abort", b)
-                f.flush()
-                os.fsync(f.fileno())
-            with open(os.path.join(vault.mountpoint, "after"), "wb") as f:
-                f.write(b"still writable")
-            mine = [m for m in json.loads(drives.pqcfs("status", "--json").stdout)["mounts"]
-                    if m["mountpoint"] == vault.mountpoint]
-            assert mine[0]["health"] == "degraded"
-        finally:
-            vault.umount()
-        drives.unmount(b)
-        drives.run("e2fsck", "-fy", loop, check=False)
-        drives.run("mount", loop, b)
-        vault.mount()   # brings the backup up to date
-        with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
-            assert f.read() == payload * 40
-        vault.umount()
-        assert trees_identical(vault)
-        assert fsck(vault).returncode == 0

@@ -13,20 +13,6 @@ from tests.mounted import drives
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 
 
-@pytest.fixture
-def vault(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    b.mkdir()
-    v = drives.Vault(str(tmp_path), str(a), str(b))
-    drives.pqcfs("init", str(a), str(b), "--passfile", v.passfile, "--allow-fixed", "--allow-same-device")
-    v.mount_flags = ["--allow-same-device"]
-    try:
-        yield v
-    finally:
-        v.umount()
-
-
 def mount(v, mountpoint, *extra, passfile=None):
     return drives.pqcfs("mount", v.primary, mountpoint, "--passfile", passfile or v.passfile,
                         "--allow-fixed", "--allow-same-device", *extra, check=False)
@@ -37,7 +23,8 @@ def one_line_error(proc, code):
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("pqcfs: ")
 
 
-def test_mount_errors_are_clear(vault, tmp_path):
+def test_mount_errors_are_clear(plain_vault, tmp_path):
+    vault = plain_vault
     one_line_error(mount(vault, str(tmp_path / "nowhere")), 8)
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -55,7 +42,8 @@ def test_mount_errors_are_clear(vault, tmp_path):
     one_line_error(drives.pqcfs("umount", vault.mountpoint, check=False), 8)
 
 
-def test_sigterm_unmounts_cleanly_and_read_only_mounts_refuse_writes(vault):
+def test_sigterm_unmounts_cleanly_and_read_only_mounts_refuse_writes(plain_vault):
+    vault = plain_vault
     assert mount(vault, vault.mountpoint).returncode == 0
     with open(os.path.join(vault.mountpoint, "kept"), "wb") as f:
         f.write(b"written before the signal")
