@@ -266,8 +266,6 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def fsync(self, fh, datasync):
-        # The intent log first: whatever is durable must be known to crash recovery.
-        self.vfs.intent.sync()
         self._node(fh).handle.handle.fsync(bool(datasync))
 
     @_errors
@@ -307,7 +305,6 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def fsyncdir(self, fh, datasync):
         node, _ = self._open_dirs[fh]
-        self.vfs.intent.sync()
         self.vfs.replicas.fsync_dir(node.c_path)
 
     # --- extended attributes --------------------------------------------------------

@@ -220,6 +220,7 @@ class Session:
         if not self.read_only:
             self.intent = intent_mod.IntentLog(self.vault.locations, lambda: self.replicas.healthy)
             self.intent.clear()
+            self.replicas.before_sync = self.intent.sync
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
                       read_only=self.read_only, on_event=self._event, intent=self.intent)
         if self.audit is not None:

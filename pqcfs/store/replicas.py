@@ -29,6 +29,9 @@ class ReplicaSet:
         self.roots = tree_roots
         self.failed: set[int] = set()
         self.on_failure = on_failure
+        # Runs before every fsync this set performs: the write-intent log must be durable
+        # before any data it covers is (set by the mount session).
+        self.before_sync = lambda: None
 
     @property
     def healthy(self) -> list[int]:
@@ -81,6 +84,8 @@ class ReplicaSet:
 
     # Mutations (every healthy replica).
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
+        if sync:
+            self.before_sync()
         self.each(lambda n: atomic.write_atomic(self.path(rel, n), data, sync))
 
     def write_one(self, replica: int, rel: str, data: bytes, offset: int = 0) -> None:
@@ -163,6 +168,7 @@ class ReplicaSet:
         self._each_path(lambda p: os.utime(p, ns=ns, follow_symlinks=False), rel)
 
     def fsync_dir(self, rel: str) -> None:
+        self.before_sync()
         self._each_path(atomic.fsync_dir, rel)
 
     def statvfs(self) -> os.statvfs_result:
@@ -201,6 +207,7 @@ class MirroredFile:
         self._each(lambda fd: os.ftruncate(fd, length))
 
     def fsync(self, datasync: bool = False) -> None:
+        self.replicas.before_sync()
         self._each(os.fdatasync if datasync else os.fsync)
 
     def size(self) -> int:
