@@ -3,18 +3,17 @@ every replica, compare the replicas, and repair from a good copy when asked."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 
 from pqcfs import vault as vault_mod
 from pqcfs.crypto.content import BlockCorrupt
-from pqcfs.errors import CryptoError, DamagedStructure
-from pqcfs.format.names import is_entry
+from pqcfs.errors import PqcfsError
+from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
 from pqcfs.fs.vaultfs import FsError, VaultFS
-from pqcfs.store import sync as sync_mod
-from pqcfs.store.replicas import ReplicaSet
+from pqcfs.store.drive import Drive
+from pqcfs.store.replicas import TREE_DIR, ReplicaSet
+from pqcfs.store.sync import copy_entry
 
 READ_CHUNK = 1 << 20
 
@@ -22,10 +21,11 @@ READ_CHUNK = 1 << 20
 @dataclass
 class Problem:
     replica: str
-    c_path: str          # ciphertext path: safe to show, leaks no plaintext
+    c_path: str          # ciphertext path inside tree/: safe to show, leaks no plaintext
     what: str
     repaired: bool = False
     keys: object = field(default=None, repr=False)
+    kind: str = "damage"   # "names" (a directory's entries), "odd" (not a file or directory)
 
 
 @dataclass
@@ -47,59 +47,78 @@ class Report:
                              for p in self.problems]}
 
 
-def _single(vault: vault_mod.UnlockedVault, location: str) -> VaultFS:
-    tree = os.path.join(location, vault_mod.TREE_DIR)
-    return VaultFS(ReplicaSet([tree]), vault.root_dir_keys(), vault.header.block_size, read_only=True)
+def _t(rel: str) -> str:
+    return f"{TREE_DIR}/{rel}" if rel else TREE_DIR
 
 
 def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report, progress) -> None:
+    drive = vault.drive(location)
     try:
-        fs = _single(vault, location)
-    except (CryptoError, DamagedStructure, OSError) as e:
-        report.problems.append(Problem(location, "tree/d.id", f"root directory: {e}"))
+        fs = VaultFS(ReplicaSet([drive]), vault.root_dir_keys(location), vault.header.block_size, read_only=True)
+    except (PqcfsError, OSError) as e:
+        report.problems.append(Problem(location, DIR_ID_NAME, f"root directory: {e}"))
         return
-    tree = os.path.join(location, vault_mod.TREE_DIR)
-    listed_total = 0
     stack = [fs.inodes.root]
     while stack:
         node = stack.pop()
-        entries = fs.listdir(node)
-        on_disk = [n for n in os.listdir(os.path.join(tree, node.c_path)) if is_entry(n)]
-        listed_total += len(entries)
-        if len(entries) != len(on_disk):
+        try:
+            entries = fs.listdir(node)
+            on_disk = drive.scandir(_t(node.c_path))
+        except (PqcfsError, OSError) as e:
+            report.problems.append(Problem(location, node.c_path or ".", f"directory: {e}"))
+            continue
+        for name, kind in on_disk:
+            if kind == "other":
+                rel = f"{node.c_path}/{name}" if node.c_path else name
+                report.problems.append(Problem(location, rel, "not a file or directory (a symlink, FIFO, "
+                                               "socket or device planted on the drive)", kind="odd"))
+        named = [n for n, kind in on_disk if is_entry(n) and kind != "other"]
+        if len(entries) != len(named):
             report.problems.append(Problem(location, node.c_path or ".",
-                                           f"{len(on_disk) - len(entries)} entry name(s) failed authentication"))
+                                           f"{len(named) - len(entries)} entry name(s) failed authentication",
+                                           kind="names"))
         try:
             fs.xattrs(node)
-        except (CryptoError, DamagedStructure) as e:
+        except (PqcfsError, OSError) as e:
             report.problems.append(Problem(location, node.c_path or ".", f"directory xattrs: {e}"))
         for p_name, disk_name in entries:
             rel = f"{node.c_path}/{disk_name}" if node.c_path else disk_name
             try:
                 child = fs.entry(node, p_name, disk_name)
-            except (CryptoError, DamagedStructure, FsError, OSError) as e:
+            except (PqcfsError, FsError, OSError) as e:
                 report.problems.append(Problem(location, rel, f"header: {e}"))
                 continue
             report.nodes += 1
             if child.is_dir:
                 stack.append(child)
                 continue
+            _check_file(fs, child, location, report, progress)
+
+
+def _check_file(fs: VaultFS, child, location: str, report: Report, progress) -> None:
+    try:
+        fs.xattrs(child)
+    except (PqcfsError, OSError) as e:
+        report.problems.append(Problem(location, child.data_path, f"xattrs: {e}"))
+    try:
+        content = fs.open(child, False)
+    except (PqcfsError, OSError) as e:
+        report.problems.append(Problem(location, child.data_path, f"contents: {e}"))
+        return
+    try:
+        for offset in range(0, content.size, READ_CHUNK):
             try:
-                fs.xattrs(child)
-            except (CryptoError, DamagedStructure) as e:
-                report.problems.append(Problem(location, child.data_path, f"xattrs: {e}"))
-            content = fs.open(child, False)
-            try:
-                for offset in range(0, content.size, READ_CHUNK):
-                    try:
-                        content.read(offset, READ_CHUNK)
-                    except BlockCorrupt as e:
-                        report.problems.append(Problem(location, child.data_path, str(e), keys=child.keys))
-                        break
-                    report.bytes_checked += min(READ_CHUNK, content.size - offset)
-                    progress(min(READ_CHUNK, content.size - offset))
-            finally:
-                fs.release(child)
+                content.read(offset, READ_CHUNK)
+            except BlockCorrupt as e:
+                report.problems.append(Problem(location, child.data_path, str(e), keys=child.keys))
+                break
+            except (PqcfsError, OSError) as e:
+                report.problems.append(Problem(location, child.data_path, f"contents: {e}"))
+                break
+            report.bytes_checked += min(READ_CHUNK, content.size - offset)
+            progress(min(READ_CHUNK, content.size - offset))
+    finally:
+        fs.release(child)
 
 
 def run(vault: vault_mod.UnlockedVault, repair: bool = False, progress=lambda n: None) -> Report:
@@ -107,36 +126,63 @@ def run(vault: vault_mod.UnlockedVault, repair: bool = False, progress=lambda n:
     for location in vault.locations:
         check_replica(vault, location, report, progress)
     report.nodes //= max(1, len(vault.locations))
-    trees = [os.path.join(loc, vault_mod.TREE_DIR) for loc in vault.locations]
     if repair:
-        _repair(vault, report, trees)
-    for other in trees[1:]:
-        report.differing_files += len(recovery.differing_files(trees[0], other))
+        _repair(vault, report)
+    drives = vault.drives
+    for other in drives[1:]:
+        try:
+            report.differing_files += len(recovery.differing_files(drives[0], other))
+        except (PqcfsError, OSError) as e:
+            report.problems.append(Problem(other.location, ".", f"could not compare with the primary: {e}"))
     return report
 
 
-def _repair(vault: vault_mod.UnlockedVault, report: Report, trees: list[str]) -> None:
+def _repair_names(good: Drive, damaged: Drive, rel: str) -> None:
+    """A directory whose entries fail on one replica: entries only the damaged copy has
+    are quarantined (kept, never deleted), the good replica's entries copied over."""
+    wanted = dict(good.scandir(rel))
+    for name, kind in damaged.scandir(rel):
+        if name not in wanted and (is_entry(name) or kind == "other"):
+            damaged.quarantine(f"{rel}/{name}", "an entry that fails authentication (fsck)")
+    for name, kind in wanted.items():
+        if is_entry(name) and kind in ("file", "dir") and not damaged.exists(f"{rel}/{name}"):
+            copy_entry(good, damaged, f"{rel}/{name}")
+
+
+def _repair(vault: vault_mod.UnlockedVault, report: Report) -> None:
     """Repair each problem from a replica that has no problem at the same place: blocks
-    and headers by an authenticated merge (or a copy), damaged names by copying the
-    directory's entries from the good replica."""
+    and headers by an authenticated merge (or a copy), damaged names from the good
+    replica's directory. What is replaced is moved to the quarantine, not deleted."""
     bad = {(p.replica, p.c_path) for p in report.problems}
-    by_location = dict(zip(vault.locations, trees))
     for problem in report.problems:
-        damaged_tree = by_location[problem.replica]
-        for location, tree in by_location.items():
+        damaged = vault.drive(problem.replica)
+        path = _t(problem.c_path if problem.c_path != "." else "")
+        if problem.kind == "odd":
+            damaged.quarantine(path, "not a file or directory (fsck)")
+        for location in vault.locations:
             if location == problem.replica or (location, problem.c_path) in bad:
                 continue
-            good = os.path.join(tree, problem.c_path)
-            damaged = os.path.join(damaged_tree, problem.c_path)
-            if "entry name" in problem.what and os.path.isdir(good):
-                sync_mod.sync_tree(good, damaged)
-            elif problem.keys is not None and os.path.isfile(good):
-                recovery.merge_file(damaged, good, problem.keys, vault.header.block_size)
-            elif os.path.isfile(good):
-                shutil.copy2(good, damaged)
-            elif os.path.isdir(good):
-                sync_mod.sync_tree(good, damaged)
-            else:
+            good = vault.drive(location)
+            kind = good.kind(path)
+            try:
+                if problem.kind == "names" and kind == "dir":
+                    _repair_names(good, damaged, path)
+                elif problem.keys is not None and kind == "file":
+                    recovery.merge_file(damaged, good, path, problem.keys, vault.header.block_size)
+                elif kind == "file":
+                    if damaged.exists(path):
+                        damaged.quarantine(path, "fails authentication (fsck)")
+                    damaged.copy_from(good, path)
+                elif kind == "dir":
+                    if damaged.kind(path) == "dir":
+                        _repair_names(good, damaged, path)
+                    else:
+                        copy_entry(good, damaged, path)
+                else:
+                    continue
+            except (PqcfsError, OSError):
                 continue
             problem.repaired = True
             break
+        if problem.kind == "odd":
+            problem.repaired = True   # moved out of the tree; a good copy, if any, was put back

@@ -6,7 +6,6 @@ one, and two that both moved on (split brain) are left alone until the user choo
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 from pqcfs import vault as vault_mod
@@ -27,7 +26,7 @@ class Plan:
 
 
 def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaState]]:
-    states = {loc: vault_mod.read_state(loc, vault.root_key) for loc in vault.locations}
+    states = {loc: vault_mod.read_state(vault.drive(loc), vault.root_key) for loc in vault.locations}
     primary = vault.locations[0]
     ref = states[primary]
     p = Plan(primary=primary, current=[primary], unclean=not ref.clean)
@@ -53,13 +52,17 @@ def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaStat
 
 def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progress=None) -> sync_mod.SyncStats:
     """Make target a copy of source (ciphertext and history)."""
-    stats = sync_mod.sync_tree(source, target, progress or (lambda n: None))
+    stats = sync_mod.sync_tree(vault.drive(source), vault.drive(target), progress or (lambda n: None))
     adopt_history(vault, source, target)
+    audit = vault.extra.get("audit")
+    if audit is not None:
+        audit.file.close()   # reopened on the next record: the target's log is a new file
     return stats
 
 
 def adopt_history(vault: vault_mod.UnlockedVault, source: str, target: str) -> None:
     """After target was made a copy of source: it shares source's history and is clean."""
+    source, target = vault.drive(source), vault.drive(target)
     src_state = vault_mod.read_state(source, vault.root_key)
     dst_state = vault_mod.read_state(target, vault.root_key)
     dst_state.lineage = list(src_state.lineage)
@@ -73,5 +76,5 @@ def adopt_history(vault: vault_mod.UnlockedVault, source: str, target: str) -> N
         vault_mod.write_state(source, src_state, vault.root_key)
 
 
-def total_bytes(location: str) -> int:
-    return sync_mod.total_bytes(os.path.join(location, vault_mod.TREE_DIR))
+def total_bytes(vault: vault_mod.UnlockedVault, location: str) -> int:
+    return sync_mod.total_bytes(vault.drive(location))

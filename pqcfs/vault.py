@@ -1,11 +1,13 @@
 """A vault: its header, key slots and replicas. Creating, unlocking and re-keying slots.
 
 This is policy over the pure formats; the only I/O is whole-file reads and atomic writes
-of the header, the replica state and the root directory's id file.
+of the header, the replica state and the root directory's id file, all through the
+replica's Drive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from pqcfs.format import node_header, replica_state, slots, vault_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.format.names import DIR_ID_NAME
 from pqcfs.store import devices
-from pqcfs.store.atomic import write_atomic
+from pqcfs.store.drive import Drive
 
 TREE_DIR = "tree"
 DEFAULT_BLOCK_SIZE = 4096
@@ -40,34 +42,59 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _read(path: str) -> bytes:
+def open_location(location: str) -> Drive:
+    """The replica at location (the host path where the drive is mounted)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise NotAVault(f"{os.path.dirname(path)} holds no pqcfs vault") from None
-    except IsADirectoryError:
-        raise NotAVault(f"{os.path.dirname(path)} holds no pqcfs vault") from None
+        return Drive(location)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotAVault(f"{location}: no such directory (is the drive plugged in and mounted?)") from None
+    except PermissionError:
+        raise DriveError(f"{location}: permission denied") from None
 
 
-def read_header(location: str) -> tuple[vault_header.VaultHeader, bytes, bytes]:
-    if not os.path.isdir(location):
-        raise NotAVault(f"{location}: no such directory (is the drive plugged in and mounted?)")
-    return vault_header.decode(_read(os.path.join(location, vault_header.FILE_NAME)))
+@contextlib.contextmanager
+def _using(where: "str | Drive"):
+    if isinstance(where, Drive):
+        yield where
+        return
+    with open_location(where) as drive:
+        yield drive
 
 
-def read_state(location: str, root_key: bytes | None) -> replica_state.ReplicaState:
-    return replica_state.decode(_read(os.path.join(location, replica_state.FILE_NAME)), root_key)
+def _read(drive: Drive, name: str, cap: int) -> bytes:
+    try:
+        return drive.read(name, cap)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotAVault(f"{drive.location} holds no pqcfs vault") from None
 
 
-def write_state(location: str, state: replica_state.ReplicaState, root_key: bytes) -> None:
-    write_atomic(os.path.join(location, replica_state.FILE_NAME), replica_state.encode(state, root_key))
+def read_header(where: "str | Drive") -> tuple[vault_header.VaultHeader, bytes, bytes]:
+    with _using(where) as drive:
+        return vault_header.decode(_read(drive, vault_header.FILE_NAME, vault_header.MAX_FILE))
+
+
+def holds_vault(location: str) -> bool:
+    try:
+        with open_location(location) as drive:
+            return drive.kind(vault_header.FILE_NAME) == "file"
+    except PqcfsError:
+        return False
+
+
+def read_state(where: "str | Drive", root_key: bytes | None) -> replica_state.ReplicaState:
+    with _using(where) as drive:
+        return replica_state.decode(_read(drive, replica_state.FILE_NAME, replica_state.MAX_FILE), root_key)
+
+
+def write_state(where: "str | Drive", state: replica_state.ReplicaState, root_key: bytes) -> None:
+    with _using(where) as drive:
+        drive.write_atomic(replica_state.FILE_NAME, replica_state.encode(state, root_key))
 
 
 def _check_empty(location: str) -> None:
     if not os.path.isdir(location):
         raise NotAVault(f"{location}: no such directory")
-    if os.path.exists(os.path.join(location, vault_header.FILE_NAME)):
+    if os.path.lexists(os.path.join(location, vault_header.FILE_NAME)):
         raise PqcfsError(f"{location} already holds a pqcfs vault")
     extra = set(os.listdir(location)) - IGNORABLE
     if extra:
@@ -107,11 +134,11 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
     root_dir_file = node_header.build(node_header.MAGIC_DIR, root_id, root_keys.meta_key, meta)
     genesis = "init-" + os.urandom(8).hex()
     for location, replica in zip(locations, header.replicas):
-        tree = os.path.join(location, TREE_DIR)
-        os.mkdir(tree, 0o700)
-        write_atomic(os.path.join(tree, DIR_ID_NAME), root_dir_file)
+        drive = vault.drive(location)
+        drive.mkdir(TREE_DIR, 0o700)
+        drive.write_atomic(f"{TREE_DIR}/{DIR_ID_NAME}", root_dir_file)
         state = replica_state.ReplicaState(vault_id.hex(), replica["id"], lineage=[genesis])
-        write_atomic(os.path.join(location, replica_state.FILE_NAME), replica_state.encode(state, root_key))
+        drive.write_atomic(replica_state.FILE_NAME, replica_state.encode(state, root_key))
     vault.save_header()  # last: a location with a header is a complete vault
     return vault, code
 
@@ -123,15 +150,48 @@ class UnlockedVault:
     locations: list[str]
     slot_id: int
     extra: dict = field(default_factory=dict)
+    _drives: dict = field(default_factory=dict, repr=False)
+
+    def drive(self, location: str) -> Drive:
+        """The Drive of one of this vault's locations (opened once, kept for the session)."""
+        if location not in self._drives:
+            self._drives[location] = open_location(location)
+        return self._drives[location]
+
+    def adopt_drives(self, drives: dict[str, Drive]) -> None:
+        """Use Drives the caller already opened (and locked)."""
+        for location, drive in drives.items():
+            self._drives.setdefault(location, drive)
+
+    @property
+    def drives(self) -> list[Drive]:
+        return [self.drive(location) for location in self.locations]
+
+    def close(self) -> None:
+        for drive in self._drives.values():
+            drive.close()
+        self._drives.clear()
 
     def save_header(self) -> None:
         data = vault_header.encode(self.header, self.root_key)
-        for location in self.locations:
-            write_atomic(os.path.join(location, vault_header.FILE_NAME), data)
+        for drive in self.drives:
+            drive.write_atomic(vault_header.FILE_NAME, data)
 
-    def root_dir_keys(self) -> NodeKeys:
-        data = _read(os.path.join(self.locations[0], TREE_DIR, DIR_ID_NAME))
-        return root_dir_keys(self.root_key, node_header.parse_prefix(data, node_header.MAGIC_DIR))
+    def root_dir_keys(self, location: str | None = None) -> NodeKeys:
+        """Keys of the root directory, from the first replica whose root id file
+        authenticates (a damaged one on the primary must not lock the owner out)."""
+        error: Exception | None = None
+        for where in ([location] if location else self.locations):
+            try:
+                data = self.drive(where).read(f"{TREE_DIR}/{DIR_ID_NAME}", node_header.HEADER_LEN)
+                keys = root_dir_keys(self.root_key, node_header.parse_prefix(data, node_header.MAGIC_DIR))
+                node_header.open_meta(keys.meta_key, data)
+                return keys
+            except (OSError, PqcfsError) as e:
+                error = error or e
+        if isinstance(error, PqcfsError):
+            raise error
+        raise DamagedStructure(f"the root directory of the vault can not be read: {error}")
 
     # Slot management: every change rewrites the header on every replica.
     def add_passphrase(self, passphrase: bytes, kdf: Argon2Params | None = None) -> int:
@@ -177,7 +237,15 @@ class UnlockedVault:
         raise PqcfsError(f"there is no key slot {slot_id}")
 
 
+# At most this many passphrase slots are tried per unlock (each costs an Argon2id run);
+# --slot N names the one to try.
+MAX_PASSPHRASE_TRIES = 4
+
+
 def _try_slot(slot: dict, vault_id: bytes, creds: Credentials) -> bytes | None:
+    """The root key if this slot opens with creds, else None: every way a slot can fail
+    (wrong key, damaged, refused parameters) is the same answer, so a tampered slot
+    tells nothing apart from a wrong passphrase."""
     try:
         if slot["type"] == slots.PASSPHRASE and creds.passphrase is not None:
             return slots.open_passphrase_slot(slot, vault_id, creds.passphrase)
@@ -186,22 +254,32 @@ def _try_slot(slot: dict, vault_id: bytes, creds: Credentials) -> bytes | None:
         if (slot["type"] == slots.IDENTITY and creds.identity is not None
                 and slot.get("recipient") == creds.identity.public.fingerprint):
             return slots.open_identity_slot(slot, vault_id, creds.identity.kem_seed)
-    except CryptoError:
+    except (PqcfsError, KeyError, TypeError, ValueError):
         return None
-    except (KeyError, TypeError):
-        raise DamagedStructure(f"key slot {slot.get('id')} is malformed") from None
     return None
 
 
-def unlock(locations: list[str], creds: Credentials) -> UnlockedVault:
+def _candidates(header: vault_header.VaultHeader, creds: Credentials, slot_id: int | None) -> list[dict]:
+    if slot_id is not None:
+        chosen = [s for s in header.slots if s["id"] == slot_id]
+        if not chosen:
+            raise WrongKey(f"there is no key slot {slot_id}")
+        return chosen
+    if creds.passphrase is not None:
+        tried = [s for s in header.slots if s["type"] == slots.PASSPHRASE]
+        return tried[:MAX_PASSPHRASE_TRIES]
+    return list(header.slots)
+
+
+def unlock(locations: list[str], creds: Credentials, slot: int | None = None) -> UnlockedVault:
     header, signed, mac = read_header(locations[0])
-    for slot in header.slots:
-        root_key = _try_slot(slot, header.vault_id, creds)
+    for candidate in _candidates(header, creds, slot):
+        root_key = _try_slot(candidate, header.vault_id, creds)
         if root_key is None:
             continue
         if len(root_key) != ROOT_KEY_LEN or not vault_header.verify_mac(signed, mac, root_key):
             raise DamagedStructure("vault header failed authentication: it was modified without the key")
-        vault = UnlockedVault(header, root_key, list(locations), slot_id=slot["id"])
+        vault = UnlockedVault(header, root_key, list(locations), slot_id=candidate["id"])
         _check_replica_headers(vault, signed)
         return vault
     raise WrongKey("no key slot opens with that key (wrong passphrase, recovery code or identity)")

@@ -5,6 +5,9 @@
   mac    = BLAKE3-keyed(mac_key, prev_mac || vault_id || kind || seq || body)   (prev_mac of seq 0: 32 zero bytes)
   kind 0 (event):      body = nonce || AES-256-GCM(enc_key, JSON {"time","event",...}, aad = vault_id || u64be(seq))
   kind 1 (checkpoint): body = JSON {"signer","upto","hash","sig"} in clear, for verifiers without the key
+  kind 2 (segment):    only as record 0: body = JSON {"time","reason","previous_bytes","previous_blake3",
+                       "previous_head","kept_as"} in clear: the log before it was found damaged and
+                       set aside (never trimmed); this log continues the history from there
   hash chain (public): h(-1) = 32 zero bytes; h(seq) = BLAKE3(h(seq-1) || record)
   checkpoint sig = ML-DSA-65(sign key, "pqcfs audit checkpoint v1" || vault_id || u64be(upto) || h(upto))
 
@@ -30,13 +33,14 @@ from pqcfs.crypto.kdf import LABEL_AUDIT, hkdf
 from pqcfs.errors import CryptoError
 
 FILE_NAME = "pqcfs.audit"
-EVENT, CHECKPOINT = 0, 1
+EVENT, CHECKPOINT, SEGMENT = 0, 1, 2
 _HEAD = struct.Struct(">BQ")
 _LEN = struct.Struct(">I")
 MAC_LEN = 32
 ZERO = bytes(32)
 CHECKPOINT_CONTEXT = b"pqcfs audit checkpoint v1"
 MAX_RECORD = 1 << 20
+MAX_FILE = 256 << 20    # cap on the bytes read from a drive
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,11 @@ def encode_checkpoint(keys: AuditKeys, vault_id: bytes, seq: int, prev_mac: byte
     return _frame(CHECKPOINT, seq, body, _mac(keys, prev_mac, vault_id, CHECKPOINT, seq, body))
 
 
+def encode_segment(keys: AuditKeys, vault_id: bytes, info: dict) -> bytes:
+    body = json.dumps(info, sort_keys=True).encode()
+    return _frame(SEGMENT, 0, body, _mac(keys, ZERO, vault_id, SEGMENT, 0, body))
+
+
 def _frame(kind: int, seq: int, body: bytes, mac: bytes) -> bytes:
     rest = _HEAD.pack(kind, seq) + body + mac
     return _LEN.pack(len(rest)) + rest
@@ -109,6 +118,22 @@ def parse(data: bytes) -> list[Record]:
     return out
 
 
+def torn_tail(data: bytes) -> int | None:
+    """Where a torn last record starts, when that is the log's only flaw (what a crash
+    in the middle of an append leaves: a frame that runs past the end of the file)."""
+    pos = 0
+    while pos < len(data):
+        if pos + _LEN.size > len(data):
+            return pos
+        (length,) = _LEN.unpack_from(data, pos)
+        if length < _HEAD.size + MAC_LEN or length > MAX_RECORD:
+            return None
+        if pos + _LEN.size + length > len(data):
+            return pos
+        pos += _LEN.size + length
+    return None
+
+
 def offset_of(data: bytes, index: int) -> int:
     """Byte offset where record `index` starts (the length of the records before it)."""
     pos = 0
@@ -133,6 +158,17 @@ class Verdict:
     reason: str = ""
     last_mac: bytes = ZERO
     checkpoints: int = 0
+    damage: str = ""          # a segment record: an earlier log was found damaged
+
+
+def segment_info(record: Record) -> dict:
+    try:
+        info = json.loads(record.body)
+        if not isinstance(info, dict):
+            raise ValueError("not an object")
+        return info
+    except ValueError:
+        return {"reason": "unreadable segment record"}
 
 
 def verify(data: bytes, keys: AuditKeys, vault_id: bytes, head: dict | None) -> Verdict:
@@ -143,6 +179,7 @@ def verify(data: bytes, keys: AuditKeys, vault_id: bytes, head: dict | None) -> 
         return Verdict(e.index, False, e.index, str(e))
     prev = ZERO
     checkpoints = 0
+    damage = ""
     for n, r in enumerate(records):
         if r.seq != n:
             return Verdict(len(records), False, n, f"record {n}: sequence number {r.seq} "
@@ -152,6 +189,14 @@ def verify(data: bytes, keys: AuditKeys, vault_id: bytes, head: dict | None) -> 
                            "another vault or log)", prev)
         if r.kind == CHECKPOINT:
             checkpoints += 1
+        elif r.kind == SEGMENT:
+            if n != 0:
+                return Verdict(len(records), False, n, f"record {n}: a segment record inside the log", prev)
+            info = segment_info(r)
+            damage = (f"the log before record 0 was found damaged at {info.get('time')} "
+                      f"({info.get('reason')}) and kept as {info.get('kept_as')}")
+        elif r.kind != EVENT:
+            return Verdict(len(records), False, n, f"record {n}: unknown record kind {r.kind}", prev)
         prev = r.mac
     if head:
         seq, mac = head["seq"], bytes.fromhex(head["mac"])
@@ -160,13 +205,15 @@ def verify(data: bytes, keys: AuditKeys, vault_id: bytes, head: dict | None) -> 
                            f"log ends at record {len(records) - 1} but record {seq} was written (truncated)", prev)
         if not hmac.compare_digest(records[seq].mac, mac):
             return Verdict(len(records), False, seq, f"record {seq} is not the one that was written", prev)
-    return Verdict(len(records), True, last_mac=prev, checkpoints=checkpoints)
+    return Verdict(len(records), True, last_mac=prev, checkpoints=checkpoints, damage=damage)
 
 
 def decrypt(keys: AuditKeys, vault_id: bytes, record: Record) -> dict:
     if record.kind == CHECKPOINT:
         doc = json.loads(record.body)
         return {"event": "checkpoint", "signer": doc["signer"], "upto": doc["upto"]}
+    if record.kind == SEGMENT:
+        return {"event": "log-damaged", **segment_info(record)}
     return json.loads(aead.open_sealed(keys.enc_key, record.body, vault_id + struct.pack(">Q", record.seq)))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 from pqcfs import vault as vault_mod
 from pqcfs.audit import log as audit_log
@@ -33,10 +32,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _read(location: str) -> bytes:
+def _read(drive) -> bytes:
     try:
-        with open(os.path.join(location, audit_log.FILE_NAME), "rb") as f:
-            return f.read()
+        return drive.read(audit_log.FILE_NAME, audit_log.MAX_FILE)
     except FileNotFoundError:
         return b""
 
@@ -58,12 +56,15 @@ def run(args) -> int:
     if args.audit_cmd == "verify":
         results, logs = [], []
         for location in vault.locations:
-            data = _read(location)
+            drive = vault.drive(location)
+            data = _read(drive)
             logs.append(data)
-            head = vault_mod.read_state(location, vault.root_key).audit_head
+            head = vault_mod.read_state(drive, vault.root_key).audit_head
             v = audit_log.verify(data, keys, vid, head)
-            results.append({"replica": location, "records": v.records, "intact": v.intact,
-                            "first_bad_record": v.first_bad, "reason": v.reason, "checkpoints": v.checkpoints})
+            # A log that was once found damaged stays reported: its segment record says so.
+            results.append({"replica": location, "records": v.records, "intact": v.intact and not v.damage,
+                            "first_bad_record": v.first_bad if not v.damage else 0,
+                            "reason": v.reason or v.damage, "checkpoints": v.checkpoints})
         consistent = all(a.startswith(b) or b.startswith(a) for a in logs for b in logs)
         intact = all(r["intact"] for r in results) and consistent
         lines = [f"{r['replica']}: {r['records']} records, "
@@ -73,8 +74,8 @@ def run(args) -> int:
             lines.append("the replicas' logs disagree (one is not a prefix of the other)")
         options.emit(args, {"intact": intact, "replicas": results, "consistent": consistent}, "\n".join(lines))
         return exitcodes.OK if intact else exitcodes.CRYPTO
-    data = _read(vault.locations[0])
-    verdict = audit_log.verify(data, keys, vid, vault_mod.read_state(vault.locations[0], vault.root_key).audit_head)
+    data = _read(vault.drives[0])
+    verdict = audit_log.verify(data, keys, vid, vault_mod.read_state(vault.drives[0], vault.root_key).audit_head)
     intact = len(data)
     if not verdict.intact and verdict.first_bad is not None:
         intact = audit_log.offset_of(data, verdict.first_bad)   # show only the intact prefix
@@ -93,15 +94,19 @@ def run(args) -> int:
                      for e in shown)
     if not verdict.intact:
         text += f"\nWARNING: the log is not intact from record {verdict.first_bad}: {verdict.reason}"
-    options.emit(args, {"records": shown, "intact": verdict.intact}, text or "no records")
-    return exitcodes.OK if verdict.intact else exitcodes.CRYPTO
+    elif verdict.damage:
+        text += f"\nWARNING: {verdict.damage}"
+    intact = verdict.intact and not verdict.damage
+    options.emit(args, {"records": shown, "intact": intact}, text or "no records")
+    return exitcodes.OK if intact else exitcodes.CRYPTO
 
 
 def _verify_public(args) -> int:
     header, _, _ = vault_mod.read_header(args.vault)
     with open(args.public_key) as f:
         public = PublicIdentity.decode(f.read())
-    v = audit_log.verify_public(_read(args.vault), header.vault_id, public.sign_pk)
+    with vault_mod.open_location(args.vault) as drive:
+        v = audit_log.verify_public(_read(drive), header.vault_id, public.sign_pk)
     text = (f"intact up to record {v.records - 1} ({v.checkpoints} checkpoint(s) by {public.fingerprint})"
             if v.intact else f"NOT verified: {v.reason}")
     options.emit(args, {"intact": v.intact, "verified_records": v.records if v.intact else None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pqcfs import fsck, mirror
 from pqcfs.cli import exitcodes, options
 from pqcfs.cli.progress import Progress
-from pqcfs.fs import session as session_mod
 
 
 def add_parser(sub) -> None:
@@ -19,21 +18,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    vault = options.unlock(args, require_all=False)
-    lock = session_mod.VaultLock(vault.locations)
-    lock.acquire()  # refuses while mounted: fsck must not race the daemon
-    try:
-        total = sum(mirror.total_bytes(loc) for loc in vault.locations)
-        progress = Progress("fsck", total)
-        report = fsck.run(vault, repair=args.repair, progress=progress)
-        progress.close()
-        vault.extra["audit"].append(
-            "fsck", clean=report.clean, problems=len(report.problems),
-            repaired=sum(p.repaired for p in report.problems), differing_files=report.differing_files,
-            findings=[f"{p.replica}: {p.c_path}: {p.what}{' (repaired)' if p.repaired else ''}"
-                      for p in report.problems][:100])
-    finally:
-        lock.release()
+    vault = options.unlock(args, require_all=False)   # takes the vault lock: fsck never races a mount
+    total = sum(mirror.total_bytes(vault, loc) for loc in vault.locations)
+    progress = Progress("fsck", total)
+    report = fsck.run(vault, repair=args.repair, progress=progress)
+    progress.close()
+    vault.extra["audit"].append(
+        "fsck", clean=report.clean, problems=len(report.problems),
+        repaired=sum(p.repaired for p in report.problems), differing_files=report.differing_files,
+        findings=[f"{p.replica}: {p.c_path}: {p.what}{' (repaired)' if p.repaired else ''}"
+                  for p in report.problems][:100])
     lines = [f"checked {report.nodes} nodes, {report.bytes_checked / 2**20:.1f} MiB on "
              f"{len(report.replicas)} replica(s)"]
     for p in report.problems:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 from pqcfs import vault as vault_mod
 from pqcfs.cli import options
@@ -26,7 +25,7 @@ def run(args) -> int:
     replicas = []
     for r in header.replicas:
         hint = r.get("path_hint")
-        present = bool(hint) and os.path.exists(os.path.join(hint, "pqcfs.vault"))
+        present = bool(hint) and vault_mod.holds_vault(hint)
         replicas.append({**r, "present": present})
     doc = {"format": header.version, "vault_id": header.vault_id.hex(), "suite": header.suite,
            "block_size": header.block_size, "created": header.created, "features": header.features,

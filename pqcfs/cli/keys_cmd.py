@@ -10,9 +10,9 @@ from pqcfs.format import slots
 from pqcfs.format.identity import PublicIdentity
 
 
-def _common(p) -> None:
+def _common(p, slot_option: bool = True) -> None:
     p.add_argument("vault")
-    options.add_unlock_options(p)
+    options.add_unlock_options(p, slot_option)
     options.add_replica_options(p)
 
 
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
     pw = sub.add_parser("passwd", help="change a passphrase (the slot that unlocks, or --slot)")
-    _common(pw)
+    _common(pw, slot_option=False)
     pw.add_argument("--slot", type=int, help="the passphrase slot to change")
     pw.add_argument("--new-passfile", metavar="FILE", help="the new passphrase (else asked for)")
     add_kdf_options(pw)

@@ -7,7 +7,7 @@ import os
 import sys
 
 from pqcfs import __version__
-from pqcfs.cli import (audit_cmd, exitcodes, fsck_cmd, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd,
+from pqcfs.cli import (audit_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd,
                        status_cmd, sync_cmd)
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
@@ -27,12 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code = args.func(args)
-        log = getattr(args, "audit_log", None)
-        if log is not None:
-            log.sync()
-            log.close()
-        return code
+        try:
+            return args.func(args)
+        finally:
+            options.finish(args)
     except KeyboardInterrupt:
         print("pqcfs: interrupted", file=sys.stderr)
         return exitcodes.INTERRUPTED

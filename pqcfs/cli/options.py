@@ -15,6 +15,7 @@ from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, Wr
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
 from pqcfs.store import devices
+from pqcfs.store.lock import VaultLock
 from pqcfs.vault import Credentials
 
 
@@ -32,13 +33,16 @@ def add_secret_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extpass", metavar="CMD", help="run CMD and read the passphrase from its first line")
 
 
-def add_unlock_options(p: argparse.ArgumentParser) -> None:
+def add_unlock_options(p: argparse.ArgumentParser, slot_option: bool = True) -> None:
     add_secret_options(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--identity", nargs="?", const=default_identity_path(), metavar="FILE",
                        help="unlock with an identity (default: %(const)s); the passphrase is the identity's")
     group.add_argument("--recovery", action="store_true", help="unlock with the recovery code (asked for)")
     group.add_argument("--recovery-code-file", metavar="FILE", help="unlock with the recovery code in FILE")
+    if slot_option:
+        p.add_argument("--slot", dest="unlock_slot", type=int, metavar="N",
+                       help="try only key slot N (by default at most 4 passphrase slots are tried)")
 
 
 def add_replica_options(p: argparse.ArgumentParser) -> None:
@@ -122,18 +126,36 @@ def _same_vault(location: str, vault_id: bytes) -> None:
 
 def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.UnlockedVault:
     """Unlock, and record it: in the vault's audit log on success (adopting events the
-    host logged before), in the host-side log when it fails before the key is known."""
+    host logged before), in the host-side log when it fails before the key is known.
+
+    A command that writes (audit=True) takes the vault lock first, before any passphrase
+    is asked for: one writer at a time, so nothing races a mounted daemon's audit chain.
+    The lock is held until the command ends (main() releases it)."""
     try:
         vault_id = vault_mod.read_header(args.vault)[0].vault_id.hex()
     except PqcfsError:
         vault_id = None
+    lock = None
     try:
         locations = replica_locations(args.vault, getattr(args, "backup", None), require_all)
+        drives = {location: vault_mod.open_location(location) for location in locations}
+        if audit:
+            lock = VaultLock(list(drives.values()))
+            lock.acquire()
         creds = credentials(args)
-        vault = vault_mod.unlock(locations, creds)
+        vault = vault_mod.unlock(locations, creds, slot=getattr(args, "unlock_slot", None))
     except (WrongKey, DriveError, DamagedStructure) as e:
         host.record(vault_id, "unlock-failed", command=args.command, reason=type(e).__name__)
+        if lock is not None:
+            lock.release()
         raise
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    vault.adopt_drives(drives)
+    vault.extra["lock"] = lock
+    args.unlocked = vault
     if audit:
         log = AuditLog(vault)
         for event in host.take(vault.header.vault_id.hex()):
@@ -146,6 +168,21 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         vault.extra["identity"] = creds.identity
         args.audit_log = log
     return vault
+
+
+def finish(args) -> None:
+    """End of a command: the audit head recorded, the lock released, the drives closed."""
+    log = getattr(args, "audit_log", None)
+    if log is not None:
+        log.sync()
+        log.close()
+        args.audit_log = None
+    vault = getattr(args, "unlocked", None)
+    if vault is not None:
+        if vault.extra.get("lock") is not None:
+            vault.extra["lock"].release()
+        vault.close()
+        args.unlocked = None
 
 
 def emit(args, data: dict, text: str) -> None:

@@ -7,7 +7,6 @@ from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError
 from pqcfs.format import replica_state as rs
-from pqcfs.fs import session as session_mod
 from pqcfs import vault as vault_mod
 
 
@@ -26,29 +25,24 @@ def run(args) -> int:
     vault = options.unlock(args, require_all=True)
     if len(vault.locations) < 2:
         raise DriveError("no other replica is present to sync with")
-    lock = session_mod.VaultLock(vault.locations)
-    lock.acquire()
     synced = []
-    try:
-        source = vault_mod.read_state(vault.locations[0], vault.root_key)
-        for location in vault.locations[1:]:
-            relation = rs.compare(source, vault_mod.read_state(location, vault.root_key))
-            if relation == rs.SAME:
-                continue
-            if relation == rs.NEWER:
-                raise DriveError(f"{location} is newer than {vault.locations[0]}; run the sync from it instead")
-            if relation == rs.DIVERGED and not args.overwrite_diverged:
-                raise DriveError(f"{vault.locations[0]} and {location} diverged (split brain); nothing was "
-                                 "touched. --overwrite-diverged keeps VAULT and discards the other's changes")
-            progress = Progress(f"sync {location}", mirror.total_bytes(vault.locations[0]))
-            stats = mirror.sync_replica(vault, vault.locations[0], location, progress)
-            progress.close()
-            synced.append({"replica": location, "files_changed": stats.files_changed,
-                           "bytes_written": stats.bytes_written, "removed": stats.removed})
-            vault.extra["audit"].append("sync", source=vault.locations[0], target=location,
-                                        files_changed=stats.files_changed, diverged=relation == rs.DIVERGED)
-    finally:
-        lock.release()
+    source = vault_mod.read_state(vault.drives[0], vault.root_key)
+    for location in vault.locations[1:]:
+        relation = rs.compare(source, vault_mod.read_state(vault.drive(location), vault.root_key))
+        if relation == rs.SAME:
+            continue
+        if relation == rs.NEWER:
+            raise DriveError(f"{location} is newer than {vault.locations[0]}; run the sync from it instead")
+        if relation == rs.DIVERGED and not args.overwrite_diverged:
+            raise DriveError(f"{vault.locations[0]} and {location} diverged (split brain); nothing was "
+                             "touched. --overwrite-diverged keeps VAULT and discards the other's changes")
+        progress = Progress(f"sync {location}", mirror.total_bytes(vault, vault.locations[0]))
+        stats = mirror.sync_replica(vault, vault.locations[0], location, progress)
+        progress.close()
+        synced.append({"replica": location, "files_changed": stats.files_changed,
+                       "bytes_written": stats.bytes_written, "removed": stats.removed})
+        vault.extra["audit"].append("sync", source=vault.locations[0], target=location,
+                                    files_changed=stats.files_changed, diverged=relation == rs.DIVERGED)
     text = "\n".join(f"synced {s['replica']}: {s['files_changed']} files changed, "
                      f"{s['bytes_written'] / 2**20:.1f} MiB written, {s['removed']} removed" for s in synced)
     options.emit(args, {"synced": synced}, text or "all replicas are up to date")

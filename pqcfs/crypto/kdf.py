@@ -26,6 +26,8 @@ LABEL_STATE_MAC = b"pqcfs state mac v1"    # HMAC-SHA256 over replica state
 LABEL_AUDIT = b"pqcfs audit v1"            # audit log chain key (reserved)
 LABEL_SLOT_KEM = b"pqcfs slot kem v1"      # identity slot KEK from the KEM secret
 LABEL_SLOT_RECOVERY = b"pqcfs slot recovery v1"  # recovery-code slot KEK
+LABEL_INTENT = b"pqcfs intent v1"          # HMAC-SHA256 over write-intent records
+LABEL_SLOT_COMMIT = b"pqcfs slot commit v1"  # key-commitment value of a key slot
 LABEL_NODE = b"pqcfs node"                 # HMAC prefix of the node-key tree
 
 
@@ -34,9 +36,22 @@ def hkdf(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -
 
 
 # Argon2id bounds. The floor stops a tampered header from downgrading the KDF; the
-# ceiling stops it from making unlock eat all memory or hang.
+# ceiling stops it from making unlock eat the machine's memory or stall for hours: it sits
+# at what calibration produces (at most 1 GiB, and never more than half of this machine's
+# memory) and caps the work (memory x passes) at about 7 s here (1 GiB, t=4).
 FLOOR = {"memory_kib": 19 * 1024, "iterations": 2, "lanes": 1}
-CEILING = {"memory_kib": 4 * 1024 * 1024, "iterations": 64, "lanes": 16}
+CEILING = {"memory_kib": 1024 * 1024, "iterations": 16, "lanes": 8}
+MAX_WORK_KIB = 4 * 1024 * 1024   # memory_kib * iterations
+
+
+def _memory_ceiling_kib() -> int:
+    try:
+        half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // 1024
+    except (ValueError, OSError):
+        half = CEILING["memory_kib"]
+    return max(FLOOR["memory_kib"], min(CEILING["memory_kib"], half))
+
+
 # The one test-only switch: tests set it to make Argon2id (and calibration) cheap.
 TEST_SWITCH = "PQCFS_INSECURE_FAST_KDF"
 TEST_PARAMS = {"memory_kib": 64, "iterations": 1, "lanes": 1}
@@ -72,12 +87,16 @@ class Argon2Params:
 
     def validate(self) -> None:
         floor = TEST_PARAMS if insecure_fast_kdf() else FLOOR
+        ceiling = dict(CEILING, memory_kib=_memory_ceiling_kib())
         for field in ("memory_kib", "iterations", "lanes"):
             value = getattr(self, field)
             if value < floor[field]:
                 raise ParameterError(f"KDF {field}={value} is below the floor {floor[field]}")
-            if value > CEILING[field]:
-                raise ParameterError(f"KDF {field}={value} is above the ceiling {CEILING[field]}")
+            if value > ceiling[field]:
+                raise ParameterError(f"KDF {field}={value} is above the ceiling {ceiling[field]}")
+        if self.memory_kib * self.iterations > MAX_WORK_KIB:
+            raise ParameterError(f"KDF work {self.memory_kib} KiB x {self.iterations} passes is above the "
+                                 f"ceiling of {MAX_WORK_KIB} KiB-passes")
         if len(self.salt) != SALT_LEN:
             raise ParameterError("KDF salt must be 16 bytes")
 
@@ -101,10 +120,10 @@ def calibrate(target_seconds: float = 1.0, lanes: int = 2) -> Argon2Params:
     elapsed = max(time.perf_counter() - start, 1e-3)
     # Spend the budget on memory first (what hurts attackers most), up to 1 GiB, then time.
     scale = target_seconds / elapsed
-    memory_kib = int(min(memory_kib * scale, 1024 * 1024))
+    memory_kib = int(min(memory_kib * scale, _memory_ceiling_kib()))
     memory_kib = max(memory_kib, FLOOR["memory_kib"])
     spent = elapsed * memory_kib / (64 * 1024)
     if spent < target_seconds:
         iterations = max(2, int(iterations * target_seconds / spent))
-    iterations = min(iterations, CEILING["iterations"])
+    iterations = min(iterations, CEILING["iterations"], MAX_WORK_KIB // memory_kib)
     return Argon2Params(memory_kib=memory_kib, iterations=iterations, lanes=lanes, salt=salt)

@@ -23,6 +23,7 @@ from pqcfs.errors import DamagedStructure, UnsupportedVersion
 FILE_NAME = "pqcfs.state"
 VERSION = 1
 READABLE_VERSIONS = {1}
+MAX_FILE = 64 * 1024   # cap on the bytes read from a drive (256 lineage ids fit in ~10 KiB)
 
 
 @dataclass

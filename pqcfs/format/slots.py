@@ -1,6 +1,9 @@
 """Key slots: the root key wrapped to a passphrase, a recovery code or an identity.
 
 wrapped = nonce || AES-256-GCM(KEK, root_key, aad = "pqcfs slot v1" || vault_id || u32be(id) || type)
+commit  = HKDF(KEK, info = "pqcfs slot commit v1" || aad)   (hex; checked in constant time before
+          the AEAD: AES-GCM is not key-committing, so without it one ciphertext could be made to
+          open under two passphrases; slots written before it existed have none)
   passphrase: KEK = Argon2id(passphrase, params stored in the slot)
   recovery:   KEK = HKDF(code, salt=vault_id, info="pqcfs slot recovery v1")
   identity:   (ss, kem_ct) = Encap(suite, pk); KEK = HKDF(ss, salt=vault_id, info="pqcfs slot kem v1")
@@ -9,11 +12,12 @@ wrapped = nonce || AES-256-GCM(KEK, root_key, aad = "pqcfs slot v1" || vault_id 
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import struct
 
 from pqcfs.crypto import aead, kem
-from pqcfs.crypto.kdf import LABEL_SLOT_KEM, LABEL_SLOT_RECOVERY, Argon2Params, argon2id, hkdf
+from pqcfs.crypto.kdf import LABEL_SLOT_COMMIT, LABEL_SLOT_KEM, LABEL_SLOT_RECOVERY, Argon2Params, argon2id, hkdf
 from pqcfs.errors import CryptoError, DamagedStructure
 
 PASSPHRASE, RECOVERY, IDENTITY = "passphrase", "recovery", "identity"
@@ -25,23 +29,34 @@ def _aad(vault_id: bytes, slot_id: int, slot_type: str) -> bytes:
     return b"pqcfs slot v1" + vault_id + struct.pack(">I", slot_id) + slot_type.encode()
 
 
-def _wrap(kek: bytes, root_key: bytes, vault_id: bytes, slot_id: int, slot_type: str) -> str:
-    return aead.seal(kek, root_key, _aad(vault_id, slot_id, slot_type)).hex()
+def _commit(kek: bytes, aad: bytes) -> str:
+    return hkdf(kek, LABEL_SLOT_COMMIT + aad).hex()
+
+
+def _wrap(kek: bytes, root_key: bytes, vault_id: bytes, slot_id: int, slot_type: str) -> dict:
+    aad = _aad(vault_id, slot_id, slot_type)
+    return {"wrapped": aead.seal(kek, root_key, aad).hex(), "commit": _commit(kek, aad)}
 
 
 def _unwrap(kek: bytes, slot: dict, vault_id: bytes) -> bytes:
     try:
         wrapped = bytes.fromhex(slot["wrapped"])
-    except (KeyError, ValueError, TypeError):
+        aad = _aad(vault_id, slot["id"], slot["type"])
+        commit = slot.get("commit")
+        if commit is not None and not isinstance(commit, str):
+            raise TypeError("commit")
+    except (KeyError, ValueError, TypeError, struct.error, AttributeError):
         raise DamagedStructure(f"key slot {slot.get('id')} is malformed") from None
-    return aead.open_sealed(kek, wrapped, _aad(vault_id, slot["id"], slot["type"]))
+    if commit is not None and not hmac.compare_digest(commit.encode(), _commit(kek, aad).encode()):
+        raise CryptoError("key slot does not open with this key")
+    return aead.open_sealed(kek, wrapped, aad)
 
 
 def passphrase_slot(slot_id: int, root_key: bytes, vault_id: bytes, passphrase: bytes,
                     params: Argon2Params) -> dict:
     kek = argon2id(passphrase, params)
     return {"id": slot_id, "type": PASSPHRASE, "kdf": params.to_dict(),
-            "wrapped": _wrap(kek, root_key, vault_id, slot_id, PASSPHRASE)}
+            **_wrap(kek, root_key, vault_id, slot_id, PASSPHRASE)}
 
 
 def open_passphrase_slot(slot: dict, vault_id: bytes, passphrase: bytes) -> bytes:
@@ -71,7 +86,7 @@ def parse_recovery_code(text: str) -> bytes:
 
 def recovery_slot(slot_id: int, root_key: bytes, vault_id: bytes, code: bytes) -> dict:
     kek = hkdf(code, LABEL_SLOT_RECOVERY, salt=vault_id)
-    return {"id": slot_id, "type": RECOVERY, "wrapped": _wrap(kek, root_key, vault_id, slot_id, RECOVERY)}
+    return {"id": slot_id, "type": RECOVERY, **_wrap(kek, root_key, vault_id, slot_id, RECOVERY)}
 
 
 def open_recovery_slot(slot: dict, vault_id: bytes, code: bytes) -> bytes:
@@ -84,7 +99,7 @@ def identity_slot(slot_id: int, root_key: bytes, vault_id: bytes, suite: str, ke
     kek = hkdf(ss, LABEL_SLOT_KEM, salt=vault_id)
     return {"id": slot_id, "type": IDENTITY, "suite": suite, "recipient": fingerprint,
             "label": label, "kem_ct": kem_ct.hex(),
-            "wrapped": _wrap(kek, root_key, vault_id, slot_id, IDENTITY)}
+            **_wrap(kek, root_key, vault_id, slot_id, IDENTITY)}
 
 
 def open_identity_slot(slot: dict, vault_id: bytes, kem_seed: bytes) -> bytes:
@@ -96,10 +111,25 @@ def open_identity_slot(slot: dict, vault_id: bytes, kem_seed: bytes) -> bytes:
     return _unwrap(hkdf(ss, LABEL_SLOT_KEM, salt=vault_id), slot, vault_id)
 
 
+MAX_SLOTS = 32
+_FIELDS = {PASSPHRASE: {"kdf": dict}, RECOVERY: {},
+           IDENTITY: {"suite": str, "recipient": str, "kem_ct": str, "label": str}}
+
+
+def check_shape(slot) -> None:
+    """Refuse a slot whose fields have the wrong types (before anything uses them)."""
+    ok = (isinstance(slot, dict) and type(slot.get("id")) is int and 0 < slot["id"] < 1 << 31
+          and slot.get("type") in SLOT_TYPES and isinstance(slot.get("wrapped"), str)
+          and isinstance(slot.get("commit", ""), str)
+          and all(isinstance(slot.get(k), t) for k, t in _FIELDS[slot["type"]].items()))
+    if not ok:
+        raise DamagedStructure(f"key slot {slot.get('id') if isinstance(slot, dict) else '?'} is malformed")
+
+
 def describe(slot: dict) -> str:
     if slot["type"] == PASSPHRASE:
         k = slot["kdf"]
-        return f"passphrase (argon2id m={k['memory_kib']} KiB t={k['iterations']} p={k['lanes']})"
+        return f"passphrase (argon2id m={k.get('memory_kib')} KiB t={k.get('iterations')} p={k.get('lanes')})"
     if slot["type"] == IDENTITY:
         return f"identity {slot['recipient']} ({slot['suite']}) {slot.get('label', '')}".rstrip()
     return "recovery code"

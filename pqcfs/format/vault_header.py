@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from pqcfs.crypto.kdf import LABEL_HEADER_MAC, hkdf
+from pqcfs.format import slots
 from pqcfs.errors import DamagedStructure, NotAVault, UnsupportedVersion
 
 MAGIC = b"PQCFSVLT"
@@ -29,6 +30,7 @@ FILE_NAME = "pqcfs.vault"
 _PREFIX = struct.Struct(">8sHI")
 _DIGEST = 32
 MAX_BODY = 1 << 20
+MAX_FILE = _PREFIX.size + MAX_BODY + 2 * _DIGEST   # cap on the bytes read from a drive
 
 
 @dataclass
@@ -93,6 +95,7 @@ def decode(data: bytes) -> tuple[VaultHeader, bytes, bytes]:
         raise DamagedStructure(f"vault header body is malformed: {e}") from None
     if header.version != version:
         raise DamagedStructure("vault header versions disagree")
+    _check_shape(header)
     unknown = set(header.features) - KNOWN_FEATURES
     if unknown:
         raise UnsupportedVersion(f"vault uses features this pqcfs does not know: {sorted(unknown)}")
@@ -101,6 +104,25 @@ def decode(data: bytes) -> tuple[VaultHeader, bytes, bytes]:
     if len(header.vault_id) != 16:
         raise DamagedStructure("vault id must be 16 bytes")
     return header, signed, mac
+
+
+def _check_shape(header: VaultHeader) -> None:
+    """Every field of the right type before anything uses it: a drive may hold a header
+    whose JSON parses but whose values are lists where strings belong."""
+    if len(header.slots) > slots.MAX_SLOTS:
+        raise DamagedStructure(f"vault header has {len(header.slots)} key slots (at most {slots.MAX_SLOTS})")
+    for slot in header.slots:
+        slots.check_shape(slot)
+    if len({s["id"] for s in header.slots}) != len(header.slots):
+        raise DamagedStructure("vault header has two key slots with one id")
+    if not (isinstance(header.suite, str) and isinstance(header.created, str)
+            and all(isinstance(f, str) for f in header.features)
+            and all(isinstance(g, dict) for g in header.grants)):
+        raise DamagedStructure("vault header body is malformed")
+    for r in header.replicas:
+        if not (isinstance(r, dict) and isinstance(r.get("id"), str) and isinstance(r.get("role"), str)
+                and all(isinstance(r.get(k), (str, type(None))) for k in ("fs_uuid", "subpath", "path_hint"))):
+            raise DamagedStructure("vault header lists a malformed replica")
 
 
 def verify_mac(signed: bytes, mac: bytes, root_key: bytes) -> bool:

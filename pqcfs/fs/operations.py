@@ -294,6 +294,12 @@ class Operations(pyfuse3.Operations):
                 child = self.vfs.entry(node, p_name, disk_name)
             except FsError:
                 continue  # removed since the snapshot
+            except (CryptoError, DamagedStructure, OSError) as e:
+                # One damaged entry is that entry's problem (its lookup fails with EIO),
+                # not its siblings': the rest of the listing goes on.
+                log.error("readdir: an entry fails (%s); left out of the listing", e)
+                self.vfs.on_event("integrity-failure", operation="readdir", error=str(e))
+                continue
             if not pyfuse3.readdir_reply(token, p_name, self.attrs(child), index + 1):
                 self.vfs.inodes.maybe_drop(child)
                 break

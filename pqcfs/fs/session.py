@@ -1,18 +1,16 @@
 """A mount session: lock the replicas, mark them in use, serve, and mark them clean.
 
-The lock (flock on pqcfs.lock in every replica) is what makes "already mounted" an error
-instead of two daemons writing the same ciphertext. The runtime file under /run/pqcfs
+The lock (flock on pqcfs.lock in every replica, store/lock.py) is what makes "already
+mounted" an error instead of two daemons writing the same ciphertext. The runtime file under /run/pqcfs
 lets `pqcfs umount` and `pqcfs status` find the daemon.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 
@@ -27,10 +25,11 @@ from pqcfs.fs.operations import Operations
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
 from pqcfs.store import intent as intent_mod
+from pqcfs.store.lock import VaultLock
 from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
-LOCK_NAME = "pqcfs.lock"
+AUDIT_FILE = "pqcfs.audit"
 RUNTIME_DIR = os.environ.get("PQCFS_RUNTIME_DIR", "/run/pqcfs")
 
 
@@ -55,30 +54,6 @@ def check_mountpoint(mountpoint: str) -> None:
         raise MountError(f"mountpoint {mountpoint} is not empty")
 
 
-class VaultLock:
-    """flock on pqcfs.lock in every replica: one writer (mount, sync, fsck) at a time."""
-
-    def __init__(self, locations: list[str]):
-        self.locations = locations
-        self._fds: list[int] = []
-
-    def acquire(self) -> None:
-        for location in self.locations:
-            fd = os.open(os.path.join(location, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                self.release()
-                raise MountError(f"the vault on {location} is in use (mounted, or a sync or fsck is running)") from None
-            self._fds.append(fd)
-
-    def release(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
-
-
 class Session:
     def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False,
                  audit_files: bool = False):
@@ -87,7 +62,7 @@ class Session:
         self.audit_files = audit_files
         self.mountpoint = canonical_mountpoint(mountpoint)
         self.read_only = read_only
-        self._lock = VaultLock(vault.locations)
+        self._lock = VaultLock(vault.drives)
         # Resolved now: once mounted, any lookup under the mountpoint would wait for this
         # very process to answer, before it serves.
         self.runtime_path = runtime_file(self.mountpoint)
@@ -97,20 +72,22 @@ class Session:
         self.session_id = ""
 
     def lock(self) -> None:
-        self._lock.acquire()
+        if self.vault.extra.get("lock") is None:   # the CLI took it before unlocking
+            self._lock.acquire()
+            self.vault.extra["lock"] = self._lock
 
     def unlock(self) -> None:
-        self._lock.release()
-
-    def _trees(self) -> list[str]:
-        return [os.path.join(loc, vault_mod.TREE_DIR) for loc in self.vault.locations]
+        lock = self.vault.extra.get("lock")
+        if lock is not None:
+            lock.release()
 
     def prepare(self, progress_factory=None) -> mirror.Plan:
         """Before serving: bring stale replicas up to date, repair after a crash, and
         start a new session in every present replica's history."""
         plan, _ = mirror.plan(self.vault)
         for location in plan.stale:
-            progress = progress_factory(f"sync {location}", mirror.total_bytes(plan.primary)) if progress_factory else None
+            progress = (progress_factory(f"sync {location}", mirror.total_bytes(self.vault, plan.primary))
+                        if progress_factory else None)
             try:
                 stats = mirror.sync_replica(self.vault, plan.primary, location, progress)
                 log.info("brought the stale replica at %s up to date", location)
@@ -121,8 +98,8 @@ class Session:
                 log.warning("could not bring %s up to date (%s); mounting without it", location, e)
                 print(f"pqcfs: warning: could not sync {location} ({e}); it stays out of date",
                       file=sys.stderr)
+                plan.missing.append(vault_mod.read_state(self.vault.drive(location), self.vault.root_key).replica_id)
                 self.vault.locations.remove(location)
-                plan.missing.append(vault_mod.read_state(location, self.vault.root_key).replica_id)
             finally:
                 if progress:
                     progress.close()
@@ -135,29 +112,30 @@ class Session:
             self.session_id = os.urandom(8).hex()
             self._event("mount", mountpoint=self.mountpoint, replicas=len(self.vault.locations),
                         session=self.session_id)
-            for location in self.vault.locations:
-                state = vault_mod.read_state(location, self.vault.root_key)
+            for drive in self.vault.drives:
+                state = vault_mod.read_state(drive, self.vault.root_key)
                 state.begin_session(self.session_id, plan.missing)
-                vault_mod.write_state(location, state, self.vault.root_key)
+                vault_mod.write_state(drive, state, self.vault.root_key)
         return plan
 
     def _recover(self, plan: mirror.Plan) -> None:
         """After an unclean unmount: repair what the intent logs name (or, without them,
         everything that differs), then make the backups copies of the primary again."""
-        trees, bs = self._trees(), self.vault.header.block_size
-        vfs = VaultFS(ReplicaSet(trees), self.vault.root_dir_keys(), bs)
-        intents = intent_mod.read(self.vault.locations)
+        drives, bs = self.vault.drives, self.vault.header.block_size
+        vfs = VaultFS(ReplicaSet(drives), self.vault.root_dir_keys(), bs)
+        intents = intent_mod.read(drives, intent_mod.intent_key(self.vault.root_key))
         if intents is None:
-            repaired = recovery.recover(vfs, trees[0], trees[1:], bs)
+            repaired = recovery.recover(vfs, drives[0], drives[1:], bs)
             for location in self.vault.locations[1:]:
                 mirror.sync_replica(self.vault, plan.primary, location)
         else:
-            repaired = recovery.recover_intents(vfs, trees[0], trees[1:], intents, bs)
-            primary_log = os.path.join(plan.primary, "pqcfs.audit")
-            for location in self.vault.locations[1:]:
-                if os.path.exists(primary_log):
-                    shutil.copy2(primary_log, os.path.join(location, "pqcfs.audit"))
+            repaired = recovery.recover_intents(vfs, drives[0], drives[1:], intents, bs)
+            for location, drive in zip(self.vault.locations[1:], drives[1:]):
+                if drives[0].kind(AUDIT_FILE) == "file":
+                    drive.copy_from(drives[0], AUDIT_FILE)
                 mirror.adopt_history(self.vault, plan.primary, location)
+            if self.audit is not None:
+                self.audit.file.close()   # reopened on the next record: the copies are new files
         log.warning("recovered from an unclean unmount (%d blocks repaired from a backup, %s)", repaired,
                     "full comparison" if intents is None else f"{len(intents)} intent records")
         self._event("crash-recovery", blocks_repaired=repaired,
@@ -167,9 +145,9 @@ class Session:
         """A backup dropped out while mounted: the primary's history moves on without it,
         so the next mount knows that replica is stale."""
         location = self.vault.locations[n]
-        primary = self.vault.locations[0]
+        primary = self.vault.drives[0]
         try:
-            failed_id = vault_mod.read_state(location, self.vault.root_key).replica_id
+            failed_id = vault_mod.read_state(self.vault.drives[n], self.vault.root_key).replica_id
         except Exception:  # noqa: BLE001 - the drive may be gone entirely
             failed_id = next((r["id"] for r in self.vault.header.replicas
                               if r.get("path_hint") == os.path.realpath(location)), location)
@@ -210,15 +188,16 @@ class Session:
                 log.error("could not write the audit log: %s", e)
         healthy = self.replicas.healthy if self.replicas else range(len(self.vault.locations))
         for n in healthy:
-            location = self.vault.locations[n]
-            state = vault_mod.read_state(location, self.vault.root_key)
+            drive = self.vault.drives[n]
+            state = vault_mod.read_state(drive, self.vault.root_key)
             state.clean = True
-            vault_mod.write_state(location, state, self.vault.root_key)
+            vault_mod.write_state(drive, state, self.vault.root_key)
 
     def build(self) -> Operations:
-        self.replicas = ReplicaSet(self._trees(), on_failure=self._replica_failed)
+        self.replicas = ReplicaSet(self.vault.drives, on_failure=self._replica_failed)
         if not self.read_only:
-            self.intent = intent_mod.IntentLog(self.vault.locations, lambda: self.replicas.healthy)
+            self.intent = intent_mod.IntentLog(self.vault.drives, lambda: self.replicas.healthy,
+                                               intent_mod.intent_key(self.vault.root_key))
             self.intent.clear()
             self.replicas.before_sync = self.intent.sync
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,

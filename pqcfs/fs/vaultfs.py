@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import stat
 
 from pqcfs.crypto import content as content_layout
@@ -23,11 +22,16 @@ from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import InodeTable, Node, shared_path
 from pqcfs.fs.namespace import NamespaceOps
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
+from pqcfs.store.drive import UnsafeEntry
 from pqcfs.store.replicas import ReplicaSet
+from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
 XATTR_AD = b"pqcfs xattr v1"
 OVERRIDES_AD = b"pqcfs overrides v1"
+TABLE_CAP = 8 << 20       # xattr and override tables: far above what the kernel lets one write
+LONG_NAME_CAP = 4096      # a long-name sidecar holds one base32 name
+DAMAGE = (CryptoError, DamagedStructure, OSError)
 
 
 class VaultFS(NamespaceOps):
@@ -38,11 +42,34 @@ class VaultFS(NamespaceOps):
         self.on_event = on_event or (lambda event, **details: None)
         self.block_size = block_size
         self.read_only = read_only
-        data = replicas.read_file(names.DIR_ID_NAME)
-        meta = node_header.open_meta(root_keys.meta_key, data)
+        self.heal_events = 0
+        meta = self._root_meta(root_keys)
         root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=meta)
         self.inodes = InodeTable(root)
-        self.heal_events = 0
+
+    def _root_meta(self, root_keys: NodeKeys) -> Meta:
+        """The root directory's metadata; a root id file that fails on the primary heals
+        from a replica where it authenticates, like every other header."""
+        error: Exception | None = None
+        for replica in self.replicas.healthy:
+            try:
+                data = self.replicas.read_file(names.DIR_ID_NAME, replica=replica, cap=HEADER_LEN)
+                if node_header.parse_prefix(data, MAGIC_DIR) != root_keys.node_id:
+                    raise DamagedStructure("the root directory id file belongs to another directory")
+                meta = node_header.open_meta(root_keys.meta_key, data)
+            except DAMAGE as e:
+                error = error or e
+                continue
+            if replica != 0 and not self.read_only:
+                self.replicas.copy_one(replica, 0, names.DIR_ID_NAME)
+                self._heal_event("root directory id", names.DIR_ID_NAME, replica)
+            return meta
+        raise DamagedStructure(f"the root directory fails authentication on every replica ({error})")
+
+    def _heal_event(self, what: str, c_path: str, source: int) -> None:
+        self.heal_events += 1
+        self.on_event("self-heal", what=what, c_path=c_path or ".", source=source)
+        log.warning("healed %s on the primary from replica %d", what, source)
 
     # --- paths and metadata files ---------------------------------------------------
 
@@ -77,9 +104,11 @@ class VaultFS(NamespaceOps):
         return dir_node.overrides
 
     def _read_table(self, path: str, key: bytes, aad: bytes) -> dict[bytes, bytes]:
-        if not self.replicas.exists(path):
+        try:
+            data = self.replicas.read_file(path, cap=TABLE_CAP)
+        except FileNotFoundError:
             return {}
-        return sealed_table.decode(key, aad, self.replicas.read_file(path))
+        return sealed_table.decode(key, aad, data)
 
     def _save_overrides(self, dir_node: Node) -> None:
         self.intent.note(DIRECTORY, dir_node.c_path)
@@ -115,13 +144,15 @@ class VaultFS(NamespaceOps):
         except FileNotFoundError:
             # Replicas agree while mounted, so a name only a backup has is damage here:
             # healing the listing brings it back.
-            if not any(os.path.lexists(self.replicas.path(rel, n)) for n in self.replicas.healthy[1:]):
+            if not any(self.replicas.exists(rel, n) for n in self.replicas.healthy[1:]):
                 raise FsError(errno.ENOENT) from None
             self.listdir(dir_node)
             try:
                 st = self.replicas.lstat(rel)
             except FileNotFoundError:
                 raise FsError(errno.ENOENT) from None
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise UnsafeEntry(f"entry {rel} is neither a file nor a directory on the primary")
         is_dir = stat.S_ISDIR(st.st_mode)
         header_rel = self._join(rel, names.DIR_ID_NAME) if is_dir else rel
         header, node_id, keys, meta = self._read_header(dir_node, header_rel, MAGIC_DIR if is_dir else (MAGIC_FILE, MAGIC_LINK))
@@ -165,14 +196,15 @@ class VaultFS(NamespaceOps):
                     node_header.open_meta(keys.meta_key, header)
                 else:
                     meta = node_header.open_meta(keys.meta_key, header)
-            except (CryptoError, DamagedStructure, OSError) as e:
+            except DAMAGE as e:
                 error = error or e
                 continue
-            if replica != 0:
-                self.replicas.write_one(0, rel, header)
-                self.heal_events += 1
-                self.on_event("self-heal", what="node header", c_path=rel, source=replica)
-                log.warning("healed a node header on the primary from replica %d", replica)
+            if replica != 0 and not self.read_only:
+                try:
+                    self.replicas.write_one(0, rel, header)
+                except FileNotFoundError:
+                    pass   # the primary lacks the entry: the listing heals it
+                self._heal_event("node header", rel, replica)
             return header, node_id, keys, meta
         raise error
 
@@ -189,43 +221,50 @@ class VaultFS(NamespaceOps):
         return out
 
     def _heal_dir(self, dir_node: Node, target: int, source: int) -> None:
-        """Entries that authenticate on source and are missing on target are copied over;
-        entries on target that fail and are no authentic entry on source are removed."""
-        good, _ = self._listdir_on(dir_node, source)
+        """Entries that authenticate on source and are missing on target are copied over.
+        Entries that fail on target are quarantined (never deleted) only when source
+        authenticates completely: if both fail, the directory's key is what is wrong (a
+        copied d.id, say), and touching the entries would turn a reversible tamper into
+        a loss."""
+        good, source_bad = self._listdir_on(dir_node, source)
         have, bad = self._listdir_on(dir_node, target)
         have_disk = {d for _, d in have}
-        copied = 0
+        target_drive, source_drive = self.replicas.drive(target), self.replicas.drive(source)
+        copied = quarantined = 0
         for _, disk_name in good:
             if disk_name in have_disk:
                 continue
-            src = self.replicas.path(self._join(dir_node.c_path, disk_name), source)
-            dst = self.replicas.path(self._join(dir_node.c_path, disk_name), target)
-            (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst)
-            for suffix in (names.LONG_SUFFIX, names.XATTR_SUFFIX):
-                if os.path.exists(src + suffix):
-                    shutil.copy2(src + suffix, dst + suffix)
+            rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
+            if disk_name in bad:
+                target_drive.quarantine(rel, "an entry that fails authentication")
+                bad.remove(disk_name)
+                quarantined += 1
+            copy_entry(source_drive, target_drive, rel)
             copied += 1
-        for disk_name in bad:
-            junk = self.replicas.path(self._join(dir_node.c_path, disk_name), target)
-            (shutil.rmtree if os.path.isdir(junk) else os.unlink)(junk)
-        if copied or bad:
+        if not source_bad:
+            for disk_name in bad:
+                target_drive.quarantine(self.replicas.rel(self._join(dir_node.c_path, disk_name)),
+                                        "an entry that fails authentication and is on no other replica")
+                quarantined += 1
+        if copied or quarantined:
             self.heal_events += 1
             self.on_event("self-heal", what="entry names", c_path=dir_node.c_path or ".",
-                          copied=copied, removed=len(bad), target=target, source=source)
-            log.warning("healed %d damaged entry name(s) on replica %d from replica %d", copied, target, source)
+                          copied=copied, quarantined=quarantined, target=target, source=source)
+            log.warning("healed %d damaged entry name(s) on replica %d from replica %d (%d quarantined)",
+                        copied, target, source, quarantined)
 
     def _listdir_on(self, dir_node: Node, replica: int) -> tuple[list[tuple[bytes, str]], list[str]]:
         out, bad = [], []
-        for disk_name in sorted(os.listdir(self.replicas.path(dir_node.c_path, replica))):
+        for disk_name in sorted(self.replicas.listdir(dir_node.c_path, replica)):
             if not names.is_entry(disk_name):
                 continue
             full = disk_name
             if names.is_long(disk_name):
                 try:
                     full = self.replicas.read_file(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX),
-                                                   replica=replica).decode()
-                except (OSError, UnicodeDecodeError):
-                    log.error("long name file of an entry is missing; entry skipped")
+                                                   replica=replica, cap=LONG_NAME_CAP).decode("ascii")
+                except (OSError, UnicodeDecodeError, DamagedStructure):
+                    log.error("long name file of an entry is missing or damaged; entry skipped")
                     bad.append(disk_name)
                     continue
                 if not names.long_name_matches(disk_name, full):
@@ -369,3 +408,4 @@ class VaultFS(NamespaceOps):
         else:
             self.replicas.unlink(path, missing_ok=True)
         node.xattrs = table
+

@@ -3,8 +3,8 @@ come from the first (the primary) and fall back to the others when its copy fail
 
 A failing backup (unplugged, read-only, full, I/O errors) is dropped for the rest of the
 session and reported through `on_failure`; the mount continues degraded on the others.
-A failing primary is an error for the caller. Paths here are relative to each replica's
-`tree/` directory and are ciphertext paths.
+A failing primary is an error for the caller. Paths here are ciphertext paths relative
+to each replica's `tree/` directory; every access goes through the replica's Drive.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 
 from pqcfs.errors import NoSpace
-from pqcfs.store import atomic
+from pqcfs.store.drive import TEMP_PREFIX, Drive
 
 log = logging.getLogger(__name__)
+TREE_DIR = "tree"
 
 
 def _no_space(e: OSError) -> OSError | NoSpace:
@@ -25,8 +25,9 @@ def _no_space(e: OSError) -> OSError | NoSpace:
 
 
 class ReplicaSet:
-    def __init__(self, tree_roots: list[str], on_failure=None):
-        self.roots = tree_roots
+    def __init__(self, drives: list[Drive], on_failure=None, base: str = TREE_DIR):
+        self.drives = drives
+        self.base = base
         self.failed: set[int] = set()
         self.on_failure = on_failure
         # Runs before every fsync this set performs: the write-intent log must be durable
@@ -35,7 +36,7 @@ class ReplicaSet:
 
     @property
     def healthy(self) -> list[int]:
-        return [n for n in range(len(self.roots)) if n not in self.failed]
+        return [n for n in range(len(self.drives)) if n not in self.failed]
 
     def fail(self, n: int, error: BaseException) -> None:
         if n in self.failed:
@@ -45,8 +46,12 @@ class ReplicaSet:
         if self.on_failure:
             self.on_failure(n, error)
 
-    def path(self, rel: str, replica: int = 0) -> str:
-        return os.path.join(self.roots[replica], rel) if rel else self.roots[replica]
+    def rel(self, rel: str) -> str:
+        """rel (inside tree/) as a path inside the replica location."""
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def drive(self, replica: int = 0) -> Drive:
+        return self.drives[replica]
 
     def each(self, fn) -> None:
         """Run fn(n) for every healthy replica; a backup that raises is failed, a primary
@@ -54,52 +59,57 @@ class ReplicaSet:
         for n in self.healthy:
             try:
                 fn(n)
-            except OSError as e:
+            except (OSError, NoSpace) as e:
                 if n == 0:
-                    raise _no_space(e) from None
+                    raise (_no_space(e) if isinstance(e, OSError) else e) from None
                 self.fail(n, e)
 
-    def _each_path(self, fn, *rels: str) -> None:
-        self.each(lambda n: fn(*(self.path(r, n) for r in rels)))
+    def _each_drive(self, fn, *rels: str) -> None:
+        full = [self.rel(r) for r in rels]
+        self.each(lambda n: fn(self.drives[n], *full))
 
-    # Reads (primary first).
-    def lstat(self, rel: str) -> os.stat_result:
-        return os.lstat(self.path(rel))
+    # Reads (primary first, unless a replica is named).
+    def lstat(self, rel: str, replica: int = 0) -> os.stat_result:
+        return self.drives[replica].lstat(self.rel(rel))
 
-    def listdir(self, rel: str) -> list[str]:
-        return os.listdir(self.path(rel))
+    def kind(self, rel: str, replica: int = 0) -> str | None:
+        return self.drives[replica].kind(self.rel(rel))
 
-    def read_file(self, rel: str, size: int | None = None, replica: int = 0) -> bytes:
-        if size is not None:  # headers: three syscalls, no buffered file object
-            fd = os.open(self.path(rel, replica), os.O_RDONLY)
-            try:
-                return os.pread(fd, size, 0)
-            finally:
-                os.close(fd)
-        with open(self.path(rel, replica), "rb") as f:
-            return f.read()
+    def listdir(self, rel: str, replica: int = 0) -> list[str]:
+        return self.drives[replica].listdir(self.rel(rel))
 
-    def exists(self, rel: str) -> bool:
-        return os.path.lexists(self.path(rel))
+    def read_file(self, rel: str, size: int | None = None, replica: int = 0, cap: int = 1 << 20) -> bytes:
+        """The first size bytes (headers), or the whole file up to cap bytes."""
+        if size is not None:
+            return self.drives[replica].read_at(self.rel(rel), size)
+        return self.drives[replica].read(self.rel(rel), cap)
+
+    def exists(self, rel: str, replica: int = 0) -> bool:
+        return self.drives[replica].exists(self.rel(rel))
 
     # Mutations (every healthy replica).
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
         if sync:
             self.before_sync()
-        self.each(lambda n: atomic.write_atomic(self.path(rel, n), data, sync))
+        self._each_drive(lambda d, r: d.write_atomic(r, data, sync), rel)
 
     def write_one(self, replica: int, rel: str, data: bytes, offset: int = 0) -> None:
-        fd = os.open(self.path(rel, replica), os.O_WRONLY)
+        fd = self.drives[replica].open(self.rel(rel), os.O_WRONLY)
         try:
             os.pwrite(fd, data, offset)
         finally:
             os.close(fd)
 
+    def copy_one(self, source: int, target: int, rel: str) -> None:
+        """Replace target's copy of rel with source's (temp file and rename)."""
+        self.drives[target].copy_from(self.drives[source], self.rel(rel))
+
     def create_file(self, rel: str, header: bytes) -> "MirroredFile":
         fds: dict[int, int] = {}
+        full = self.rel(rel)
 
         def create(n: int) -> None:
-            fd = os.open(self.path(rel, n), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = self.drives[n].open(full, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             fds[n] = fd
             os.pwrite(fd, header, 0)
 
@@ -109,7 +119,7 @@ class ReplicaSet:
             for n, fd in fds.items():
                 os.close(fd)
                 try:
-                    os.unlink(self.path(rel, n))
+                    self.drives[n].unlink(full)
                 except OSError:
                     pass
             raise
@@ -121,58 +131,60 @@ class ReplicaSet:
         given up on."""
         flags = os.O_RDWR if writable else os.O_RDONLY
         fds: dict[int, int] = {}
+        full = self.rel(rel)
 
         def open_one(n: int) -> None:
             try:
-                fds[n] = os.open(self.path(rel, n), flags)
+                fds[n] = self.drives[n].open(full, flags)
             except FileNotFoundError:
                 if n == 0 or heal_missing is None:
                     raise
                 heal_missing(n)
-                fds[n] = os.open(self.path(rel, n), flags)
+                fds[n] = self.drives[n].open(full, flags)
 
         try:
             self.each(open_one)
-        except OSError:
+        except (OSError, NoSpace):
             MirroredFile(self, fds).close()
             raise
         return MirroredFile(self, fds)
 
     def mkdir(self, rel: str) -> None:
-        self._each_path(lambda p: os.mkdir(p, 0o700), rel)
+        self._each_drive(lambda d, r: d.mkdir(r, 0o700), rel)
 
     def rmdir_tree(self, rel: str) -> None:
         """Remove a ciphertext directory that holds only pqcfs' own files."""
-        self._each_path(shutil.rmtree, rel)
+        self._each_drive(Drive.remove_tree, rel)
 
     def unlink(self, rel: str, missing_ok: bool = False) -> None:
-        def remove(p: str) -> None:
+        def remove(d: Drive, r: str) -> None:
             try:
-                os.unlink(p)
+                d.unlink(r)
             except FileNotFoundError:
                 if not missing_ok:
                     raise
-        self._each_path(remove, rel)
+        self._each_drive(remove, rel)
 
     def rename(self, src: str, dst: str) -> None:
-        self._each_path(os.replace, src, dst)
+        self._each_drive(Drive.rename, src, dst)
 
     def exchange(self, a: str, b: str) -> None:
         # No renameat2(RENAME_EXCHANGE) in os; a three-step swap through a temp name.
-        tmp = os.path.join(os.path.dirname(a), atomic.TEMP_PREFIX + os.urandom(6).hex())
-        self._each_path(os.rename, a, tmp)
-        self._each_path(os.rename, b, a)
-        self._each_path(os.rename, tmp, b)
+        parent = a.rpartition("/")[0]
+        tmp = f"{parent}/{TEMP_PREFIX}{os.urandom(6).hex()}" if parent else TEMP_PREFIX + os.urandom(6).hex()
+        self._each_drive(Drive.rename, a, tmp)
+        self._each_drive(Drive.rename, b, a)
+        self._each_drive(Drive.rename, tmp, b)
 
     def utime(self, rel: str, ns: tuple[int, int]) -> None:
-        self._each_path(lambda p: os.utime(p, ns=ns, follow_symlinks=False), rel)
+        self._each_drive(lambda d, r: d.utime(r, ns), rel)
 
     def fsync_dir(self, rel: str) -> None:
         self.before_sync()
-        self._each_path(atomic.fsync_dir, rel)
+        self._each_drive(Drive.fsync_dir, rel)
 
     def statvfs(self) -> os.statvfs_result:
-        return os.statvfs(self.roots[0])
+        return self.drives[0].statvfs()
 
 
 class MirroredFile:

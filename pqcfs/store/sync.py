@@ -2,19 +2,25 @@
 
 This works on ciphertext bytes alone (no keys), so it can run before anything is
 decrypted. Which replica is the source is policy decided elsewhere (replica states);
-this code never chooses.
+this code never chooses. It touches only what the vault owns on a drive (the header, the
+audit log and `tree/`), never the other files a user keeps on the same stick, and only
+regular files and directories: a symlink, FIFO or device on either side is damage, left
+unfollowed (and moved out of the way into the quarantine on the target).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 from dataclasses import dataclass
 
-from pqcfs.store.atomic import fsync_dir, write_atomic
+from pqcfs.format import names
+from pqcfs.store.drive import Drive
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
-PER_REPLICA = {"pqcfs.state", "pqcfs.lock", "pqcfs.intent"}   # never copied between replicas
+TREE = "tree"
+COPIED_FILES = ("pqcfs.vault", "pqcfs.audit")   # per-replica files (state, lock, intent) are never copied
 
 
 @dataclass
@@ -23,100 +29,165 @@ class SyncStats:
     files_changed: int = 0
     bytes_written: int = 0
     removed: int = 0
+    damaged: int = 0
 
 
-def total_bytes(root: str) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except FileNotFoundError:
-                pass
+def total_bytes(drive: Drive, rel: str = TREE) -> int:
+    total, stack = 0, [rel]
+    while stack:
+        here = stack.pop()
+        for name, kind in drive.scandir(here):
+            if kind == "dir":
+                stack.append(f"{here}/{name}")
+            elif kind == "file":
+                try:
+                    total += drive.lstat(f"{here}/{name}").st_size
+                except FileNotFoundError:
+                    pass
     return total
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+def _remove(drive: Drive, rel: str, kind: str | None, stats: SyncStats) -> None:
+    if kind == "dir":
+        drive.remove_tree(rel)
+    elif kind == "file":
+        drive.unlink(rel)
+    elif kind == "other":
+        drive.quarantine(rel, "not a file or directory (found by sync)")
+        stats.damaged += 1
+        return
+    stats.removed += 1
 
 
-def _sync_file(src: str, dst: str, stats: SyncStats, progress) -> None:
+def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> None:
+    """An existing regular file is brought up to date in place, chunk by chunk (only what
+    differs is written: a sync after small changes to big files stays small); a new one
+    is copied to a temp file and renamed."""
     stats.files_checked += 1
-    changed = False
-    st = os.stat(src)
-    flags = os.O_RDWR | os.O_CREAT
-    with open(src, "rb") as s:
-        fd = os.open(dst, flags, 0o600)
-        try:
-            offset = 0
-            while True:
-                chunk = s.read(CHUNK)
-                if not chunk:
-                    break
-                if os.pread(fd, len(chunk), offset) != chunk:
-                    os.pwrite(fd, chunk, offset)
-                    stats.bytes_written += len(chunk)
-                    changed = True
-                offset += len(chunk)
-                progress(len(chunk))
-            if os.fstat(fd).st_size != offset:
-                os.ftruncate(fd, offset)
+    if dst.kind(rel) != "file":
+        if dst.exists(rel):
+            _remove(dst, rel, dst.kind(rel), stats)
+        stats.bytes_written += dst.copy_from(src, rel)
+        progress(src.lstat(rel).st_size)
+        stats.files_changed += 1
+        return
+    s, d = src.open(rel), dst.open(rel, os.O_RDWR)
+    try:
+        changed, offset = False, 0
+        while True:
+            chunk = os.pread(s, CHUNK, offset)
+            if not chunk:
+                break
+            if os.pread(d, len(chunk), offset) != chunk:
+                os.pwrite(d, chunk, offset)
+                stats.bytes_written += len(chunk)
                 changed = True
-            if changed:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    # Same times on every replica: the mount shows the primary's.
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            offset += len(chunk)
+            progress(len(chunk))
+        if os.fstat(d).st_size != offset:
+            os.ftruncate(d, offset)
+            changed = True
+        if changed:
+            os.fsync(d)
+        st = os.fstat(s)
+        # Same times on every replica: the mount shows the primary's.
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(s)
+        os.close(d)
     if changed:
         stats.files_changed += 1
 
 
-def sync_tree(src_root: str, dst_root: str, progress=lambda n: None) -> SyncStats:
-    """dst_root becomes a copy of src_root (both are replica directories)."""
+def _sync_dir(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> None:
+    if dst.kind(rel) != "dir":
+        if dst.exists(rel):
+            _remove(dst, rel, dst.kind(rel), stats)
+        dst.mkdir(rel, 0o700)
+    wanted = dict(src.scandir(rel))
+    dirty = False
+    for name, kind in dst.scandir(rel):
+        if wanted.get(name) == "other":
+            continue   # damage on the source never removes a copy on the target
+        if name not in wanted or kind != wanted[name]:
+            _remove(dst, f"{rel}/{name}", kind, stats)
+            dirty = True
+    for name, kind in sorted(wanted.items()):
+        child = f"{rel}/{name}"
+        if kind == "file":
+            _sync_file(src, dst, child, stats, progress)
+        elif kind == "dir":
+            _sync_dir(src, dst, child, stats, progress)
+        else:
+            log.error("%s is not a file or directory; not copied", src.describe(child))
+            stats.damaged += 1
+    if dirty or stats.files_changed:
+        dst.fsync_dir(rel)
+
+
+def sync_tree(src: Drive, dst: Drive, progress=lambda n: None) -> SyncStats:
+    """dst (a replica) becomes a copy of src's vault: tree/, the header and the audit log."""
     stats = SyncStats()
-    for dirpath, dirnames, filenames in os.walk(src_root):
-        rel = os.path.relpath(dirpath, src_root)
-        target_dir = os.path.normpath(os.path.join(dst_root, rel))
-        top = rel == "."
-        if not os.path.isdir(target_dir):
-            if os.path.lexists(target_dir):
-                _remove(target_dir)
-            os.mkdir(target_dir, 0o700)
-        wanted = set(dirnames) | set(filenames)
-        dirty = False
-        for name in os.listdir(target_dir):
-            if name not in wanted and not (top and name in PER_REPLICA | {"lost+found"}):
-                _remove(os.path.join(target_dir, name))
-                stats.removed += 1
-                dirty = True
-        for name in filenames:
-            if top and name in PER_REPLICA:
+    _sync_dir(src, dst, TREE, stats, progress)
+    for name in COPIED_FILES:
+        kind = src.kind(name)
+        if kind == "file":
+            if same_file(src, dst, name):
                 continue
-            src, dst = os.path.join(dirpath, name), os.path.join(target_dir, name)
-            if os.path.isdir(dst):
-                _remove(dst)
-            if top and name == "pqcfs.vault":
-                with open(src, "rb") as f:
-                    data = f.read()
-                if not os.path.exists(dst) or open_bytes(dst) != data:
-                    write_atomic(dst, data)
-                    stats.files_changed += 1
-                continue
-            _sync_file(src, dst, stats, progress)
-        for name in dirnames:
-            if os.path.lexists(os.path.join(target_dir, name)) and not os.path.isdir(os.path.join(target_dir, name)):
-                _remove(os.path.join(target_dir, name))
-        if top:
-            dirnames[:] = [d for d in dirnames if d != "lost+found"]
-        if dirty or stats.files_changed:
-            fsync_dir(target_dir)
+            if dst.kind(name) not in (None, "file"):
+                _remove(dst, name, dst.kind(name), stats)
+            dst.copy_from(src, name)
+            stats.files_changed += 1
+        elif kind == "other":
+            log.error("%s is not a regular file; not copied", src.describe(name))
+            stats.damaged += 1
     return stats
 
 
-def open_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def same_file(a: Drive, b: Drive, rel: str) -> bool:
+    """True when rel is a regular file on both drives with the same bytes."""
+    if a.kind(rel) != "file" or b.kind(rel) != "file":
+        return False
+    fa, fb = a.open(rel), b.open(rel)
+    try:
+        if os.fstat(fa).st_size != os.fstat(fb).st_size:
+            return False
+        offset = 0
+        while True:
+            x, y = os.pread(fa, CHUNK, offset), os.pread(fb, CHUNK, offset)
+            if x != y:
+                return False
+            if not x:
+                return True
+            offset += len(x)
+    finally:
+        os.close(fa)
+        os.close(fb)
+
+
+def copy_entry(source: Drive, target: Drive, rel: str) -> None:
+    """Copy one ciphertext entry (a file with its sidecars, or a directory tree) from
+    source to target. Only regular files and directories are copied; anything else on
+    the source is damage and stays where it is."""
+    kind = source.kind(rel)
+    if kind == "file":
+        target.copy_from(source, rel)
+        for suffix in (names.LONG_SUFFIX, names.XATTR_SUFFIX):
+            if source.kind(rel + suffix) == "file":
+                target.copy_from(source, rel + suffix)
+    elif kind == "dir":
+        if target.kind(rel) != "dir":
+            if target.exists(rel):
+                target.quarantine(rel, "a file where the other replica has a directory")
+            target.mkdir(rel)
+        for name, child_kind in source.scandir(rel):
+            if child_kind == "file":
+                target.copy_from(source, f"{rel}/{name}")
+            elif child_kind == "dir":
+                copy_entry(source, target, f"{rel}/{name}")
+            else:
+                log.error("%s is not a file or directory; not copied", source.describe(f"{rel}/{name}"))
+        if names.is_long(rel.rsplit("/", 1)[-1]) and source.kind(rel + names.LONG_SUFFIX) == "file":
+            target.copy_from(source, rel + names.LONG_SUFFIX)
+    else:
+        log.error("%s is not a file or directory; not copied", source.describe(rel))

@@ -22,8 +22,7 @@ def vfs(new_vault):
 
 
 def make_vfs(vault):
-    trees = [os.path.join(loc, "tree") for loc in vault.locations]
-    return VaultFS(ReplicaSet(trees), vault.root_dir_keys(), vault.header.block_size)
+    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size)
 
 
 def write(vfs, node, offset, data):

@@ -53,7 +53,9 @@ def fsck(vault, *extra):
 
 def trees_identical(vault) -> bool:
     from pqcfs.fs.recovery import differing_files
-    return differing_files(os.path.join(vault.primary, "tree"), os.path.join(vault.backup, "tree")) == []
+    from pqcfs.store.drive import Drive
+    with Drive(vault.primary) as primary, Drive(vault.backup) as backup:
+        return differing_files(primary, backup) == []
 
 
 def verify_journal(mnt: str, journal: str) -> int:

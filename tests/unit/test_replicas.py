@@ -4,6 +4,7 @@ import os
 
 from pqcfs.format import replica_state as rs
 from pqcfs.store import intent, sync
+from pqcfs.store.drive import Drive
 
 
 def state(*sessions):
@@ -32,20 +33,26 @@ def test_intent_log_notes_once_and_reads_the_union(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    assert intent.read([str(a), str(b)]) is None
-    log = intent.IntentLog([str(a), str(b)], lambda: [0, 1])
+    drives = [Drive(str(a)), Drive(str(b))]
+    key = bytes(32)
+    assert intent.read(drives, key) is None
+    log = intent.IntentLog(drives, lambda: [0, 1], key)
     log.clear()
-    assert intent.read([str(a)]) == set()
+    assert intent.read(drives[:1], key) == set()
     log.note(intent.FILE, "x/y")
     log.note(intent.FILE, "x/y")
     log.note(intent.DIRECTORY, "")
     log.sync()
     assert (a / "pqcfs.intent").read_text().count("x/y") == 1
-    (b / "pqcfs.intent").write_text("F other\nD ../escape\ngarbage\n")
-    assert intent.read([str(a), str(b)]) == {("F", "x/y"), ("D", ""), ("F", "other")}
+    assert intent.read(drives, key) == {("F", "x/y"), ("D", "")}
+    # Records nobody with the key wrote are never acted on: the whole log is distrusted.
+    with open(b / "pqcfs.intent", "a") as f:
+        f.write("F other 00000000000000000000000000000000\nD ../escape\ngarbage\n")
+    assert intent.read(drives, key) is None
+    assert intent.read(drives, bytes([1]) * 32) is None
     log.clear()
     log.close()
-    assert intent.read([str(a)]) == set()
+    assert intent.read(drives[:1], key) == set()
 
 
 def test_sync_tree_copies_only_what_differs_and_keeps_per_replica_files(tmp_path):
@@ -58,7 +65,10 @@ def test_sync_tree_copies_only_what_differs_and_keeps_per_replica_files(tmp_path
     (src / "tree" / "d" / "changed").write_bytes(os.urandom(5000))
     (dst / "tree" / "d" / "changed").write_bytes(b"old")
     (dst / "tree" / "extra").write_bytes(b"gone soon")
-    stats = sync.sync_tree(str(src), str(dst))
+    (dst / "README-drive.txt").write_text("the user's own file next to the vault")
+    (src / "plain-on-primary").write_text("not the vault's")
+    stats = sync.sync_tree(Drive(str(src)), Drive(str(dst)))
+    assert (dst / "README-drive.txt").exists() and not (dst / "plain-on-primary").exists()
     assert (dst / "tree" / "d" / "changed").read_bytes() == (src / "tree" / "d" / "changed").read_bytes()
     assert not (dst / "tree" / "extra").exists()
     assert (dst / "pqcfs.state").read_text() == "state of dst"

@@ -1,0 +1,390 @@
+"""The one way pqcfs touches a replica: everything under a location, walked relative to
+directory descriptors, never following a symlink, opening only regular files and
+directories, with a size cap on every whole-file read.
+
+A drive is written by whoever held it last, so what is on it is hostile input: a symlink
+planted as `pqcfs.audit` or `tree/<dir>` must not make a root daemon write a host file, a
+FIFO must not hang it, and `/dev/zero` behind a name must not be read without end. The
+location itself (the path the user or the header gave, where the drive is mounted) is
+the host's side and is resolved once, when the drive is opened; every path below it is
+relative ("tree/ab/cd") and walked one component at a time with O_NOFOLLOW, which is also
+what lets ciphertext paths grow past PATH_MAX (gocryptfs' syscallcompat does the same).
+
+Directory descriptors are cached by relative path (pqcfs holds the vault lock, so nobody
+else renames under it); every rename and removal here drops the cached entries below it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections import OrderedDict
+
+from pqcfs.errors import DamagedStructure, NoSpace
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = "t."            # contains a dot: never mistaken for an encrypted name
+QUARANTINE_DIR = "pqcfs.quarantine"
+DIR_CACHE = 128
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | _NOFOLLOW
+
+
+class UnsafeEntry(DamagedStructure):
+    """Something on a drive that pqcfs never writes there: a symlink, FIFO, socket or
+    device, a file where a directory belongs (or the reverse), or an oversized file."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "an unknown file type"
+
+
+def _split(rel: str) -> tuple[str, str]:
+    parent, _, name = rel.rpartition("/")
+    if not name or name in (".", "..") or ".." in parent.split("/"):
+        raise DamagedStructure(f"not a path inside a replica: {rel!r}")
+    return parent, name
+
+
+class Drive:
+    """One replica location. Paths are relative to it and use '/' ('' is the location)."""
+
+    def __init__(self, location: str):
+        self.location = location
+        self.root_fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._dirs: OrderedDict[str, int] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"Drive({self.location!r})"
+
+    def __enter__(self) -> "Drive":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        dirs = getattr(self, "_dirs", {})
+        for fd in dirs.values():
+            os.close(fd)
+        dirs.clear()
+        if getattr(self, "root_fd", -1) >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
+
+    def describe(self, rel: str) -> str:
+        return f"{self.location}/{rel}" if rel else self.location
+
+    # --- walking --------------------------------------------------------------------
+
+    def dir_fd(self, rel: str) -> int:
+        """A descriptor of the directory rel, walked component by component."""
+        if not rel:
+            return self.root_fd
+        fd = self._dirs.get(rel)
+        if fd is not None:
+            self._dirs.move_to_end(rel)
+            return fd
+        parts = rel.split("/")
+        # Start from the deepest cached ancestor: deep trees walk one component, not all.
+        start, fd = 0, self.root_fd
+        for i in range(len(parts) - 1, 0, -1):
+            cached = self._dirs.get("/".join(parts[:i]))
+            if cached is not None:
+                start, fd = i, cached
+                break
+        for i in range(start, len(parts)):
+            name = parts[i]
+            if name in ("", ".", ".."):
+                raise DamagedStructure(f"not a path inside a replica: {rel!r}")
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    self._refuse("/".join(parts[:i + 1]), "a directory")
+                raise
+            self._remember("/".join(parts[:i + 1]), fd)
+        return fd
+
+    def _remember(self, rel: str, fd: int) -> None:
+        old = self._dirs.pop(rel, None)
+        if old is not None and old != fd:
+            os.close(old)
+        self._dirs[rel] = fd
+        while len(self._dirs) > DIR_CACHE:
+            _, evicted = self._dirs.popitem(last=False)
+            os.close(evicted)
+
+    def _forget(self, rel: str) -> None:
+        """Drop cached descriptors of rel and everything below it (renamed or removed)."""
+        prefix = rel + "/"
+        for key in [k for k in self._dirs if k == rel or k.startswith(prefix) or not rel]:
+            os.close(self._dirs.pop(key))
+
+    def _at(self, rel: str) -> tuple[int, str]:
+        parent, name = _split(rel)
+        return self.dir_fd(parent), name
+
+    def _refuse(self, rel: str, wanted: str, mode: int | None = None):
+        if mode is None:
+            try:
+                mode = self.lstat(rel).st_mode
+            except OSError:
+                mode = 0
+        raise UnsafeEntry(f"{self.describe(rel)} is {_kind(mode)}, not {wanted} (refused: the drive "
+                          "holds something pqcfs never writes there)")
+
+    # --- reading --------------------------------------------------------------------
+
+    def lstat(self, rel: str) -> os.stat_result:
+        if not rel:
+            return os.fstat(self.root_fd)
+        fd, name = self._at(rel)
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+    def kind(self, rel: str) -> str | None:
+        """'file', 'dir', 'other' (damage) or None when nothing is there."""
+        try:
+            mode = self.lstat(rel).st_mode
+        except FileNotFoundError:
+            return None
+        except UnsafeEntry:
+            return "other"
+        except NotADirectoryError:
+            return None
+        return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+    def exists(self, rel: str) -> bool:
+        try:
+            self.lstat(rel)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def listdir(self, rel: str) -> list[str]:
+        return os.listdir(self.dir_fd(rel))
+
+    def scandir(self, rel: str) -> list[tuple[str, str]]:
+        """(name, kind) of each entry; kind as in kind(), without following anything."""
+        out = []
+        with os.scandir(self.dir_fd(rel)) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    out.append((entry.name, "other"))
+                elif entry.is_dir(follow_symlinks=False):
+                    out.append((entry.name, "dir"))
+                elif entry.is_file(follow_symlinks=False):
+                    out.append((entry.name, "file"))
+                else:
+                    out.append((entry.name, "other"))
+        return out
+
+    def open(self, rel: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+        """A descriptor of the regular file rel. With O_CREAT a new file may be made;
+        anything but a regular file is refused before it is opened (a FIFO would block,
+        a device would be read or written)."""
+        fd, name = self._at(rel)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+        else:
+            if flags & os.O_CREAT and flags & os.O_EXCL:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), self.describe(rel))
+            if not stat.S_ISREG(st.st_mode):
+                self._refuse(rel, "a regular file", st.st_mode)
+        try:
+            file_fd = os.open(name, flags | os.O_NONBLOCK | _NOFOLLOW, mode, dir_fd=fd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self._refuse(rel, "a regular file")
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left on {self.location}") from None
+            raise
+        # Checked again on the descriptor: the entry may have changed between the two calls.
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            mode_now = os.fstat(file_fd).st_mode
+            os.close(file_fd)
+            self._refuse(rel, "a regular file", mode_now)
+        return file_fd
+
+    def read(self, rel: str, cap: int) -> bytes:
+        """The whole regular file rel, refused when larger than cap bytes."""
+        fd = self.open(rel)
+        try:
+            size = os.fstat(fd).st_size
+            if size > cap:
+                raise UnsafeEntry(f"{self.describe(rel)} is {size} bytes, more than the {cap} such a "
+                                  "file can hold (refused)")
+            chunks, left = [], cap + 1
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks)
+            if len(data) > cap:
+                raise UnsafeEntry(f"{self.describe(rel)} grows while read (refused)")
+            return data
+        finally:
+            os.close(fd)
+
+    def read_at(self, rel: str, size: int, offset: int = 0) -> bytes:
+        fd = self.open(rel)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    # --- writing --------------------------------------------------------------------
+
+    def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
+        """Replace rel with data: temp file, fsync, rename, fsync of the directory."""
+        fd, name = self._at(rel)
+        tmp = TEMP_PREFIX + os.urandom(6).hex()
+        try:
+            file_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(file_fd, view):]
+                if sync:
+                    os.fsync(file_fd)
+            finally:
+                os.close(file_fd)
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError as e:
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left on {self.location}") from None
+            if e.errno in (errno.EISDIR, errno.ENOTEMPTY):
+                self._refuse(rel, "a regular file")
+            raise
+        if sync:
+            _fsync_dir_fd(fd)
+
+    def copy_from(self, source: "Drive", rel: str, sync: bool = True) -> int:
+        """Make rel here a copy of source's regular file rel (temp file and rename, so a
+        failure leaves the old copy whole); returns the bytes copied."""
+        src_fd = source.open(rel)
+        try:
+            st = os.fstat(src_fd)
+            fd, name = self._at(rel)
+            tmp = TEMP_PREFIX + os.urandom(6).hex()
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=fd)
+            try:
+                offset = 0
+                while True:
+                    chunk = os.pread(src_fd, 1 << 20, offset)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.pwrite(out, view, offset + len(chunk) - len(view)):]
+                    offset += len(chunk)
+                if sync:
+                    os.fsync(out)
+                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.close(out)
+                out = -1
+                if self.kind(rel) == "dir":
+                    self.quarantine(rel, "a directory where the other replica has a file")
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException as e:
+                if out >= 0:
+                    os.close(out)
+                try:
+                    os.unlink(tmp, dir_fd=fd)
+                except OSError:
+                    pass
+                if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                    raise NoSpace(f"no space left on {self.location}") from None
+                raise
+            return offset
+        finally:
+            os.close(src_fd)
+
+    def mkdir(self, rel: str, mode: int = 0o700) -> None:
+        fd, name = self._at(rel)
+        os.mkdir(name, mode, dir_fd=fd)
+
+    def unlink(self, rel: str) -> None:
+        """Remove a regular file (unlinking never follows: a planted symlink goes, its
+        target stays; a directory is refused)."""
+        fd, name = self._at(rel)
+        os.unlink(name, dir_fd=fd)
+
+    def rmdir(self, rel: str) -> None:
+        fd, name = self._at(rel)
+        self._forget(rel)
+        os.rmdir(name, dir_fd=fd)
+
+    def remove_tree(self, rel: str) -> None:
+        """Remove a directory of pqcfs' own files. Regular files and directories go;
+        anything else found inside is damage and is quarantined, never followed."""
+        for name, kind in self.scandir(rel):
+            child = f"{rel}/{name}" if rel else name
+            if kind == "dir":
+                self.remove_tree(child)
+            elif kind == "file":
+                self.unlink(child)
+            else:
+                self.quarantine(child, "found inside a directory being removed")
+        self.rmdir(rel)
+
+    def rename(self, src: str, dst: str) -> None:
+        sfd, sname = self._at(src)
+        dfd, dname = self._at(dst)
+        self._forget(src)
+        self._forget(dst)
+        os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+
+    def utime(self, rel: str, ns: tuple[int, int]) -> None:
+        fd, name = self._at(rel)
+        os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
+
+    def fsync_dir(self, rel: str) -> None:
+        _fsync_dir_fd(self.dir_fd(rel))
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.fstatvfs(self.root_fd)
+
+    def quarantine(self, rel: str, why: str) -> str:
+        """Move rel out of the vault's way into pqcfs.quarantine/ (never deleted: it may be
+        the only copy of something, or evidence). Returns where it went."""
+        if not self.exists(QUARANTINE_DIR):
+            self.mkdir(QUARANTINE_DIR)
+        elif self.kind(QUARANTINE_DIR) != "dir":
+            self._refuse(QUARANTINE_DIR, "a directory")
+        name = rel.rsplit("/", 1)[-1][:200]
+        target = f"{QUARANTINE_DIR}/{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}-{name}"
+        self.rename(rel, target)
+        log.warning("quarantined %s (%s) as %s", self.describe(rel), why, target)
+        return target
+
+
+def _fsync_dir_fd(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # Some FUSE file systems (exfat-fuse) refuse fsync on directories; rename there is
+        # already synchronous with the next fsync of any file, so this is not a hole.
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise

@@ -1,0 +1,45 @@
+"""The vault lock: flock on pqcfs.lock in every replica, opened through the Drive (a
+planted symlink or FIFO is refused). One writer at a time: mount, sync, fsck, key and
+audit commands; readers (info, status, audit show/verify) take none."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from pqcfs.errors import MountError
+
+LOCK_NAME = "pqcfs.lock"
+
+
+class VaultLock:
+    """flock on pqcfs.lock in every replica: one writer (mount, sync, fsck, key and audit
+    commands) at a time."""
+
+    def __init__(self, drives: list):
+        self.drives = drives
+        self._fds: list[int] = []
+
+    def acquire(self) -> None:
+        for drive in self.drives:
+            fd = drive.open(LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self.release()
+                raise MountError(f"the vault on {drive.location} is in use (mounted, or a sync or fsck "
+                                 "is running)") from None
+            self._fds.append(fd)
+
+    def __enter__(self) -> "VaultLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
