@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from pqcfs import __version__
+from pqcfs import __version__, hygiene
 from pqcfs.cli import (audit_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd,
                        status_cmd, sync_cmd)
 from pqcfs.errors import PqcfsError
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    hygiene.harden()
+    hygiene.warn_if_insecure()
     try:
         try:
             return args.func(args)

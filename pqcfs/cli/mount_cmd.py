@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from pqcfs import hygiene
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import MountError
@@ -75,6 +76,7 @@ def run_mount(args) -> int:
     # Child: detach from the terminal, serve, report readiness through the pipe.
     os.close(read_end)
     os.setsid()
+    hygiene.harden()   # memory locks are not inherited across fork
     log_path = session.runtime_path[:-5] + ".log"
     os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
     logging.basicConfig(level=level, filename=log_path, format="%(asctime)s pqcfs[%(process)d]: %(message)s")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = "t."            # contains a dot: never mistaken for an encrypted name
 QUARANTINE_DIR = "pqcfs.quarantine"
-DIR_CACHE = 128
+DIR_CACHE = 8           # per drive: the directories in use right now; a walk starts at the deepest one
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | _NOFOLLOW
 
