@@ -12,11 +12,15 @@ what lets ciphertext paths grow past PATH_MAX (gocryptfs' syscallcompat does the
 
 Directory descriptors are cached by relative path (pqcfs holds the vault lock, so nobody
 else renames under it); every rename and removal here drops the cached entries below it.
+The cache is trimmed only when the outermost operation ends, never in the middle of one:
+a descriptor an operation holds is never closed under it (its number could be reused by
+the next open and name another directory).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -55,6 +59,19 @@ def _split(rel: str) -> tuple[str, str]:
     return parent, name
 
 
+def _operation(fn):
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        self._depth += 1
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if not self._depth and len(self._dirs) > DIR_CACHE:
+                self._trim()
+    return run
+
+
 class Drive:
     """One replica location. Paths are relative to it and use '/' ('' is the location)."""
 
@@ -62,6 +79,7 @@ class Drive:
         self.location = location
         self.root_fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: OrderedDict[str, int] = OrderedDict()
+        self._depth = 0
 
     def __repr__(self) -> str:
         return f"Drive({self.location!r})"
@@ -89,7 +107,7 @@ class Drive:
 
     # --- walking --------------------------------------------------------------------
 
-    def dir_fd(self, rel: str) -> int:
+    def _dir_fd(self, rel: str) -> int:
         """A descriptor of the directory rel, walked component by component."""
         if not rel:
             return self.root_fd
@@ -123,6 +141,8 @@ class Drive:
         if old is not None and old != fd:
             os.close(old)
         self._dirs[rel] = fd
+
+    def _trim(self) -> None:
         while len(self._dirs) > DIR_CACHE:
             _, evicted = self._dirs.popitem(last=False)
             os.close(evicted)
@@ -135,7 +155,7 @@ class Drive:
 
     def _at(self, rel: str) -> tuple[int, str]:
         parent, name = _split(rel)
-        return self.dir_fd(parent), name
+        return self._dir_fd(parent), name
 
     def _refuse(self, rel: str, wanted: str, mode: int | None = None):
         if mode is None:
@@ -148,12 +168,14 @@ class Drive:
 
     # --- reading --------------------------------------------------------------------
 
+    @_operation
     def lstat(self, rel: str) -> os.stat_result:
         if not rel:
             return os.fstat(self.root_fd)
         fd, name = self._at(rel)
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
+    @_operation
     def kind(self, rel: str) -> str | None:
         """'file', 'dir', 'other' (damage) or None when nothing is there."""
         try:
@@ -166,6 +188,7 @@ class Drive:
             return None
         return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
 
+    @_operation
     def exists(self, rel: str) -> bool:
         try:
             self.lstat(rel)
@@ -173,13 +196,15 @@ class Drive:
         except (FileNotFoundError, NotADirectoryError):
             return False
 
+    @_operation
     def listdir(self, rel: str) -> list[str]:
-        return os.listdir(self.dir_fd(rel))
+        return os.listdir(self._dir_fd(rel))
 
+    @_operation
     def scandir(self, rel: str) -> list[tuple[str, str]]:
         """(name, kind) of each entry; kind as in kind(), without following anything."""
         out = []
-        with os.scandir(self.dir_fd(rel)) as it:
+        with os.scandir(self._dir_fd(rel)) as it:
             for entry in it:
                 if entry.is_symlink():
                     out.append((entry.name, "other"))
@@ -191,6 +216,7 @@ class Drive:
                     out.append((entry.name, "other"))
         return out
 
+    @_operation
     def open(self, rel: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
         """A descriptor of the regular file rel. With O_CREAT a new file may be made;
         anything but a regular file is refused before it is opened (a FIFO would block,
@@ -221,6 +247,7 @@ class Drive:
             self._refuse(rel, "a regular file", mode_now)
         return file_fd
 
+    @_operation
     def read(self, rel: str, cap: int) -> bytes:
         """The whole regular file rel, refused when larger than cap bytes."""
         fd = self.open(rel)
@@ -243,6 +270,7 @@ class Drive:
         finally:
             os.close(fd)
 
+    @_operation
     def read_at(self, rel: str, size: int, offset: int = 0) -> bytes:
         fd = self.open(rel)
         try:
@@ -252,6 +280,7 @@ class Drive:
 
     # --- writing --------------------------------------------------------------------
 
+    @_operation
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
         """Replace rel with data: temp file, fsync, rename, fsync of the directory."""
         fd, name = self._at(rel)
@@ -280,6 +309,7 @@ class Drive:
         if sync:
             _fsync_dir_fd(fd)
 
+    @_operation
     def copy_from(self, source: "Drive", rel: str, sync: bool = True) -> int:
         """Make rel here a copy of source's regular file rel (temp file and rename, so a
         failure leaves the old copy whole); returns the bytes copied."""
@@ -321,21 +351,25 @@ class Drive:
         finally:
             os.close(src_fd)
 
+    @_operation
     def mkdir(self, rel: str, mode: int = 0o700) -> None:
         fd, name = self._at(rel)
         os.mkdir(name, mode, dir_fd=fd)
 
+    @_operation
     def unlink(self, rel: str) -> None:
         """Remove a regular file (unlinking never follows: a planted symlink goes, its
         target stays; a directory is refused)."""
         fd, name = self._at(rel)
         os.unlink(name, dir_fd=fd)
 
+    @_operation
     def rmdir(self, rel: str) -> None:
         fd, name = self._at(rel)
-        self._forget(rel)
         os.rmdir(name, dir_fd=fd)
+        self._forget(rel)
 
+    @_operation
     def remove_tree(self, rel: str) -> None:
         """Remove a directory of pqcfs' own files. Regular files and directories go;
         anything else found inside is damage and is quarantined, never followed."""
@@ -349,23 +383,28 @@ class Drive:
                 self.quarantine(child, "found inside a directory being removed")
         self.rmdir(rel)
 
+    @_operation
     def rename(self, src: str, dst: str) -> None:
         sfd, sname = self._at(src)
         dfd, dname = self._at(dst)
+        os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
         self._forget(src)
         self._forget(dst)
-        os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
 
+    @_operation
     def utime(self, rel: str, ns: tuple[int, int]) -> None:
         fd, name = self._at(rel)
         os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
 
+    @_operation
     def fsync_dir(self, rel: str) -> None:
-        _fsync_dir_fd(self.dir_fd(rel))
+        _fsync_dir_fd(self._dir_fd(rel))
 
+    @_operation
     def statvfs(self) -> os.statvfs_result:
         return os.fstatvfs(self.root_fd)
 
+    @_operation
     def quarantine(self, rel: str, why: str) -> str:
         """Move rel out of the vault's way into pqcfs.quarantine/ (never deleted: it may be
         the only copy of something, or evidence). Returns where it went."""
