@@ -63,8 +63,13 @@ class AuditLog:
         if torn is not None and not state.clean:
             prefix = audit_log.verify(data[:torn], self.keys, self.vault_id, state.audit_head)
             if prefix.intact:
-                self._set_aside(0, "torn audit tail")
-                self.vault.drives[0].write_atomic(audit_log.FILE_NAME, data[:torn])
+                # The same crash may have torn the same record on every replica.
+                for n in range(len(self.vault.locations)):
+                    other = data if n == 0 else self._read_safely(n)
+                    if other and other != data[:torn] and other.startswith(data[:torn]) \
+                            and audit_log.torn_tail(other) == torn:
+                        self._set_aside(n, "torn audit tail")
+                        self.vault.drives[n].write_atomic(audit_log.FILE_NAME, data[:torn])
                 self.pending.append(("audit-torn-tail-dropped", {"bytes": len(data) - torn}))
                 log.warning("dropped a torn audit record at the end of the log (crash while appending)")
                 return data[:torn]

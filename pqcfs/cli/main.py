@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Warnings from inside (a quarantined entry, a healed copy) reach the user as one
+    # prefixed line each; the mount daemon sets up its own log.
+    logging.basicConfig(level=logging.WARNING, format="pqcfs: %(message)s")
     hygiene.harden()
     hygiene.warn_if_insecure()
     try:

@@ -60,7 +60,7 @@ def run_mount(args) -> int:
     extra = _split_options(args.fuse_options)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:
-        logging.basicConfig(level=level, format="pqcfs: %(message)s")
+        logging.basicConfig(level=level, format="pqcfs: %(message)s", force=True)
         session.serve(extra)
         return 0
     read_end, write_end = os.pipe()
@@ -79,7 +79,7 @@ def run_mount(args) -> int:
     hygiene.harden()   # memory locks are not inherited across fork
     log_path = session.runtime_path[:-5] + ".log"
     os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
-    logging.basicConfig(level=level, filename=log_path, format="%(asctime)s pqcfs[%(process)d]: %(message)s")
+    logging.basicConfig(level=level, filename=log_path, format="%(asctime)s pqcfs[%(process)d]: %(message)s", force=True)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -372,16 +372,22 @@ class Drive:
     @_operation
     def remove_tree(self, rel: str) -> None:
         """Remove a directory of pqcfs' own files. Regular files and directories go;
-        anything else found inside is damage and is quarantined, never followed."""
-        for name, kind in self.scandir(rel):
-            child = f"{rel}/{name}" if rel else name
-            if kind == "dir":
-                self.remove_tree(child)
-            elif kind == "file":
-                self.unlink(child)
-            else:
-                self.quarantine(child, "found inside a directory being removed")
-        self.rmdir(rel)
+        anything else found inside is damage and is quarantined, never followed. (A loop,
+        not recursion: trees may be thousands of levels deep.)"""
+        pending, emptied = [rel], []
+        while pending:
+            here = pending.pop()
+            emptied.append(here)
+            for name, kind in self.scandir(here):
+                child = f"{here}/{name}" if here else name
+                if kind == "dir":
+                    pending.append(child)
+                elif kind == "file":
+                    self.unlink(child)
+                else:
+                    self.quarantine(child, "found inside a directory being removed")
+        for here in reversed(emptied):
+            self.rmdir(here)
 
     @_operation
     def rename(self, src: str, dst: str) -> None:

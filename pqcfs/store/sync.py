@@ -99,30 +99,36 @@ def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> 
         stats.files_changed += 1
 
 
-def _sync_dir(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> None:
-    if dst.kind(rel) != "dir":
-        if dst.exists(rel):
-            _remove(dst, rel, dst.kind(rel), stats)
-        dst.mkdir(rel, 0o700)
-    wanted = dict(src.scandir(rel))
-    dirty = False
-    for name, kind in dst.scandir(rel):
-        if wanted.get(name) == "other":
-            continue   # damage on the source never removes a copy on the target
-        if name not in wanted or kind != wanted[name]:
-            _remove(dst, f"{rel}/{name}", kind, stats)
-            dirty = True
-    for name, kind in sorted(wanted.items()):
-        child = f"{rel}/{name}"
-        if kind == "file":
-            _sync_file(src, dst, child, stats, progress)
-        elif kind == "dir":
-            _sync_dir(src, dst, child, stats, progress)
-        else:
-            log.error("%s is not a file or directory; not copied", src.describe(child))
-            stats.damaged += 1
-    if dirty or stats.files_changed:
-        dst.fsync_dir(rel)
+def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress) -> None:
+    """dst's directory top (and everything below) becomes src's (a loop, not recursion:
+    trees may be thousands of levels deep)."""
+    pending = [top]
+    while pending:
+        rel = pending.pop()
+        if dst.kind(rel) != "dir":
+            if dst.exists(rel):
+                _remove(dst, rel, dst.kind(rel), stats)
+            dst.mkdir(rel, 0o700)
+        wanted = dict(src.scandir(rel))
+        dirty = False
+        for name, kind in dst.scandir(rel):
+            if wanted.get(name) == "other":
+                continue   # damage on the source never removes a copy on the target
+            if name not in wanted or kind != wanted[name]:
+                _remove(dst, f"{rel}/{name}", kind, stats)
+                dirty = True
+        changed_before = stats.files_changed
+        for name, kind in sorted(wanted.items()):
+            child = f"{rel}/{name}"
+            if kind == "file":
+                _sync_file(src, dst, child, stats, progress)
+            elif kind == "dir":
+                pending.append(child)
+            else:
+                log.error("%s is not a file or directory; not copied", src.describe(child))
+                stats.damaged += 1
+        if dirty or stats.files_changed != changed_before:
+            dst.fsync_dir(rel)
 
 
 def sync_tree(src: Drive, dst: Drive, progress=lambda n: None) -> SyncStats:
@@ -175,19 +181,24 @@ def copy_entry(source: Drive, target: Drive, rel: str) -> None:
         for suffix in (names.LONG_SUFFIX, names.XATTR_SUFFIX):
             if source.kind(rel + suffix) == "file":
                 target.copy_from(source, rel + suffix)
-    elif kind == "dir":
-        if target.kind(rel) != "dir":
-            if target.exists(rel):
-                target.quarantine(rel, "a file where the other replica has a directory")
-            target.mkdir(rel)
-        for name, child_kind in source.scandir(rel):
-            if child_kind == "file":
-                target.copy_from(source, f"{rel}/{name}")
-            elif child_kind == "dir":
-                copy_entry(source, target, f"{rel}/{name}")
-            else:
-                log.error("%s is not a file or directory; not copied", source.describe(f"{rel}/{name}"))
-        if names.is_long(rel.rsplit("/", 1)[-1]) and source.kind(rel + names.LONG_SUFFIX) == "file":
-            target.copy_from(source, rel + names.LONG_SUFFIX)
-    else:
+        return
+    if kind != "dir":
         log.error("%s is not a file or directory; not copied", source.describe(rel))
+        return
+    if names.is_long(rel.rsplit("/", 1)[-1]) and source.kind(rel + names.LONG_SUFFIX) == "file":
+        target.copy_from(source, rel + names.LONG_SUFFIX)
+    pending = [rel]
+    while pending:
+        here = pending.pop()
+        if target.kind(here) != "dir":
+            if target.exists(here):
+                target.quarantine(here, "a file where the other replica has a directory")
+            target.mkdir(here)
+        for name, child_kind in source.scandir(here):
+            child = f"{here}/{name}"
+            if child_kind == "file":
+                target.copy_from(source, child)
+            elif child_kind == "dir":
+                pending.append(child)
+            else:
+                log.error("%s is not a file or directory; not copied", source.describe(child))
