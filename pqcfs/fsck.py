@@ -13,7 +13,7 @@ from pqcfs.fs import recovery
 from pqcfs.fs.vaultfs import FsError, VaultFS
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import TREE_DIR, ReplicaSet
-from pqcfs.store.sync import copy_entry
+from pqcfs.store.sync import copy_entry, same_file
 
 READ_CHUNK = 1 << 20
 
@@ -140,6 +140,13 @@ def run(vault: vault_mod.UnlockedVault, repair: bool = False, progress=lambda n:
 def _repair_names(good: Drive, damaged: Drive, rel: str) -> None:
     """A directory whose entries fail on one replica: entries only the damaged copy has
     are quarantined (kept, never deleted), the good replica's entries copied over."""
+    id_file = f"{rel}/{DIR_ID_NAME}"
+    if good.kind(id_file) == "file" and not same_file(good, damaged, id_file):
+        # Every entry failing under this replica's id file while the good replica's
+        # entries authenticate: the id file itself was replaced (a copied d.id).
+        if damaged.exists(id_file):
+            damaged.quarantine(id_file, "a directory id file that differs from the good replica's (fsck)")
+        damaged.copy_from(good, id_file)
     wanted = dict(good.scandir(rel))
     for name, kind in damaged.scandir(rel):
         if name not in wanted and (is_entry(name) or kind == "other"):

@@ -107,6 +107,9 @@ def _load(data: bytes) -> dict:
         raise DamagedStructure(f"identity file is malformed: {e}") from None
     if doc.get("format") != VERSION:
         raise UnsupportedVersion(f"identity file format {doc.get('format')} is not supported")
+    if not (isinstance(doc.get("public"), str) and isinstance(doc.get("kdf"), dict)
+            and isinstance(doc.get("sealed"), str)):
+        raise DamagedStructure("identity file is malformed: wrong field types")
     return doc
 
 
@@ -114,10 +117,15 @@ def decode_file(data: bytes, passphrase: bytes) -> Identity:
     doc = _load(data)
     public = PublicIdentity.decode(doc["public"])
     try:
-        seeds = aead.open_sealed(argon2id(passphrase, Argon2Params.from_dict(doc["kdf"])),
-                                 bytes.fromhex(doc["sealed"]), _aad(doc["public"]))
+        sealed = bytes.fromhex(doc["sealed"])
+    except ValueError:
+        raise DamagedStructure("identity file is malformed: sealed is not hex") from None
+    try:
+        seeds = aead.open_sealed(argon2id(passphrase, Argon2Params.from_dict(doc["kdf"])), sealed, _aad(doc["public"]))
     except CryptoError:
         raise WrongKey("wrong passphrase for this identity (or the file is damaged)") from None
+    if len(seeds) != 2 * SEED_LEN:
+        raise DamagedStructure("identity file is malformed: wrong secret length")
     identity = Identity.from_seeds(public.suite, seeds[:SEED_LEN], seeds[SEED_LEN:])
     if identity.public != public:
         raise DamagedStructure("identity file's public key does not match its secret")

@@ -64,6 +64,21 @@ def compare(reference: ReplicaState, other: ReplicaState) -> str:
     return DIVERGED
 
 
+def _check_shape(state: ReplicaState) -> None:
+    """Every field of the right type: `info` and replica discovery read the state before
+    any key can check it."""
+    head = state.audit_head
+    if not (isinstance(state.vault_id, str) and isinstance(state.replica_id, str)
+            and type(state.generation) is int and type(state.clean) is bool and type(state.format) is int
+            and isinstance(state.lineage, list) and all(isinstance(x, str) for x in state.lineage)
+            and isinstance(state.missing, list) and all(isinstance(x, str) for x in state.missing)
+            and (head is None or (isinstance(head, dict) and type(head.get("seq")) is int
+                                  and isinstance(head.get("mac"), str)))):
+        raise ValueError("wrong types")
+    if head is not None:
+        bytes.fromhex(head["mac"])
+
+
 def _mac(root_key: bytes, body: bytes) -> str:
     return hmac.new(hkdf(root_key, LABEL_STATE_MAC), body, hashlib.sha256).hexdigest()
 
@@ -79,7 +94,8 @@ def decode(data: bytes, root_key: bytes | None) -> ReplicaState:
         body, mac = data.rstrip(b"\n").split(b"\n")
         fields = json.loads(body)
         state = ReplicaState(**fields)
-    except (ValueError, TypeError):
+        _check_shape(state)
+    except (ValueError, TypeError, AttributeError):
         raise DamagedStructure("replica state is malformed") from None
     if state.format not in READABLE_VERSIONS:
         raise UnsupportedVersion(f"replica state format {state.format} is not supported")

@@ -85,6 +85,8 @@ def decode(data: bytes) -> tuple[VaultHeader, bytes, bytes]:
         raise DamagedStructure("vault header is damaged (checksum mismatch)")
     try:
         body = json.loads(signed[_PREFIX.size:])
+        if not all(isinstance(body[k], list) for k in ("slots", "grants", "replicas", "features")):
+            raise TypeError("slots, grants, replicas and features must be lists")
         header = VaultHeader(
             vault_id=bytes.fromhex(body["vault_id"]), suite=body["suite"],
             block_size=int(body["block_size"]), created=body["created"],

@@ -222,11 +222,11 @@ class VaultFS(NamespaceOps):
 
     def _heal_dir(self, dir_node: Node, target: int, source: int) -> None:
         """Entries that authenticate on source and are missing on target are copied over.
-        Entries that fail on target are quarantined (never deleted) only when source
-        authenticates completely: if both fail, the directory's key is what is wrong (a
-        copied d.id, say), and touching the entries would turn a reversible tamper into
-        a loss."""
-        good, source_bad = self._listdir_on(dir_node, source)
+        Entries that fail on target are quarantined (never deleted), and only when some
+        entry of this directory authenticates on either replica: when none does, the
+        directory's key is what is wrong (a copied d.id, say), and moving its entries
+        would turn a reversible tamper into damage."""
+        good, _ = self._listdir_on(dir_node, source)
         have, bad = self._listdir_on(dir_node, target)
         have_disk = {d for _, d in have}
         target_drive, source_drive = self.replicas.drive(target), self.replicas.drive(source)
@@ -241,7 +241,7 @@ class VaultFS(NamespaceOps):
                 quarantined += 1
             copy_entry(source_drive, target_drive, rel)
             copied += 1
-        if not source_bad:
+        if good or have:
             for disk_name in bad:
                 target_drive.quarantine(self.replicas.rel(self._join(dir_node.c_path, disk_name)),
                                         "an entry that fails authentication and is on no other replica")

@@ -1,0 +1,1 @@
+from tests.mounted.conftest import plain_vault  # noqa: F401 - the shared fixture
