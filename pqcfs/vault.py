@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pqcfs.crypto import kem
 from pqcfs.crypto.kdf import Argon2Params, calibrate
 from pqcfs.crypto.keys import NodeKeys, root_dir_keys
-from pqcfs.errors import CryptoError, DamagedStructure, DriveError, NotAVault, PqcfsError, WrongKey
+from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, WrongKey
 from pqcfs.format import node_header, replica_state, slots, vault_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.format.names import DIR_ID_NAME

@@ -79,7 +79,8 @@ def run_mount(args) -> int:
     hygiene.harden()   # memory locks are not inherited across fork
     log_path = session.runtime_path[:-5] + ".log"
     os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
-    logging.basicConfig(level=level, filename=log_path, format="%(asctime)s pqcfs[%(process)d]: %(message)s", force=True)
+    logging.basicConfig(level=level, filename=log_path, force=True,
+                        format="%(asctime)s pqcfs[%(process)d]: %(message)s")
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -1,4 +1,5 @@
-"""Crash-safe whole-file replacement: temp file, fsync, rename, fsync of the directory."""
+"""Crash-safe whole-file replacement of host-side files (runtime state, identities): temp
+file, fsync, rename, fsync of the directory. Replicas on drives go through store/drive.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import errno
 import os
 
 from pqcfs.errors import NoSpace
+from pqcfs.store.drive import fsync_dir_fd
 
 TEMP_PREFIX = "t."  # contains a dot, so it can never be mistaken for an encrypted name
 
@@ -13,12 +15,7 @@ TEMP_PREFIX = "t."  # contains a dot, so it can never be mistaken for an encrypt
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some FUSE file systems (exfat-fuse) refuse fsync on directories; rename there is
-        # already synchronous with the next fsync of any file, so this is not a hole.
-        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
+        fsync_dir_fd(fd)
     finally:
         os.close(fd)
 

@@ -307,7 +307,7 @@ class Drive:
                 self._refuse(rel, "a regular file")
             raise
         if sync:
-            _fsync_dir_fd(fd)
+            fsync_dir_fd(fd)
 
     @_operation
     def copy_from(self, source: "Drive", rel: str, sync: bool = True) -> int:
@@ -404,7 +404,7 @@ class Drive:
 
     @_operation
     def fsync_dir(self, rel: str) -> None:
-        _fsync_dir_fd(self._dir_fd(rel))
+        fsync_dir_fd(self._dir_fd(rel))
 
     @_operation
     def statvfs(self) -> os.statvfs_result:
@@ -425,7 +425,7 @@ class Drive:
         return target
 
 
-def _fsync_dir_fd(fd: int) -> None:
+def fsync_dir_fd(fd: int) -> None:
     try:
         os.fsync(fd)
     except OSError as e:

@@ -4,7 +4,6 @@ structure that accepts only documented exit codes, in bounded time.
 
 PQCFS_FUZZ_CASES=N sets how many mutated vaults the fuzzer tries (default 120)."""
 
-import hashlib
 import json
 import os
 import random

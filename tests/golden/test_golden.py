@@ -1,7 +1,6 @@
 """Golden vaults made by released format versions: every later pqcfs must open them."""
 
 import json
-import os
 import pathlib
 import shutil
 import stat
