@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from pqcfs.cli import exitcodes
+from pqcfs.store.drive import Drive
 from tests.mounted import drives
 
 pytestmark = pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")
@@ -38,6 +39,17 @@ def test_plaintext_paths_up_to_path_max(plain_vault):
     """4,000-byte plaintext paths become ~70 KB ciphertext paths: every replica access
     walks them one directory descriptor at a time."""
     v = plain_vault
+    try:
+        deep_paths(v)
+    finally:
+        v.umount()
+        for location in (v.primary, v.backup):   # too deep for shutil.rmtree's recursion
+            with Drive(location) as drive:
+                if drive.kind("tree") == "dir":
+                    drive.remove_tree("tree")
+
+
+def deep_paths(v):
     v.mount()
     depth, name = 1300, "ab"
     fd = os.open(v.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
