@@ -158,35 +158,23 @@ def recover(vfs, primary: Drive, backups: list[Drive], block_size: int) -> int:
     return repaired
 
 
-def _remove(drive: Drive, rel: str) -> None:
-    kind = drive.kind(rel)
-    if kind == "dir":
-        drive.remove_tree(rel)
-    elif kind == "file":
-        drive.unlink(rel)
-    elif kind == "other":
-        drive.quarantine(rel, "not a file or directory")
-
-
 def _sync_dir_shallow(src: Drive, dst: Drive, rel: str) -> None:
     """dst's entries of directory rel become src's: missing subtrees copied, extra entries
     removed, files that differ copied (their blocks were already merged if they had a
     file intent). Only files and directories are copied; nothing is followed."""
     if dst.kind(rel) != "dir":
-        if dst.exists(rel):
-            _remove(dst, rel)
+        dst.remove(rel, "not a file or directory")
         copy_entry(src, dst, rel)
         return
     wanted = dict(src.scandir(rel))
     for name, _ in dst.scandir(rel):
         if name not in wanted:
-            _remove(dst, f"{rel}/{name}")
+            dst.remove(f"{rel}/{name}", "not a file or directory")
     for name, kind in wanted.items():
         child = f"{rel}/{name}"
         if kind == "dir":
             if dst.kind(child) != "dir":
-                if dst.exists(child):
-                    _remove(dst, child)
+                dst.remove(child, "not a file or directory")
                 copy_entry(src, dst, child)
         elif kind == "file":
             if dst.kind(child) == "dir":

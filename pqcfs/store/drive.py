@@ -390,6 +390,19 @@ class Drive:
             self.rmdir(here)
 
     @_operation
+    def remove(self, rel: str, why: str) -> str | None:
+        """Remove whatever pqcfs would have put at rel (a file, or a directory of its own
+        files); anything else is quarantined. Returns the kind that was there."""
+        kind = self.kind(rel)
+        if kind == "dir":
+            self.remove_tree(rel)
+        elif kind == "file":
+            self.unlink(rel)
+        elif kind == "other":
+            self.quarantine(rel, why)
+        return kind
+
+    @_operation
     def rename(self, src: str, dst: str) -> None:
         sfd, sname = self._at(src)
         dfd, dname = self._at(dst)

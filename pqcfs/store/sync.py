@@ -47,16 +47,11 @@ def total_bytes(drive: Drive, rel: str = TREE) -> int:
     return total
 
 
-def _remove(drive: Drive, rel: str, kind: str | None, stats: SyncStats) -> None:
-    if kind == "dir":
-        drive.remove_tree(rel)
-    elif kind == "file":
-        drive.unlink(rel)
-    elif kind == "other":
-        drive.quarantine(rel, "not a file or directory (found by sync)")
+def _remove(drive: Drive, rel: str, stats: SyncStats) -> None:
+    if drive.remove(rel, "not a file or directory (found by sync)") == "other":
         stats.damaged += 1
-        return
-    stats.removed += 1
+    else:
+        stats.removed += 1
 
 
 def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> None:
@@ -66,7 +61,7 @@ def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> 
     stats.files_checked += 1
     if dst.kind(rel) != "file":
         if dst.exists(rel):
-            _remove(dst, rel, dst.kind(rel), stats)
+            _remove(dst, rel, stats)
         stats.bytes_written += dst.copy_from(src, rel)
         progress(src.lstat(rel).st_size)
         stats.files_changed += 1
@@ -107,7 +102,7 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress) -> N
         rel = pending.pop()
         if dst.kind(rel) != "dir":
             if dst.exists(rel):
-                _remove(dst, rel, dst.kind(rel), stats)
+                _remove(dst, rel, stats)
             dst.mkdir(rel, 0o700)
         wanted = dict(src.scandir(rel))
         dirty = False
@@ -115,7 +110,7 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress) -> N
             if wanted.get(name) == "other":
                 continue   # damage on the source never removes a copy on the target
             if name not in wanted or kind != wanted[name]:
-                _remove(dst, f"{rel}/{name}", kind, stats)
+                _remove(dst, f"{rel}/{name}", stats)
                 dirty = True
         changed_before = stats.files_changed
         for name, kind in sorted(wanted.items()):
@@ -141,7 +136,7 @@ def sync_tree(src: Drive, dst: Drive, progress=lambda n: None) -> SyncStats:
             if same_file(src, dst, name):
                 continue
             if dst.kind(name) not in (None, "file"):
-                _remove(dst, name, dst.kind(name), stats)
+                _remove(dst, name, stats)
             dst.copy_from(src, name)
             stats.files_changed += 1
         elif kind == "other":

@@ -42,6 +42,12 @@ def verdicts(locations):
     return out
 
 
+def decrypted(locations, data):
+    vault = vault_mod.unlock(list(locations), vault_mod.Credentials(passphrase=PASSPHRASE))
+    keys = audit_log.AuditKeys.from_root(vault.root_key)
+    return [audit_log.decrypt(keys, vault.header.vault_id, r) for r in audit_log.parse(data)]
+
+
 @pytest.fixture
 def used_vault(new_vault):
     vault, _ = new_vault
@@ -95,9 +101,7 @@ def test_damage_on_one_replica_heals_from_the_other_and_says_so(used_vault):
     session(used_vault)
     results = verdicts(used_vault)
     assert all(ok for ok, _, _ in results)
-    vault = vault_mod.unlock(list(used_vault), vault_mod.Credentials(passphrase=PASSPHRASE))
-    keys = audit_log.AuditKeys.from_root(vault.root_key)
-    events = [audit_log.decrypt(keys, vault.header.vault_id, r) for r in audit_log.parse(results[0][2])]
+    events = decrypted(used_vault, results[0][2])
     assert any(e["event"] == "self-heal" and e.get("what") == "audit log" for e in events)
     assert os.listdir(os.path.join(used_vault[0], QUARANTINE_DIR))
 
@@ -115,9 +119,7 @@ def test_a_torn_tail_after_a_crash_is_dropped_and_recorded(used_vault):
     session(used_vault)
     results = verdicts(used_vault)
     assert all(ok for ok, _, _ in results)
-    vault = vault_mod.unlock(list(used_vault), vault_mod.Credentials(passphrase=PASSPHRASE))
-    keys = audit_log.AuditKeys.from_root(vault.root_key)
-    events = [audit_log.decrypt(keys, vault.header.vault_id, r) for r in audit_log.parse(results[0][2])]
+    events = decrypted(used_vault, results[0][2])
     assert any(e["event"] == "audit-torn-tail-dropped" for e in events)
 
 

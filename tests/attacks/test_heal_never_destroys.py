@@ -48,14 +48,20 @@ def test_a_copied_directory_id_destroys_nothing(new_vault):
     assert sorted(p for p, _ in fresh.listdir(node)) == [b"precious-0", b"precious-1", b"precious-2"]
 
 
-def test_a_damaged_root_id_heals_from_the_backup(new_vault):
-    vault, _ = new_vault
+def damage_root_id(vault) -> str:
+    """A vault holding one file, whose root directory id file is damaged on the primary."""
     fs = fs_of(vault)
     fs.create_file(fs.inodes.root, b"f", stat.S_IFREG | 0o644, ME, content=b"data")
     root_id = os.path.join(vault.locations[0], "tree", names.DIR_ID_NAME)
     with open(root_id, "r+b") as f:
         f.seek(40)
         f.write(b"\xff\xff")
+    return root_id
+
+
+def test_a_damaged_root_id_heals_from_the_backup(new_vault):
+    vault, _ = new_vault
+    root_id = damage_root_id(vault)
     fresh = fs_of(vault)                      # a mount: reads the root from the backup, heals
     assert fresh.read_all(fresh.lookup(fresh.inodes.root, b"f")) == b"data"
     with open(root_id, "rb") as a, open(os.path.join(vault.locations[1], "tree", names.DIR_ID_NAME), "rb") as b:
@@ -64,12 +70,7 @@ def test_a_damaged_root_id_heals_from_the_backup(new_vault):
 
 def test_fsck_repairs_a_damaged_root_id_and_quarantines_what_it_replaces(new_vault):
     vault, _ = new_vault
-    fs = fs_of(vault)
-    fs.create_file(fs.inodes.root, b"f", stat.S_IFREG | 0o644, ME, content=b"data")
-    root_id = os.path.join(vault.locations[0], "tree", names.DIR_ID_NAME)
-    with open(root_id, "r+b") as f:
-        f.seek(40)
-        f.write(b"\xff\xff")
+    damage_root_id(vault)
     report = fsck.run(vault, repair=True)
     assert report.problems and all(p.repaired for p in report.problems)
     assert fsck.run(vault).clean
