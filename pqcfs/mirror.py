@@ -9,9 +9,14 @@ import logging
 from dataclasses import dataclass, field
 
 from pqcfs import vault as vault_mod
-from pqcfs.errors import DriveError
+from pqcfs.errors import DriveError, PqcfsError
+from pqcfs.format import names
+from pqcfs.fs import recovery
+from pqcfs.fs.inodes import SHARED_DIR
+from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.format import replica_state as rs
 from pqcfs.store import sync as sync_mod
+from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +55,32 @@ def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaStat
     return p, states
 
 
+def _vetter(vault: vault_mod.UnlockedVault, source: str):
+    """vet(rel) for sync: a file entry of the source authenticates (header and every
+    block, reached through authenticated names from the root) before it may replace the
+    target's copy. pqcfs' own small files (id files, tables, sidecars, the shared store)
+    are copied as they are: each is authenticated wherever it is used."""
+    bs = vault.header.block_size
+    try:
+        vfs = VaultFS(ReplicaSet([vault.drive(source)]), vault.root_dir_keys(source), bs, read_only=True)
+    except (PqcfsError, OSError):
+        return lambda rel: False      # the source's root does not authenticate: copy no file
+    resolver = recovery.KeyResolver(vfs)
+
+    def vet(rel: str) -> bool:
+        inner = rel[len(vault_mod.TREE_DIR) + 1:] if rel.startswith(vault_mod.TREE_DIR + "/") else None
+        if inner is None or not names.is_entry(inner.rsplit("/", 1)[-1]) or inner.startswith(SHARED_DIR + "/"):
+            return True
+        keys = resolver.keys_for(inner)
+        return keys is not None and recovery.authentic_file(vault.drive(source), rel, keys, bs)
+    return vet
+
+
 def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progress=None) -> sync_mod.SyncStats:
-    """Make target a copy of source (ciphertext and history)."""
-    stats = sync_mod.sync_tree(vault.drive(source), vault.drive(target), progress or (lambda n: None))
+    """Make target a copy of source (ciphertext and history); a source file that fails
+    authentication never replaces the target's copy."""
+    stats = sync_mod.sync_tree(vault.drive(source), vault.drive(target), progress or (lambda n: None),
+                               vet=_vetter(vault, source))
     adopt_history(vault, source, target)
     audit = vault.extra.get("audit")
     if audit is not None:

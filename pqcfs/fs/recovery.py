@@ -82,6 +82,29 @@ def _ends_well(fd: int, c_len: int, cipher: ContentCipher) -> bool:
     return _opens(cipher, last, os.pread(fd, c_len - start, HEADER_LEN + start), last)
 
 
+def authentic_file(drive: Drive, rel: str, keys: NodeKeys, block_size: int) -> bool:
+    """True when the file's header and every block authenticate (a hard-link stub has
+    no blocks; its header is checked like any other)."""
+    cipher = ContentCipher(keys.content_key, keys.node_id, block_size)
+    fd = drive.open(rel)
+    try:
+        node_header.open_meta(keys.meta_key, os.pread(fd, HEADER_LEN, 0))
+        length = max(0, os.fstat(fd).st_size - HEADER_LEN)
+        if length and not _valid_layout(length, block_size):
+            return False
+        last = (p_size(length, block_size) - 1) // block_size if length else -1
+        C = cipher.c_block
+        for first in range(0, last + 1, CHUNK // C):
+            upto = min(last, first + CHUNK // C - 1)
+            chunk = os.pread(fd, (upto - first + 1) * C, HEADER_LEN + first * C)
+            cipher.open(first, chunk, last)
+        return True
+    except (CryptoError, DamagedStructure, BlockCorrupt):
+        return False
+    finally:
+        os.close(fd)
+
+
 def merge_file(primary: Drive, backup: Drive, rel: str, keys: NodeKeys, block_size: int) -> int:
     """Repair the primary's ciphertext file rel (a drive path) in place from the backup's,
     block by block, keeping whichever copy authenticates; returns the pieces repaired."""

@@ -1,8 +1,9 @@
 """Make one replica's ciphertext identical to another's, copying only what differs.
 
-This works on ciphertext bytes alone (no keys), so it can run before anything is
-decrypted. Which replica is the source is policy decided elsewhere (replica states);
-this code never chooses. It touches only what the vault owns on a drive (the header, the
+This works on ciphertext bytes; the caller may pass `vet(rel)`, which authenticates the
+source's copy of a file before it replaces the target's (False: the source copy is
+damaged, so the target keeps what it has and the file counts as damaged). Which replica
+is the source is policy decided elsewhere (replica states); this code never chooses. It touches only what the vault owns on a drive (the header, the
 audit log and `tree/`), never the other files a user keeps on the same stick, and only
 regular files and directories: a symlink, FIFO or device on either side is damage, left
 unfollowed (and moved out of the way into the quarantine on the target).
@@ -54,12 +55,22 @@ def _remove(drive: Drive, rel: str, stats: SyncStats) -> None:
         stats.removed += 1
 
 
-def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> None:
+def _vetted(vet, src: Drive, rel: str, stats: SyncStats) -> bool:
+    if vet is None or vet(rel):
+        return True
+    log.error("%s fails authentication: not copied over the other replica's copy", src.describe(rel))
+    stats.damaged += 1
+    return False
+
+
+def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, vet=None) -> None:
     """An existing regular file is brought up to date in place, chunk by chunk (only what
     differs is written: a sync after small changes to big files stays small); a new one
-    is copied to a temp file and renamed."""
+    is copied to a temp file and renamed. Either way only after vet() passed."""
     stats.files_checked += 1
     if dst.kind(rel) != "file":
+        if not _vetted(vet, src, rel, stats):
+            return
         if dst.exists(rel):
             _remove(dst, rel, stats)
         stats.bytes_written += dst.copy_from(src, rel)
@@ -69,11 +80,18 @@ def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> 
     s, d = src.open(rel), dst.open(rel, os.O_RDWR)
     try:
         changed, offset = False, 0
+        vetted = os.fstat(s).st_size != os.fstat(d).st_size   # differs: vet before any write
+        if vetted and not _vetted(vet, src, rel, stats):
+            return
         while True:
             chunk = os.pread(s, CHUNK, offset)
             if not chunk:
                 break
             if os.pread(d, len(chunk), offset) != chunk:
+                if not vetted:
+                    if not _vetted(vet, src, rel, stats):
+                        return
+                    vetted = True
                 os.pwrite(d, chunk, offset)
                 stats.bytes_written += len(chunk)
                 changed = True
@@ -94,7 +112,7 @@ def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress) -> 
         stats.files_changed += 1
 
 
-def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress) -> None:
+def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress, vet=None) -> None:
     """dst's directory top (and everything below) becomes src's (a loop, not recursion:
     trees may be thousands of levels deep)."""
     pending = [top]
@@ -116,7 +134,7 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress) -> N
         for name, kind in sorted(wanted.items()):
             child = f"{rel}/{name}"
             if kind == "file":
-                _sync_file(src, dst, child, stats, progress)
+                _sync_file(src, dst, child, stats, progress, vet)
             elif kind == "dir":
                 pending.append(child)
             else:
@@ -126,10 +144,10 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress) -> N
             dst.fsync_dir(rel)
 
 
-def sync_tree(src: Drive, dst: Drive, progress=lambda n: None) -> SyncStats:
+def sync_tree(src: Drive, dst: Drive, progress=lambda n: None, vet=None) -> SyncStats:
     """dst (a replica) becomes a copy of src's vault: tree/, the header and the audit log."""
     stats = SyncStats()
-    _sync_dir(src, dst, TREE, stats, progress)
+    _sync_dir(src, dst, TREE, stats, progress, vet)
     for name in COPIED_FILES:
         kind = src.kind(name)
         if kind == "file":

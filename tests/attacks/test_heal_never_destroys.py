@@ -5,7 +5,7 @@ import os
 import shutil
 import stat
 
-from pqcfs import fsck
+from pqcfs import fsck, mirror
 from pqcfs.format import names
 from pqcfs.fs.common import Caller
 from pqcfs.fs.vaultfs import VaultFS
@@ -89,3 +89,28 @@ def test_a_damaged_entry_name_is_healed_and_the_junk_kept(new_vault):
     assert os.path.exists(os.path.join(tree, disk))
     kept = os.listdir(os.path.join(vault.locations[0], QUARANTINE_DIR))
     assert len(kept) == 1
+
+
+def test_sync_never_copies_a_file_that_fails_authentication(new_vault):
+    vault, _ = new_vault
+    fs = fs_of(vault)
+    for name in (b"tampered", b"changed"):
+        fs.create_file(fs.inodes.root, name, stat.S_IFREG | 0o644, ME, content=b"v1 " * 5000)
+    # A legitimate change on the primary alone (the backup missed a session) ...
+    primary_only = VaultFS(ReplicaSet([vault.drive(vault.locations[0])]), vault.root_dir_keys(),
+                           vault.header.block_size)
+    node = primary_only.lookup(primary_only.inodes.root, b"changed")
+    handle = primary_only.open(node, True)
+    handle.write(0, b"v2 " * 6000)
+    primary_only.release(node)
+    # ... and a tampered file on the primary.
+    disk = names.on_disk_name(names.encrypt_name(fs.inodes.root.keys, b"tampered"))
+    with open(os.path.join(vault.locations[0], "tree", disk), "r+b") as f:
+        f.seek(5000)
+        f.write(b"\x00evil")
+    stats = mirror.sync_replica(vault, vault.locations[0], vault.locations[1])
+    assert stats.damaged == 1 and stats.files_changed >= 1
+    backup_view = VaultFS(ReplicaSet([vault.drive(vault.locations[1])]), vault.root_dir_keys(),
+                          vault.header.block_size, read_only=True)
+    assert backup_view.read_all(backup_view.lookup(backup_view.inodes.root, b"tampered")) == b"v1 " * 5000
+    assert backup_view.read_all(backup_view.lookup(backup_view.inodes.root, b"changed")) == b"v2 " * 6000
