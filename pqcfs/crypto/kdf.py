@@ -38,7 +38,7 @@ def hkdf(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -
 # Argon2id bounds. The floor stops a tampered header from downgrading the KDF; the
 # ceiling stops it from making unlock eat the machine's memory or stall for hours: it sits
 # at what calibration produces (at most 1 GiB, and never more than half of this machine's
-# memory) and caps the work (memory x passes) at about 7 s here (1 GiB, t=4).
+# memory) and caps the work (memory x passes) at 1 GiB x 4 passes: 3-10 s here by lanes.
 FLOOR = {"memory_kib": 19 * 1024, "iterations": 2, "lanes": 1}
 CEILING = {"memory_kib": 1024 * 1024, "iterations": 16, "lanes": 8}
 MAX_WORK_KIB = 4 * 1024 * 1024   # memory_kib * iterations
