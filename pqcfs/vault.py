@@ -172,6 +172,24 @@ class UnlockedVault:
             drive.close()
         self._drives.clear()
 
+    def refresh_replica_hints(self) -> list[str]:
+        """Record where each present replica is now (a drive mounted somewhere else this
+        time), so the next command finds it directly; returns the replica ids moved."""
+        moved = []
+        for location in self.locations:
+            try:
+                replica_id = read_state(self.drive(location), None).replica_id
+            except PqcfsError:
+                continue
+            here = os.path.realpath(location)
+            for replica in self.header.replicas:
+                if replica["id"] == replica_id and replica.get("path_hint") != here:
+                    replica["path_hint"] = here
+                    moved.append(replica_id)
+        if moved:
+            self.save_header()
+        return moved
+
     def save_header(self) -> None:
         data = vault_header.encode(self.header, self.root_key)
         for drive in self.drives:

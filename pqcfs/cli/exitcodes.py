@@ -14,6 +14,7 @@ MOUNT = 8            # mountpoint missing, not a directory, busy, or already mou
 NO_SPACE = 9         # a drive is full
 CRYPTO = 10          # ciphertext failed authentication (corruption or tampering)
 PARAMETERS = 11      # KDF parameters outside the accepted range
+DEGRADED = 12        # status: a vault runs degraded, a replica is missing or stale, or a mount is dead
 INTERRUPTED = 130    # Ctrl-C
 
 _BY_EXCEPTION = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pqcfs import hygiene
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import MountError
+from pqcfs.fs import mounttable
 from pqcfs.fs import session as session_mod
 from pqcfs.store import devices
 
@@ -42,6 +42,12 @@ def _split_options(values: list[str]) -> list[str]:
 
 
 def run_mount(args) -> int:
+    dead = mounttable.find(args.mountpoint)
+    if dead is not None and dead.dead:
+        # A crashed daemon's mount is in the way: every access to it fails (ENOTCONN).
+        mounttable.clean_dead(dead)
+        print(f"pqcfs: {dead.mountpoint} held the dead mount of a crashed daemon; detached it",
+              file=sys.stderr)
     session_mod.check_mountpoint(args.mountpoint)
     vault = options.unlock(args, require_all=False, audit=not args.ro)
     args.audit_log = None   # the daemon owns the log from here on
@@ -103,27 +109,27 @@ def run_mount(args) -> int:
 
 
 def run_umount(args) -> int:
-    path = session_mod.runtime_file(args.mountpoint)
-    pid = None
-    try:
-        with open(path) as f:
-            pid = json.load(f)["pid"]
-    except (OSError, ValueError, KeyError):
-        pass
-    if not os.path.ismount(args.mountpoint):
-        raise MountError(f"{args.mountpoint} is not mounted")
-    proc = subprocess.run(["fusermount3", "-u", args.mountpoint], capture_output=True, text=True)
+    mount = mounttable.find(args.mountpoint)
+    if mount is None:
+        raise MountError(f"{args.mountpoint} is not a pqcfs mount")
+    if mount.dead:
+        mounttable.clean_dead(mount)
+        print(f"pqcfs: the daemon of {mount.mountpoint} had died; its dead mount is detached now "
+              "(the next mount repairs the vault)", file=sys.stderr)
+        return 0
+    pid = mount.info["pid"]
+    proc = subprocess.run(["fusermount3", "-u", mount.mountpoint], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise MountError(proc.stderr.strip() or f"could not unmount {args.mountpoint}")
+        hint = " (`fuser -vm MOUNTPOINT` shows who holds it)" if "busy" in proc.stderr else ""
+        raise MountError((proc.stderr.strip() or f"could not unmount {args.mountpoint}") + hint)
     # Wait for the daemon to write the replica state, so the drives can be pulled after.
     deadline = time.monotonic() + 60
-    while pid and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             break
         time.sleep(0.05)
     else:
-        if pid:
-            print(f"pqcfs: daemon {pid} is still finishing", file=sys.stderr)
+        print(f"pqcfs: daemon {pid} is still finishing", file=sys.stderr)
     return 0

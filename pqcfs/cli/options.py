@@ -164,6 +164,8 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         slot = next(s for s in vault.header.slots if s["id"] == vault.slot_id)
         log.append("unlock", command=args.command, slot=vault.slot_id, slot_type=slot["type"],
                    replicas=len(locations))
+        for replica_id in vault.refresh_replica_hints():
+            log.append("replica-moved", replica=replica_id)
         vault.extra["audit"] = log
         vault.extra["identity"] = creds.identity
         args.audit_log = log

@@ -1,51 +1,50 @@
-"""pqcfs status [VAULT]: mounted vaults and their replicas; or one vault's replica states."""
+"""pqcfs status [MOUNTPOINT | VAULT]: mounted vaults and their replicas (dead mounts too),
+or one vault's replica states. Exit 12 (DEGRADED) when anything shown is not healthy."""
 
 from __future__ import annotations
 
-import glob
-import json
-import os
-
 from pqcfs import vault as vault_mod
-from pqcfs.cli import options
+from pqcfs.cli import exitcodes, options
 from pqcfs.errors import PqcfsError
 from pqcfs.format import replica_state as rs
-from pqcfs.fs import session as session_mod
+from pqcfs.fs import mounttable
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("status", help="mounted vaults: replicas, degraded or healthy, pending sync")
-    p.add_argument("vault", nargs="?", help="show this vault's replicas instead (no unlock; unverified)")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="mounted vaults (healthy, degraded or dead), or one vault's replicas; "
+                                      "exit 12 when not healthy")
+    p.add_argument("target", nargs="?", metavar="MOUNTPOINT|VAULT",
+                   help="one mount, or a vault's replicas (no unlock; unverified)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def _describe(mount: mounttable.Mount) -> dict:
+    if mount.dead:
+        return {"mountpoint": mount.mountpoint, "health": "dead", "pid": (mount.info or {}).get("pid"),
+                "hint": f"the daemon is gone; `pqcfs umount {mount.mountpoint}` detaches the mount"}
+    info = dict(mount.info)
+    info["health"] = "degraded" if info.get("failed") or info.get("missing") else "healthy"
+    return info
 
 
 def mounted() -> list[dict]:
-    out = []
-    for path in sorted(glob.glob(os.path.join(session_mod.RUNTIME_DIR, "mount-*.json"))):
-        try:
-            with open(path) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not _alive(info.get("pid", -1)):
-            continue
-        info["health"] = "degraded" if info.get("failed") or info.get("missing") else "healthy"
-        out.append(info)
-    return out
+    return [_describe(m) for m in mounttable.listing()]
+
+
+def _mount_text(m: dict) -> str:
+    if m["health"] == "dead":
+        return f"{m['mountpoint']}: DEAD ({m['hint']})"
+    text = f"{m['mountpoint']}: vault {m['vault_id']} {m['health'].upper()}"
+    if m["health"] == "degraded":
+        text += f" (missing: {', '.join(m['missing']) or '-'}; failed: {', '.join(m['failed']) or '-'})"
+    return text + "".join(f"\n  replica {loc}" for loc in m["replicas"])
 
 
 def vault_status(primary: str) -> dict:
     header, _, _ = vault_mod.read_header(primary)
     ref = vault_mod.read_state(primary, None)
+    mounts = [m for m in mounted() if m.get("vault_id") == header.vault_id.hex()]
     replicas = []
     for r in header.replicas:
         hint = r.get("path_hint")
@@ -59,24 +58,30 @@ def vault_status(primary: str) -> dict:
                          relation=rs.compare(ref, state))
         replicas.append(entry)
     pending = [r["id"] for r in replicas if r.get("relation") == rs.STALE] + list(ref.missing)
-    return {"vault_id": header.vault_id.hex(), "replicas": replicas, "pending_sync": sorted(set(pending))}
+    return {"vault_id": header.vault_id.hex(), "replicas": replicas, "pending_sync": sorted(set(pending)),
+            "mounted_at": [m["mountpoint"] for m in mounts]}
 
 
 def run(args) -> int:
-    if args.vault:
-        doc = vault_status(args.vault)
+    target = args.target
+    mount = mounttable.find(target) if target else None
+    if target and mount is None:
+        doc = vault_status(target)
         lines = [f"vault {doc['vault_id']} (unverified: no key was used)"]
+        if doc["mounted_at"]:
+            lines.append(f"  mounted at {', '.join(doc['mounted_at'])}")
         for r in doc["replicas"]:
-            state = (f"generation {r['generation']}, {'clean' if r['clean'] else 'not clean'}, {r['relation']}"
-                     if r["present"] else "not present")
+            if not r["present"]:
+                state = "not present"
+            else:
+                use = "in use (mounted)" if doc["mounted_at"] and not r["clean"] else (
+                    "clean" if r["clean"] else "not cleanly unmounted")
+                state = f"generation {r['generation']}, {use}, {r['relation']}"
             lines.append(f"  {r['id']} {r['role']:<7} {r['path']}: {state}")
         lines.append(f"  pending sync: {', '.join(doc['pending_sync']) or 'none'}")
         options.emit(args, doc, "\n".join(lines))
-        return 0
-    mounts = mounted()
-    lines = [f"{m['mountpoint']}: vault {m['vault_id']} {m['health'].upper()}"
-             + (f" (missing: {', '.join(m['missing'])}; failed: {', '.join(m['failed']) or '-'})"
-                if m["health"] == "degraded" else "")
-             + "".join(f"\n  replica {loc}" for loc in m["replicas"]) for m in mounts]
-    options.emit(args, {"mounts": mounts}, "\n".join(lines) or "no pqcfs vault is mounted")
-    return 0
+        healthy = all(r["present"] for r in doc["replicas"]) and not doc["pending_sync"]
+        return exitcodes.OK if healthy else exitcodes.DEGRADED
+    mounts = [_describe(mount)] if mount else mounted()
+    options.emit(args, {"mounts": mounts}, "\n".join(_mount_text(m) for m in mounts) or "no pqcfs vault is mounted")
+    return exitcodes.OK if all(m["health"] == "healthy" for m in mounts) else exitcodes.DEGRADED

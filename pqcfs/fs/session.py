@@ -252,9 +252,10 @@ class Session:
 
     def _write_runtime(self) -> None:
         os.makedirs(RUNTIME_DIR, mode=0o700, exist_ok=True)
-        failed = [self.vault.locations[n] for n in sorted(self.replicas.failed)] if self.replicas else []
+        failed = [os.path.abspath(self.vault.locations[n]) for n in sorted(self.replicas.failed)] if self.replicas else []
         write_atomic(self.runtime_path, json.dumps({
-            "pid": os.getpid(), "mountpoint": self.mountpoint, "replicas": self.vault.locations,
+            "pid": os.getpid(), "mountpoint": self.mountpoint,
+            "replicas": [os.path.abspath(location) for location in self.vault.locations],
             "failed": failed, "missing": self.missing, "vault_id": self.vault.header.vault_id.hex(),
             "read_only": self.read_only}).encode(), sync=False)
 

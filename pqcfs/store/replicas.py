@@ -184,7 +184,15 @@ class ReplicaSet:
         self._each_drive(Drive.fsync_dir, rel)
 
     def statvfs(self) -> os.statvfs_result:
-        return self.drives[0].statvfs()
+        """The space of the fullest healthy replica: a write must fit on every one of them."""
+        results = []
+        for n in self.healthy:
+            try:
+                results.append(self.drives[n].statvfs())
+            except OSError:
+                if n == 0:
+                    raise
+        return min(results, key=lambda st: st.f_bavail * st.f_frsize)
 
 
 class MirroredFile:

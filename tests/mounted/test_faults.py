@@ -121,12 +121,12 @@ def test_backup_full_keeps_writing_degraded():
                     f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            status = drives.pqcfs("status", "--json")
+            status = drives.pqcfs("status", vault.mountpoint, "--json", check=False)
             mine = [m for m in json.loads(status.stdout)["mounts"] if m["mountpoint"] == vault.mountpoint]
-            assert mine and mine[0]["health"] == "degraded"
+            assert mine and mine[0]["health"] == "degraded" and status.returncode == 12
         finally:
             vault.umount()
-        pending = json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)["pending_sync"]
+        pending = json.loads(drives.pqcfs("status", vault.primary, "--json", check=False).stdout)["pending_sync"]
         assert pending, "the full backup must be marked as needing a sync"
         vault.mount()  # the backup still can not take it: mounts degraded, loses nothing
         try:
@@ -158,13 +158,13 @@ def backup_fails_mid_write(backup_fstype, break_backup, plug_back):
                 f.write(b"still writable")
             with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
                 assert f.read() == payload * 40
-            mine = [m for m in json.loads(drives.pqcfs("status", "--json").stdout)["mounts"]
-                    if m["mountpoint"] == vault.mountpoint]
-            assert mine[0]["health"] == "degraded"
+            status = drives.pqcfs("status", "--json", check=False)
+            mine = [m for m in json.loads(status.stdout)["mounts"] if m["mountpoint"] == vault.mountpoint]
+            assert mine[0]["health"] == "degraded" and status.returncode == 12
         finally:
             vault.umount()
         plug_back(b, loop)
-        assert json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)["pending_sync"]
+        assert json.loads(drives.pqcfs("status", vault.primary, "--json", check=False).stdout)["pending_sync"]
         vault.mount()   # brings the backup up to date
         with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
             assert f.read() == payload * 40
@@ -299,11 +299,15 @@ def test_mount_finds_a_moved_backup_by_its_file_system_uuid():
             assert refused.returncode == 7 and "removable" in refused.stderr
             drives.pqcfs("mount", p, vault.mountpoint, "--passfile", vault.passfile, "--allow-fixed")
             try:
-                status = json.loads(drives.pqcfs("status", "--json").stdout)["mounts"]
+                status = json.loads(drives.pqcfs("status", vault.mountpoint, "--json").stdout)["mounts"]
                 mine = [m for m in status if m["mountpoint"] == vault.mountpoint][0]
                 assert mine["health"] == "healthy" and os.path.realpath(elsewhere) in map(os.path.realpath, mine["replicas"])
             finally:
                 vault.umount()
+            # The header now says where the backup was found: info and status show it there.
+            info = json.loads(drives.pqcfs("info", p, "--json").stdout)
+            backup = [r for r in info["replicas"] if r["role"] == "backup"][0]
+            assert backup["path_hint"] == os.path.realpath(elsewhere) and backup["present"]
         finally:
             drives.unmount(elsewhere)
             drives.run("mount", loop, b)

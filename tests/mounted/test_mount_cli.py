@@ -65,3 +65,50 @@ def test_sigterm_unmounts_cleanly_and_read_only_mounts_refuse_writes(plain_vault
     with pytest.raises(OSError):
         with open(os.path.join(vault.mountpoint, "new"), "wb") as f:
             f.write(b"x")
+
+
+def kill_daemon(mountpoint: str) -> None:
+    with open(session_mod.runtime_file(mountpoint)) as f:
+        pid = json.load(f)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.05)
+
+
+def test_a_dead_mount_is_named_and_cleaned_up(plain_vault):
+    vault = plain_vault
+    assert mount(vault, vault.mountpoint).returncode == 0
+    kill_daemon(vault.mountpoint)
+    status = drives.pqcfs("status", "--json", check=False)
+    mine = [m for m in json.loads(status.stdout)["mounts"] if m["mountpoint"] == vault.mountpoint]
+    assert status.returncode == 12 and mine and mine[0]["health"] == "dead"
+    one = drives.pqcfs("status", vault.mountpoint, check=False)
+    assert one.returncode == 12 and "DEAD" in one.stdout and "pqcfs umount" in one.stdout
+    # Mounting over the dead mount detaches it, says so, and repairs the vault.
+    again = mount(vault, vault.mountpoint)
+    assert again.returncode == 0 and "dead mount" in again.stderr, again.stderr
+    healthy = drives.pqcfs("status", vault.mountpoint, check=False)
+    assert healthy.returncode == 0 and "HEALTHY" in healthy.stdout
+    by_vault = drives.pqcfs("status", vault.primary, check=False)
+    assert f"mounted at {vault.mountpoint}" in by_vault.stdout and "in use (mounted)" in by_vault.stdout
+    # umount of a dead mount detaches it too, instead of saying "not mounted".
+    kill_daemon(vault.mountpoint)
+    gone = drives.pqcfs("umount", vault.mountpoint, check=False)
+    assert gone.returncode == 0 and "had died" in gone.stderr and not drives.is_mounted(vault.mountpoint)
+    assert drives.pqcfs("status", check=False).stdout.strip() == "no pqcfs vault is mounted"
+
+
+def test_df_shows_the_fullest_replica(tmp_path):
+    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
+            drives.loop_drive(w, "backup", "ext4", 64) as (b, _):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        vault.mount()
+        try:
+            mounted = os.statvfs(vault.mountpoint)
+            backup = os.statvfs(b)
+            assert mounted.f_bavail * mounted.f_frsize == backup.f_bavail * backup.f_frsize
+        finally:
+            vault.umount()
