@@ -187,7 +187,10 @@ class UnlockedVault:
                     replica["path_hint"] = here
                     moved.append(replica_id)
         if moved:
-            self.save_header()
+            try:
+                self.save_header()
+            except (OSError, PqcfsError):
+                return []   # a read-only drive: the hint is a convenience, not worth failing for
         return moved
 
     def save_header(self) -> None:

@@ -52,6 +52,7 @@ def run_mount(args) -> int:
     vault = options.unlock(args, require_all=False, audit=not args.ro)
     args.audit_log = None   # the daemon owns the log from here on
     devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
+    _leave_out_read_only(vault, args.ro)
     session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files)
     session.lock()
     try:
@@ -106,6 +107,17 @@ def run_mount(args) -> int:
         logging.getLogger(__name__).error("mount failed: %s", e)
         code = 1
     os._exit(code)
+
+
+def _leave_out_read_only(vault, read_only: bool) -> None:
+    """A read-only backup (write-protected, or a file system that gave up) makes a
+    degraded mount, not a refused one (a read-only primary was refused at unlock)."""
+    for location in list(vault.locations[1:]):
+        if not vault.drive(location).read_only or read_only:
+            continue
+        print(f"pqcfs: warning: the backup {location} is read-only; mounting without it (DEGRADED)",
+              file=sys.stderr)
+        vault.locations.remove(location)
 
 
 def run_umount(args) -> int:

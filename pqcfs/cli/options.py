@@ -139,6 +139,9 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
     try:
         locations = replica_locations(args.vault, getattr(args, "backup", None), require_all)
         drives = {location: vault_mod.open_location(location) for location in locations}
+        if audit and drives[locations[0]].read_only:
+            hint = "; mount it with --ro" if args.command == "mount" else ""
+            raise DriveError(f"the primary {locations[0]} is read-only (write-protected?){hint}")
         if audit:
             lock = VaultLock(list(drives.values()))
             lock.acquire()

@@ -85,6 +85,12 @@ class Session:
         """Before serving: bring stale replicas up to date, repair after a crash, and
         start a new session in every present replica's history."""
         plan, _ = mirror.plan(self.vault)
+        if self.read_only:
+            # A read-only mount writes nothing, so it does not sync; it reads only the
+            # replicas that are current.
+            for location in plan.stale:
+                self.vault.locations.remove(location)
+            plan.stale = []
         for location in plan.stale:
             progress = (progress_factory(f"sync {location}", mirror.total_bytes(self.vault, plan.primary))
                         if progress_factory else None)

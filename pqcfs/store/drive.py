@@ -423,6 +423,11 @@ class Drive:
     def statvfs(self) -> os.statvfs_result:
         return os.fstatvfs(self.root_fd)
 
+    @property
+    def read_only(self) -> bool:
+        """Mounted read-only (a write-protected stick, or a file system that gave up)."""
+        return bool(os.fstatvfs(self.root_fd).f_flag & os.ST_RDONLY)
+
     @_operation
     def quarantine(self, rel: str, why: str) -> str:
         """Move rel out of the vault's way into pqcfs.quarantine/ (never deleted: it may be

@@ -4,6 +4,7 @@ audit commands; readers (info, status, audit show/verify) take none."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 
@@ -22,7 +23,18 @@ class VaultLock:
 
     def acquire(self) -> None:
         for drive in self.drives:
-            fd = drive.open(LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = drive.open(LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                # Read-only media: nobody can write this replica, so a lock that exists is
+                # taken for reading (flock works on any descriptor) and a missing one is
+                # not needed.
+                try:
+                    fd = drive.open(LOCK_NAME, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

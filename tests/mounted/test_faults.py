@@ -312,3 +312,45 @@ def test_mount_finds_a_moved_backup_by_its_file_system_uuid():
             drives.unmount(elsewhere)
             drives.run("mount", loop, b)
 
+
+
+def test_read_only_drives_give_degraded_or_read_only_mounts():
+    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 64) as (p, _), \
+         drives.loop_drive(w, "backup", "ext4", 64) as (b, _):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        vault.mount()
+        with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
+            f.write(b"before")
+        vault.umount()
+        # A write-protected backup: the mount goes on without it, degraded.
+        drives.run("mount", "-o", "remount,ro", b)
+        try:
+            mounted = vault.mount()
+            assert "read-only" in mounted.stderr and "DEGRADED" in mounted.stderr
+            try:
+                with open(os.path.join(vault.mountpoint, "doc"), "ab") as f:
+                    f.write(b" and after")
+                status = drives.pqcfs("status", vault.mountpoint, "--json", check=False)
+                assert status.returncode == 12 and json.loads(status.stdout)["mounts"][0]["health"] == "degraded"
+            finally:
+                vault.umount()
+        finally:
+            drives.run("mount", "-o", "remount,rw", b)
+        vault.mount()   # the backup is writable again: brought up to date
+        vault.umount()
+        assert trees_identical(vault)
+        # A write-protected primary: refused read-write with a clear message, served with --ro.
+        drives.run("mount", "-o", "remount,ro", p)
+        try:
+            refused = drives.pqcfs("mount", p, vault.mountpoint, "--passfile", vault.passfile,
+                                   "--backup", b, "--allow-fixed", check=False)
+            assert refused.returncode == 7 and "--ro" in refused.stderr
+            vault.mount("--ro")
+            try:
+                with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
+                    assert f.read() == b"before and after"
+            finally:
+                vault.umount()
+        finally:
+            drives.run("mount", "-o", "remount,rw", p)
