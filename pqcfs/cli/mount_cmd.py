@@ -61,9 +61,9 @@ def run_mount(args) -> int:
         session.unlock()
         raise
     if plan.missing:
-        print(f"pqcfs: warning: {len(plan.missing)} replica(s) not present ({', '.join(plan.missing)}): "
-              "mounted DEGRADED on the primary only; `pqcfs sync` brings them up to date later",
-              file=sys.stderr)
+        print(f"pqcfs: warning: mounted DEGRADED without {len(plan.missing)} replica(s) "
+              f"({', '.join(plan.missing)}: not plugged in, read-only or not brought up to date); "
+              "`pqcfs sync` brings them up to date later", file=sys.stderr)
     extra = _split_options(args.fuse_options)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import sys
 
 import pyfuse3
 import trio
@@ -101,9 +100,7 @@ class Session:
             except (OSError, PqcfsError) as e:
                 # A backup that can not take the sync (full, read-only, failing) does not
                 # stop the mount: it stays stale and the session runs degraded.
-                log.warning("could not bring %s up to date (%s); mounting without it", location, e)
-                print(f"pqcfs: warning: could not sync {location} ({e}); it stays out of date",
-                      file=sys.stderr)
+                log.warning("warning: could not bring %s up to date (%s); it stays out of date", location, e)
                 plan.missing.append(vault_mod.read_state(self.vault.drive(location), self.vault.root_key).replica_id)
                 self.vault.locations.remove(location)
             finally:

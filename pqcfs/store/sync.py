@@ -11,10 +11,12 @@ unfollowed (and moved out of the way into the quarantine on the target).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from dataclasses import dataclass
 
+from pqcfs.errors import NoSpace
 from pqcfs.format import names
 from pqcfs.store.drive import Drive
 
@@ -145,7 +147,17 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress, vet=
 
 
 def sync_tree(src: Drive, dst: Drive, progress=lambda n: None, vet=None) -> SyncStats:
-    """dst (a replica) becomes a copy of src's vault: tree/, the header and the audit log."""
+    """dst (a replica) becomes a copy of src's vault: tree/, the header and the audit log.
+    A full target is NoSpace naming the drive."""
+    try:
+        return _sync_tree(src, dst, progress, vet)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise NoSpace(f"no space left on {dst.location}: it can not hold a copy of {src.location}") from None
+        raise
+
+
+def _sync_tree(src: Drive, dst: Drive, progress, vet) -> SyncStats:
     stats = SyncStats()
     _sync_dir(src, dst, TREE, stats, progress, vet)
     for name in COPIED_FILES:

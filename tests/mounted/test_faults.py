@@ -128,6 +128,8 @@ def test_backup_full_keeps_writing_degraded():
             vault.umount()
         pending = json.loads(drives.pqcfs("status", vault.primary, "--json", check=False).stdout)["pending_sync"]
         assert pending, "the full backup must be marked as needing a sync"
+        synced = drives.pqcfs("sync", vault.primary, "--passfile", vault.passfile, "--backup", b, check=False)
+        assert synced.returncode == 9 and b in synced.stderr, synced.stderr   # full, and which drive
         vault.mount()  # the backup still can not take it: mounts degraded, loses nothing
         try:
             with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
