@@ -356,3 +356,35 @@ def test_read_only_drives_give_degraded_or_read_only_mounts():
                 vault.umount()
         finally:
             drives.run("mount", "-o", "remount,rw", p)
+
+
+def test_foreign_files_beside_the_vault_survive_everything(plain_vault):
+    vault = plain_vault
+    foreign = {}
+    for location in (vault.primary, vault.backup):
+        os.makedirs(os.path.join(location, "myfiles", "deep"))
+        for rel in ("README-drive.txt", "myfiles/photo.jpg", "myfiles/deep/notes"):
+            path = os.path.join(location, rel)
+            with open(path, "wb") as f:
+                f.write(os.urandom(2000))
+            with open(path, "rb") as f:
+                foreign[path] = f.read()
+    vault.mount()
+    with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
+        f.write(b"v1")
+    vault.umount()
+    # A session without the backup makes it stale; `pqcfs sync` then copies for real.
+    os.rename(vault.backup, vault.backup + ".unplugged")
+    drives.pqcfs("mount", vault.primary, vault.mountpoint, "--passfile", vault.passfile, "--allow-fixed",
+                 *vault.mount_flags)
+    with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
+        f.write(b"v2")
+    vault.umount()
+    os.rename(vault.backup + ".unplugged", vault.backup)
+    base = ["--passfile", vault.passfile, "--backup", vault.backup]
+    synced = drives.pqcfs("sync", vault.primary, *base, "--json")
+    assert json.loads(synced.stdout)["synced"][0]["files_changed"] >= 1
+    drives.pqcfs("fsck", vault.primary, *base, "--repair")
+    for path, data in foreign.items():
+        with open(path, "rb") as f:
+            assert f.read() == data, path
