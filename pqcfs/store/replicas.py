@@ -14,7 +14,7 @@ import logging
 import os
 
 from pqcfs.errors import NoSpace
-from pqcfs.store.drive import TEMP_PREFIX, Drive
+from pqcfs.store.drive import TEMP_PREFIX, Drive, UnsafeEntry
 
 log = logging.getLogger(__name__)
 TREE_DIR = "tree"
@@ -59,7 +59,9 @@ class ReplicaSet:
         for n in self.healthy:
             try:
                 fn(n)
-            except (OSError, NoSpace) as e:
+            except (OSError, NoSpace, UnsafeEntry) as e:
+                # A backup holding something pqcfs never wrote there (a planted FIFO or
+                # symlink) is as unusable as a failing one: the session goes on without it.
                 if n == 0:
                     raise (_no_space(e) if isinstance(e, OSError) else e) from None
                 self.fail(n, e)
