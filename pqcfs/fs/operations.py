@@ -67,7 +67,9 @@ def _caller(ctx) -> Caller:
 
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
-    enable_writeback_cache = True
+    # Off: with the kernel caching writes, a full drive surfaced only at close (or never),
+    # and a file looked larger than the drives held. docs/benchmarks.md has what it cost.
+    enable_writeback_cache = False
     enable_acl = False
 
     def __init__(self, vfs: VaultFS, audit_files: bool = False):

@@ -1,6 +1,7 @@
 """Faults on real stand-in drives: killed daemons, full, yanked and rolled-back backups,
 bit rot. Nothing fsynced may be lost, and replicas must end identical and fsck-clean."""
 
+import errno
 import hashlib
 import json
 import os
@@ -388,3 +389,39 @@ def test_foreign_files_beside_the_vault_survive_everything(plain_vault):
     for path, data in foreign.items():
         with open(path, "rb") as f:
             assert f.read() == data, path
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
+def test_a_full_primary_fails_the_write_itself(fstype):
+    """ENOSPC reaches the writing program at write(), the file never looks larger than
+    what the drives hold, and what was written before stays readable."""
+    with drives.workdir() as w, drives.loop_drive(w, "primary", fstype, 48) as (p, _), \
+         drives.loop_drive(w, "backup", "ext4", 256) as (b, _):
+        vault = drives.Vault(w, p, b)
+        vault.init()
+        vault.mount()
+        try:
+            with open(os.path.join(vault.mountpoint, "kept"), "wb") as f:
+                f.write(b"written before the drive filled up")
+            chunk = os.urandom(1 << 20)
+            written = 0
+            fd = os.open(os.path.join(vault.mountpoint, "big"), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                with pytest.raises(OSError) as failed:
+                    for _ in range(200):            # 200 MiB into a 48 MiB drive
+                        written += os.write(fd, chunk)
+                assert failed.value.errno == errno.ENOSPC
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            size = os.stat(os.path.join(vault.mountpoint, "big")).st_size
+            assert size <= written < 48 << 20
+            with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
+                data = f.read()
+            assert len(data) == size and data == (chunk * (size // len(chunk) + 1))[:size]
+            with open(os.path.join(vault.mountpoint, "kept"), "rb") as f:
+                assert f.read() == b"written before the drive filled up"
+        finally:
+            vault.umount()
