@@ -72,3 +72,18 @@ def mounted_vault(workdir: str, fstype: str, size_mb: int = 512):
             yield vault
         finally:
             vault.umount()
+
+
+@contextlib.contextmanager
+def standin_vault(work: str, primary=("ext4", 256), backup=("ext4", 256)):
+    """A vault made on two stand-in drives of the given (file system, MiB); unmounted at
+    the end whatever happened."""
+    with loop_drive(work, "primary", *primary) as (p, pimg), loop_drive(work, "backup", *backup) as (b, bimg):
+        vault = Vault(work, p, b)
+        vault.images = (pimg, bimg)
+        vault.init()
+        try:
+            yield vault
+        finally:
+            vault.umount()
+

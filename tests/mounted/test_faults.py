@@ -110,10 +110,8 @@ def test_sigkill_at_random_points_loses_nothing_fsynced(drive_pair, seed):
 
 
 def test_backup_full_keeps_writing_degraded():
-    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
-         drives.loop_drive(w, "backup", "ext4", 32) as (b, _):
-        vault = drives.Vault(w, p, b)
-        vault.init()
+    with drives.workdir() as w, drives.standin_vault(w, backup=("ext4", 32)) as vault:
+        b = vault.backup
         vault.mount()
         try:
             data = os.urandom(1 << 20)
@@ -318,10 +316,8 @@ def test_mount_finds_a_moved_backup_by_its_file_system_uuid():
 
 
 def test_read_only_drives_give_degraded_or_read_only_mounts():
-    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 64) as (p, _), \
-         drives.loop_drive(w, "backup", "ext4", 64) as (b, _):
-        vault = drives.Vault(w, p, b)
-        vault.init()
+    with drives.workdir() as w, drives.standin_vault(w, ("ext4", 64), ("ext4", 64)) as vault:
+        p, b = vault.primary, vault.backup
         vault.mount()
         with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
             f.write(b"before")
@@ -395,10 +391,7 @@ def test_foreign_files_beside_the_vault_survive_everything(plain_vault):
 def test_a_full_primary_fails_the_write_itself(fstype):
     """ENOSPC reaches the writing program at write(), the file never looks larger than
     what the drives hold, and what was written before stays readable."""
-    with drives.workdir() as w, drives.loop_drive(w, "primary", fstype, 48) as (p, _), \
-         drives.loop_drive(w, "backup", "ext4", 256) as (b, _):
-        vault = drives.Vault(w, p, b)
-        vault.init()
+    with drives.workdir() as w, drives.standin_vault(w, primary=(fstype, 48)) as vault:
         vault.mount()
         try:
             with open(os.path.join(vault.mountpoint, "kept"), "wb") as f:

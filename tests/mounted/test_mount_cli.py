@@ -100,15 +100,8 @@ def test_a_dead_mount_is_named_and_cleaned_up(plain_vault):
     assert drives.pqcfs("status", check=False).stdout.strip() == "no pqcfs vault is mounted"
 
 
-def test_df_shows_the_fullest_replica(tmp_path):
-    with drives.workdir() as w, drives.loop_drive(w, "primary", "ext4", 256) as (p, _), \
-            drives.loop_drive(w, "backup", "ext4", 64) as (b, _):
-        vault = drives.Vault(w, p, b)
-        vault.init()
+def test_df_shows_the_fullest_replica():
+    with drives.workdir() as w, drives.standin_vault(w, backup=("ext4", 64)) as vault:
         vault.mount()
-        try:
-            mounted = os.statvfs(vault.mountpoint)
-            backup = os.statvfs(b)
-            assert mounted.f_bavail * mounted.f_frsize == backup.f_bavail * backup.f_frsize
-        finally:
-            vault.umount()
+        mounted, backup = os.statvfs(vault.mountpoint), os.statvfs(vault.backup)
+        assert mounted.f_bavail * mounted.f_frsize == backup.f_bavail * backup.f_frsize
