@@ -33,10 +33,17 @@ def _t(rel: str) -> str:
 
 
 class KeyResolver:
-    """Finds a ciphertext file's node keys by walking its path from the root."""
+    """Finds a ciphertext file's node keys by walking its path from the root. Each
+    directory's listing is decrypted once (a sync may ask for every file of a directory)."""
 
     def __init__(self, vfs):
         self.vfs = vfs
+        self._listings: dict[str, dict[str, bytes]] = {}
+
+    def _listing(self, node) -> dict[str, bytes]:
+        if node.c_path not in self._listings:
+            self._listings[node.c_path] = {d: p for p, d in self.vfs.listdir(node)}
+        return self._listings[node.c_path]
 
     def keys_for(self, rel: str) -> NodeKeys | None:
         parts = rel.split("/")
@@ -49,8 +56,7 @@ class KeyResolver:
                     header = self.vfs.replicas.read_file(rel, HEADER_LEN)
                     node_id = node_header.parse_prefix(header, (MAGIC_FILE, MAGIC_LINK))
                     return self.vfs._child_keys(node, node_id)
-                listing = dict((d, p) for p, d in self.vfs.listdir(node))
-                node = self.vfs.entry(node, listing[disk_name], disk_name)
+                node = self.vfs.entry(node, self._listing(node)[disk_name], disk_name)
         except (KeyError, OSError, PqcfsError):
             return None
         return None
