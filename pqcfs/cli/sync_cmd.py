@@ -40,10 +40,13 @@ def run(args) -> int:
         stats = mirror.sync_replica(vault, vault.locations[0], location, progress)
         progress.close()
         synced.append({"replica": location, "files_changed": stats.files_changed,
-                       "bytes_written": stats.bytes_written, "removed": stats.removed})
+                       "bytes_written": stats.bytes_written, "removed": stats.removed, "damaged": stats.damaged})
         vault.extra["audit"].append("sync", source=vault.locations[0], target=location,
-                                    files_changed=stats.files_changed, diverged=relation == rs.DIVERGED)
+                                    files_changed=stats.files_changed, damaged=stats.damaged,
+                                    diverged=relation == rs.DIVERGED)
     text = "\n".join(f"synced {s['replica']}: {s['files_changed']} files changed, "
-                     f"{s['bytes_written'] / 2**20:.1f} MiB written, {s['removed']} removed" for s in synced)
+                     f"{s['bytes_written'] / 2**20:.1f} MiB written, {s['removed']} removed"
+                     + (f", {s['damaged']} damaged on the source and not copied (run `pqcfs fsck`)"
+                        if s["damaged"] else "") for s in synced)
     options.emit(args, {"synced": synced}, text or "all replicas are up to date")
     return 0

@@ -96,7 +96,8 @@ class Session:
             try:
                 stats = mirror.sync_replica(self.vault, plan.primary, location, progress)
                 log.info("brought the stale replica at %s up to date", location)
-                self._event("sync", target=location, files_changed=stats.files_changed, at="mount")
+                self._event("sync", target=location, files_changed=stats.files_changed, damaged=stats.damaged,
+                            at="mount")
             except (OSError, PqcfsError) as e:
                 # A backup that can not take the sync (full, read-only, failing) does not
                 # stop the mount: it stays stale and the session runs degraded.
