@@ -98,6 +98,9 @@ class Session:
                 log.info("brought the stale replica at %s up to date", location)
                 self._event("sync", target=location, files_changed=stats.files_changed, damaged=stats.damaged,
                             at="mount")
+                if stats.damaged:
+                    log.warning("warning: %d file(s) fail authentication on %s and were not copied to %s; "
+                                "run `pqcfs fsck`", stats.damaged, plan.primary, location)
             except (OSError, PqcfsError) as e:
                 # A backup that can not take the sync (full, read-only, failing) does not
                 # stop the mount: it stays stale and the session runs degraded.
