@@ -79,7 +79,7 @@ def _vetter(vault: vault_mod.UnlockedVault, source: str):
 def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progress=None) -> sync_mod.SyncStats:
     """Make target a copy of source (ciphertext and history); a source file that fails
     authentication never replaces the target's copy."""
-    stats = sync_mod.sync_tree(vault.drive(source), vault.drive(target), progress or (lambda n: None),
+    stats = sync_mod.sync_tree(vault.drive(source), vault.drive(target), progress or (lambda n, files=0: None),
                                vet=_vetter(vault, source))
     adopt_history(vault, source, target)
     audit = vault.extra.get("audit")
@@ -104,5 +104,6 @@ def adopt_history(vault: vault_mod.UnlockedVault, source: str, target: str) -> N
         vault_mod.write_state(source, src_state, vault.root_key)
 
 
-def total_bytes(vault: vault_mod.UnlockedVault, location: str) -> int:
-    return sync_mod.total_bytes(vault.drive(location))
+def totals(vault: vault_mod.UnlockedVault, location: str) -> tuple[int, int]:
+    """Bytes and files of a replica's tree (for progress bars)."""
+    return sync_mod.totals(vault.drive(location))

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     vault = options.unlock(args, require_all=False)   # takes the vault lock: fsck never races a mount
-    total = sum(mirror.total_bytes(vault, loc) for loc in vault.locations)
+    total = sum(mirror.totals(vault, loc)[0] for loc in vault.locations)
     progress = Progress("fsck", total)
     report = fsck.run(vault, repair=args.repair, progress=progress)
     progress.close()

@@ -1,4 +1,5 @@
-"""A progress bar on standard error (drawn only on a terminal; scripts get no noise)."""
+"""A progress bar on standard error (drawn only on a terminal; scripts get no noise):
+bytes, and files when a total is known, with an estimate of the time left."""
 
 from __future__ import annotations
 
@@ -7,22 +8,34 @@ import time
 
 
 class Progress:
-    def __init__(self, label: str, total: int, unit: str = "MiB", scale: int = 1 << 20):
+    def __init__(self, label: str, total: int, unit: str = "MiB", scale: int = 1 << 20, files: int = 0):
         self.label, self.total, self.unit, self.scale = label, max(total, 1), unit, scale
-        self.done = 0
+        self.files_total = files
+        self.done = self.files_done = 0
         self._drawn = 0.0
+        self._start = time.monotonic()
         self.enabled = sys.stderr.isatty()
 
-    def __call__(self, amount: int) -> None:
+    def __call__(self, amount: int, files: int = 0) -> None:
         self.done += amount
+        self.files_done += files
         now = time.monotonic()
         if self.enabled and (now - self._drawn > 0.1 or self.done >= self.total):
             self._drawn = now
             frac = min(self.done / self.total, 1.0)
             bar = "#" * int(frac * 30)
+            counts = f" {self.files_done}/{self.files_total} files" if self.files_total else ""
             sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:4.0%} "
-                             f"{self.done / self.scale:.1f}/{self.total / self.scale:.1f} {self.unit}")
+                             f"{self.done / self.scale:.1f}/{self.total / self.scale:.1f} {self.unit}"
+                             f"{counts} {self._eta(frac, now)}\x1b[K")
             sys.stderr.flush()
+
+    def _eta(self, frac: float, now: float) -> str:
+        elapsed = now - self._start
+        if frac <= 0 or elapsed < 1:
+            return ""
+        left = int(elapsed / frac * (1 - frac))
+        return f"ETA {left // 60}:{left % 60:02d}"
 
     def close(self) -> None:
         if self.enabled:

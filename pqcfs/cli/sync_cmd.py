@@ -36,7 +36,8 @@ def run(args) -> int:
         if relation == rs.DIVERGED and not args.overwrite_diverged:
             raise DriveError(f"{vault.locations[0]} and {location} diverged (split brain); nothing was "
                              "touched. --overwrite-diverged keeps VAULT and discards the other's changes")
-        progress = Progress(f"sync {location}", mirror.total_bytes(vault, vault.locations[0]))
+        size, files = mirror.totals(vault, vault.locations[0])
+        progress = Progress(f"sync {location}", size, files=files)
         stats = mirror.sync_replica(vault, vault.locations[0], location, progress)
         progress.close()
         synced.append({"replica": location, "files_changed": stats.files_changed,

@@ -91,8 +91,11 @@ class Session:
                 self.vault.locations.remove(location)
             plan.stale = []
         for location in plan.stale:
-            progress = (progress_factory(f"sync {location}", mirror.total_bytes(self.vault, plan.primary))
-                        if progress_factory else None)
+            if progress_factory:
+                size, files = mirror.totals(self.vault, plan.primary)
+                progress = progress_factory(f"sync {location}", size, files=files)
+            else:
+                progress = None
             try:
                 stats = mirror.sync_replica(self.vault, plan.primary, location, progress)
                 log.info("brought the stale replica at %s up to date", location)

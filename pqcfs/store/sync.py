@@ -35,8 +35,9 @@ class SyncStats:
     damaged: int = 0
 
 
-def total_bytes(drive: Drive, rel: str = TREE) -> int:
-    total, stack = 0, [rel]
+def totals(drive: Drive, rel: str = TREE) -> tuple[int, int]:
+    """Bytes and files under rel (what a sync reads, for its progress bar)."""
+    size, files, stack = 0, 0, [rel]
     while stack:
         here = stack.pop()
         for name, kind in drive.scandir(here):
@@ -44,10 +45,11 @@ def total_bytes(drive: Drive, rel: str = TREE) -> int:
                 stack.append(f"{here}/{name}")
             elif kind == "file":
                 try:
-                    total += drive.lstat(f"{here}/{name}").st_size
+                    size += drive.lstat(f"{here}/{name}").st_size
+                    files += 1
                 except FileNotFoundError:
                     pass
-    return total
+    return size, files
 
 
 def _remove(drive: Drive, rel: str, stats: SyncStats) -> None:
@@ -70,6 +72,7 @@ def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, vet
     differs is written: a sync after small changes to big files stays small); a new one
     is copied to a temp file and renamed. Either way only after vet() passed."""
     stats.files_checked += 1
+    progress(0, files=1)
     if dst.kind(rel) != "file":
         if not _vetted(vet, src, rel, stats):
             return
@@ -146,7 +149,7 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress, vet=
             dst.fsync_dir(rel)
 
 
-def sync_tree(src: Drive, dst: Drive, progress=lambda n: None, vet=None) -> SyncStats:
+def sync_tree(src: Drive, dst: Drive, progress=lambda n, files=0: None, vet=None) -> SyncStats:
     """dst (a replica) becomes a copy of src's vault: tree/, the header and the audit log.
     A full target is NoSpace naming the drive."""
     try:
