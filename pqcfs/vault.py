@@ -50,6 +50,8 @@ def open_location(location: str) -> Drive:
         raise NotAVault(f"{location}: no such directory (is the drive plugged in and mounted?)") from None
     except PermissionError:
         raise DriveError(f"{location}: permission denied") from None
+    except OSError as e:   # a drive pulled or its file system gone (EIO, ENOTCONN)
+        raise DriveError(f"{location}: {e.strerror} (was the drive pulled?)") from None
 
 
 @contextlib.contextmanager

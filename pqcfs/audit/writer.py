@@ -12,6 +12,7 @@ from pqcfs.audit import log as audit_log
 from pqcfs.audit.log import AuditKeys
 from pqcfs.errors import PqcfsError
 from pqcfs.store.append_file import ReplicatedAppendFile
+from pqcfs.store.replicas import drive_failed
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,14 @@ class AuditLog:
     def sync(self) -> None:
         """fsync the logs and record the head in each replica's (authenticated) state."""
         self.file.fsync()
-        for n in self.file.healthy():
+        healthy = self.file.healthy()
+        for n in healthy:
             drive = self.vault.drives[n]
             try:
                 state = vault_mod.read_state(drive, self.vault.root_key)
                 state.audit_head = self.head()
                 vault_mod.write_state(drive, state, self.vault.root_key)
             except (OSError, PqcfsError) as e:
-                if n == 0:
+                if n == healthy[0] and not (drive_failed(e) and len(healthy) > 1):
                     raise
                 log.warning("could not record the audit head on replica %d: %s", n, e)

@@ -43,13 +43,14 @@ class FileContent:
         try:
             return self.cipher.open(first, c_data, self._last_index())
         except BlockCorrupt as primary_error:
-            for replica in [n for n in self.handle.readable_replicas if n != 0]:
+            serving = self.handle.serving
+            for replica in [n for n in self.handle.readable_replicas if n != serving]:
                 good = self.handle.pread(length, self._c_off(first), replica)
                 try:
                     plain = self.cipher.open(first, good, self._last_index())
                 except BlockCorrupt:
                     continue
-                self.handle.pwrite_one(0, good, self._c_off(first))
+                self.handle.pwrite_one(serving, good, self._c_off(first))
                 log.warning("healed blocks %d-%d of a file from replica %d", first, last, replica)
                 if self.on_heal:
                     self.on_heal(first, last, replica)

@@ -152,22 +152,24 @@ class Session:
                     intent_records=None if intents is None else len(intents))
 
     def _replica_failed(self, n: int, error: BaseException) -> None:
-        """A backup dropped out while mounted: the primary's history moves on without it,
-        so the next mount knows that replica is stale."""
+        """A replica dropped out while mounted: the serving replica's history moves on
+        without it, so the next mount knows that replica is stale (and, when it was the
+        primary, that the backup is now the newer one)."""
         location = self.vault.locations[n]
-        primary = self.vault.drives[0]
+        serving = self.vault.drives[self.replicas.first]
         try:
             failed_id = vault_mod.read_state(self.vault.drives[n], self.vault.root_key).replica_id
         except Exception:  # noqa: BLE001 - the drive may be gone entirely
             failed_id = next((r["id"] for r in self.vault.header.replicas
                               if r.get("path_hint") == os.path.realpath(location)), location)
-        state = vault_mod.read_state(primary, self.vault.root_key)
+        state = vault_mod.read_state(serving, self.vault.root_key)
         state.begin_session(f"{self.session_id}-degraded-{os.urandom(4).hex()}", [failed_id])
-        vault_mod.write_state(primary, state, self.vault.root_key)
+        vault_mod.write_state(serving, state, self.vault.root_key)
         self.missing = sorted(set(self.missing) | {failed_id})
         self._event("degraded", replica=failed_id, error=str(error), at="while mounted")
         self._write_runtime()
-        log.warning("backup at %s failed (%s): degraded, writing to the primary only", location, error)
+        log.warning("%s at %s failed (%s): degraded, going on with %s", "primary" if n == 0 else "backup",
+                    location, error, serving.location)
 
     def _event(self, event: str, **details) -> None:
         if self.audit is not None and not self.read_only:

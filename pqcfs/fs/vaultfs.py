@@ -23,7 +23,7 @@ from pqcfs.fs.inodes import InodeTable, Node, shared_path
 from pqcfs.fs.namespace import NamespaceOps
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.drive import UnsafeEntry
-from pqcfs.store.replicas import ReplicaSet
+from pqcfs.store.replicas import ReplicaSet, drive_failed
 from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class VaultFS(NamespaceOps):
         """The root directory's metadata; a root id file that fails on the primary heals
         from a replica where it authenticates, like every other header."""
         error: Exception | None = None
+        first = self.replicas.first
         for replica in self.replicas.healthy:
             try:
                 data = self.replicas.read_file(names.DIR_ID_NAME, replica=replica, cap=HEADER_LEN)
@@ -60,8 +61,8 @@ class VaultFS(NamespaceOps):
             except DAMAGE as e:
                 error = error or e
                 continue
-            if replica != 0 and not self.read_only:
-                self.replicas.copy_one(replica, 0, names.DIR_ID_NAME)
+            if replica != first and not self.read_only:
+                self.replicas.copy_one(replica, first, names.DIR_ID_NAME)
                 self._heal_event("root directory id", names.DIR_ID_NAME, replica)
             return meta
         raise DamagedStructure(f"the root directory fails authentication on every replica ({error})")
@@ -186,6 +187,7 @@ class VaultFS(NamespaceOps):
         """Header, node id, keys and metadata of a node; a header that fails on the primary
         is read from another replica and the primary's copy repaired (self-healing)."""
         error: Exception | None = None
+        first = self.replicas.first
         for replica in self.replicas.healthy:
             try:
                 header = self.replicas.read_file(rel, HEADER_LEN, replica)
@@ -197,25 +199,27 @@ class VaultFS(NamespaceOps):
                 else:
                     meta = node_header.open_meta(keys.meta_key, header)
             except DAMAGE as e:
+                if replica == first and drive_failed(e):
+                    self.replicas.survives(first, e)   # the serving drive is gone: the next serves
                 error = error or e
                 continue
-            if replica != 0 and not self.read_only:
+            if replica != first and first not in self.replicas.failed and not self.read_only:
                 try:
-                    self.replicas.write_one(0, rel, header)
+                    self.replicas.write_one(first, rel, header)
+                    self._heal_event("node header", rel, replica)
                 except FileNotFoundError:
                     pass   # the primary lacks the entry: the listing heals it
-                self._heal_event("node header", rel, replica)
             return header, node_id, keys, meta
         raise error
 
     def listdir(self, dir_node: Node) -> list[tuple[bytes, str]]:
         """(p_name, disk_name) of every entry, in a stable order. Entries whose names fail
         on the primary are healed from another replica where they authenticate."""
-        out, bad = self._listdir_on(dir_node, 0)
+        out, bad = self._listdir_on(dir_node, None)
         if bad:
             for source in self.replicas.healthy[1:]:
-                self._heal_dir(dir_node, target=0, source=source)
-                out, bad = self._listdir_on(dir_node, 0)
+                self._heal_dir(dir_node, target=self.replicas.first, source=source)
+                out, bad = self._listdir_on(dir_node, None)
                 if not bad:
                     break
         return out
@@ -253,7 +257,9 @@ class VaultFS(NamespaceOps):
             log.warning("healed %d damaged entry name(s) on replica %d from replica %d (%d quarantined)",
                         copied, target, source, quarantined)
 
-    def _listdir_on(self, dir_node: Node, replica: int) -> tuple[list[tuple[bytes, str]], list[str]]:
+    def _listdir_on(self, dir_node: Node, replica: int | None) -> tuple[list[tuple[bytes, str]], list[str]]:
+        """Entries of dir_node on one replica (None: the serving one) and the disk names
+        that fail there."""
         out, bad = [], []
         for disk_name in sorted(self.replicas.listdir(dir_node.c_path, replica)):
             if not names.is_entry(disk_name):

@@ -11,6 +11,7 @@ import os
 
 from pqcfs.errors import PqcfsError
 from pqcfs.store.drive import Drive
+from pqcfs.store.replicas import drive_failed
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,14 @@ class ReplicatedAppendFile:
         return self._fds[n]
 
     def _each(self, what: str, fn) -> None:
-        for n in self.healthy():
+        healthy = self.healthy()
+        for n in healthy:
             try:
                 fn(n)
             except (OSError, PqcfsError) as e:
-                if n == 0:
+                # The serving replica's failure is the caller's, unless its drive failed
+                # and another one carries on (the replica set drops it on its next write).
+                if n == healthy[0] and not (drive_failed(e) and len(healthy) > 1):
                     raise
                 log.warning("could not %s %s on replica %d: %s", what, self.name, n, e)
 

@@ -3,7 +3,9 @@ come from the first (the primary) and fall back to the others when its copy fail
 
 A failing backup (unplugged, read-only, full, I/O errors) is dropped for the rest of the
 session and reported through `on_failure`; the mount continues degraded on the others.
-A failing primary is an error for the caller. Paths here are ciphertext paths relative
+A primary whose drive fails (I/O error, pulled, its file system gone) is dropped the
+same way while another replica remains, and the first healthy replica serves from then
+on; a primary that is merely full, or refuses an entry, is an error for the caller. Paths here are ciphertext paths relative
 to each replica's `tree/` directory; every access goes through the replica's Drive.
 """
 
@@ -20,8 +22,16 @@ log = logging.getLogger(__name__)
 TREE_DIR = "tree"
 
 
+# What a drive that is failing or gone answers; ENOSPC and ENOENT are answers about data.
+DRIVE_FAILURES = {errno.EIO, errno.ENOTCONN, errno.ENODEV, errno.ENXIO, errno.EROFS, errno.ESHUTDOWN}
+
+
 def _no_space(e: OSError) -> OSError | NoSpace:
     return NoSpace("the primary drive is full") if e.errno == errno.ENOSPC else e
+
+
+def drive_failed(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DRIVE_FAILURES
 
 
 class ReplicaSet:
@@ -50,44 +60,70 @@ class ReplicaSet:
         """rel (inside tree/) as a path inside the replica location."""
         return f"{self.base}/{rel}" if rel else self.base
 
-    def drive(self, replica: int = 0) -> Drive:
-        return self.drives[replica]
+    @property
+    def first(self) -> int:
+        """The replica that serves reads: the primary, or after it failed the next one."""
+        healthy = self.healthy
+        if not healthy:
+            raise OSError(errno.EIO, "every replica has failed")
+        return healthy[0]
+
+    def drive(self, replica: int | None = None) -> Drive:
+        return self.drives[self.first if replica is None else replica]
+
+    def survives(self, n: int, error: BaseException) -> bool:
+        """Drop replica n after error if the vault can go on without it: any backup, and
+        the serving replica when its drive failed and another one remains."""
+        if n != self.first or (drive_failed(error) and len(self.healthy) > 1):
+            self.fail(n, error)
+            return True
+        return False
 
     def each(self, fn) -> None:
-        """Run fn(n) for every healthy replica; a backup that raises is failed, a primary
-        that raises raises."""
+        """Run fn(n) for every healthy replica; one that fails is dropped when the vault
+        can go on without it (survives), else the error is the caller's."""
         for n in self.healthy:
             try:
                 fn(n)
             except (OSError, NoSpace, UnsafeEntry) as e:
                 # A backup holding something pqcfs never wrote there (a planted FIFO or
                 # symlink) is as unusable as a failing one: the session goes on without it.
-                if n == 0:
+                if not self.survives(n, e):
                     raise (_no_space(e) if isinstance(e, OSError) else e) from None
-                self.fail(n, e)
 
     def _each_drive(self, fn, *rels: str) -> None:
         full = [self.rel(r) for r in rels]
         self.each(lambda n: fn(self.drives[n], *full))
 
-    # Reads (primary first, unless a replica is named).
-    def lstat(self, rel: str, replica: int = 0) -> os.stat_result:
-        return self.drives[replica].lstat(self.rel(rel))
+    # Reads (the serving replica, unless one is named). A serving drive that fails is
+    # dropped and the read retried on the next one.
+    def _read(self, replica: int | None, fn):
+        while True:
+            n = self.first if replica is None else replica
+            try:
+                return fn(self.drives[n])
+            except OSError as e:
+                if replica is not None or not drive_failed(e) or not self.survives(n, e):
+                    raise
 
-    def kind(self, rel: str, replica: int = 0) -> str | None:
-        return self.drives[replica].kind(self.rel(rel))
+    def lstat(self, rel: str, replica: int | None = None) -> os.stat_result:
+        return self._read(replica, lambda d: d.lstat(self.rel(rel)))
 
-    def listdir(self, rel: str, replica: int = 0) -> list[str]:
-        return self.drives[replica].listdir(self.rel(rel))
+    def kind(self, rel: str, replica: int | None = None) -> str | None:
+        return self._read(replica, lambda d: d.kind(self.rel(rel)))
 
-    def read_file(self, rel: str, size: int | None = None, replica: int = 0, cap: int = 1 << 20) -> bytes:
+    def listdir(self, rel: str, replica: int | None = None) -> list[str]:
+        return self._read(replica, lambda d: d.listdir(self.rel(rel)))
+
+    def read_file(self, rel: str, size: int | None = None, replica: int | None = None,
+                  cap: int = 1 << 20) -> bytes:
         """The first size bytes (headers), or the whole file up to cap bytes."""
         if size is not None:
-            return self.drives[replica].read_at(self.rel(rel), size)
-        return self.drives[replica].read(self.rel(rel), cap)
+            return self._read(replica, lambda d: d.read_at(self.rel(rel), size))
+        return self._read(replica, lambda d: d.read(self.rel(rel), cap))
 
-    def exists(self, rel: str, replica: int = 0) -> bool:
-        return self.drives[replica].exists(self.rel(rel))
+    def exists(self, rel: str, replica: int | None = None) -> bool:
+        return self._read(replica, lambda d: d.exists(self.rel(rel)))
 
     # Mutations (every healthy replica).
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
@@ -139,7 +175,7 @@ class ReplicaSet:
             try:
                 fds[n] = self.drives[n].open(full, flags)
             except FileNotFoundError:
-                if n == 0 or heal_missing is None:
+                if n == self.first or heal_missing is None:
                     raise
                 heal_missing(n)
                 fds[n] = self.drives[n].open(full, flags)
@@ -192,7 +228,7 @@ class ReplicaSet:
             try:
                 results.append(self.drives[n].statvfs())
             except OSError:
-                if n == 0:
+                if n == self.first:
                     raise
         return min(results, key=lambda st: st.f_bavail * st.f_frsize)
 
@@ -211,8 +247,22 @@ class MirroredFile:
                 fn(fd)
         self.replicas.each(run)
 
-    def pread(self, size: int, offset: int, replica: int = 0) -> bytes:
-        return os.pread(self.fds[replica], size, offset)
+    def pread(self, size: int, offset: int, replica: int | None = None) -> bytes:
+        """From the named replica, or the serving one (the next, when its drive fails)."""
+        while True:
+            n = self.serving if replica is None else replica
+            try:
+                return os.pread(self.fds[n], size, offset)
+            except OSError as e:
+                if replica is not None or not drive_failed(e) or not self.replicas.survives(n, e):
+                    raise
+
+    @property
+    def serving(self) -> int:
+        readable = self.readable_replicas
+        if not readable:
+            raise OSError(errno.EIO, "every replica of this file has failed")
+        return readable[0]
 
     def pwrite(self, data: bytes, offset: int) -> None:
         def write(fd: int) -> None:
@@ -233,17 +283,17 @@ class MirroredFile:
         self._each(os.fdatasync if datasync else os.fsync)
 
     def size(self) -> int:
-        return os.fstat(self.fds[0]).st_size
+        return self.stat().st_size
 
     def stat(self) -> os.stat_result:
-        return os.fstat(self.fds[0])
+        return os.fstat(self.fds[self.serving])
 
     def utime(self, ns: tuple[int, int]) -> None:
         self._each(lambda fd: os.utime(fd, ns=ns))
 
     @property
     def readable_replicas(self) -> list[int]:
-        return [n for n in self.fds if n not in self.replicas.failed]
+        return sorted(n for n in self.fds if n not in self.replicas.failed)
 
     def close(self) -> None:
         for fd in self.fds.values():

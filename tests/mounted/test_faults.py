@@ -418,3 +418,45 @@ def test_a_full_primary_fails_the_write_itself(fstype):
                 assert f.read() == b"written before the drive filled up"
         finally:
             vault.umount()
+
+
+def test_the_backup_serves_everything_when_the_primary_dies():
+    """The primary's exfat-fuse process killed mid-session (what pulling the stick looks
+    like): reads and writes go on from the backup, status says DEGRADED, and afterwards
+    the backup, now the newest replica, mounts as the primary with everything."""
+    with drives.workdir() as w, drives.standin_vault(w, primary=("exfat", 256)) as vault:
+        vault.mount()
+        big = os.path.join(vault.mountpoint, "big")
+        chunk = os.urandom(1 << 20)
+        with open(big, "wb") as f:
+            for _ in range(4):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(os.path.join(vault.mountpoint, "doc"), "wb") as f:
+            f.write(b"before")
+        daemon = drives.run("pgrep", "-f", f"exfat-fuse .*{vault.primary}").stdout.split()
+        assert len(daemon) == 1
+        os.kill(int(daemon[0]), signal.SIGKILL)
+        time.sleep(0.3)
+        with open(big, "ab") as f:                       # mid-write: goes on
+            for _ in range(4):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(big, "rb") as f:                       # mid-read: served by the backup
+            assert f.read() == chunk * 8
+        with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
+            assert f.read() == b"before"
+        with open(os.path.join(vault.mountpoint, "after"), "wb") as f:
+            f.write(b"written without the primary")
+        assert sorted(os.listdir(vault.mountpoint)) == ["after", "big", "doc"]
+        status = drives.pqcfs("status", vault.mountpoint, "--json", check=False)
+        assert status.returncode == 12 and json.loads(status.stdout)["mounts"][0]["health"] == "degraded"
+        vault.umount()
+        drives.unmount(vault.primary)                    # the dead stick's mount
+        drives.pqcfs("mount", vault.backup, vault.mountpoint, "--passfile", vault.passfile, "--allow-fixed")
+        with open(big, "rb") as f:
+            assert f.read() == chunk * 8
+        with open(os.path.join(vault.mountpoint, "after"), "rb") as f:
+            assert f.read() == b"written without the primary"
