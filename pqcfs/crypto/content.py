@@ -83,6 +83,27 @@ class ContentCipher:
             index += 1
         return b"".join(out)
 
+    def reseal_stale_final(self, index: int, slot: bytes) -> bytes | None:
+        """A file that grew past its last block writes the new blocks first and then
+        reseals the old last block without its end-of-file flag; a crash between the two
+        leaves that block, still sealed as final, in the middle of the file. `slot` is the
+        C bytes where block index sits: its start is that final block's ciphertext (of
+        unknown length), the rest the zeros of the hole after it. When it authenticates as
+        a final block, return it resealed as the middle block it had become (its
+        plaintext followed by zeros, as the extending write defines), else None."""
+        B = self.p_block
+        end = len(bytes(slot).rstrip(b"\0"))
+        # The ciphertext ends where the zeros begin, unless its own last bytes are zero.
+        for length in list(range(end, min(end + 32, len(slot)) + 1)) + list(range(OVERHEAD + 1, end)):
+            if length <= OVERHEAD or length > len(slot):
+                continue
+            try:
+                plain = self._aead.decrypt(slot[:NONCE_LEN], slot[NONCE_LEN:length], self._aad(index, True))
+            except InvalidTag:
+                continue
+            return self.seal(index, plain.ljust(B, b"\0"), eof_at_end=False)
+        return None
+
     def c_size(self, p_size: int) -> int:
         return c_size(p_size, self.p_block)
 

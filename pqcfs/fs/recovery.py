@@ -146,6 +146,14 @@ def merge_file(primary: Drive, backup: Drive, rel: str, keys: NodeKeys, block_si
             if len(other) == size and _opens(cipher, index, other, last):
                 os.pwrite(p_fd, other, off)
                 repaired += 1
+                continue
+            # A crash while the file grew may have left its old last block, sealed as
+            # final, in the middle (on both replicas alike): reseal it as a middle block.
+            fixed = None if index == last else (cipher.reseal_stale_final(index, mine)
+                                                or cipher.reseal_stale_final(index, other))
+            if fixed is not None:
+                os.pwrite(p_fd, fixed, off)
+                repaired += 1
             elif len(mine) < size:
                 os.pwrite(p_fd, other.ljust(size, b"\0"), off)   # keep the length that holds
         os.ftruncate(p_fd, HEADER_LEN + length)
@@ -224,12 +232,15 @@ def recover_intents(vfs, primary: Drive, backups: list[Drive], intents, block_si
         for rel in files:
             path = _t(rel)
             try:
-                if primary.kind(path) != "file" or backup.kind(path) != "file" or same_file(primary, backup, path):
+                if primary.kind(path) != "file" or backup.kind(path) != "file":
                     continue
+                # Identical copies are merged too: a crash can leave both with the same torn
+                # state (a stale final block), which only the merge repairs.
                 keys = resolver.keys_for(rel)
                 if keys is not None:
                     repaired += merge_file(primary, backup, path, keys, block_size)
-                backup.copy_from(primary, path)
+                if not same_file(primary, backup, path):
+                    backup.copy_from(primary, path)
             except (OSError, PqcfsError) as e:
                 log.error("recovery of %s failed: %s", path, e)
         for rel in dirs:
