@@ -95,16 +95,20 @@ class ReplicaSet:
         full = [self.rel(r) for r in rels]
         self.each(lambda n: fn(self.drives[n], *full))
 
-    # Reads (the serving replica, unless one is named). A serving drive that fails is
-    # dropped and the read retried on the next one.
-    def _read(self, replica: int | None, fn):
+    def serve(self, replica: int | None, serving, fn):
+        """fn(n) on the named replica, or on the serving one (serving() names it); when
+        the serving replica's drive fails it is dropped and fn runs on the next."""
         while True:
-            n = self.first if replica is None else replica
+            n = serving() if replica is None else replica
             try:
-                return fn(self.drives[n])
+                return fn(n)
             except OSError as e:
                 if replica is not None or not drive_failed(e) or not self.survives(n, e):
                     raise
+
+    # Reads (the serving replica, unless one is named).
+    def _read(self, replica: int | None, fn):
+        return self.serve(replica, lambda: self.first, lambda n: fn(self.drives[n]))
 
     def lstat(self, rel: str, replica: int | None = None) -> os.stat_result:
         return self._read(replica, lambda d: d.lstat(self.rel(rel)))
@@ -249,13 +253,7 @@ class MirroredFile:
 
     def pread(self, size: int, offset: int, replica: int | None = None) -> bytes:
         """From the named replica, or the serving one (the next, when its drive fails)."""
-        while True:
-            n = self.serving if replica is None else replica
-            try:
-                return os.pread(self.fds[n], size, offset)
-            except OSError as e:
-                if replica is not None or not drive_failed(e) or not self.replicas.survives(n, e):
-                    raise
+        return self.replicas.serve(replica, lambda: self.serving, lambda n: os.pread(self.fds[n], size, offset))
 
     @property
     def serving(self) -> int:
