@@ -14,8 +14,6 @@ LOCK_NAME = "pqcfs.lock"
 
 
 class VaultLock:
-    """flock on pqcfs.lock in every replica: one writer (mount, sync, fsck, key and audit
-    commands) at a time."""
 
     def __init__(self, drives: list):
         self.drives = drives
@@ -43,13 +41,6 @@ class VaultLock:
                 raise MountError(f"the vault on {drive.location} is in use (mounted, or a sync or fsck "
                                  "is running)") from None
             self._fds.append(fd)
-
-    def __enter__(self) -> "VaultLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
     def release(self) -> None:
         for fd in self._fds:
