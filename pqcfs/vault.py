@@ -176,11 +176,12 @@ class UnlockedVault:
 
     def refresh_replica_hints(self) -> list[str]:
         """Record where each present replica is now (a drive mounted somewhere else this
-        time), so the next command finds it directly; returns the replica ids moved."""
+        time), so the next command finds it directly; returns the replica ids moved. Only
+        an authenticated state names the replica: a drive's word steers no header write."""
         moved = []
         for location in self.locations:
             try:
-                replica_id = read_state(self.drive(location), None).replica_id
+                replica_id = read_state(self.drive(location), self.root_key).replica_id
             except PqcfsError:
                 continue
             here = os.path.realpath(location)
