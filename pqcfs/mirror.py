@@ -15,6 +15,7 @@ from pqcfs.fs import recovery
 from pqcfs.fs.inodes import SHARED_DIR
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.format import replica_state as rs
+from pqcfs.store import changes
 from pqcfs.store import sync as sync_mod
 from pqcfs.store.replicas import ReplicaSet
 
@@ -55,7 +56,7 @@ def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaStat
     return p, states
 
 
-def _vetter(vault: vault_mod.UnlockedVault, source: str):
+def vetter(vault: vault_mod.UnlockedVault, source: str):
     """vet(rel) for sync: a file entry of the source authenticates (header and every
     block, reached through authenticated names from the root) before it may replace the
     target's copy. pqcfs' own small files (id files, tables, sidecars, the shared store)
@@ -76,12 +77,40 @@ def _vetter(vault: vault_mod.UnlockedVault, source: str):
     return vet
 
 
-def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progress=None) -> sync_mod.SyncStats:
+def sync_plan(vault: vault_mod.UnlockedVault, source: str, target: str) -> dict[str, bool] | None:
+    """The paths a sync from source to target must look at, from source's change
+    journal; None when the journal does not cover everything target lacks (compare all)."""
+    journal = changes.read(vault.drive(source), changes.changes_key(vault.root_key))
+    if journal is None:
+        return None
+    src_state = vault_mod.read_state(vault.drive(source), vault.root_key)
+    dst_state = vault_mod.read_state(vault.drive(target), vault.root_key)
+    if rs.compare(src_state, dst_state) != rs.STALE or not journal.covers(dst_state.lineage):
+        return None
+    return journal.paths
+
+
+def sync_totals(vault: vault_mod.UnlockedVault, source: str, paths: dict[str, bool] | None) -> tuple[int, int]:
+    """Bytes and files a sync will read on source (for its progress bar)."""
+    if paths is None:
+        return totals(vault, source)
+    return sync_mod.path_totals(vault.drive(source), paths)
+
+
+def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progress=None,
+                 paths: dict[str, bool] | None = None) -> sync_mod.SyncStats:
     """Make target a copy of source (ciphertext and history); a source file that fails
-    authentication never replaces the target's copy."""
-    stats = sync_mod.sync_tree(vault.drive(source), vault.drive(target), progress or (lambda n, files=0: None),
-                               vet=_vetter(vault, source))
+    authentication never replaces the target's copy. With paths (sync_plan), only
+    those are looked at; else the whole tree is compared."""
+    progress = progress or (lambda n, files=0: None)
+    vet = vetter(vault, source)
+    if paths is None:
+        stats = sync_mod.sync_tree(vault.drive(source), vault.drive(target), progress, vet=vet)
+    else:
+        stats = sync_mod.sync_paths(vault.drive(source), vault.drive(target), paths, progress, vet=vet)
     adopt_history(vault, source, target)
+    if not vault_mod.read_state(vault.drive(source), vault.root_key).missing:
+        changes.remove([vault.drive(source), vault.drive(target)])   # nobody is behind any more
     audit = vault.extra.get("audit")
     if audit is not None:
         audit.file.close()   # reopened on the next record: the target's log is a new file

@@ -160,10 +160,14 @@ class UnlockedVault:
             self._drives[location] = open_location(location)
         return self._drives[location]
 
-    def adopt_drives(self, drives: dict[str, Drive]) -> None:
-        """Use Drives the caller already opened (and locked)."""
+    def adopt_drives(self, drives: dict[str, Drive], replace: bool = False) -> None:
+        """Use Drives the caller already opened (and locked); with replace, instead of
+        any this vault had open there (a drive that came back)."""
         for location, drive in drives.items():
-            self._drives.setdefault(location, drive)
+            if replace:
+                self._drives[location] = drive
+            else:
+                self._drives.setdefault(location, drive)
 
     @property
     def drives(self) -> list[Drive]:
@@ -307,6 +311,32 @@ def unlock(locations: list[str], creds: Credentials, slot: int | None = None) ->
         _check_replica_headers(vault, signed)
         return vault
     raise WrongKey("no key slot opens with that key (wrong passphrase, recovery code or identity)")
+
+
+def same_vault(location: str, vault_id: bytes) -> None:
+    other, _, _ = read_header(location)
+    if other.vault_id != vault_id:
+        raise DriveError(f"{location} holds a different vault")
+
+
+def find_replica(replica: dict, vault_id: bytes, exclude: str) -> str | None:
+    """Where a replica (a header entry) is plugged in now: where it was last seen, else on
+    the drive with its file system UUID (mounted anywhere); never the location exclude.
+    Unauthenticated: the caller checks what it found with the root key before use."""
+    candidates = [replica.get("path_hint")]
+    if replica.get("fs_uuid"):
+        candidates += [os.path.join(mp, replica.get("subpath") or ".")
+                       for mp in devices.find_by_uuid(replica["fs_uuid"])]
+    for location in candidates:
+        if not location or os.path.realpath(location) == exclude:
+            continue
+        try:
+            same_vault(location, vault_id)
+            if read_state(location, None).replica_id == replica["id"]:
+                return os.path.normpath(location)
+        except (OSError, PqcfsError):
+            continue
+    return None
 
 
 def _check_replica_headers(vault: UnlockedVault, signed: bytes) -> None:

@@ -133,9 +133,12 @@ class AuditLog:
                   verdict.reason, kept)
         return record
 
-    def follow(self, healthy) -> None:
-        """Write only to the replicas healthy() names (a mount session's replica set)."""
+    def follow(self, healthy, drives: list | None = None) -> None:
+        """Write only to the replicas healthy() names (a mount session's replica set),
+        indexes into drives (the session's list, which grows when a replica rejoins)."""
         self.file.healthy = healthy
+        if drives is not None:
+            self.file.drives = drives
 
     def _append(self, record: bytes) -> None:
         self.file.append(record)

@@ -104,7 +104,7 @@ def run_mount(args) -> int:
             os.write(write_end, str(e).encode())
         except OSError:
             pass
-        logging.getLogger(__name__).error("mount failed: %s", e)
+        logging.getLogger(__name__).exception("mount failed: %s", e)
         code = 1
     os._exit(code)
 

@@ -11,10 +11,9 @@ from pqcfs import vault as vault_mod
 from pqcfs.cli import secrets
 from pqcfs.audit import host
 from pqcfs.audit.writer import AuditLog
-from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, WrongKey
+from pqcfs.errors import DamagedStructure, DriveError, PqcfsError, WrongKey
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
-from pqcfs.store import devices
 from pqcfs.store.lock import VaultLock
 from pqcfs.vault import Credentials
 
@@ -81,14 +80,14 @@ def replica_locations(primary: str, backup: str | None, require_all: bool) -> li
     header, _, _ = vault_mod.read_header(primary)
     found = [primary]
     if backup:
-        _same_vault(backup, header.vault_id)
+        vault_mod.same_vault(backup, header.vault_id)
         return found + [backup]
     primary_real = os.path.realpath(primary)
     primary_state = vault_mod.read_state(primary, None)
     for replica in header.replicas:
         if replica["id"] == primary_state.replica_id:
             continue
-        location = _find_replica(replica, header.vault_id, primary_real)
+        location = vault_mod.find_replica(replica, header.vault_id, primary_real)
         if location:
             found.append(location)
         else:
@@ -97,31 +96,6 @@ def replica_locations(primary: str, backup: str | None, require_all: bool) -> li
                                  f"{replica.get('path_hint')}) is not plugged in; connect it or name it "
                                  "with --backup")
     return found
-
-
-def _find_replica(replica: dict, vault_id: bytes, primary_real: str) -> str | None:
-    """Where a replica is plugged in now: where it was last seen, else on the drive with
-    its file system UUID (mounted anywhere)."""
-    candidates = [replica.get("path_hint")]
-    if replica.get("fs_uuid"):
-        candidates += [os.path.join(mp, replica.get("subpath") or ".")
-                       for mp in devices.find_by_uuid(replica["fs_uuid"])]
-    for location in candidates:
-        if not location or os.path.realpath(location) == primary_real:
-            continue
-        try:
-            _same_vault(location, vault_id)
-            if vault_mod.read_state(location, None).replica_id == replica["id"]:
-                return os.path.normpath(location)
-        except (NotAVault, DriveError, PqcfsError):
-            continue
-    return None
-
-
-def _same_vault(location: str, vault_id: bytes) -> None:
-    other, _, _ = vault_mod.read_header(location)
-    if other.vault_id != vault_id:
-        raise DriveError(f"{location} holds a different vault")
 
 
 def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.UnlockedVault:

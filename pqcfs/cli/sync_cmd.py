@@ -1,11 +1,16 @@
-"""pqcfs sync VAULT: bring stale replicas up to date from VAULT (the primary)."""
+"""pqcfs sync VAULT: bring stale replicas up to date from VAULT (the primary); while
+VAULT is mounted, the mount daemon does it online (fs/rejoin.py)."""
 
 from __future__ import annotations
+
+import os
 
 from pqcfs import mirror
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
-from pqcfs.errors import DriveError
+from pqcfs.errors import DriveError, NoSpace
+from pqcfs.fs import control, mounttable
+from pqcfs.fs import session as session_mod
 from pqcfs.format import replica_state as rs
 from pqcfs import vault as vault_mod
 
@@ -21,7 +26,58 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _live_mount(vault_path: str) -> dict | None:
+    """The runtime record of a live mount that serves this replica."""
+    here = os.path.realpath(vault_path)
+    for mount in mounttable.listing():
+        if mount.alive and mount.info and here in (os.path.realpath(r) for r in mount.info.get("replicas", [])):
+            return mount.info
+    return None
+
+
+def _sync_mounted(args, info: dict) -> int:
+    """The vault is mounted: its daemon holds the lock and the keys, and brings the
+    missing replicas back while it serves."""
+    progress = None
+
+    def shown(p: dict) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = Progress(f"sync {p['replica']} (online)", p["bytes_total"], files=p["files_total"])
+        progress(p["bytes"] - progress.done, files=p["files"] - progress.files_done)
+    socket_path = control.socket_path(session_mod.runtime_file(info["mountpoint"]))
+    backup = os.path.abspath(args.backup) if args.backup else None
+    try:
+        answer = control.request_sync(socket_path, backup, shown)
+    finally:
+        if progress:
+            progress.close()
+    if "error" in answer:
+        raise DriveError(f"the mount daemon of {info['mountpoint']} refused: {answer['error']}")
+    results = answer["results"]
+    failed = [r for r in results if not r["ok"]]
+    synced = [r for r in results if r["ok"]]
+    lines = [f"synced {r['location']} online ({'incremental' if r['incremental'] else 'full compare'}): "
+             f"{r['files_changed']} files changed, {r['bytes_written'] / 2**20:.1f} MiB written, "
+             f"{r['removed']} removed; it is mirrored again" for r in synced]
+    if not results:
+        lines.append(f"{info['mountpoint']} has all its replicas" if not answer["missing"] else
+                     f"still missing: {', '.join(answer['missing'])} (not plugged in; name it with --backup)")
+    options.emit(args, {"mountpoint": info["mountpoint"], "synced": synced, "failed": failed,
+                        "missing": answer["missing"]}, "\n".join(lines))
+    if failed:
+        first = failed[0]
+        error = NoSpace if first.get("no_space") else DriveError
+        raise error(f"{first['location']}: {first['error']}")
+    if answer["missing"] and args.backup:
+        raise DriveError(f"{args.backup} did not rejoin {info['mountpoint']}")
+    return 0
+
+
 def run(args) -> int:
+    info = _live_mount(args.vault)
+    if info is not None:
+        return _sync_mounted(args, info)
     vault = options.unlock(args, require_all=True)
     if len(vault.locations) < 2:
         raise DriveError("no other replica is present to sync with")
@@ -36,11 +92,14 @@ def run(args) -> int:
         if relation == rs.DIVERGED and not args.overwrite_diverged:
             raise DriveError(f"{vault.locations[0]} and {location} diverged (split brain); nothing was "
                              "touched. --overwrite-diverged keeps VAULT and discards the other's changes")
-        size, files = mirror.totals(vault, vault.locations[0])
+        paths = mirror.sync_plan(vault, vault.locations[0], location)
+        size, files = mirror.sync_totals(vault, vault.locations[0], paths)
         progress = Progress(f"sync {location}", size, files=files)
-        stats = mirror.sync_replica(vault, vault.locations[0], location, progress)
-        progress.close()
-        synced.append({"replica": location, "files_changed": stats.files_changed,
+        try:
+            stats = mirror.sync_replica(vault, vault.locations[0], location, progress, paths)
+        finally:
+            progress.close()
+        synced.append({"replica": location, "incremental": paths is not None, "files_changed": stats.files_changed,
                        "bytes_written": stats.bytes_written, "removed": stats.removed, "damaged": stats.damaged})
         vault.extra["audit"].append("sync", source=vault.locations[0], target=location,
                                     files_changed=stats.files_changed, damaged=stats.damaged,

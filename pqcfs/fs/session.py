@@ -19,10 +19,13 @@ import trio
 from pqcfs import mirror
 from pqcfs import vault as vault_mod
 from pqcfs.errors import MountError, PqcfsError
+from pqcfs.fs import control
 from pqcfs.fs import recovery
+from pqcfs.fs import rejoin as rejoin_mod
 from pqcfs.fs.operations import Operations
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
+from pqcfs.store import changes as changes_mod
 from pqcfs.store import intent as intent_mod
 from pqcfs.store.lock import VaultLock
 from pqcfs.store.replicas import ReplicaSet
@@ -67,6 +70,11 @@ class Session:
         self.runtime_path = runtime_file(self.mountpoint)
         self.replicas: ReplicaSet | None = None
         self.intent: intent_mod.IntentLog | None = None
+        self.changes: changes_mod.ChangeJournal | None = None
+        self.drives: list = []          # one list shared by all that write; attach() grows it
+        self._since = ""                # the primary's last session before this one
+        self.failed_ids: dict[int, str] = {}   # replica set index -> id of a replica that failed
+        self.rejoin = rejoin_mod.Rejoin(self)
         self.missing: list[str] = []
         self.session_id = ""
 
@@ -79,6 +87,12 @@ class Session:
         lock = self.vault.extra.get("lock")
         if lock is not None:
             lock.release()
+        self.rejoin.release()
+
+    def append_files(self) -> list:
+        """The per-replica logs kept open for the session (reopened when a drive rejoins)."""
+        files = [log.file for log in (self.intent, self.changes, self.audit) if log is not None]
+        return files
 
     def prepare(self, progress_factory=None) -> mirror.Plan:
         """Before serving: bring stale replicas up to date, repair after a crash, and
@@ -91,15 +105,15 @@ class Session:
                 self.vault.locations.remove(location)
             plan.stale = []
         for location in plan.stale:
-            if progress_factory:
-                size, files = mirror.totals(self.vault, plan.primary)
-                progress = progress_factory(f"sync {location}", size, files=files)
-            else:
-                progress = None
+            progress = None
             try:
-                stats = mirror.sync_replica(self.vault, plan.primary, location, progress)
+                paths = mirror.sync_plan(self.vault, plan.primary, location)
+                if progress_factory:
+                    size, files = mirror.sync_totals(self.vault, plan.primary, paths)
+                    progress = progress_factory(f"sync {location}", size, files=files)
+                stats = mirror.sync_replica(self.vault, plan.primary, location, progress, paths)
                 log.info("brought the stale replica at %s up to date", location)
-                self._event("sync", target=location, files_changed=stats.files_changed, damaged=stats.damaged,
+                self.event("sync", target=location, files_changed=stats.files_changed, damaged=stats.damaged,
                             at="mount")
                 if stats.damaged:
                     log.warning("warning: %d file(s) fail authentication on %s and were not copied to %s; "
@@ -117,10 +131,11 @@ class Session:
             self._recover(plan)
         self.missing = plan.missing
         if plan.missing:
-            self._event("degraded", missing=plan.missing, at="mount")
+            self.event("degraded", missing=plan.missing, at="mount")
         if not self.read_only:
+            self._since = vault_mod.read_state(self.vault.drives[0], self.vault.root_key).head
             self.session_id = os.urandom(8).hex()
-            self._event("mount", mountpoint=self.mountpoint, replicas=len(self.vault.locations),
+            self.event("mount", mountpoint=self.mountpoint, replicas=len(self.vault.locations),
                         session=self.session_id)
             for drive in self.vault.drives:
                 state = vault_mod.read_state(drive, self.vault.root_key)
@@ -148,7 +163,7 @@ class Session:
                 self.audit.file.close()   # reopened on the next record: the copies are new files
         log.warning("recovered from an unclean unmount (%d blocks repaired from a backup, %s)", repaired,
                     "full comparison" if intents is None else f"{len(intents)} intent records")
-        self._event("crash-recovery", blocks_repaired=repaired,
+        self.event("crash-recovery", blocks_repaired=repaired,
                     intent_records=None if intents is None else len(intents))
 
     def _replica_failed(self, n: int, error: BaseException) -> None:
@@ -163,15 +178,19 @@ class Session:
             failed_id = next((r["id"] for r in self.vault.header.replicas
                               if r.get("path_hint") == os.path.realpath(location)), location)
         state = vault_mod.read_state(serving, self.vault.root_key)
+        since = state.head
         state.begin_session(f"{self.session_id}-degraded-{os.urandom(4).hex()}", [failed_id])
         vault_mod.write_state(serving, state, self.vault.root_key)
+        if self.changes is not None:
+            self.changes.start(since, None)   # from here on, list what the failed one misses
         self.missing = sorted(set(self.missing) | {failed_id})
-        self._event("degraded", replica=failed_id, error=str(error), at="while mounted")
-        self._write_runtime()
+        self.failed_ids[n] = failed_id
+        self.event("degraded", replica=failed_id, error=str(error), at="while mounted")
+        self.write_runtime()
         log.warning("%s at %s failed (%s): degraded, going on with %s", "primary" if n == 0 else "backup",
                     location, error, serving.location)
 
-    def _event(self, event: str, **details) -> None:
+    def event(self, event: str, **details) -> None:
         if self.audit is not None and not self.read_only:
             try:
                 self.audit.append(event, **details)
@@ -187,9 +206,11 @@ class Session:
         if self.intent is not None:
             self.intent.clear()
             self.intent.close()
+        if self.changes is not None:
+            self.changes.end()
         if self.audit is not None:
             heals = self.ops.vfs.heal_events if getattr(self, "ops", None) else 0
-            self._event("unmount", session=self.session_id, self_heals=heals)
+            self.event("unmount", session=self.session_id, self_heals=heals)
             identity = self.vault.extra.get("identity")
             try:
                 if identity is not None:
@@ -206,18 +227,31 @@ class Session:
             vault_mod.write_state(drive, state, self.vault.root_key)
 
     def build(self) -> Operations:
-        self.replicas = ReplicaSet(self.vault.drives, on_failure=self._replica_failed)
+        self.drives = self.vault.drives
+        self.replicas = ReplicaSet(self.drives, on_failure=self._replica_failed)
+        healthy = lambda: self.replicas.healthy  # noqa: E731
         if not self.read_only:
-            self.intent = intent_mod.IntentLog(self.vault.drives, lambda: self.replicas.healthy,
-                                               intent_mod.intent_key(self.vault.root_key))
+            self.intent = intent_mod.IntentLog(self.drives, healthy, intent_mod.intent_key(self.vault.root_key))
             self.intent.clear()
-            self.replicas.before_sync = self.intent.sync
+            key = changes_mod.changes_key(self.vault.root_key)
+            self.changes = changes_mod.ChangeJournal(self.drives, healthy, key)
+            if self.missing:
+                self.changes.start(self._since, changes_mod.read(self.drives[0], key))
+            else:
+                changes_mod.remove(self.drives)   # every replica is current: nothing to track
+            self.replicas.on_change = self.changes.note
+            self.replicas.before_sync = self._before_sync
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
-                      read_only=self.read_only, on_event=self._event, intent=self.intent)
+                      read_only=self.read_only, on_event=self.event, intent=self.intent)
         if self.audit is not None:
-            self.audit.follow(lambda: self.replicas.healthy)
+            self.audit.follow(healthy, self.drives)
         self.ops = Operations(vfs, audit_files=self.audit_files)
         return self.ops
+
+    def _before_sync(self) -> None:
+        # Both logs say what may have changed; they reach the drive before any data does.
+        self.intent.sync()
+        self.changes.sync()
 
     def fuse_options(self, extra: list[str]) -> set[str]:
         opts = set(pyfuse3.default_options)
@@ -235,7 +269,7 @@ class Session:
         except RuntimeError as e:
             self._finish()
             raise MountError(f"mounting {self.mountpoint} failed: {e}") from None
-        self._write_runtime()
+        self.write_runtime()
         if ready:
             ready()
         try:
@@ -252,6 +286,11 @@ class Session:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery.cancel_scope)
+            if not self.read_only:
+                nursery.start_soon(control.serve, self, control.socket_path(self.runtime_path))
+                interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))
+                if interval > 0:
+                    nursery.start_soon(self.rejoin.watch, interval)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -262,7 +301,7 @@ class Session:
                 pyfuse3.terminate()
                 return
 
-    def _write_runtime(self) -> None:
+    def write_runtime(self) -> None:
         os.makedirs(RUNTIME_DIR, mode=0o700, exist_ok=True)
         failed = [os.path.abspath(self.vault.locations[n]) for n in sorted(self.replicas.failed)] if self.replicas else []
         write_atomic(self.runtime_path, json.dumps({

@@ -145,7 +145,7 @@ class VaultFS(NamespaceOps):
         except FileNotFoundError:
             # Replicas agree while mounted, so a name only a backup has is damage here:
             # healing the listing brings it back.
-            if not any(self.replicas.exists(rel, n) for n in self.replicas.healthy[1:]):
+            if not self.replicas.on_backups(rel):
                 raise FsError(errno.ENOENT) from None
             self.listdir(dir_node)
             try:

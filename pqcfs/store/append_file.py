@@ -50,6 +50,15 @@ class ReplicatedAppendFile:
     def truncate(self, length: int) -> None:
         self._each("truncate", lambda n: os.ftruncate(self._fd(n), length))
 
+    def forget(self, n: int) -> None:
+        """Replica n's drive was replaced (it rejoined): open the file anew there."""
+        fd = self._fds.pop(n, None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def close(self) -> None:
         for fd in self._fds.values():
             try:

@@ -44,5 +44,8 @@ class VaultLock:
 
     def release(self) -> None:
         for fd in self._fds:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass    # a drive that is gone releases its lock by itself
         self._fds = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import weakref
 
 from pqcfs.errors import NoSpace
 from pqcfs.store.drive import TEMP_PREFIX, Drive, UnsafeEntry
@@ -43,6 +44,10 @@ class ReplicaSet:
         # Runs before every fsync this set performs: the write-intent log must be durable
         # before any data it covers is (set by the mount session).
         self.before_sync = lambda: None
+        # Told every path (relative to the replica) about to change, and whether all below
+        # it may change too: the change journal a missing replica is brought back with.
+        self.on_change = lambda rel, subtree=False: None
+        self.open_files: weakref.WeakSet[MirroredFile] = weakref.WeakSet()
 
     @property
     def healthy(self) -> list[int]:
@@ -91,9 +96,23 @@ class ReplicaSet:
                 if not self.survives(n, e):
                     raise (_no_space(e) if isinstance(e, OSError) else e) from None
 
-    def _each_drive(self, fn, *rels: str) -> None:
+    def _each_drive(self, fn, *rels: str, subtree: bool = False) -> None:
         full = [self.rel(r) for r in rels]
+        for rel in full:
+            self.on_change(rel, subtree)
         self.each(lambda n: fn(self.drives[n], *full))
+
+    def attach(self, n: int, drive: Drive) -> None:
+        """Replica n (an index one past the end: a new one) joins, already identical to
+        the serving replica: from now on every change goes to it too, files that are open
+        included. The caller makes sure nothing changes between its sync and this."""
+        if n == len(self.drives):
+            self.drives.append(drive)
+        else:
+            self.drives[n] = drive
+        for f in list(self.open_files):
+            f.reopen(n)
+        self.failed.discard(n)
 
     def serve(self, replica: int | None, serving, fn):
         """fn(n) on the named replica, or on the serving one (serving() names it); when
@@ -108,7 +127,25 @@ class ReplicaSet:
 
     # Reads (the serving replica, unless one is named).
     def _read(self, replica: int | None, fn):
-        return self.serve(replica, lambda: self.first, lambda n: fn(self.drives[n]))
+        try:
+            return self.serve(replica, lambda: self.first, lambda n: fn(self.drives[n]))
+        except OSError as e:
+            # A named backup whose drive fails is dropped here, at its first read, not
+            # at the next write (the caller still gets the error for this read).
+            if replica is not None and replica != self.first and drive_failed(e):
+                self.fail(replica, e)
+            raise
+
+    def on_backups(self, rel: str) -> bool:
+        """Some healthy backup has rel (one whose drive fails is dropped, and has not)."""
+        for n in self.healthy[1:]:
+            try:
+                if self.exists(rel, n):
+                    return True
+            except OSError as e:
+                if not drive_failed(e):
+                    raise
+        return False
 
     def lstat(self, rel: str, replica: int | None = None) -> os.stat_result:
         return self._read(replica, lambda d: d.lstat(self.rel(rel)))
@@ -131,6 +168,7 @@ class ReplicaSet:
 
     # Mutations (every healthy replica).
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
+        self.on_change(self.rel(rel))
         if sync:
             self.before_sync()
         self._each_drive(lambda d, r: d.write_atomic(r, data, sync), rel)
@@ -149,6 +187,7 @@ class ReplicaSet:
     def create_file(self, rel: str, header: bytes) -> "MirroredFile":
         fds: dict[int, int] = {}
         full = self.rel(rel)
+        self.on_change(full)
 
         def create(n: int) -> None:
             fd = self.drives[n].open(full, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -165,7 +204,7 @@ class ReplicaSet:
                 except OSError:
                     pass
             raise
-        return MirroredFile(self, fds)
+        return MirroredFile(self, fds, full, os.O_RDWR)
 
     def open_file(self, rel: str, writable: bool = True, heal_missing=None) -> "MirroredFile":
         """Open rel on every healthy replica. A backup that lacks it while the primary has
@@ -187,16 +226,16 @@ class ReplicaSet:
         try:
             self.each(open_one)
         except (OSError, NoSpace):
-            MirroredFile(self, fds).close()
+            MirroredFile(self, fds, full, flags).close()
             raise
-        return MirroredFile(self, fds)
+        return MirroredFile(self, fds, full, flags)
 
     def mkdir(self, rel: str) -> None:
         self._each_drive(lambda d, r: d.mkdir(r, 0o700), rel)
 
     def rmdir_tree(self, rel: str) -> None:
         """Remove a ciphertext directory that holds only pqcfs' own files."""
-        self._each_drive(Drive.remove_tree, rel)
+        self._each_drive(Drive.remove_tree, rel, subtree=True)
 
     def unlink(self, rel: str, missing_ok: bool = False) -> None:
         def remove(d: Drive, r: str) -> None:
@@ -208,22 +247,24 @@ class ReplicaSet:
         self._each_drive(remove, rel)
 
     def rename(self, src: str, dst: str) -> None:
-        self._each_drive(Drive.rename, src, dst)
+        # What arrives at dst may be a whole directory the other replica has elsewhere.
+        self._each_drive(Drive.rename, src, dst, subtree=True)
 
     def exchange(self, a: str, b: str) -> None:
         # No renameat2(RENAME_EXCHANGE) in os; a three-step swap through a temp name.
         parent = a.rpartition("/")[0]
         tmp = f"{parent}/{TEMP_PREFIX}{os.urandom(6).hex()}" if parent else TEMP_PREFIX + os.urandom(6).hex()
-        self._each_drive(Drive.rename, a, tmp)
-        self._each_drive(Drive.rename, b, a)
-        self._each_drive(Drive.rename, tmp, b)
+        self._each_drive(Drive.rename, a, tmp, subtree=True)
+        self._each_drive(Drive.rename, b, a, subtree=True)
+        self._each_drive(Drive.rename, tmp, b, subtree=True)
 
     def utime(self, rel: str, ns: tuple[int, int]) -> None:
         self._each_drive(lambda d, r: d.utime(r, ns), rel)
 
     def fsync_dir(self, rel: str) -> None:
         self.before_sync()
-        self._each_drive(Drive.fsync_dir, rel)
+        full = self.rel(rel)
+        self.each(lambda n: self.drives[n].fsync_dir(full))
 
     def statvfs(self) -> os.statvfs_result:
         """The space of the fullest healthy replica: a write must fit on every one of them."""
@@ -240,9 +281,27 @@ class ReplicaSet:
 class MirroredFile:
     """One open ciphertext file on every healthy replica (replica index -> fd)."""
 
-    def __init__(self, replicas: ReplicaSet, fds: dict[int, int]):
+    def __init__(self, replicas: ReplicaSet, fds: dict[int, int], rel: str = "", flags: int = os.O_RDONLY):
         self.replicas = replicas
         self.fds = fds
+        self.rel = rel          # inside the replica
+        self.flags = flags
+        replicas.open_files.add(self)
+
+    def reopen(self, n: int) -> None:
+        """Replica n (re)joined: this file is open there too from now on."""
+        if not self.fds:
+            return    # closed
+        old = self.fds.pop(n, None)
+        if old is not None:
+            try:
+                os.close(old)
+            except OSError:
+                pass
+        self.fds[n] = self.replicas.drives[n].open(self.rel, self.flags)
+
+    def _changing(self) -> None:
+        self.replicas.on_change(self.rel)
 
     def _each(self, fn) -> None:
         def run(n: int) -> None:
@@ -263,6 +322,8 @@ class MirroredFile:
         return readable[0]
 
     def pwrite(self, data: bytes, offset: int) -> None:
+        self._changing()
+
         def write(fd: int) -> None:
             view, pos = memoryview(data), offset
             while view:
@@ -274,6 +335,7 @@ class MirroredFile:
         os.pwrite(self.fds[replica], data, offset)
 
     def truncate(self, length: int) -> None:
+        self._changing()
         self._each(lambda fd: os.ftruncate(fd, length))
 
     def fsync(self, datasync: bool = False) -> None:
@@ -287,6 +349,7 @@ class MirroredFile:
         return os.fstat(self.fds[self.serving])
 
     def utime(self, ns: tuple[int, int]) -> None:
+        self._changing()
         self._each(lambda fd: os.utime(fd, ns=ns))
 
     @property

@@ -23,7 +23,9 @@ from pqcfs.store.drive import Drive
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 TREE = "tree"
-COPIED_FILES = ("pqcfs.vault", "pqcfs.audit")   # per-replica files (state, lock, intent) are never copied
+AUDIT_FILE = "pqcfs.audit"
+COPIED_FILES = ("pqcfs.vault", AUDIT_FILE)   # per-replica files (state, lock, intent, changes) are never copied
+TAIL_CHECK = 64 << 10
 
 
 @dataclass
@@ -49,6 +51,20 @@ def totals(drive: Drive, rel: str = TREE) -> tuple[int, int]:
                     files += 1
                 except FileNotFoundError:
                     pass
+    return size, files
+
+
+def path_totals(drive: Drive, paths: dict[str, bool]) -> tuple[int, int]:
+    """Bytes and files among the listed paths (whole subtrees where marked)."""
+    size, files = 0, 0
+    for rel, subtree in paths.items():
+        kind = drive.kind(rel)
+        if kind == "file":
+            size += drive.lstat(rel).st_size
+            files += 1
+        elif kind == "dir" and subtree:
+            more_size, more_files = totals(drive, rel)
+            size, files = size + more_size, files + more_files
     return size, files
 
 
@@ -118,16 +134,26 @@ def _sync_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, vet
 
 
 def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress, vet=None) -> None:
+    for _ in _walk_dir(src, dst, top, stats, progress, vet):
+        pass
+
+
+def _walk_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress, vet=None):
     """dst's directory top (and everything below) becomes src's (a loop, not recursion:
-    trees may be thousands of levels deep)."""
+    trees may be thousands of levels deep). A generator that yields after every file, so
+    a mounted session can serve between them (online resync); an entry that vanished
+    from src meanwhile is skipped (its removal is journaled and synced after)."""
     pending = [top]
     while pending:
         rel = pending.pop()
+        try:
+            wanted = dict(src.scandir(rel))
+        except FileNotFoundError:
+            continue
         if dst.kind(rel) != "dir":
             if dst.exists(rel):
                 _remove(dst, rel, stats)
             dst.mkdir(rel, 0o700)
-        wanted = dict(src.scandir(rel))
         dirty = False
         for name, kind in dst.scandir(rel):
             if wanted.get(name) == "other":
@@ -139,7 +165,8 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress, vet=
         for name, kind in sorted(wanted.items()):
             child = f"{rel}/{name}"
             if kind == "file":
-                _sync_file(src, dst, child, stats, progress, vet)
+                _sync_present_file(src, dst, child, stats, progress, vet)
+                yield
             elif kind == "dir":
                 pending.append(child)
             else:
@@ -147,6 +174,14 @@ def _sync_dir(src: Drive, dst: Drive, top: str, stats: SyncStats, progress, vet=
                 stats.damaged += 1
         if dirty or stats.files_changed != changed_before:
             dst.fsync_dir(rel)
+
+
+def _sync_present_file(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, vet) -> None:
+    try:
+        _sync_file(src, dst, rel, stats, progress, vet)
+    except FileNotFoundError:
+        if src.kind(rel) is not None:
+            raise
 
 
 def sync_tree(src: Drive, dst: Drive, progress=lambda n, files=0: None, vet=None) -> SyncStats:
@@ -163,10 +198,102 @@ def sync_tree(src: Drive, dst: Drive, progress=lambda n, files=0: None, vet=None
 def _sync_tree(src: Drive, dst: Drive, progress, vet) -> SyncStats:
     stats = SyncStats()
     _sync_dir(src, dst, TREE, stats, progress, vet)
+    sync_own_files(src, dst, stats)
+    return stats
+
+
+def sync_paths(src: Drive, dst: Drive, paths: dict[str, bool], progress=lambda n, files=0: None,
+               vet=None) -> SyncStats:
+    """Like sync_tree, but only for the entries a change journal lists (path -> whole
+    subtree): the rest of the target is known to be equal already and is never read."""
+    try:
+        stats = SyncStats()
+        for _ in path_steps(src, dst, paths, stats, progress, vet):
+            pass
+        sync_own_files(src, dst, stats)
+        return stats
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise NoSpace(f"no space left on {dst.location}: it can not hold a copy of {src.location}") from None
+        raise
+
+
+def path_steps(src: Drive, dst: Drive, paths: dict[str, bool], stats: SyncStats, progress, vet=None):
+    """sync_paths' work on tree/, as a generator that yields after every file."""
+    parents: set[str] = set()
+    for rel in sorted(paths):          # a directory before what is in it
+        if rel == TREE or rel.startswith(TREE + "/"):
+            yield from _path_steps(src, dst, rel, paths[rel], stats, progress, vet)
+            parents.add(rel.rpartition("/")[0] or TREE)
+    for rel in sorted(parents, reverse=True):
+        if dst.kind(rel) == "dir":
+            dst.fsync_dir(rel)
+
+
+def _path_steps(src: Drive, dst: Drive, rel: str, subtree: bool, stats: SyncStats, progress, vet):
+    """dst's entry at rel becomes src's: gone, a file brought up to date, or a
+    directory whose own entries match (with subtree: everything below it too)."""
+    kind = src.kind(rel)
+    if kind is None:
+        if dst.exists(rel):
+            _remove(dst, rel, stats)
+        return
+    parent = _missing_parent(src, dst, rel)
+    if parent is not None:
+        # Everything in it is new to dst (or src lacks it too, and there is nothing to do).
+        yield from _walk_dir(src, dst, parent, stats, progress, vet)
+        return
+    if kind == "file":
+        _sync_present_file(src, dst, rel, stats, progress, vet)
+        yield
+    elif kind == "dir":
+        if subtree or dst.kind(rel) != "dir":
+            yield from _walk_dir(src, dst, rel, stats, progress, vet)
+        else:
+            yield from _entry_steps(src, dst, rel, stats, progress, vet)
+    else:
+        log.error("%s is not a file or directory; not copied", src.describe(rel))
+        stats.damaged += 1
+
+
+def _missing_parent(src: Drive, dst: Drive, rel: str) -> str | None:
+    """The highest directory above rel that dst lacks."""
+    parts = rel.split("/")
+    for depth in range(1, len(parts)):
+        here = "/".join(parts[:depth])
+        if dst.kind(here) != "dir":
+            return here
+    return None
+
+
+def _entry_steps(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, vet):
+    """One directory's own entries: what src lacks goes, what dst lacks is copied;
+    entries on both sides are left to their own journal records."""
+    wanted = dict(src.scandir(rel))
+    for name, kind in dst.scandir(rel):
+        if wanted.get(name) == "other":
+            continue
+        if name not in wanted or kind != wanted[name]:
+            _remove(dst, f"{rel}/{name}", stats)
+    present = dict(dst.scandir(rel))
+    for name, kind in sorted(wanted.items()):
+        if name in present:
+            continue
+        if kind == "file":
+            _sync_present_file(src, dst, f"{rel}/{name}", stats, progress, vet)
+            yield
+        elif kind == "dir":
+            yield from _walk_dir(src, dst, f"{rel}/{name}", stats, progress, vet)
+
+
+def sync_own_files(src: Drive, dst: Drive, stats: SyncStats) -> None:
+    """The header (small: compared whole) and the audit log (append-only: only its new
+    tail is read and appended when the target's copy is a prefix of the source's)."""
     for name in COPIED_FILES:
         kind = src.kind(name)
         if kind == "file":
-            if same_file(src, dst, name):
+            if dst.kind(name) == "file" and (_append_tail(src, dst, name) if name == AUDIT_FILE
+                                             else same_file(src, dst, name)):
                 continue
             if dst.kind(name) not in (None, "file"):
                 _remove(dst, name, stats)
@@ -175,7 +302,34 @@ def _sync_tree(src: Drive, dst: Drive, progress, vet) -> SyncStats:
         elif kind == "other":
             log.error("%s is not a regular file; not copied", src.describe(name))
             stats.damaged += 1
-    return stats
+
+
+def _append_tail(src: Drive, dst: Drive, rel: str) -> bool:
+    """Bring an append-only file up to date by appending what src has beyond dst's end,
+    after checking that dst's last bytes are where src has them; False when dst is not a
+    prefix of src (then it is copied whole)."""
+    s, d = src.open(rel), dst.open(rel, os.O_RDWR)
+    try:
+        s_size, d_size = os.fstat(s).st_size, os.fstat(d).st_size
+        if d_size > s_size:
+            return False
+        probe = min(d_size, TAIL_CHECK)
+        if os.pread(s, probe, d_size - probe) != os.pread(d, probe, d_size - probe):
+            return False
+        if s_size == d_size:
+            return True
+        offset = d_size
+        while offset < s_size:
+            chunk = os.pread(s, min(CHUNK, s_size - offset), offset)
+            if not chunk:
+                break
+            os.pwrite(d, chunk, offset)
+            offset += len(chunk)
+        os.fsync(d)
+        return True
+    finally:
+        os.close(s)
+        os.close(d)
 
 
 def same_file(a: Drive, b: Drive, rel: str) -> bool:

@@ -1,6 +1,7 @@
 """Faults on real stand-in drives: killed daemons, full, yanked and rolled-back backups,
 bit rot. Nothing fsynced may be lost, and replicas must end identical and fsck-clean."""
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -56,7 +57,9 @@ def trees_identical(vault) -> bool:
     from pqcfs.fs.recovery import differing_files
     from pqcfs.store.drive import Drive
     with Drive(vault.primary) as primary, Drive(vault.backup) as backup:
-        return differing_files(primary, backup) == []
+        differ = differing_files(primary, backup)
+
+        return differ == []
 
 
 def verify_journal(mnt: str, journal: str) -> int:
@@ -460,3 +463,94 @@ def test_the_backup_serves_everything_when_the_primary_dies():
             assert f.read() == chunk * 8
         with open(os.path.join(vault.mountpoint, "after"), "rb") as f:
             assert f.read() == b"written without the primary"
+
+
+def _health(mountpoint: str) -> tuple[str, int]:
+    status = drives.pqcfs("status", mountpoint, "--json", check=False)
+    return json.loads(status.stdout)["mounts"][0]["health"], status.returncode
+
+
+@contextlib.contextmanager
+def replugged_drive(image: str, mountpoint: str):
+    """pull() kills an exFAT stand-in's daemon (the stick yanked); plug_back() checks it
+    (a yanked exFAT stick's allocation bitmap is stale: mounted unchecked, new files
+    overwrite old ones) and mounts it on a new loop device, as a re-plugged stick comes
+    back as a new device (the old one stays busy while pqcfs holds files on the dead mount)."""
+    loops = [drives.run("losetup", "-j", image).stdout.split(":")[0]]
+
+    def pull():
+        drives.run("pkill", "-KILL", "-f", f"mount.exfat-fuse {loops[-1]} ")
+        time.sleep(0.3)
+
+    def plug_back():
+        drives.unmount(mountpoint)
+        # What the killed daemon wrote is still dirty in the old loop device's cache; a
+        # real stick takes it along when pulled, here it must land before the new device
+        # writes, or its late write-back would overwrite newer data.
+        drives.run("blockdev", "--flushbufs", loops[-1], check=False)
+        loops.append(drives.run("losetup", "--find", "--show", image).stdout.strip())
+        drives.run("fsck.exfat", "-y", loops[-1], check=False)
+        drives.run("mount.exfat-fuse", loops[-1], mountpoint)
+    try:
+        yield pull, plug_back
+    finally:
+        drives.unmount(mountpoint)
+        for loop in loops[1:]:
+            drives.run("losetup", "-d", loop, check=False)
+
+
+def test_a_backup_plugged_back_in_is_synced_online(monkeypatch):
+    """The exFAT backup pulled mid-session, then plugged back in while mounted: `pqcfs
+    sync` brings it back online (incremental, from the change journal), and in the next
+    session the daemon does so by itself; a file kept open across it ends up on both."""
+    monkeypatch.setenv("PQCFS_REJOIN_INTERVAL", "0")      # first by hand, through `pqcfs sync`
+    with drives.workdir() as w, drives.standin_vault(w, backup=("exfat", 256)) as vault, \
+            replugged_drive(vault.images[1], vault.backup) as (pull, plug_back):
+        mnt = vault.mountpoint
+        vault.mount()
+        for n in range(50):
+            with open(os.path.join(mnt, f"old{n}"), "wb") as f:
+                f.write(os.urandom(3000))
+        vault.umount()
+        vault.mount()     # a new session: the 50 files are on both drives, and stay so
+        with open(os.path.join(mnt, "kept-open"), "wb") as kept:
+            kept.write(b"a" * 5000)
+            kept.flush()
+            pull()
+            kept.write(b"b" * 5000)
+            kept.flush()
+            with open(os.path.join(mnt, "while-pulled"), "wb") as f:
+                f.write(b"only on the primary")
+            os.unlink(os.path.join(mnt, "old3"))
+            assert _health(mnt) == ("degraded", 12)
+            plug_back()
+            report = json.loads(drives.pqcfs("sync", vault.primary, "--json").stdout)
+            assert [r["incremental"] for r in report["synced"]] == [True], report
+            assert report["synced"][0]["files_changed"] <= 6, report    # what changed, not all 50
+            assert report["missing"] == [] and _health(mnt) == ("healthy", 0)
+            kept.write(b"c" * 5000)                       # goes to both drives now
+            kept.flush()
+            os.fsync(kept.fileno())
+        vault.umount()
+        assert trees_identical(vault)
+
+        monkeypatch.setenv("PQCFS_REJOIN_INTERVAL", "0.5")   # now the daemon watches by itself
+        vault.mount()
+        pull()
+        with open(os.path.join(mnt, "while-pulled-2"), "wb") as f:
+            f.write(b"again")
+        assert _health(mnt) == ("degraded", 12)
+        plug_back()
+        deadline = time.monotonic() + 30
+        while _health(mnt) != ("healthy", 0):
+            assert time.monotonic() < deadline, "the re-plugged backup was never brought back"
+            time.sleep(0.5)
+        with open(os.path.join(mnt, "after-rejoin"), "wb") as f:
+            f.write(b"mirrored")
+        vault.umount()
+        assert trees_identical(vault)
+        assert fsck(vault).returncode == 0
+        vault.mount()
+        with open(os.path.join(mnt, "kept-open"), "rb") as f:
+            assert f.read() == b"a" * 5000 + b"b" * 5000 + b"c" * 5000
+        assert not os.path.exists(os.path.join(mnt, "old3"))
