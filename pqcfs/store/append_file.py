@@ -44,6 +44,10 @@ class ReplicatedAppendFile:
     def append(self, data: bytes) -> None:
         self._each("append to", lambda n: os.write(self._fd(n), data))
 
+    def append_each(self, data_for) -> None:
+        """Append data_for(n) to replica n's file (a record that differs per drive)."""
+        self._each("append to", lambda n: os.write(self._fd(n), data_for(n)))
+
     def fsync(self) -> None:
         self._each("sync", lambda n: os.fsync(self._fd(n)))
 

@@ -106,3 +106,27 @@ def find_by_uuid(fs_uuid: str) -> list[str]:
         if part.device.startswith("/dev/") and _fs_uuid(part.device) == fs_uuid:
             found.append(part.mountpoint)
     return found
+
+
+def mount_identity(fd: int, location: str) -> str:
+    """Which mounting of which boot the file system holding fd is: "<boot id>:<mount id>".
+    It stays the same while the page cache of that file system survives (a daemon
+    crash), and changes when it may not have (a reboot, a power loss, a drive pulled and
+    mounted again). "" when it can not be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        st = os.fstat(fd)
+        wanted = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        here = os.path.realpath(location)
+        best, best_len = "", -1
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split(" ")
+                mountpoint = fields[4].replace("\\040", " ")
+                inside = here == mountpoint or here.startswith(mountpoint.rstrip("/") + "/")
+                if fields[2] == wanted and inside and len(mountpoint) > best_len:
+                    best, best_len = fields[0], len(mountpoint)
+        return f"{boot}:{best}" if best else ""
+    except (OSError, IndexError):
+        return ""

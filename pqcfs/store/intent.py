@@ -6,9 +6,16 @@ where mac = hex(HMAC-SHA256(intent_key, "F <path>"))[:32] and intent_key comes f
 root key: the log steers crash recovery, so a line a drive's holder wrote (or edited)
 never authenticates and is never acted on. A path is noted once per session, before its
 first change; the log is fsynced before any data fsync, so everything an application
-fsynced is covered even after a power loss, and after a daemon crash the page cache
-holds both anyway. A clean unmount empties it; after an unclean one, recovery looks only
-at the paths it names.
+fsynced is covered even after a power loss. A clean unmount empties it; after an unclean
+one, recovery looks only at the paths it names.
+
+What was never fsynced is covered only while the page cache that holds it survives, so
+each session starts every drive's log with "B <identity> <mac>": which boot and which
+mounting of that drive's file system it was written under (devices.mount_identity).
+After a daemon crash the identity is unchanged, and the cache held the log and the data
+alike; after a power loss, a reboot or a drive pulled and mounted again it differs, a
+change the log never received may have reached a drive, and recovery compares the
+replicas in full instead.
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ import hmac
 import logging
 
 from pqcfs.crypto.kdf import LABEL_INTENT, hkdf
+from pqcfs.store import devices
 from pqcfs.store.append_file import ReplicatedAppendFile
 from pqcfs.store.drive import Drive
 
 log = logging.getLogger(__name__)
 FILE_NAME = "pqcfs.intent"
-FILE, DIRECTORY = "F", "D"
+FILE, DIRECTORY, BOOT = "F", "D", "B"
 MAX_FILE = 64 << 20        # cap on the bytes read from a drive
 MAC_HEX = 32
 
@@ -49,6 +57,7 @@ class NoIntent:
 class IntentLog(NoIntent):
     def __init__(self, drives: list[Drive], healthy, key: bytes):
         self.file = ReplicatedAppendFile(drives, FILE_NAME, healthy)
+        self.drives = drives
         self.key = key
         self.noted: set[tuple[str, str]] = set()
         self.dirty = False
@@ -70,6 +79,7 @@ class IntentLog(NoIntent):
         Present and empty means "this session changed nothing yet", which recovery tells
         apart from "no intent log at all" (compare everything)."""
         self.file.truncate(0)
+        self.file.append_each(lambda n: _boot_line(self.key, self.drives[n]))
         self.file.fsync()
         self.noted.clear()
         self.dirty = False
@@ -78,26 +88,41 @@ class IntentLog(NoIntent):
         self.file.close()
 
 
+def _boot_line(key: bytes, drive: Drive) -> bytes:
+    identity = devices.mount_identity(drive.root_fd, drive.location) or "-"
+    return f"{BOOT} {identity} {_mac(key, BOOT, identity)}\n".encode()
+
+
 def read(drives: list[Drive], key: bytes) -> set[tuple[str, str]] | None:
-    """The union of the intent logs' authenticated records; None when no replica has a
-    log, or when a line fails to authenticate (the log can not be trusted to be
-    complete, so recovery compares everything instead)."""
-    found, any_log, forged = set(), False, 0
+    """The union of the intent logs' authenticated records; None (recovery compares
+    everything instead) when no replica has a log, when a line fails to authenticate
+    (the log can not be trusted to be complete), or when no drive's log was written
+    under the page cache its drive has now (a power loss, a reboot, or drives pulled
+    and mounted again: writes the log never received may have reached the drives)."""
+    found, any_log, forged, live = set(), False, 0, False
     for drive in drives:
         try:
             data = drive.read(FILE_NAME, MAX_FILE)
         except FileNotFoundError:
             continue
         any_log = True
+        identity = devices.mount_identity(drive.root_fd, drive.location)
         for line in data.decode("utf-8", "surrogateescape").splitlines():
             kind, _, rest = line.partition(" ")
             rel, _, mac = rest.rpartition(" ")
-            if (kind in (FILE, DIRECTORY) and ".." not in rel.split("/")
-                    and hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _mac(key, kind, rel).encode())):
+            if not hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _mac(key, kind, rel).encode()):
+                forged += bool(line)
+            elif kind == BOOT:
+                live |= bool(identity) and rel == identity
+            elif kind in (FILE, DIRECTORY) and ".." not in rel.split("/"):
                 found.add((kind, rel))
-            elif line:
+            else:
                 forged += 1
     if forged:
         log.warning("%d intent record(s) fail authentication; comparing the replicas in full", forged)
+        return None
+    if any_log and not live:
+        log.warning("the intent logs were written before the drives were last mounted (a power loss, a "
+                    "reboot or a pulled drive); comparing the replicas in full")
         return None
     return found if any_log else None

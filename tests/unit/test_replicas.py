@@ -55,6 +55,29 @@ def test_intent_log_notes_once_and_reads_the_union(tmp_path):
     assert intent.read(drives[:1], key) == set()
 
 
+def test_intent_log_written_under_another_mounting_is_not_trusted(tmp_path, monkeypatch):
+    """A power loss, a reboot or a drive mounted again: changes never fsynced may have
+    reached a drive without their intent record, so recovery must compare everything."""
+    from pqcfs.store import devices
+    a = tmp_path / "a"
+    a.mkdir()
+    drives = [Drive(str(a))]
+    key = bytes(32)
+    log = intent.IntentLog(drives, lambda: [0], key)
+    log.clear()
+    log.note(intent.FILE, "x/y")
+    log.sync()
+    assert intent.read(drives, key) == {("F", "x/y")}         # a daemon crash: same page cache
+    monkeypatch.setattr(devices, "mount_identity", lambda fd, location: "another-boot:42")
+    assert intent.read(drives, key) is None
+    # A log from an older pqcfs (no identity line) is not trusted either.
+    monkeypatch.undo()
+    lines = (a / "pqcfs.intent").read_text().splitlines(keepends=True)
+    (a / "pqcfs.intent").write_text("".join(line for line in lines if not line.startswith("B ")))
+    assert intent.read(drives, key) is None
+    log.close()
+
+
 def test_sync_tree_copies_only_what_differs_and_keeps_per_replica_files(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     for root in (src, dst):
