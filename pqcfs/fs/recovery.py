@@ -39,6 +39,7 @@ class KeyResolver:
     def __init__(self, vfs):
         self.vfs = vfs
         self._listings: dict[str, dict[str, bytes]] = {}
+        self._shared: dict[str, NodeKeys] | None = None
 
     def _listing(self, node) -> dict[str, bytes]:
         if node.c_path not in self._listings:
@@ -48,7 +49,7 @@ class KeyResolver:
     def keys_for(self, rel: str) -> NodeKeys | None:
         parts = rel.split("/")
         if parts[0] == SHARED_DIR:
-            return None  # a shared node's key comes through one of its stubs
+            return self._shared_keys(parts[1]) if len(parts) == 2 else None
         node = self.vfs.inodes.root
         try:
             for i, disk_name in enumerate(parts):
@@ -60,6 +61,30 @@ class KeyResolver:
         except (KeyError, OSError, PqcfsError):
             return None
         return None
+
+
+    def _shared_keys(self, name: str) -> NodeKeys | None:
+        """A hard-linked node's keys come through its stubs (a stub's directory derives
+        them, or holds an override): found by walking the tree once, on first need."""
+        if self._shared is None:
+            self._shared = {}
+            pending = [self.vfs.inodes.root]
+            while pending:
+                dir_node = pending.pop()
+                try:
+                    entries = self._listing(dir_node)
+                except (OSError, PqcfsError):
+                    continue
+                for disk_name, p_name in entries.items():
+                    try:
+                        node = self.vfs.entry(dir_node, p_name, disk_name)
+                    except (OSError, PqcfsError):
+                        continue
+                    if node.is_dir:
+                        pending.append(node)
+                    elif node.shared:
+                        self._shared.setdefault(node.keys.node_id.hex(), node.keys)
+        return self._shared.get(name)
 
 
 def _valid_layout(c_len: int, p_block: int) -> bool:
