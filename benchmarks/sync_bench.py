@@ -67,36 +67,47 @@ def main() -> None:
             f.write(PW + "\n")
         os.mkdir(mnt)
         pqcfs("init", p, b, "--passfile", passfile, "--allow-fixed")
-        mount = ("mount", p, mnt, "--passfile", passfile, "--allow-fixed")
-        pqcfs(*mount, "--backup", b)
-        t0 = time.monotonic()
-        for n in range(args.files):
-            folder = os.path.join(mnt, f"d{n // 500:03d}")
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"f{n:05d}"), "wb") as f:
-                f.write(os.urandom(size))
-        pqcfs("umount", mnt)
-        fill = time.monotonic() - t0
-        loop = drives.run("findmnt", "-n", "-o", "SOURCE", b).stdout.strip()
-        rows = []
-        for how in ("incremental", "full comparison"):
-            drives.unmount(b)                                  # the backup unplugged
-            pqcfs(*mount)
-            n = args.files // 3
-            with open(os.path.join(mnt, f"d{n // 500:03d}", f"f{n:05d}"), "r+b") as f:
-                f.seek(size // 2)
-                f.write(b"one changed file")
-            pqcfs("umount", mnt)
-            drives.run("mount", loop, b)                       # and plugged back in
-            if how != "incremental":
-                os.unlink(os.path.join(p, "pqcfs.changes"))
-            elapsed, read, out = timed_sync(p, b, passfile)
-            rows.append((how, elapsed, read, out))
+        try:
+            rows, fill = measure(args, p, b, passfile, mnt, size)
+        finally:
+            if os.path.ismount(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+            if not os.path.ismount(b):
+                drives.run("mount", drives.run("losetup", "-j", bimg).stdout.split(":")[0], b, check=False)
         print(f"vault: {args.files} files, {args.mib} MiB (written through the mount in {fill:.0f} s)\n")
         print("| sync after one changed file | time | read from the drives | pqcfs said |")
         print("|---|---|---|---|")
         for how, elapsed, read, out in rows:
             print(f"| {how} | {elapsed:.2f} s | {read / 2**20:.1f} MiB | {out} |")
+
+
+def measure(args, p: str, b: str, passfile: str, mnt: str, size: int):
+    mount = ("mount", p, mnt, "--passfile", passfile, "--allow-fixed")
+    pqcfs(*mount, "--backup", b)
+    t0 = time.monotonic()
+    for n in range(args.files):
+        folder = os.path.join(mnt, f"d{n // 500:03d}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"f{n:05d}"), "wb") as f:
+            f.write(os.urandom(size))
+    pqcfs("umount", mnt)
+    fill = time.monotonic() - t0
+    loop = drives.run("findmnt", "-n", "-o", "SOURCE", b).stdout.strip()
+    rows = []
+    for how in ("incremental", "full comparison"):
+        drives.unmount(b)                                  # the backup unplugged
+        pqcfs(*mount)
+        n = args.files // 3
+        with open(os.path.join(mnt, f"d{n // 500:03d}", f"f{n:05d}"), "r+b") as f:
+            f.seek(size // 2)
+            f.write(b"one changed file")
+        pqcfs("umount", mnt)
+        drives.run("mount", loop, b)                       # and plugged back in
+        if how != "incremental":
+            os.unlink(os.path.join(p, "pqcfs.changes"))
+        elapsed, read, out = timed_sync(p, b, passfile)
+        rows.append((how, elapsed, read, out))
+    return rows, fill
 
 
 if __name__ == "__main__":

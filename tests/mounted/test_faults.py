@@ -126,6 +126,10 @@ def test_backup_full_keeps_writing_degraded():
             status = drives.pqcfs("status", vault.mountpoint, "--json", check=False)
             mine = [m for m in json.loads(status.stdout)["mounts"] if m["mountpoint"] == vault.mountpoint]
             assert mine and mine[0]["health"] == "degraded" and status.returncode == 12
+            online = drives.pqcfs("sync", vault.primary, check=False)    # asks the daemon: still full
+            assert online.returncode == 9 and b in online.stderr, online.stderr
+            with open(os.path.join(vault.mountpoint, "big"), "rb") as f:
+                assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data * 64).digest()
         finally:
             vault.umount()
         pending = json.loads(drives.pqcfs("status", vault.primary, "--json", check=False).stdout)["pending_sync"]
