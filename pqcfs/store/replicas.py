@@ -24,7 +24,8 @@ TREE_DIR = "tree"
 
 
 # What a drive that is failing or gone answers; ENOSPC and ENOENT are answers about data.
-DRIVE_FAILURES = {errno.EIO, errno.ENOTCONN, errno.ENODEV, errno.ENXIO, errno.EROFS, errno.ESHUTDOWN}
+DRIVE_FAILURES = {errno.EIO, errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV, errno.ENXIO, errno.EROFS,
+                  errno.ESHUTDOWN}
 
 
 def _no_space(e: OSError) -> OSError | NoSpace:
