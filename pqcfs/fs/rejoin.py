@@ -157,11 +157,13 @@ class Rejoin:
                               "unmount and run `pqcfs sync` to choose")
         if drive.read_only:
             raise RejoinError(f"{where} is read-only")
+        held = [vault.extra.get("lock"), *self.locks]
         lock = VaultLock([drive])
-        try:
-            lock.acquire()
-        except MountError as e:
-            raise RejoinError(str(e)) from None
+        if not any(h is not None and h.covers(drive) for h in held):   # a drive that never went away
+            try:
+                lock.acquire()
+            except MountError as e:
+                raise RejoinError(str(e)) from None
         try:
             stats, incremental = await self._copy(source, drive, state, vault.locations[source_n])
             self._join(replica_id, where, drive, source, serving_state)

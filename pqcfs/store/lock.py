@@ -42,6 +42,22 @@ class VaultLock:
                                  "is running)") from None
             self._fds.append(fd)
 
+    def covers(self, drive) -> bool:
+        """This lock is held on drive's lock file already (flock conflicts even with
+        the same process's other descriptors, so a drive coming back is not locked twice)."""
+        try:
+            st = drive.lstat(LOCK_NAME)
+        except OSError:
+            return False
+        for fd in self._fds:
+            try:
+                held = os.fstat(fd)
+            except OSError:
+                continue
+            if (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino):
+                return True
+        return False
+
     def release(self) -> None:
         for fd in self._fds:
             try:

@@ -13,7 +13,7 @@ from tests.mounted import drives
 pytestmark = pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")
 
 
-def test_writing_commands_refuse_while_mounted_and_the_audit_chain_holds(plain_vault):
+def test_writing_commands_refuse_or_go_through_the_daemon_while_mounted_and_the_audit_chain_holds(plain_vault):
     v = plain_vault
     v.mount()
     base = ["--passfile", v.passfile, "--backup", v.backup]
@@ -24,10 +24,12 @@ def test_writing_commands_refuse_while_mounted_and_the_audit_chain_holds(plain_v
                  ["passwd", v.primary, *base, "--new-passfile", v.passfile],
                  ["audit", "checkpoint", v.primary, "--identity", identity, "--passfile", v.passfile,
                   "--backup", v.backup],
-                 ["fsck", v.primary, *base],
-                 ["sync", v.primary, *base]):
+                 ["fsck", v.primary, *base]):
         proc = drives.pqcfs(*args, check=False)
         assert proc.returncode == exitcodes.MOUNT and "in use" in proc.stderr, (args, proc.stderr)
+    # sync is the one that goes through: to the daemon, which holds the lock and the key.
+    sync = drives.pqcfs("sync", v.primary, *base, check=False)
+    assert sync.returncode == 0 and "has all its replicas" in sync.stdout, sync.stderr
     with open(os.path.join(v.mountpoint, "after"), "w") as f:
         f.write("written while the commands were refused\n")
     v.umount()
