@@ -45,6 +45,7 @@ class Node:
     stat: object = None     # the backing stat taken by lookup, consumed by the reply
     shared: bool = False    # hard-linked: data in h.links/, every name is a stub
     names: set = field(default_factory=set)  # shared nodes: the (parent, p_name) known to the kernel
+    subdirs: int | None = None   # dirs: how many subdirectories (st_nlink = 2 + this), counted on demand
 
     def cipher(self, block_size: int) -> ContentCipher:
         # Made on first use: a stat needs no content key.

@@ -81,7 +81,9 @@ class NamespaceOps:
         self.replicas.write_atomic(self._join(rel, names.DIR_ID_NAME),
                                    node_header.build(MAGIC_DIR, node_id, keys.meta_key, meta), sync=False)
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
-                    keys=keys, meta=meta, overrides={})
+                    keys=keys, meta=meta, overrides={}, subdirs=0)
+        if dir_node.subdirs is not None:
+            dir_node.subdirs += 1
         return self.inodes.add(node)
 
     def link(self, node: Node, dir_node: Node, p_name: bytes) -> Node:
@@ -153,6 +155,7 @@ class NamespaceOps:
         if self.listdir(node):
             raise FsError(errno.ENOTEMPTY)
         self.replicas.rmdir_tree(node.c_path)
+        dir_node.subdirs = None
         self._drop_sidecars(dir_node, node.disk_name, with_xattrs=False)
         self._forget_override(dir_node, node)
         self.inodes.detach(node)
@@ -229,6 +232,8 @@ class NamespaceOps:
             self._lose_name(target, new_dir, new_name)
         if new_dir is not old_dir and not node.shared:
             self._forget_override(old_dir, node)
+        if node.is_dir or (target is not None and target.is_dir):
+            old_dir.subdirs = new_dir.subdirs = None    # counted again on demand
         self._move_name(node, old_dir, old_name, new_dir, new_name, new_disk)
 
     def _lose_name(self, node: Node, dir_node: Node, p_name: bytes) -> None:

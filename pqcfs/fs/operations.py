@@ -61,6 +61,18 @@ def _errors(fn):
     return wrapper
 
 
+# POSIX ACLs are refused, not stored: stored as opaque values they changed nothing (the
+# kernel does not enforce them here), and `cp -p` believed it had set the mode through
+# them. Refused, every tool falls back to chmod. (Older vaults may hold such values:
+# they are hidden.)
+POSIX_ACLS = {b"system.posix_acl_access", b"system.posix_acl_default"}
+
+
+def _refuse_acl(name: bytes) -> None:
+    if name in POSIX_ACLS:
+        raise FsError(errno.EOPNOTSUPP)
+
+
 def _caller(ctx) -> Caller:
     return Caller(uid=ctx.uid, gid=ctx.gid, umask=getattr(ctx, "umask", 0o022))
 
@@ -95,7 +107,7 @@ class Operations(pyfuse3.Operations):
         a.entry_timeout = ENTRY_TIMEOUT
         a.attr_timeout = ATTR_TIMEOUT
         a.st_mode = node.meta.mode
-        a.st_nlink = 2 if node.is_dir else (0 if node.unlinked else node.meta.nlink)
+        a.st_nlink = self.vfs.nlink(node)
         a.st_uid, a.st_gid, a.st_rdev = node.meta.uid, node.meta.gid, node.meta.rdev
         a.st_size = 4096 if node.is_dir else self.vfs.size_of(node)
         a.st_blksize = self.vfs.block_size
@@ -258,6 +270,8 @@ class Operations(pyfuse3.Operations):
         if self.vfs.read_only:
             raise FsError(errno.EROFS)
         node = self._node(fh)
+        if off + len(buf) > node.handle.size:
+            self.vfs.check_size(off + len(buf))
         written = node.handle.write(off, buf)
         node.size = node.handle.size
         return written
@@ -319,6 +333,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode, name, ctx):
+        _refuse_acl(name)
         value = self.vfs.xattrs(self._node(inode)).get(name)
         if value is None:
             raise FsError(pyfuse3.ENOATTR)
@@ -326,14 +341,16 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode, name, value, ctx):
+        _refuse_acl(name)
         self.vfs.set_xattr(self._node(inode), name, value)
 
     @_errors
     async def listxattr(self, inode, ctx):
-        return list(self.vfs.xattrs(self._node(inode)))
+        return [name for name in self.vfs.xattrs(self._node(inode)) if name not in POSIX_ACLS]
 
     @_errors
     async def removexattr(self, inode, name, ctx):
+        _refuse_acl(name)
         try:
             self.vfs.set_xattr(self._node(inode), name, None)
         except FsError as e:

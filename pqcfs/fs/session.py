@@ -291,7 +291,8 @@ class Session:
                 interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))
                 if interval > 0:
                     nursery.start_soon(self.rejoin.watch, interval)
-            await pyfuse3.main()
+            # One worker: handlers never await, so more would only cost dispatch.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
     async def _signals(self, scope) -> None:

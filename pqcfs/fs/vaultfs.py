@@ -43,6 +43,7 @@ class VaultFS(NamespaceOps):
         self.block_size = block_size
         self.read_only = read_only
         self.heal_events = 0
+        self._capacity: int | None = None     # bytes the smallest drive holds (EFBIG beyond)
         meta = self._root_meta(root_keys)
         root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=meta)
         self.inodes = InodeTable(root)
@@ -299,18 +300,37 @@ class VaultFS(NamespaceOps):
             return node.handle.handle.stat()
         return self.replicas.lstat(node.data_path)
 
+    def nlink(self, node: Node) -> int:
+        """As ext4 counts: a file's names; a directory's 2 plus one per subdirectory."""
+        if not node.is_dir:
+            return 0 if node.unlinked else node.meta.nlink
+        if node.subdirs is None:
+            node.subdirs = sum(1 for name, kind in self.replicas.scandir(node.c_path)
+                               if kind == "dir" and names.is_entry(name))
+        return 2 + node.subdirs
+
     def _write_meta(self, node: Node) -> None:
+        """Rewrite the sealed metadata in place. chmod and chown change a node's ctime,
+        never its mtime: the backing times are put back after the write (which sets the
+        backing ctime to now), and a directory's own ctime is bumped the same way."""
         self.intent.note(FILE, self._meta_path(node))
         prefix = node_header.build(MAGIC_DIR if node.is_dir else MAGIC_FILE, node.keys.node_id,
                                    node.keys.meta_key, node.meta)
         if node.handle is not None:
+            times = node.handle.handle.stat()
             node.handle.handle.pwrite(prefix, 0)
+            node.handle.handle.utime((times.st_atime_ns, times.st_mtime_ns))
             return
         mf = self.replicas.open_file(self._meta_path(node))
         try:
+            times = mf.stat()
             mf.pwrite(prefix, 0)
+            mf.utime((times.st_atime_ns, times.st_mtime_ns))
         finally:
             mf.close()
+        if node.is_dir:
+            st = self.replicas.lstat(node.c_path)
+            self.replicas.utime(node.c_path, (st.st_atime_ns, st.st_mtime_ns))
 
     def set_mode(self, node: Node, mode: int) -> None:
         self._check_writable()
@@ -374,10 +394,21 @@ class VaultFS(NamespaceOps):
             if temporary:
                 self.release(node)
 
+    def check_size(self, size: int) -> None:
+        """A size no replica's drive could hold is EFBIG (like ext4 past its maximum file
+        size), not a write that fills the drive first and then says ENOSPC."""
+        if self._capacity is None:
+            st = self.replicas.statvfs()
+            self._capacity = st.f_blocks * st.f_frsize
+        if size > self._capacity:
+            raise FsError(errno.EFBIG)
+
     def truncate(self, node: Node, size: int) -> None:
         self._check_writable()
         if node.is_dir:
             raise FsError(errno.EISDIR)
+        if size > self.size_of(node):
+            self.check_size(size)
         content, temporary = self.content(node)
         try:
             content.truncate(size)

@@ -154,6 +154,9 @@ class ReplicaSet:
     def kind(self, rel: str, replica: int | None = None) -> str | None:
         return self._read(replica, lambda d: d.kind(self.rel(rel)))
 
+    def scandir(self, rel: str, replica: int | None = None) -> list[tuple[str, str]]:
+        return self._read(replica, lambda d: d.scandir(self.rel(rel)))
+
     def listdir(self, rel: str, replica: int | None = None) -> list[str]:
         return self._read(replica, lambda d: d.listdir(self.rel(rel)))
 

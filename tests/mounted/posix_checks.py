@@ -353,3 +353,78 @@ def many_processes_at_once(d):
     assert len(lines) == 1600 and sorted(set(lines)) == [b"%02d" % n for n in range(8)]
     for n in range(8):
         assert _read(os.path.join(d, f"w{n}")) == bytes([n]) * 300000
+
+
+def _drop_caches():
+    # The kernel forgets its cached attributes: the next stat asks the daemon again.
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+
+
+@check
+def directory_link_counts_as_on_ext4(d):
+    for name in ("a", "b", "c"):
+        os.mkdir(os.path.join(d, name))
+    _write(os.path.join(d, "file"), b"")
+    assert os.stat(d).st_nlink == 5                       # 2 + three subdirectories
+    os.rmdir(os.path.join(d, "a"))
+    os.rename(os.path.join(d, "b"), os.path.join(d, "c", "b"))
+    assert os.stat(d).st_nlink == 3 and os.stat(os.path.join(d, "c")).st_nlink == 3
+    _drop_caches()
+    assert os.stat(d).st_nlink == 3 and os.stat(os.path.join(d, "c", "b")).st_nlink == 2
+
+
+@check
+def chmod_and_chown_change_ctime_never_mtime(d):
+    """`touch -d 2001-01-01 f; chmod 600 f` keeps 2001 as the mtime, also once the kernel
+    has forgotten the attributes; the ctime is now."""
+    f, sub = os.path.join(d, "f"), os.path.join(d, "sub")
+    _write(f, b"x")
+    os.mkdir(sub)
+    then = 978_307_200 * 10**9                            # 2001-01-01
+    for p in (f, sub):
+        os.utime(p, ns=(then, then))
+        os.chmod(p, 0o600 if p == f else 0o700)
+        os.chown(p, 4321, 4321)
+    _drop_caches()
+    for p in (f, sub):
+        st = os.stat(p)
+        assert st.st_mtime_ns == then, p
+        assert st.st_ctime_ns > then + 10**18, p          # far later than 2001: just now
+
+
+@check
+def posix_acls_are_refused_so_cp_keeps_the_mode(d):
+    p = os.path.join(d, "f")
+    _write(p, b"")
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, "system.posix_acl_access", b"\x02\x00\x00\x00")
+    assert e.value.errno == errno.EOPNOTSUPP
+    assert "system.posix_acl_access" not in os.listxattr(p)
+    outside = os.path.join("/tmp", f"pqcfs-cp-source-{os.getpid()}")
+    _write(outside, b"from another file system")
+    try:
+        os.chmod(outside, 0o640)
+        for flag, name in (("-p", "copied-p"), ("-a", "copied-a")):
+            subprocess.run(["cp", flag, outside, os.path.join(d, name)], check=True)
+            assert stat.S_IMODE(os.stat(os.path.join(d, name)).st_mode) == 0o640, flag
+    finally:
+        os.unlink(outside)
+
+
+@check
+def sizes_no_drive_can_hold_are_efbig(d):
+    p = os.path.join(d, "f")
+    _write(p, b"small")
+    with pytest.raises(OSError) as e:
+        os.truncate(p, 999_999_999_999_999)
+    assert e.value.errno == errno.EFBIG
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"x", 10**15)
+        assert e.value.errno == errno.EFBIG
+    finally:
+        os.close(fd)
+    assert _read(p) == b"small"

@@ -20,8 +20,18 @@ def vault(request):
         yield v
 
 
+# Known gaps, kept visible: each fails today and must start passing (strict) when fixed.
+KNOWN_GAPS = {
+    # exfat-fuse reports ctime as the mtime: only times pqcfs keeps itself (the node
+    # metadata of the next format) can give a true ctime there.
+    ("exfat", "chmod_and_chown_change_ctime_never_mtime"),
+}
+
+
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
-def test_posix(vault, check):
+def test_posix(vault, check, request):
+    if (vault.fstype, check.__name__) in KNOWN_GAPS:
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason="needs times owned by pqcfs"))
     d = os.path.join(vault.mountpoint, check.__name__)
     os.mkdir(d)
     kwargs = {"fstype": vault.fstype} if "fstype" in inspect.signature(check).parameters else {}

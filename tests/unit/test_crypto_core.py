@@ -8,7 +8,7 @@ import pytest
 from pqcfs.crypto import kdf
 from pqcfs.crypto.content import BlockCorrupt, ContentCipher
 from pqcfs.crypto.keys import NodeKeys, child_key, root_dir_keys
-from pqcfs.errors import CryptoError, ParameterError
+from pqcfs.errors import CryptoError, DamagedStructure, ParameterError
 from pqcfs.format import names
 
 
@@ -159,3 +159,17 @@ def test_reserved_names_are_not_entries():
 def test_invalid_plaintext_names_are_refused(bad):
     with pytest.raises(names.InvalidName):
         names.encrypt_name(keys(), bad)
+
+
+def test_name_encoding_is_rfc4648_base32_and_strict():
+    import base64
+    for n in range(0, 70):
+        data = os.urandom(n)
+        text = names._b32(data)
+        assert text == base64.b32encode(data).decode().lower().rstrip("=")
+        assert names._unb32(text) == data
+    # One encoding per name: upper case, padding, impossible lengths, foreign characters
+    # and non-zero unused bits are all refused (a second spelling would be a second entry).
+    for bad in ["A", "ab=", "abc", "abcdef", "a0", "a1", "a8", "aB", "ab", "mzxw6yr"]:
+        with pytest.raises(DamagedStructure):
+            names._unb32(bad)
