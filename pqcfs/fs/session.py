@@ -32,6 +32,7 @@ from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
 AUDIT_FILE = "pqcfs.audit"
+TREE = "tree"
 RUNTIME_DIR = os.environ.get("PQCFS_RUNTIME_DIR", "/run/pqcfs")
 
 
@@ -182,7 +183,10 @@ class Session:
         state.begin_session(f"{self.session_id}-degraded-{os.urandom(4).hex()}", [failed_id])
         vault_mod.write_state(serving, state, self.vault.root_key)
         if self.changes is not None:
-            self.changes.start(since, None)   # from here on, list what the failed one misses
+            # From here on, list what the failed one misses; and what this session changed
+            # before (the intent log's paths), which its drive may have lost.
+            earlier = {(f"{TREE}/{rel}" if rel else TREE): False for _, rel in self.intent.noted}
+            self.changes.start(since, None, earlier)
         self.missing = sorted(set(self.missing) | {failed_id})
         self.failed_ids[n] = failed_id
         self.event("degraded", replica=failed_id, error=str(error), at="while mounted")

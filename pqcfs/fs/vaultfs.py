@@ -347,6 +347,7 @@ class VaultFS(NamespaceOps):
 
     def set_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> None:
         self._check_writable()
+        self.intent.note(FILE, node.data_path)
         st = self.backing_stat(node)
         ns = (atime_ns if atime_ns is not None else st.st_atime_ns,
               mtime_ns if mtime_ns is not None else st.st_mtime_ns)

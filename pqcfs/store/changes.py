@@ -93,15 +93,15 @@ def read(drive: Drive, key: bytes) -> Journal | None:
 
 
 class ChangeJournal:
-    """A mount session's side: every path the replica set changes is noted; while some
-    replica is missing (tracking) it also goes to the journal on the healthy replicas,
-    before the change itself (the journal is fsynced before any data fsync)."""
+    """A mount session's side: while some replica is missing (tracking), every path the
+    replica set is about to change goes to the journal on the healthy replicas, before
+    the change itself (the journal is fsynced before any data fsync); an online resync
+    under way (a watcher) is told every change either way."""
 
     def __init__(self, drives: list[Drive], healthy, key: bytes):
         self.file = ReplicatedAppendFile(drives, FILE_NAME, healthy)
         self.key = key
         self.tracking = False
-        self.session: dict[str, bool] = {}       # everything changed this session
         self.journal: dict[str, bool] = {}       # everything in the journal file
         self.watchers: list[dict[str, bool]] = []   # online resyncs waiting for changes
         self.since = UNKNOWN
@@ -115,17 +115,18 @@ class ChangeJournal:
         self._dirty = True
 
     def note(self, rel: str, subtree: bool = False) -> None:
-        self.session[rel] = self.session.get(rel, False) or subtree
         for pending in self.watchers:
             pending[rel] = pending.get(rel, False) or subtree
         if self.tracking and (rel not in self.journal or self.journal[rel] < subtree):
             self._append(TREE if subtree else PATH, rel)
             self.journal[rel] = subtree
 
-    def start(self, since: str, existing: Journal | None) -> None:
+    def start(self, since: str, existing: Journal | None, earlier: dict[str, bool] | None = None) -> None:
         """Track from now on. A complete journal on the drive goes on (it still lists what
         a replica missed before); anything else starts over from `since`, or, when an
-        incomplete journal was there, from nowhere (a later sync compares everything)."""
+        incomplete journal was there, from nowhere (a later sync compares everything).
+        earlier: what this session changed before (a replica failing mid-session may have
+        lost it with its drive's cache), listed too."""
         if self.tracking:
             return
         self.tracking = True
@@ -136,9 +137,7 @@ class ChangeJournal:
             self.journal, self._prev = {}, ""
             self.since = since if existing is None else UNKNOWN
             self._append(SINCE, self.since)
-        # What this session changed before is on the missing replica only in part (its
-        # drive may have lost what it had not written out): listed too.
-        for rel, subtree in list(self.session.items()):
+        for rel, subtree in (earlier or {}).items():
             if rel not in self.journal or self.journal[rel] < subtree:
                 self._append(TREE if subtree else PATH, rel)
                 self.journal[rel] = subtree

@@ -26,6 +26,7 @@ TREE = "tree"
 AUDIT_FILE = "pqcfs.audit"
 COPIED_FILES = ("pqcfs.vault", AUDIT_FILE)   # per-replica files (state, lock, intent, changes) are never copied
 TAIL_CHECK = 64 << 10
+HEAD = 88          # a node header: which node, and what kind, an entry file holds
 
 
 @dataclass
@@ -267,8 +268,10 @@ def _missing_parent(src: Drive, dst: Drive, rel: str) -> str | None:
 
 
 def _entry_steps(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, vet):
-    """One directory's own entries: what src lacks goes, what dst lacks is copied;
-    entries on both sides are left to their own journal records."""
+    """One directory's own entries: what src lacks goes, what dst lacks is copied, pqcfs'
+    own small files (id file, tables, sidecars) are compared whole, and an entry file on
+    both sides only by its size and header (a different node or kind now has that name):
+    changes to a file's contents have their own records."""
     wanted = dict(src.scandir(rel))
     for name, kind in dst.scandir(rel):
         if wanted.get(name) == "other":
@@ -277,13 +280,21 @@ def _entry_steps(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, v
             _remove(dst, f"{rel}/{name}", stats)
     present = dict(dst.scandir(rel))
     for name, kind in sorted(wanted.items()):
-        if name in present:
-            continue
+        child = f"{rel}/{name}"
         if kind == "file":
-            _sync_present_file(src, dst, f"{rel}/{name}", stats, progress, vet)
-            yield
-        elif kind == "dir":
-            yield from _walk_dir(src, dst, f"{rel}/{name}", stats, progress, vet)
+            if name not in present or not names.is_entry(name) or _head_differs(src, dst, child):
+                _sync_present_file(src, dst, child, stats, progress, vet)
+                yield
+        elif kind == "dir" and name not in present:
+            yield from _walk_dir(src, dst, child, stats, progress, vet)
+
+
+def _head_differs(src: Drive, dst: Drive, rel: str) -> bool:
+    try:
+        a, b = src.lstat(rel), dst.lstat(rel)
+        return a.st_size != b.st_size or src.read_at(rel, HEAD) != dst.read_at(rel, HEAD)
+    except FileNotFoundError:
+        return True
 
 
 def sync_own_files(src: Drive, dst: Drive, stats: SyncStats) -> None:

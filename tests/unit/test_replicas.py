@@ -96,3 +96,27 @@ def test_sync_tree_copies_only_what_differs_and_keeps_per_replica_files(tmp_path
     assert not (dst / "tree" / "extra").exists()
     assert (dst / "pqcfs.state").read_text() == "state of dst"
     assert stats.files_changed == 1 and stats.removed == 1
+
+
+def test_sync_paths_of_a_directory_reconciles_its_entries_and_own_files(tmp_path):
+    """A directory's journal record: entries added, removed or replaced by another node
+    (another header) are brought over, pqcfs' small files compared whole; an entry's
+    contents are left to that entry's own record, so they are not read here."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for root in (src, dst):
+        (root / "tree" / "d").mkdir(parents=True)
+    header_a, header_b = b"PQCF" + os.urandom(84), b"PQCL" + os.urandom(84)
+    (src / "tree" / "d" / "replaced").write_bytes(header_b + b"x" * 100)
+    (dst / "tree" / "d" / "replaced").write_bytes(header_a + b"x" * 100)
+    (src / "tree" / "d" / "same").write_bytes(header_a + b"new contents")
+    (dst / "tree" / "d" / "same").write_bytes(header_a + b"old contents")
+    (src / "tree" / "d" / "d.x").write_bytes(b"new table")
+    (dst / "tree" / "d" / "d.x").write_bytes(b"old table")
+    (src / "tree" / "d" / "added").write_bytes(header_a)
+    (dst / "tree" / "d" / "removed").write_bytes(header_a)
+    stats = sync.sync_paths(Drive(str(src)), Drive(str(dst)), {"tree/d": False})
+    assert (dst / "tree" / "d" / "replaced").read_bytes() == header_b + b"x" * 100
+    assert (dst / "tree" / "d" / "d.x").read_bytes() == b"new table"
+    assert (dst / "tree" / "d" / "added").exists() and not (dst / "tree" / "d" / "removed").exists()
+    assert (dst / "tree" / "d" / "same").read_bytes() == header_a + b"old contents"
+    assert stats.removed == 1
