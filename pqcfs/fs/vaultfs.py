@@ -23,6 +23,7 @@ from pqcfs.fs.inodes import InodeTable, Node, shared_path
 from pqcfs.fs.namespace import NamespaceOps
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.drive import UnsafeEntry
+from pqcfs.store import devices
 from pqcfs.store.replicas import ReplicaSet, drive_failed
 from pqcfs.store.sync import copy_entry
 
@@ -396,12 +397,18 @@ class VaultFS(NamespaceOps):
                 self.release(node)
 
     def check_size(self, size: int) -> None:
-        """A size no replica's drive could hold is EFBIG (like ext4 past its maximum file
-        size), not a write that fills the drive first and then says ENOSPC."""
+        """A size a drive without sparse files (exFAT) could never hold is EFBIG, as ext4
+        says past its maximum file size, not a write that fills the drive first and
+        then fails with ENOSPC. (Drives with sparse files answer for themselves.)"""
         if self._capacity is None:
-            st = self.replicas.statvfs()
-            self._capacity = st.f_blocks * st.f_frsize
-        if size > self._capacity:
+            limits = []
+            for n in self.replicas.healthy:
+                drive = self.replicas.drives[n]
+                if not devices.holds_sparse_files(drive.location):
+                    st = drive.statvfs()
+                    limits.append(st.f_blocks * st.f_frsize)
+            self._capacity = min(limits, default=-1)
+        if 0 <= self._capacity < size:
             raise FsError(errno.EFBIG)
 
     def truncate(self, node: Node, size: int) -> None:

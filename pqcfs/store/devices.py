@@ -130,3 +130,12 @@ def mount_identity(fd: int, location: str) -> str:
         return f"{boot}:{best}" if best else ""
     except (OSError, IndexError):
         return ""
+
+
+NO_SPARSE_FILES = {"exfat", "vfat", "msdos", "fuseblk", "fuse.exfat"}   # fuseblk: exfat-fuse (or ntfs-3g)
+
+
+def holds_sparse_files(location: str) -> bool:
+    """Whether a file there may be larger than the drive (holes take no space)."""
+    part = _mount_of(os.path.realpath(location))
+    return part is None or part.fstype not in NO_SPARSE_FILES
