@@ -10,6 +10,7 @@ full size reads as a hole (zeros), like gocryptfs, so sparse files stay sparse.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
@@ -21,6 +22,13 @@ from pqcfs.errors import CryptoError
 
 _AAD = struct.Struct(">16sQB")
 _ZERO_NONCE = bytes(NONCE_LEN)
+
+
+@functools.lru_cache(maxsize=4)
+def _zero_block(size: int) -> bytes:
+    # One per block size for the whole process, not one per file (a cached file node
+    # holding its own 4 KiB of zeros was most of the daemon's memory per file).
+    return bytes(size)
 
 
 class BlockCorrupt(CryptoError):
@@ -35,7 +43,7 @@ class ContentCipher:
         self.file_id = file_id
         self.p_block = block_size
         self.c_block = block_size + OVERHEAD
-        self._zero_c_block = bytes(self.c_block)
+        self._zero_c_block = _zero_block(self.c_block)
 
     def _aad(self, index: int, eof: bool) -> bytes:
         return _AAD.pack(self.file_id, index, eof)

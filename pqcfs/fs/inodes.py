@@ -25,7 +25,7 @@ def shared_path(node_id: bytes) -> str:
     return f"{SHARED_DIR}/{node_id.hex()}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     ino: int
     parent: "Node | None"

@@ -376,6 +376,7 @@ class VaultFS(NamespaceOps):
             node.size = node.handle.size
             node.handle.handle.close()
             node.handle = None
+            node._cipher = None    # its AES context is made again on the next open, not kept per cached node
             self.inodes.maybe_drop(node)
 
     def _healed(self, first: int, last: int, replica: int) -> None:
