@@ -46,6 +46,7 @@ class Node:
     shared: bool = False    # hard-linked: data in h.links/, every name is a stub
     names: set = field(default_factory=set)  # shared nodes: the (parent, p_name) known to the kernel
     subdirs: int | None = None   # dirs: how many subdirectories (st_nlink = 2 + this), counted on demand
+    listing: list | None = None  # dirs: (p_name, disk_name) of every entry, until the directory changes
 
     def cipher(self, block_size: int) -> ContentCipher:
         # Made on first use: a stat needs no content key.

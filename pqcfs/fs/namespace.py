@@ -33,6 +33,7 @@ class NamespaceOps:
         unlinks and renames of hard-linked files may change) before changing them."""
         for d in dirs:
             self.intent.note(DIRECTORY, d.c_path)
+            d.listing = None
         self.intent.note(DIRECTORY, SHARED_DIR)
 
     def _prepare_name(self, dir_node: Node, p_name: bytes) -> str:

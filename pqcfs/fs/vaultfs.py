@@ -149,6 +149,7 @@ class VaultFS(NamespaceOps):
             # healing the listing brings it back.
             if not self.replicas.on_backups(rel):
                 raise FsError(errno.ENOENT) from None
+            dir_node.listing = None    # listed again from the drives, and healed
             self.listdir(dir_node)
             try:
                 st = self.replicas.lstat(rel)
@@ -216,7 +217,11 @@ class VaultFS(NamespaceOps):
 
     def listdir(self, dir_node: Node) -> list[tuple[bytes, str]]:
         """(p_name, disk_name) of every entry, in a stable order. Entries whose names fail
-        on the primary are healed from another replica where they authenticate."""
+        on the primary are healed from another replica where they authenticate. Kept
+        until the directory changes (pqcfs is the only writer of its replicas while
+        mounted): a second `ls` decrypts no name again."""
+        if dir_node.listing is not None:
+            return dir_node.listing
         out, bad = self._listdir_on(dir_node, None)
         if bad:
             for source in self.replicas.healthy[1:]:
@@ -224,6 +229,8 @@ class VaultFS(NamespaceOps):
                 out, bad = self._listdir_on(dir_node, None)
                 if not bad:
                     break
+        if not bad:
+            dir_node.listing = out
         return out
 
     def _heal_dir(self, dir_node: Node, target: int, source: int) -> None:
@@ -232,6 +239,7 @@ class VaultFS(NamespaceOps):
         entry of this directory authenticates on either replica: when none does, the
         directory's key is what is wrong (a copied d.id, say), and moving its entries
         would turn a reversible tamper into damage."""
+        dir_node.listing = None
         good, _ = self._listdir_on(dir_node, source)
         have, bad = self._listdir_on(dir_node, target)
         have_disk = {d for _, d in have}
