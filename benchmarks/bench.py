@@ -64,6 +64,30 @@ def gocryptfs(work):
 
 
 @contextlib.contextmanager
+def passthrough(work):
+    """The bare pyfuse3 passthrough (benchmarks/passthrough.py): the Python ceiling."""
+    with drives.loop_drive(work, "pt", "ext4", 4096) as (drive, _):
+        backing, mnt = os.path.join(drive, "backing"), os.path.join(work, "pt-mnt")
+        os.mkdir(backing)
+        os.mkdir(mnt)
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "passthrough.py"), backing, mnt])
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the passthrough did not mount")
+                time.sleep(0.05)
+            yield mnt
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            drives.unmount(mnt)
+
+
+@contextlib.contextmanager
 def pqcfs(work, replicas):
     names = ["pq-primary", "pq-backup"][:replicas]
     with contextlib.ExitStack() as stack:
@@ -184,7 +208,7 @@ def main() -> int:
         return 2
     work = tempfile.mkdtemp(prefix="pqcfs-bench-", dir="/var/tmp")
     results: dict[str, dict[str, tuple[float, str]]] = {}
-    contenders = [("plain", plain), ("gocryptfs", gocryptfs),
+    contenders = [("plain", plain), ("gocryptfs", gocryptfs), ("passthrough", passthrough),
                   ("pqcfs (1 replica)", lambda w: pqcfs(w, 1)), ("pqcfs (2 replicas)", lambda w: pqcfs(w, 2))]
     try:
         tarball, tar_files = make_tarball(work)
@@ -230,13 +254,18 @@ def render(results, args, tar_files) -> str:
         "4 KiB `pread`/`pwrite` from one process at random block offsets (writes end with fsync); "
         f"small files are 1 KiB each; the tarball is this Python's standard library ({tar_files} files). "
         "Higher is better everywhere.", "",
-        "| workload | " + " | ".join(names) + " | pqcfs(1)/gocryptfs | pqcfs(2)/gocryptfs | pqcfs(1)/plain |",
-        "|---|" + "---:|" * (len(names) + 3)]
+        "`passthrough` is a bare pyfuse3 passthrough (benchmarks/passthrough.py: no crypto, no "
+        "mirror, 1 s cache timeouts), the Python ceiling.", "",
+        "| workload | " + " | ".join(names)
+        + " | pqcfs(1)/gocryptfs | pqcfs(2)/gocryptfs | pqcfs(1)/passthrough | pqcfs(1)/plain |",
+        "|---|" + "---:|" * (len(names) + 4)]
     for wl in wls:
         cells = [f"{results[n][wl][0]:,.1f} {results[n][wl][1]}" for n in names]
         g = results["gocryptfs"][wl][0]
         p1, p2, pl = results["pqcfs (1 replica)"][wl][0], results["pqcfs (2 replicas)"][wl][0], results["plain"][wl][0]
-        lines.append(f"| {wl} | " + " | ".join(cells) + f" | {p1 / g:.2f}× | {p2 / g:.2f}× | {p1 / pl:.2f}× |")
+        pt = results["passthrough"][wl][0]
+        lines.append(f"| {wl} | " + " | ".join(cells)
+                     + f" | {p1 / g:.2f}× | {p2 / g:.2f}× | {p1 / pt:.2f}× | {p1 / pl:.2f}× |")
     lines += ["", "Ratios are throughput ratios: above 1.00× pqcfs is faster than the other.", ""]
     return "\n".join(lines)
 
