@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 BACKOFF_MAX = 300.0
 
 
+def _mount_table() -> bytes:
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def _totals(location: str, paths: dict[str, bool]) -> tuple[int, int]:
     # A Drive of its own: Drives are not shared between threads.
     with Drive(location) as drive:
@@ -84,7 +92,7 @@ class Rejoin:
             try:
                 drive = vault_mod.open_location(where)
             except (OSError, PqcfsError) as e:
-                log.info("replica %s is not at %s: %s", replica_id, where, e)
+                log.debug("replica %s is not at %s: %s", replica_id, where, e)
                 continue
             try:
                 header, signed, mac = vault_mod.read_header(drive)
@@ -104,10 +112,18 @@ class Rejoin:
         return None
 
     async def watch(self, interval: float) -> None:
-        """Bring back, by themselves, replicas that reappear."""
+        """Bring back, by themselves, replicas that reappear. A drive that comes back is
+        mounted again, so nothing is looked for while the mount table stays the same,
+        except a retry that has come due (a full drive someone may have emptied)."""
+        seen = None
         while True:
             await trio.sleep(interval)
-            if self.session.missing:
+            if not self.session.missing:
+                continue
+            table = _mount_table()
+            due = any(when <= time.monotonic() for when, _ in self._retry_at.values())
+            if table != seen or due:
+                seen = table
                 await self.run(automatic=True)
 
     async def run(self, location: str | None = None, automatic: bool = False) -> list[dict]:
