@@ -13,7 +13,7 @@ from tests.mounted.exerciser import snapshot
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 WORKERS = 4
-OPS = int(os.environ.get("PQCFS_EXERCISER_OPS", "1500"))
+OPS = int(os.environ.get("PQCFS_EXERCISER_OPS", "1000"))   # per worker; raise it for a longer soak
 SCRIPT = os.path.join(os.path.dirname(__file__), "exerciser.py")
 
 
