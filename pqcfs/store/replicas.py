@@ -112,7 +112,12 @@ class ReplicaSet:
         else:
             self.drives[n] = drive
         for f in list(self.open_files):
-            f.reopen(n)
+            try:
+                f.reopen(n)
+            except OSError as e:
+                # An open file unlinked meanwhile has no name to open there: it goes on
+                # on the others (it is gone at its last close anyway).
+                log.info("an open file stays off replica %d: %s", n, e)
         self.failed.discard(n)
 
     def serve(self, replica: int | None, serving, fn):
@@ -172,10 +177,11 @@ class ReplicaSet:
 
     # Mutations (every healthy replica).
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
-        self.on_change(self.rel(rel))
+        full = self.rel(rel)
+        self.on_change(full)          # noted before the logs are synced, then the data
         if sync:
             self.before_sync()
-        self._each_drive(lambda d, r: d.write_atomic(r, data, sync), rel)
+        self.each(lambda n: self.drives[n].write_atomic(full, data, sync))
 
     def write_one(self, replica: int, rel: str, data: bytes, offset: int = 0) -> None:
         fd = self.drives[replica].open(self.rel(rel), os.O_WRONLY)
