@@ -16,7 +16,8 @@ from pqcfs import vault as vault_mod
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sync", help="bring the backup up to date (progress bar); never overwrites newer data")
+    p = sub.add_parser("sync", help="bring the backup up to date (only what changed; progress bar); never "
+                       "overwrites newer data; on a mounted vault the daemon does it online")
     p.add_argument("vault", help="the replica to copy from (normally the primary)")
     p.add_argument("--overwrite-diverged", action="store_true",
                    help="after a split brain: make the other replicas copies of VAULT, discarding their changes")
