@@ -37,9 +37,14 @@ async def serve(session, path: str) -> None:
     old_umask = os.umask(0o177)
     try:
         await sock.bind(path)
+        sock.listen(4)
+    except OSError as e:
+        # Without it `pqcfs sync` can not reach this mount; the mount itself goes on.
+        log.error("no control socket at %s (%s): `pqcfs sync` can not reach this mount", path, e)
+        sock.close()
+        return
     finally:
         os.umask(old_umask)
-    sock.listen(4)
     try:
         await trio.serve_listeners(lambda stream: _handle(session, stream), [trio.SocketListener(sock)])
     finally:
