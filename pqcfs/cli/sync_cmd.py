@@ -8,7 +8,7 @@ import os
 from pqcfs import mirror
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
-from pqcfs.errors import DriveError, NoSpace
+from pqcfs.errors import DriveError, MountError, NoSpace
 from pqcfs.fs import control, mounttable
 from pqcfs.fs import session as session_mod
 from pqcfs.format import replica_state as rs
@@ -50,6 +50,9 @@ def _sync_mounted(args, info: dict) -> int:
     backup = os.path.abspath(args.backup) if args.backup else None
     try:
         answer = control.request_sync(socket_path, backup, shown)
+    except OSError as e:
+        raise MountError(f"{info['mountpoint']} is mounted, but its daemon can not be reached ({e}); "
+                         "unmount it and run `pqcfs sync` again") from None
     finally:
         if progress:
             progress.close()
