@@ -32,7 +32,6 @@ from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
 AUDIT_FILE = "pqcfs.audit"
-TREE = "tree"
 RUNTIME_DIR = os.environ.get("PQCFS_RUNTIME_DIR", "/run/pqcfs")
 
 
@@ -92,8 +91,7 @@ class Session:
 
     def append_files(self) -> list:
         """The per-replica logs kept open for the session (reopened when a drive rejoins)."""
-        files = [log.file for log in (self.intent, self.changes, self.audit) if log is not None]
-        return files
+        return [log.file for log in (self.intent, self.changes, self.audit) if log is not None]
 
     def prepare(self, progress_factory=None) -> mirror.Plan:
         """Before serving: bring stale replicas up to date, repair after a crash, and
@@ -185,7 +183,7 @@ class Session:
         if self.changes is not None:
             # From here on, list what the failed one misses; and what this session changed
             # before (the intent log's paths), which its drive may have lost.
-            earlier = {(f"{TREE}/{rel}" if rel else TREE): False for _, rel in self.intent.noted}
+            earlier = {self.replicas.rel(rel): False for _, rel in self.intent.noted}
             self.changes.start(since, None, earlier)
         self.missing = sorted(set(self.missing) | {failed_id})
         self.failed_ids[n] = failed_id

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from pqcfs.errors import NoSpace
 from pqcfs.format import names
+from pqcfs.format.node_header import HEADER_LEN   # which node, and what kind, an entry file holds
 from pqcfs.store.drive import Drive
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ TREE = "tree"
 AUDIT_FILE = "pqcfs.audit"
 COPIED_FILES = ("pqcfs.vault", AUDIT_FILE)   # per-replica files (state, lock, intent, changes) are never copied
 TAIL_CHECK = 64 << 10
-HEAD = 88          # a node header: which node, and what kind, an entry file holds
 
 
 @dataclass
@@ -292,7 +292,7 @@ def _entry_steps(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, v
 def _head_differs(src: Drive, dst: Drive, rel: str) -> bool:
     try:
         a, b = src.lstat(rel), dst.lstat(rel)
-        return a.st_size != b.st_size or src.read_at(rel, HEAD) != dst.read_at(rel, HEAD)
+        return a.st_size != b.st_size or src.read_at(rel, HEADER_LEN) != dst.read_at(rel, HEADER_LEN)
     except FileNotFoundError:
         return True
 
