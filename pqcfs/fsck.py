@@ -54,7 +54,8 @@ def _t(rel: str) -> str:
 def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report, progress) -> None:
     drive = vault.drive(location)
     try:
-        fs = VaultFS(ReplicaSet([drive]), vault.root_dir_keys(location), vault.header.block_size, read_only=True)
+        fs = VaultFS(ReplicaSet([drive]), vault.root_dir_keys(location), vault.header.block_size, read_only=True,
+                     tables=vault.tables)
     except (PqcfsError, OSError) as e:
         report.problems.append(Problem(location, DIR_ID_NAME, f"root directory: {e}"))
         return
@@ -73,7 +74,10 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
                 report.problems.append(Problem(location, rel, "not a file or directory (a symlink, FIFO, "
                                                "socket or device planted on the drive)", kind="odd"))
         named = [n for n, kind in on_disk if is_entry(n) and kind != "other"]
-        if len(entries) != len(named):
+        if fs.tables:
+            for what in fs.table_problems(node):
+                report.problems.append(Problem(location, node.c_path or ".", what, kind="names"))
+        elif len(entries) != len(named):
             report.problems.append(Problem(location, node.c_path or ".",
                                            f"{len(named) - len(entries)} entry name(s) failed authentication",
                                            kind="names"))

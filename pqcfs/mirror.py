@@ -63,7 +63,8 @@ def vetter(vault: vault_mod.UnlockedVault, source: str):
     are copied as they are: each is authenticated wherever it is used."""
     bs = vault.header.block_size
     try:
-        vfs = VaultFS(ReplicaSet([vault.drive(source)]), vault.root_dir_keys(source), bs, read_only=True)
+        vfs = VaultFS(ReplicaSet([vault.drive(source)]), vault.root_dir_keys(source), bs, read_only=True,
+                      tables=vault.tables)
     except (PqcfsError, OSError):
         return lambda rel: False      # the source's root does not authenticate: copy no file
     resolver = recovery.KeyResolver(vfs)

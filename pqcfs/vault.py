@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import time
 from dataclasses import dataclass, field
 
 from pqcfs.crypto import kem
 from pqcfs.crypto.kdf import Argon2Params, calibrate
 from pqcfs.crypto.keys import NodeKeys, root_dir_keys
 from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, WrongKey
-from pqcfs.format import node_header, replica_state, slots, vault_header
+from pqcfs.format import dir_table, node_header, replica_state, slots, vault_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.format.names import DIR_ID_NAME
 from pqcfs.store import devices
@@ -106,8 +107,12 @@ def _check_empty(location: str) -> None:
 def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params | None = None,
            suite: str = kem.DEFAULT_SUITE, block_size: int = DEFAULT_BLOCK_SIZE,
            identity: PublicIdentity | None = None,
-           drive_infos: list[devices.DriveInfo] | None = None) -> tuple["UnlockedVault", bytes]:
-    """Create a vault on every location; returns it unlocked plus the recovery code."""
+           drive_infos: list[devices.DriveInfo] | None = None,
+           format_version: int = vault_header.VERSION) -> tuple["UnlockedVault", bytes]:
+    """Create a vault on every location; returns it unlocked plus the recovery code.
+    (format_version 1 is for tests of old vaults and of `pqcfs upgrade`.)"""
+    if format_version not in vault_header.READABLE_VERSIONS:
+        raise PqcfsError(f"format {format_version} is not one this pqcfs writes")
     kem.get_suite(suite)
     if passphrase is None and identity is None:
         raise PqcfsError("a vault needs a passphrase or an identity")
@@ -115,7 +120,7 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
         _check_empty(location)
     root_key, vault_id = os.urandom(ROOT_KEY_LEN), os.urandom(16)
     header = vault_header.VaultHeader(vault_id=vault_id, suite=suite, block_size=block_size,
-                                      created=_now())
+                                      created=_now(), version=format_version)
     if passphrase is not None:
         header.slots.append(slots.passphrase_slot(1, root_key, vault_id, passphrase, kdf or calibrate()))
     code = slots.new_recovery_code()
@@ -134,11 +139,17 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
     root_keys = root_dir_keys(root_key, root_id)
     meta = node_header.Meta(mode=0o40755, uid=os.getuid(), gid=os.getgid())
     root_dir_file = node_header.build(node_header.MAGIC_DIR, root_id, root_keys.meta_key, meta)
+    now = time.time_ns()
+    _, root_table = dir_table.new_table(root_keys.meta_key, root_id, dir_table.Entry(
+        node_id=root_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, nlink=2, atime=now, mtime=now, ctime=now,
+        btime=now))
     genesis = "init-" + os.urandom(8).hex()
     for location, replica in zip(locations, header.replicas):
         drive = vault.drive(location)
         drive.mkdir(TREE_DIR, 0o700)
         drive.write_atomic(f"{TREE_DIR}/{DIR_ID_NAME}", root_dir_file)
+        if format_version >= 2:
+            drive.write_atomic(f"{TREE_DIR}/{dir_table.NAME}", root_table)
         state = replica_state.ReplicaState(vault_id.hex(), replica["id"], lineage=[genesis])
         drive.write_atomic(replica_state.FILE_NAME, replica_state.encode(state, root_key))
     vault.save_header()  # last: a location with a header is a complete vault
@@ -153,6 +164,11 @@ class UnlockedVault:
     slot_id: int
     extra: dict = field(default_factory=dict)
     _drives: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def tables(self) -> bool:
+        """Format 2: directories keep their entries and attributes in tables (d.t)."""
+        return self.header.version >= 2
 
     def drive(self, location: str) -> Drive:
         """The Drive of one of this vault's locations (opened once, kept for the session)."""

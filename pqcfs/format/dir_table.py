@@ -69,12 +69,15 @@ class DirTable:
     dir_id: bytes
     self_attrs: Entry
     entries: dict[str, Entry] = field(default_factory=dict)   # by disk name
+    by_name: dict[bytes, Entry] = field(default_factory=dict)  # the same entries, by plaintext name
     first_seq: int = 0
     seq: int = 0             # of the last record
     records: int = 0         # in the file (a snapshot and its deltas)
     journal_bytes: int = 0   # bytes of deltas after the snapshot
     snapshot_bytes: int = 0
     valid_len: int = 0       # bytes of the file that decoded (less than its size: a torn tail)
+    missing: set[str] = field(default_factory=set)   # entries the drives lack (damage found by a reader)
+    pending_rewrite: bool = False                     # built from the drives; not yet written
 
     def file_len(self) -> int:
         return PREFIX_LEN + self.snapshot_bytes + self.journal_bytes
@@ -150,9 +153,12 @@ def encode_delta(key: bytes, table: DirTable, puts: list[Entry] = (), dels: list
         raw = disk_name.encode("ascii")
         parts.append(bytes((len(raw),)) + raw)
     for disk_name in dels:
-        table.entries.pop(disk_name, None)
+        gone = table.entries.pop(disk_name, None)
+        if gone is not None and table.by_name.get(gone.p_name) is gone:
+            del table.by_name[gone.p_name]
     for e in puts:
         table.entries[e.disk_name] = e
+        table.by_name[e.p_name] = e
     table.seq += 1
     record = _seal(key, table.dir_id, table.seq, b"".join(parts))
     table.records += 1
@@ -248,6 +254,9 @@ def decode(key: bytes, dir_id: bytes, data: bytes, tolerate_torn_tail: bool = Fa
         off = end
     if table is None:
         raise DamagedStructure("directory table holds no snapshot")
+    table.by_name = {e.p_name: e for e in table.entries.values()}
+    if len(table.by_name) != len(table.entries):
+        raise DamagedStructure("directory table names one plaintext name twice")
     table.first_seq, table.seq, table.records = first_seq, seq - 1, records
     table.snapshot_bytes, table.journal_bytes = snapshot_bytes, off - PREFIX_LEN - snapshot_bytes
     table.valid_len = off

@@ -9,7 +9,8 @@ in place by chmod/chown).
   6   2  header length, u16be (88)
   8  16  node id
  24  12  meta nonce
- 36  36  meta ciphertext: mode u32, uid u32, gid u32, rdev u64, flags u32, nlink u32, 8 zero bytes
+ 36  36  meta ciphertext: mode u32, uid u32, gid u32, rdev u64, flags u32, nlink u32,
+                 write counter u64 (format 2: rises once per session that writes the file; 0 before)
  72  16  meta tag        AES-256-GCM(meta_key(node), aad = bytes 0..24)
  88      file content blocks start here
 """
@@ -30,7 +31,7 @@ MAGIC_LINK = b"PQCL"
 VERSION = 1
 READABLE_VERSIONS = {1}
 _PREFIX = struct.Struct(">4sBBH16s")
-_META = struct.Struct(">IIIQII8x")
+_META = struct.Struct(">IIIQIIQ")
 META_FLAG_XATTRS = 1
 META_OFFSET = _PREFIX.size
 SEALED_META_LEN = aead.NONCE_LEN + _META.size + aead.TAG_LEN
@@ -45,6 +46,7 @@ class Meta:
     rdev: int = 0
     flags: int = 0
     nlink: int = 1   # names of a file-like node (more than one only for shared nodes)
+    counter: int = 0  # format 2: the directory table holds the least value a current copy has
 
 
 def new_node_id() -> bytes:
@@ -56,7 +58,7 @@ def _prefix(magic: bytes, node_id: bytes) -> bytes:
 
 
 def seal_meta(meta_key: bytes, prefix: bytes, meta: Meta) -> bytes:
-    packed = _META.pack(meta.mode, meta.uid, meta.gid, meta.rdev, meta.flags, meta.nlink)
+    packed = _META.pack(meta.mode, meta.uid, meta.gid, meta.rdev, meta.flags, meta.nlink, meta.counter)
     return aead.seal(meta_key, packed, prefix)
 
 

@@ -23,8 +23,8 @@ from pqcfs.format import slots
 from pqcfs.errors import DamagedStructure, NotAVault, UnsupportedVersion
 
 MAGIC = b"PQCFSVLT"
-VERSION = 1                 # the version this code writes
-READABLE_VERSIONS = {1}     # the versions this code reads
+VERSION = 2                 # the version this code writes (2: directory tables)
+READABLE_VERSIONS = {1, 2}  # the versions this code reads (and keeps writing: 1 stays 1 until `pqcfs upgrade`)
 KNOWN_FEATURES: frozenset[str] = frozenset()
 FILE_NAME = "pqcfs.vault"
 _PREFIX = struct.Struct(">8sHI")
@@ -61,7 +61,7 @@ def mac_key(root_key: bytes) -> bytes:
 
 def _signed_part(body: dict) -> bytes:
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw
+    return _PREFIX.pack(MAGIC, body["format"], len(raw)) + raw
 
 
 def encode(header: VaultHeader, root_key: bytes) -> bytes:

@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 class FileContent:
     """Plaintext view of one node's ciphertext (shared by all its open handles)."""
 
-    def __init__(self, cipher: ContentCipher, handle: MirroredFile, size: int, on_heal=None):
+    def __init__(self, cipher: ContentCipher, handle: MirroredFile, size: int, on_heal=None, on_change=None):
         self.cipher = cipher
         self.handle = handle
         self.size = size
         self.on_heal = on_heal
+        self.on_change = on_change or (lambda: None)   # before every change (times, write counter)
         self.B = cipher.p_block
         self.C = cipher.c_block
 
@@ -69,6 +70,7 @@ class FileContent:
     def write(self, offset: int, data: bytes | memoryview) -> int:
         if not data:
             return 0
+        self.on_change()
         B = self.B
         end = offset + len(data)
         old_size, new_size = self.size, max(self.size, end)
@@ -110,6 +112,7 @@ class FileContent:
         old_size = self.size
         if new_size == old_size:
             return
+        self.on_change()
         if new_size > old_size:
             # Only the new last block is written; whole blocks between stay holes.
             start = max(old_size, self._last_index(new_size) * self.B)

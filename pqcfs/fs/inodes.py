@@ -47,6 +47,10 @@ class Node:
     names: set = field(default_factory=set)  # shared nodes: the (parent, p_name) known to the kernel
     subdirs: int | None = None   # dirs: how many subdirectories (st_nlink = 2 + this), counted on demand
     listing: list | None = None  # dirs: (p_name, disk_name) of every entry, until the directory changes
+    table: object = None    # format 2, dirs: the directory's table (DirTable)
+    entry: object = None    # format 2: the table Entry holding this node's attributes (a dir's own)
+    dirty: bool = False     # format 2: attributes changed in memory, not yet in the table
+    bumped: bool = False    # format 2: the write counter rose in this open session
 
     def cipher(self, block_size: int) -> ContentCipher:
         # Made on first use: a stat needs no content key.

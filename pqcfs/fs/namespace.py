@@ -9,11 +9,14 @@ from __future__ import annotations
 import errno
 import stat
 
-from pqcfs.format import names, node_header
+from pqcfs.format import dir_table, names, node_header
+from pqcfs.format.dir_table import Entry
 from pqcfs.format.node_header import MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
+from pqcfs.errors import DamagedStructure
 from pqcfs.fs.common import Caller, FsError, full_c_name
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import SHARED_DIR, Node, shared_path
+from pqcfs.fs.tables import now_ns
 from pqcfs.store.intent import DIRECTORY, FILE
 
 
@@ -57,6 +60,7 @@ class NamespaceOps:
         node_id = node_header.new_node_id()
         keys = self._child_keys(dir_node, node_id)
         meta = self._new_meta(dir_node, mode, caller, rdev)
+        meta.counter = 1 if self.tables else 0
         rel = self._join(dir_node.c_path, disk_name)
         self.intent.note(FILE, rel)
         handle = self.replicas.create_file(rel, node_header.build(MAGIC_FILE, node_id, keys.meta_key, meta))
@@ -68,6 +72,13 @@ class NamespaceOps:
                 node.size = len(content)
         finally:
             handle.close()
+        if self.tables:
+            now = now_ns()
+            node.entry = Entry(node_id=node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, rdev=rdev, size=node.size,
+                               atime=now, mtime=now, ctime=now, btime=now, counter=meta.counter, p_name=p_name,
+                               disk_name=disk_name)
+            self._dir_changed(dir_node, now)
+            self._append(dir_node, puts=[node.entry], self_changed=True)
         return self.inodes.add(node)
 
     def mkdir(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller) -> Node:
@@ -83,6 +94,13 @@ class NamespaceOps:
                                    node_header.build(MAGIC_DIR, node_id, keys.meta_key, meta), sync=False)
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta, overrides={}, subdirs=0)
+        if self.tables:
+            now = now_ns()
+            self._new_table(node, Entry(node_id=node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, nlink=2,
+                                        atime=now, mtime=now, ctime=now, btime=now))
+            self._dir_changed(dir_node, now)
+            self._append(dir_node, puts=[Entry(node_id=node_id, mode=stat.S_IFDIR, p_name=p_name, disk_name=disk_name,
+                                               seq=node.table.seq)], self_changed=True)
         if dir_node.subdirs is not None:
             dir_node.subdirs += 1
         return self.inodes.add(node)
@@ -101,6 +119,11 @@ class NamespaceOps:
         self._adopt(dir_node, node)
         stub = node_header.build(MAGIC_LINK, node.keys.node_id, node.keys.meta_key, Meta(0, 0, 0))
         self.replicas.write_atomic(self._join(dir_node.c_path, disk_name), stub, sync=False)
+        if self.tables:
+            now = now_ns()
+            self._dir_changed(dir_node, now)
+            self._append(dir_node, puts=[Entry(node_id=node.keys.node_id, mode=node.meta.mode, flags=dir_table.FLAG_SHARED,
+                                               p_name=p_name, disk_name=disk_name)], self_changed=True)
         node.meta.nlink += 1
         self._write_meta(node)
         node.unlinked = False
@@ -118,6 +141,13 @@ class NamespaceOps:
         if self.replicas.exists(entry + names.XATTR_SUFFIX):
             self.replicas.rename(entry + names.XATTR_SUFFIX, shared_path(node.keys.node_id) + names.XATTR_SUFFIX)
         self.replicas.write_atomic(entry, stub, sync=False)
+        if self.tables and node.entry is not None:
+            # From now on the shared node's header holds its attributes (every name's
+            # table only says where it is).
+            e = node.entry.copy()
+            e.flags |= dir_table.FLAG_SHARED
+            self._append(node.parent, puts=[e])
+            node.entry = None
         node.shared = True
         node.names.add((node.parent, node.p_name))
         self.inodes.shared[node.keys.node_id] = node
@@ -146,6 +176,7 @@ class NamespaceOps:
         # A plain file's xattrs sit beside its entry; a shared node's beside its data.
         self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1], with_xattrs=not node.shared)
         self._lose_name(node, dir_node, p_name)
+        self._entry_gone(dir_node, rel.rsplit("/", 1)[-1])
 
     def rmdir(self, dir_node: Node, p_name: bytes) -> None:
         self._check_writable()
@@ -160,6 +191,13 @@ class NamespaceOps:
         self._drop_sidecars(dir_node, node.disk_name, with_xattrs=False)
         self._forget_override(dir_node, node)
         self.inodes.detach(node)
+        self._entry_gone(dir_node, node.disk_name)
+        self._live_tables.pop(node.keys.node_id, None)
+
+    def _entry_gone(self, dir_node: Node, disk_name: str) -> None:
+        if self.tables:
+            self._dir_changed(dir_node, now_ns())
+            self._append(dir_node, dels=[disk_name], self_changed=True)
 
     # --- rename ---------------------------------------------------------------------
 
@@ -236,6 +274,34 @@ class NamespaceOps:
         if node.is_dir or (target is not None and target.is_dir):
             old_dir.subdirs = new_dir.subdirs = None    # counted again on demand
         self._move_name(node, old_dir, old_name, new_dir, new_name, new_disk)
+        if self.tables:
+            self._rename_entries(node, old_dir, old_disk, new_dir, new_disk, new_name)
+
+    def _renamed_entry(self, node: Node, dir_node: Node, old_disk: str, p_name: bytes, disk_name: str,
+                       now: int) -> Entry:
+        """The table entry that names node at its new place (a copy: tables never share one)."""
+        old = self._table(dir_node).entries.get(old_disk)
+        if old is None:
+            raise DamagedStructure("a renamed entry is not in its directory table")
+        e = old.copy()
+        e.p_name, e.disk_name = p_name, disk_name
+        if node.entry is old:
+            node.entry = e
+            e.ctime = now
+        return e
+
+    def _rename_entries(self, node: Node, old_dir: Node, old_disk: str, new_dir: Node, new_disk: str,
+                        new_name: bytes) -> None:
+        now = now_ns()
+        e = self._renamed_entry(node, old_dir, old_disk, new_name, new_disk, now)
+        self._dir_changed(new_dir, now)
+        self._append(new_dir, puts=[e], dels=[old_disk] if new_dir is old_dir else (), self_changed=True)
+        if new_dir is not old_dir:
+            self._dir_changed(old_dir, now)
+            self._append(old_dir, dels=[old_disk], self_changed=True)
+        if node.is_dir:
+            node.entry.ctime = now
+            self._append(node, self_changed=True)
 
     def _lose_name(self, node: Node, dir_node: Node, p_name: bytes) -> None:
         """Bookkeeping once the entry p_name that named node is gone (unlink, or replaced
@@ -286,6 +352,17 @@ class NamespaceOps:
             if old_dir.children.get(old_name) is node:
                 del old_dir.children[old_name]
             node.names.discard((old_dir, old_name))
+        if self.tables:
+            now = now_ns()
+            ea = self._renamed_entry(a, dir_a, a_disk, b_name, b_disk, now)
+            eb = self._renamed_entry(b, dir_b, b_disk, a_name, a_disk, now)
+            self._dir_changed(dir_a, now)
+            self._dir_changed(dir_b, now)
+            if dir_a is dir_b:
+                self._append(dir_a, puts=[ea, eb], self_changed=True)
+            else:
+                self._append(dir_b, puts=[ea], self_changed=True)
+                self._append(dir_a, puts=[eb], self_changed=True)
         self._move_name(a, dir_b, b_name, dir_b, b_name, b_disk)
         self._move_name(b, dir_a, a_name, dir_a, a_name, a_disk)
         if dir_a is not dir_b:

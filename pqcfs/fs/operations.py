@@ -100,7 +100,8 @@ class Operations(pyfuse3.Operations):
         return node
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
-        st = self.vfs.backing_stat(node) if not node.unlinked else None
+        e = node.entry    # format 2: pqcfs' own attributes; else the backing file's times
+        st = self.vfs.backing_stat(node) if e is None and not node.unlinked else None
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
@@ -111,7 +112,10 @@ class Operations(pyfuse3.Operations):
         a.st_uid, a.st_gid, a.st_rdev = node.meta.uid, node.meta.gid, node.meta.rdev
         a.st_size = 4096 if node.is_dir else self.vfs.size_of(node)
         a.st_blksize = self.vfs.block_size
-        if st is not None:
+        if e is not None:
+            a.st_blocks = (a.st_size + 511) // 512
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = e.atime, e.mtime, e.ctime
+        elif st is not None:
             a.st_blocks = st.st_blocks
             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         else:
@@ -258,12 +262,14 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx))
         self._file_event("create", self._node(parent_inode), name)
-        self.vfs.open(node, True)
+        self.vfs.open(node, True, fresh=True)
         return self._file_info(node), self._entry(node)
 
     @_errors
     async def read(self, fh, off, size):
-        return self._node(fh).handle.read(off, size)
+        node = self._node(fh)
+        self.vfs.accessed(node)
+        return node.handle.read(off, size)
 
     @_errors
     async def write(self, fh, off, buf):
@@ -282,7 +288,9 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def fsync(self, fh, datasync):
-        self._node(fh).handle.handle.fsync(bool(datasync))
+        node = self._node(fh)
+        node.handle.handle.fsync(bool(datasync))
+        self.vfs.sync_attrs(node)
 
     @_errors
     async def release(self, fh):

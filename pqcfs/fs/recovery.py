@@ -217,6 +217,7 @@ def recover(vfs, primary: Drive, backups: list[Drive], block_size: int) -> int:
                 log.warning("no key for a differing file; the primary's copy is kept")
                 continue
             repaired += merge_file(primary, backup, _t(rel), keys, block_size)
+    settle_tables(vfs, [primary, *backups], block_size, None)
     return repaired
 
 
@@ -245,10 +246,36 @@ def _sync_dir_shallow(src: Drive, dst: Drive, rel: str) -> None:
                 dst.copy_from(src, child)
 
 
+def dirs_in_flux(intents) -> set[str]:
+    """Directories whose tables a crashed session may have left behind their entries:
+    those it changed, and the parents of files it wrote (size, times, write counter)."""
+    out = set()
+    for kind, rel in intents:
+        if kind == "D":
+            out.add(rel)
+        elif kind == "F" and not rel.startswith(SHARED_DIR + "/"):
+            out.add(rel.rsplit("/", 1)[0] if "/" in rel else "")
+    return out
+
+
+def settle_tables(vfs, drives: list[Drive], block_size: int, in_flux) -> int:
+    """Format 2: the tables of the directories in flux become what the (repaired)
+    primary holds, written to every replica. Returns how many were settled."""
+    if not vfs.tables:
+        return 0
+    from pqcfs.fs.vaultfs import VaultFS
+    from pqcfs.store.replicas import ReplicaSet
+    settled = VaultFS(ReplicaSet(drives), vfs.inodes.root.keys, block_size, tables=True,
+                      in_flux=in_flux).settle_tree()
+    log.info("rebuilt %d directory table(s) from the drives", settled)
+    return settled
+
+
 def recover_intents(vfs, primary: Drive, backups: list[Drive], intents, block_size: int) -> int:
     """Repair only what the session's (authenticated) intent log says it may have changed:
-    files by an authenticated block merge, then the backup copies them; directories'
-    entries from the primary. Returns blocks repaired on the primary."""
+    files by an authenticated block merge; then directory tables rebuilt on the repaired
+    primary; then the backups copy the files, and directories' entries, from the primary.
+    Returns blocks repaired on the primary."""
     resolver = KeyResolver(vfs)
     repaired = 0
     files = sorted(rel for kind, rel in intents if kind == "F")
@@ -264,6 +291,15 @@ def recover_intents(vfs, primary: Drive, backups: list[Drive], intents, block_si
                 keys = resolver.keys_for(rel)
                 if keys is not None:
                     repaired += merge_file(primary, backup, path, keys, block_size)
+            except (OSError, PqcfsError) as e:
+                log.error("recovery of %s failed: %s", path, e)
+    settle_tables(vfs, [primary, *backups], block_size, dirs_in_flux(intents))
+    for backup in backups:
+        for rel in files:
+            path = _t(rel)
+            try:
+                if primary.kind(path) != "file" or backup.kind(path) != "file":
+                    continue
                 if not same_file(primary, backup, path):
                     backup.copy_from(primary, path)
             except (OSError, PqcfsError) as e:

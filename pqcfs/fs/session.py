@@ -126,7 +126,7 @@ class Session:
             finally:
                 if progress:
                     progress.close()
-        if plan.unclean and len(self.vault.locations) > 1 and not self.read_only:
+        if plan.unclean and not self.read_only and (len(self.vault.locations) > 1 or self.vault.tables):
             self._recover(plan)
         self.missing = plan.missing
         if plan.missing:
@@ -146,8 +146,13 @@ class Session:
         """After an unclean unmount: repair what the intent logs name (or, without them,
         everything that differs), then make the backups copies of the primary again."""
         drives, bs = self.vault.drives, self.vault.header.block_size
-        vfs = VaultFS(ReplicaSet(drives), self.vault.root_dir_keys(), bs)
         intents = intent_mod.read(drives, intent_mod.intent_key(self.vault.root_key))
+        # Directory tables the session may have left mid-change are rebuilt from what the
+        # drives hold, once the files are repaired and before the backups copy them.
+        in_flux = recovery.dirs_in_flux(intents) if intents is not None else None
+        tables = self.vault.tables
+        vfs = VaultFS(ReplicaSet(drives), self.vault.root_dir_keys(), bs, read_only=tables, tables=tables,
+                      in_flux=in_flux)
         if intents is None:
             repaired = recovery.recover(vfs, drives[0], drives[1:], bs)
             for location in self.vault.locations[1:]:
@@ -204,6 +209,12 @@ class Session:
             return
         # Everything on the drives before anything says "clean": the drives may be pulled
         # right after `pqcfs umount` returns.
+        if getattr(self, "ops", None) is not None:
+            try:
+                self.ops.vfs.settle()
+            except (OSError, PqcfsError) as e:
+                log.error("directory tables could not be written (%s); the next mount rebuilds them", e)
+                return   # the intent log stays: the next mount reconciles
         os.sync()
         if self.intent is not None:
             self.intent.clear()
@@ -244,7 +255,7 @@ class Session:
             self.replicas.on_change = self.changes.note
             self.replicas.before_sync = self._before_sync
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
-                      read_only=self.read_only, on_event=self.event, intent=self.intent)
+                      read_only=self.read_only, on_event=self.event, intent=self.intent, tables=self.vault.tables)
         if self.audit is not None:
             self.audit.follow(healthy, self.drives)
         self.ops = Operations(vfs, audit_files=self.audit_files)

@@ -21,6 +21,7 @@ from pqcfs.fs.common import Caller, FsError, full_c_name  # noqa: F401 - Caller,
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import InodeTable, Node, shared_path
 from pqcfs.fs.namespace import NamespaceOps
+from pqcfs.fs.tables import FLAG_XATTRS, TableOps, now_ns
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.drive import UnsafeEntry
 from pqcfs.store import devices
@@ -35,9 +36,11 @@ LONG_NAME_CAP = 4096      # a long-name sidecar holds one base32 name
 DAMAGE = (CryptoError, DamagedStructure, OSError)
 
 
-class VaultFS(NamespaceOps):
+class VaultFS(NamespaceOps, TableOps):
     def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False,
-                 on_event=None, intent=None):
+                 on_event=None, intent=None, tables: bool = False, in_flux=None):
+        """tables: format 2 (directory tables); in_flux: the directories a crashed session
+        may have left mid-change, reconciled with the drives when first loaded."""
         self.replicas = replicas
         self.intent = intent or NoIntent()
         self.on_event = on_event or (lambda event, **details: None)
@@ -48,6 +51,9 @@ class VaultFS(NamespaceOps):
         meta = self._root_meta(root_keys)
         root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=meta)
         self.inodes = InodeTable(root)
+        self._init_tables(tables, in_flux)
+        if tables:
+            self._table(root)
 
     def _root_meta(self, root_keys: NodeKeys) -> Meta:
         """The root directory's metadata; a root id file that fails on the primary heals
@@ -137,6 +143,8 @@ class VaultFS(NamespaceOps):
         cached = dir_node.children.get(p_name)
         if cached is not None:
             return cached
+        if self.tables:
+            return self._table_lookup(dir_node, p_name)
         disk_name = names.on_disk_name(full_c_name(dir_node, p_name))
         return self._load(dir_node, p_name, disk_name)
 
@@ -222,6 +230,9 @@ class VaultFS(NamespaceOps):
         mounted): a second `ls` decrypts no name again."""
         if dir_node.listing is not None:
             return dir_node.listing
+        if self.tables:
+            dir_node.listing = self._table_listing(dir_node)
+            return dir_node.listing
         out, bad = self._listdir_on(dir_node, None)
         if bad:
             for source in self.replicas.healthy[1:]:
@@ -295,7 +306,12 @@ class VaultFS(NamespaceOps):
         return out, bad
 
     def entry(self, dir_node: Node, p_name: bytes, disk_name: str) -> Node:
-        return dir_node.children.get(p_name) or self._load(dir_node, p_name, disk_name)
+        cached = dir_node.children.get(p_name)
+        if cached is not None:
+            return cached
+        if self.tables:
+            return self._table_lookup(dir_node, p_name)
+        return self._load(dir_node, p_name, disk_name)
 
     # --- attributes -----------------------------------------------------------------
 
@@ -313,6 +329,8 @@ class VaultFS(NamespaceOps):
         """As ext4 counts: a file's names; a directory's 2 plus one per subdirectory."""
         if not node.is_dir:
             return 0 if node.unlinked else node.meta.nlink
+        if node.subdirs is None and self.tables:
+            node.subdirs = sum(1 for e in self._table(node).entries.values() if stat.S_ISDIR(e.mode))
         if node.subdirs is None:
             node.subdirs = sum(1 for name, kind in self.replicas.scandir(node.c_path)
                                if kind == "dir" and names.is_entry(name))
@@ -321,7 +339,12 @@ class VaultFS(NamespaceOps):
     def _write_meta(self, node: Node) -> None:
         """Rewrite the sealed metadata in place. chmod and chown change a node's ctime,
         never its mtime: the backing times are put back after the write (which sets the
-        backing ctime to now), and a directory's own ctime is bumped the same way."""
+        backing ctime to now), and a directory's own ctime is bumped the same way. (Format 2
+        keeps every attribute but a hard-linked file's in the directory tables.)"""
+        if self.tables and not node.shared:
+            node.entry.ctime = now_ns()
+            self.save_attrs(node)
+            return
         self.intent.note(FILE, self._meta_path(node))
         prefix = node_header.build(MAGIC_DIR if node.is_dir else MAGIC_FILE, node.keys.node_id,
                                    node.keys.meta_key, node.meta)
@@ -356,6 +379,13 @@ class VaultFS(NamespaceOps):
 
     def set_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> None:
         self._check_writable()
+        if node.entry is not None:
+            e = node.entry
+            e.atime = e.atime if atime_ns is None else atime_ns
+            e.mtime = e.mtime if mtime_ns is None else mtime_ns
+            e.ctime = now_ns()
+            self.save_attrs(node)
+            return
         self.intent.note(FILE, node.data_path)
         st = self.backing_stat(node)
         ns = (atime_ns if atime_ns is not None else st.st_atime_ns,
@@ -367,14 +397,24 @@ class VaultFS(NamespaceOps):
 
     # --- contents -------------------------------------------------------------------
 
-    def open(self, node: Node, writable: bool) -> FileContent:
+    def open(self, node: Node, writable: bool, fresh: bool = False) -> FileContent:
+        """fresh: the node was created by this request (its write counter is new)."""
         if writable and not self.read_only:
             self.intent.note(FILE, node.data_path)
+            if node.entry is not None and node.parent is not None:
+                self.intent.note(DIRECTORY, node.parent.c_path)   # its table follows at release
         if node.handle is None:
             parent = None if node.shared else node.parent
-            heal = (lambda n: self._heal_dir(parent, target=n, source=0)) if parent is not None else None
+            heal = (lambda n: self._heal_dir(parent, target=n, source=0)) if parent is not None and not self.tables else None
             handle = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
-            node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed)
+            try:
+                self.check_open(node, handle)
+            except BaseException:
+                handle.close()
+                raise
+            node.bumped = fresh
+            node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed,
+                                      on_change=(lambda: self.wrote(node)) if node.entry is not None else None)
         node.opens += 1
         return node.handle
 
@@ -382,7 +422,12 @@ class VaultFS(NamespaceOps):
         node.opens -= 1
         if node.opens == 0 and node.handle is not None:
             node.size = node.handle.size
-            node.handle.handle.close()
+            try:
+                if node.dirty and not self.read_only:
+                    self.save_attrs(node)
+            finally:
+                node.bumped = False
+                node.handle.handle.close()
             node.handle = None
             node._cipher = None    # its AES context is made again on the next open, not kept per cached node
             self.inodes.maybe_drop(node)
@@ -440,6 +485,8 @@ class VaultFS(NamespaceOps):
     # --- extended attributes --------------------------------------------------------
 
     def xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if node.xattrs is None and node.entry is not None and not node.entry.flags & FLAG_XATTRS:
+            node.xattrs = {}   # format 2: the table says there is no xattr file to read
         if node.xattrs is None:
             node.xattrs = self._read_table(self._xattr_path(node), node.keys.meta_key,
                                            XATTR_AD + node.keys.node_id)
@@ -462,4 +509,8 @@ class VaultFS(NamespaceOps):
         else:
             self.replicas.unlink(path, missing_ok=True)
         node.xattrs = table
+        if node.entry is not None:
+            node.entry.flags = node.entry.flags | FLAG_XATTRS if table else node.entry.flags & ~FLAG_XATTRS
+            node.entry.ctime = now_ns()
+            self.save_attrs(node)
 

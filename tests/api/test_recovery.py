@@ -4,6 +4,7 @@ replicas alike, repaired by the authenticated merge."""
 import os
 import stat
 
+from pqcfs.errors import DamagedStructure
 from pqcfs.fs import recovery
 from pqcfs.fs.common import Caller
 from pqcfs.fs.vaultfs import VaultFS
@@ -14,7 +15,8 @@ ME = Caller(uid=1000, gid=1000)
 
 
 def fs_of(vault):
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size)
+    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
+                   tables=vault.tables)
 
 
 def test_a_crash_while_a_file_grows_loses_nothing_written_before(new_vault):
@@ -33,10 +35,13 @@ def test_a_crash_while_a_file_grows_loses_nothing_written_before(new_vault):
     try:
         fresh.read_all(broken)
         raise AssertionError("the torn file should not read before recovery")
-    except recovery.BlockCorrupt:
-        pass
-    repaired = recovery.recover_intents(fresh, vault.drives[0], vault.drives[1:],
-                                        {("F", broken.data_path)}, vault.header.block_size)
+    except (recovery.BlockCorrupt, DamagedStructure):
+        pass   # format 2 sees it first: the file is longer than its directory table says
+    intents = {("F", broken.data_path)}
+    recovering = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, read_only=True,
+                         tables=vault.tables, in_flux=recovery.dirs_in_flux(intents))
+    repaired = recovery.recover_intents(recovering, vault.drives[0], vault.drives[1:], intents,
+                                        vault.header.block_size)
     assert repaired >= 1
     healed = fs_of(vault)
     data = healed.read_all(healed.lookup(healed.inodes.root, b"growing"))

@@ -22,7 +22,8 @@ def vfs(new_vault):
 
 
 def make_vfs(vault):
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size)
+    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
+                   tables=vault.tables)
 
 
 def write(vfs, node, offset, data):

@@ -16,7 +16,8 @@ ME = Caller(uid=1000, gid=1000)
 
 
 def fs_of(vault):
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size)
+    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
+                   tables=vault.tables)
 
 
 def files_under(path):
@@ -98,7 +99,7 @@ def test_sync_never_copies_a_file_that_fails_authentication(new_vault):
         fs.create_file(fs.inodes.root, name, stat.S_IFREG | 0o644, ME, content=b"v1 " * 5000)
     # A legitimate change on the primary alone (the backup missed a session) ...
     primary_only = VaultFS(ReplicaSet([vault.drive(vault.locations[0])]), vault.root_dir_keys(),
-                           vault.header.block_size)
+                           vault.header.block_size, tables=vault.tables)
     node = primary_only.lookup(primary_only.inodes.root, b"changed")
     handle = primary_only.open(node, True)
     handle.write(0, b"v2 " * 6000)
@@ -111,6 +112,6 @@ def test_sync_never_copies_a_file_that_fails_authentication(new_vault):
     stats = mirror.sync_replica(vault, vault.locations[0], vault.locations[1])
     assert stats.damaged == 1 and stats.files_changed >= 1
     backup_view = VaultFS(ReplicaSet([vault.drive(vault.locations[1])]), vault.root_dir_keys(),
-                          vault.header.block_size, read_only=True)
+                          vault.header.block_size, read_only=True, tables=vault.tables)
     assert backup_view.read_all(backup_view.lookup(backup_view.inodes.root, b"tampered")) == b"v1 " * 5000
     assert backup_view.read_all(backup_view.lookup(backup_view.inodes.root, b"changed")) == b"v2 " * 6000

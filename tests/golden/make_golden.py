@@ -31,7 +31,8 @@ def main(out: str) -> None:
     # The floor parameters: a real Argon2id, cheap enough for every test run.
     kdf = Argon2Params(FLOOR["memory_kib"], FLOOR["iterations"], FLOOR["lanes"], os.urandom(SALT_LEN))
     vault, code = vault_mod.create([primary, backup], passphrase=PASSPHRASE.encode(), kdf=kdf)
-    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size)
+    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
+                   tables=vault.tables)
     root = fs.inodes.root
     fs.create_file(root, b"hello.txt", stat.S_IFREG | 0o644, ME, content=b"Hello, golden vault!\n")
     blocks = bytes(range(256)) * 40  # 10,240 bytes: two full blocks and a short one

@@ -41,7 +41,8 @@ def test_golden_vault_opens_and_reads(golden, how):
              else Credentials(recovery_code=slots.parse_recovery_code(exp["recovery_code"])))
     vault = vault_mod.unlock(locations, creds)
     assert vault.header.version == exp["format"]
-    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, read_only=True)
+    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, read_only=True,
+                   tables=vault.tables)
     for path, text in exp["files"].items():
         assert fs.read_all(walk(fs, path)) == text.encode()
     assert fs.read_all(walk(fs, exp["blocks.bin"]["path"])) == bytes(range(256)) * 40

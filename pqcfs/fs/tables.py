@@ -1,0 +1,426 @@
+"""Format 2: every directory's entries and the attributes pqcfs owns live in the
+directory's table (d.t), so a stat, an `ls -l` or a negative lookup reads no file of its
+own, and a removed, added, swapped or rolled-back entry is caught.
+
+A mixin of VaultFS. The table is the authority; the drives' listing must equal it. A
+directory the last session may have left mid-change (named by the intent log after a
+crash) is reconciled instead: its table is rebuilt from what the drives hold.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+import time
+import weakref
+
+from pqcfs.crypto import content as content_layout
+from pqcfs.errors import CryptoError, DamagedStructure, NoSpace
+from pqcfs.format import dir_table, names, node_header
+from pqcfs.format.dir_table import DirTable, Entry
+from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
+from pqcfs.fs.common import FsError
+from pqcfs.fs.inodes import Node, shared_path
+from pqcfs.store.intent import DIRECTORY
+from pqcfs.store.replicas import drive_failed
+from pqcfs.store.sync import copy_entry
+
+log = logging.getLogger(__name__)
+TABLE_FILE_CAP = 512 << 20     # 10 million entries would not fit; a million do
+DAY_NS = 86_400 * 10**9
+FLAG_XATTRS = 2                # the node has an xattr table (none: no file to look for)
+ALL = None                     # in_flux: every directory
+DAMAGE = (CryptoError, DamagedStructure, OSError)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def meta_of(e: Entry) -> Meta:
+    return Meta(mode=e.mode, uid=e.uid, gid=e.gid, rdev=e.rdev, nlink=e.nlink, counter=e.counter)
+
+
+class TableOps:
+    def _init_tables(self, tables: bool, in_flux) -> None:
+        self.tables = tables
+        # c_paths of directories a crashed session may have left mid-change (ALL: any).
+        self.in_flux: set[str] | None = in_flux if in_flux is not None else set()
+        self._live_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._pending: dict[int, Node] = {}     # tables whose last append failed (a full drive)
+
+    def _flux(self, c_path: str) -> bool:
+        return self.in_flux is ALL or c_path in self.in_flux
+
+    def _table_path(self, dir_node: Node) -> str:
+        return self._join(dir_node.c_path, dir_table.NAME)
+
+    # --- loading --------------------------------------------------------------------
+
+    def _table(self, dir_node: Node) -> DirTable:
+        if dir_node.table is None:
+            table = self._live_tables.get(dir_node.keys.node_id)
+            if table is None:
+                table = self._load_table(dir_node)
+                self._live_tables[dir_node.keys.node_id] = table
+            dir_node.table = table
+            dir_node.entry = table.self_attrs
+            dir_node.meta = meta_of(table.self_attrs)
+        return dir_node.table
+
+    def _load_table(self, dir_node: Node) -> DirTable:
+        path, flux = self._table_path(dir_node), self._flux(dir_node.c_path)
+        first, error, table = self.replicas.first, None, None
+        for replica in self.replicas.healthy:
+            try:
+                data = self.replicas.read_file(path, replica=replica, cap=TABLE_FILE_CAP)
+                table = dir_table.decode(dir_node.keys.meta_key, dir_node.keys.node_id, data,
+                                         tolerate_torn_tail=flux)
+            except DAMAGE as e:
+                if replica == first and drive_failed(e):
+                    self.replicas.survives(first, e)
+                error = error or e
+                continue
+            if replica != first and first not in self.replicas.failed and not self.read_only:
+                self.replicas.copy_one(replica, first, path)
+                self._heal_event("directory table", path, replica)
+            break
+        if table is None:
+            if not flux:
+                raise DamagedStructure(f"a directory table fails on every replica ({error})")
+            table = self._fresh_table(dir_node)    # the crash came between mkdir and its table
+        if flux:
+            self._reconcile(dir_node, table)
+        else:
+            self._check_listing(dir_node, table)
+        return table
+
+    def _check_rollback(self, dir_node: Node, table: DirTable, least_seq: int) -> None:
+        if table.seq < least_seq:
+            raise DamagedStructure("a directory table is older than its parent says (rolled back)")
+
+    def _check_listing(self, dir_node: Node, table: DirTable) -> None:
+        """The drives must hold exactly the table's entries. A name the primary lacks is
+        copied from a replica that has it; what is still missing, or is there without
+        being in the table, is reported and never served."""
+        on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
+        missing = table.entries.keys() - on_disk
+        if missing and not self.read_only:
+            first = self.replicas.first
+            for source in self.replicas.healthy[1:]:
+                for disk_name in sorted(missing):
+                    rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
+                    if self.replicas.drive(source).kind(rel) is not None:
+                        copy_entry(self.replicas.drive(source), self.replicas.drive(first), rel)
+                        self._heal_event("entry", rel, source)
+            on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
+            missing = table.entries.keys() - on_disk
+        extra = on_disk - table.entries.keys()
+        table.missing = missing
+        if extra and not self.read_only:
+            # Not the vault's (planted, or a damaged name): moved out of its way, never deleted.
+            for disk_name in sorted(extra):
+                rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
+                self.replicas.drive(self.replicas.first).quarantine(rel, "an entry its directory table does not hold")
+                if names.is_long(disk_name):
+                    sidecar = rel + names.LONG_SUFFIX
+                    if self.replicas.drive(self.replicas.first).kind(sidecar) == "file":
+                        self.replicas.drive(self.replicas.first).quarantine(sidecar, "its entry's long name")
+        if missing or extra:
+            what = f"{len(missing)} entr(ies) of its table missing, {len(extra)} not in its table"
+            log.error("directory %s does not match its table: %s", dir_node.c_path or ".", what)
+            self.on_event("integrity-failure", operation="directory table", c_path=dir_node.c_path or ".",
+                          error=what)
+
+    def table_problems(self, dir_node: Node) -> list[str]:
+        """For fsck: how a directory differs from its table, and whether its id file
+        still belongs to it."""
+        table = self._table(dir_node)
+        on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
+        out = []
+        if table.entries.keys() - on_disk:
+            out.append(f"{len(table.entries.keys() - on_disk)} entr(ies) of the directory table are gone "
+                       "from the drive (removed or rolled back)")
+        if on_disk - table.entries.keys():
+            out.append(f"{len(on_disk - table.entries.keys())} entr(ies) on the drive are not in the "
+                       "directory table (added or rolled back)")
+        try:
+            header = self.replicas.read_file(self._join(dir_node.c_path, names.DIR_ID_NAME), cap=HEADER_LEN)
+            if node_header.parse_prefix(header, MAGIC_DIR) != dir_node.keys.node_id:
+                raise DamagedStructure("it belongs to another directory")
+            node_header.open_meta(dir_node.keys.meta_key, header)
+        except DAMAGE as e:
+            out.append(f"directory id file: {e}")
+        return out
+
+    # --- writing --------------------------------------------------------------------
+
+    def _append(self, dir_node: Node, puts=(), dels=(), self_changed: bool = False) -> None:
+        """One record: the memory copy changes first (it is what the drives' entries now
+        are); a record that can not be written (a full drive) leaves the table to be
+        written whole at the next change or at unmount."""
+        table = self._table(dir_node)
+        self.intent.note(DIRECTORY, dir_node.c_path)
+        key = dir_node.keys.meta_key
+        record = dir_table.encode_delta(key, table, list(puts), list(dels), self_changed)
+        if id(dir_node) in self._pending or table.wants_compaction():
+            self._write_table(dir_node)
+            return
+        offset = table.valid_len - len(record)
+        try:
+            handle = self.replicas.open_file(self._table_path(dir_node))
+            try:
+                handle.pwrite(record, offset)
+            finally:
+                handle.close()
+        except (OSError, NoSpace) as e:
+            if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._pending[id(dir_node)] = dir_node
+            log.warning("a directory table could not be written (%s); it is written whole later", e)
+
+    def _write_table(self, dir_node: Node) -> None:
+        table = self._table(dir_node)
+        data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
+        self.intent.note(DIRECTORY, dir_node.c_path)
+        self.replicas.write_atomic(self._table_path(dir_node), data, sync=False)
+        self._pending.pop(id(dir_node), None)
+
+    def settle(self) -> None:
+        """Before unmount: tables a full drive held back are written whole, and every
+        attribute still only in memory reaches its table."""
+        for node in list(self._pending.values()):
+            if not node.unlinked:
+                self._write_table(node)
+        self._pending.clear()
+
+    def _new_table(self, dir_node: Node, self_attrs: Entry) -> None:
+        table, data = dir_table.new_table(dir_node.keys.meta_key, dir_node.keys.node_id, self_attrs)
+        self.replicas.write_atomic(self._table_path(dir_node), data, sync=False)
+        table.missing = set()
+        dir_node.table, dir_node.entry = table, self_attrs
+        self._live_tables[dir_node.keys.node_id] = table
+
+    def save_attrs(self, node: Node) -> None:
+        """Write a node's attributes (memory -> its table): a directory's to its own
+        table, anything else's to its parent's."""
+        node.dirty = False
+        e = node.entry
+        if e is None or node.unlinked:
+            return
+        m = node.meta
+        e.mode, e.uid, e.gid, e.rdev = m.mode, m.uid, m.gid, m.rdev
+        if node.is_dir:
+            self._append(node, self_changed=True)
+            return
+        e.size = self.size_of(node)
+        parent = node.parent
+        if parent is not None and self._table(parent).entries.get(e.disk_name) is e:
+            self._append(parent, puts=[e])
+
+    def sync_attrs(self, node: Node) -> None:
+        """fsync: the node's attributes reach its table, and the table the drives."""
+        if node.entry is None or node.unlinked or self.read_only:
+            return
+        if node.dirty:
+            self.save_attrs(node)
+        holder = node if node.is_dir else node.parent
+        if holder is not None:
+            handle = self.replicas.open_file(self._table_path(holder))
+            try:
+                handle.fsync()
+            finally:
+                handle.close()
+
+    def _dir_changed(self, dir_node: Node, now: int) -> None:
+        e = self._table(dir_node).self_attrs
+        e.mtime = e.ctime = now
+
+    # --- attributes -----------------------------------------------------------------
+
+    def accessed(self, node: Node) -> None:
+        """relatime, the kernel's default: atime moves when it is older than the last
+        change or a day old, and reaches the table with the node's next write-back."""
+        e = node.entry
+        if e is None or self.read_only:
+            return
+        now = now_ns()
+        if e.atime <= e.mtime or e.atime <= e.ctime or now - e.atime > DAY_NS:
+            e.atime = now
+            node.dirty = True
+
+    def wrote(self, node: Node) -> None:
+        e = node.entry
+        if e is None:
+            return
+        if not node.bumped:
+            self._bump(node)
+        e.mtime = e.ctime = now_ns()
+        node.dirty = True
+
+    def _bump(self, node: Node) -> None:
+        """The first change of an open session raises the file's write counter in its
+        header; the table follows at release. A copy older than the table is refused."""
+        node.bumped = True
+        node.meta.counter = node.entry.counter = node.entry.counter + 1
+        header = node_header.build(MAGIC_FILE, node.keys.node_id, node.keys.meta_key, node.meta)
+        node.handle.handle.pwrite(header, 0)
+
+    def check_open(self, node: Node, handle) -> None:
+        """What the table says against the file: same node, not older, same size."""
+        e = node.entry
+        if e is None:
+            return
+        header = handle.pread(HEADER_LEN, 0)
+        if node_header.parse_prefix(header, MAGIC_FILE) != e.node_id:
+            raise DamagedStructure("a file is not the node its directory table names (swapped)")
+        meta = node_header.open_meta(node.keys.meta_key, header)
+        if meta.counter < e.counter:
+            raise DamagedStructure("a file is older than its directory table says (rolled back)")
+        size = content_layout.p_size(handle.size() - HEADER_LEN, self.block_size)
+        if meta.counter == e.counter and size != e.size:
+            raise DamagedStructure("a file's size differs from its directory table")
+        if meta.counter > e.counter:   # written after the table last was (a crash in between)
+            e.counter, node.size, e.size = meta.counter, size, size
+            node.dirty = True
+
+    # --- building nodes from tables ---------------------------------------------------
+
+    def _table_lookup(self, dir_node: Node, p_name: bytes) -> Node:
+        table = self._table(dir_node)
+        e = table.by_name.get(p_name)
+        if e is None:
+            raise FsError(errno.ENOENT)
+        if e.disk_name in table.missing:
+            raise DamagedStructure("an entry of the directory table is gone from the drives")
+        keys = self._child_keys(dir_node, e.node_id)
+        if e.flags & dir_table.FLAG_SHARED:
+            known = self.inodes.shared.get(e.node_id)
+            if known is not None:
+                return self._add_name(known, dir_node, p_name)
+            return self._load_shared(dir_node, p_name, e.disk_name, e.node_id)
+        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=e.disk_name,
+                    keys=keys, meta=meta_of(e), size=e.size, entry=e)
+        if stat.S_ISDIR(e.mode):
+            sub = self._table(node)
+            self._check_rollback(node, sub, e.seq)
+        return self.inodes.add(node)
+
+    def _load_shared(self, dir_node: Node, p_name: bytes, disk_name: str, node_id: bytes) -> Node:
+        st = self.replicas.lstat(shared_path(node_id))
+        _, shared_id, keys, meta = self._read_header(dir_node, shared_path(node_id), MAGIC_FILE)
+        if shared_id != node_id:
+            raise DamagedStructure("hard-link stub and shared node disagree")
+        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
+                    keys=keys, meta=meta, stat=st, shared=True)
+        node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
+        self.inodes.shared[node_id] = node
+        node.names.add((dir_node, p_name))
+        return self.inodes.add(node)
+
+    def _table_listing(self, dir_node: Node) -> list[tuple[bytes, str]]:
+        return sorted((e.p_name, e.disk_name) for e in self._table(dir_node).entries.values())
+
+    # --- crash recovery: rebuild from the drives -------------------------------------
+
+    def _fresh_table(self, dir_node: Node) -> DirTable:
+        header = self.replicas.read_file(self._join(dir_node.c_path, names.DIR_ID_NAME), cap=HEADER_LEN)
+        if node_header.parse_prefix(header, MAGIC_DIR) != dir_node.keys.node_id:
+            raise DamagedStructure("a directory id file belongs to another directory")
+        meta = node_header.open_meta(dir_node.keys.meta_key, header)
+        st = self.replicas.lstat(dir_node.c_path)
+        self_attrs = Entry(node_id=dir_node.keys.node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid,
+                           atime=st.st_atime_ns, mtime=st.st_mtime_ns, ctime=st.st_mtime_ns, btime=st.st_mtime_ns)
+        table = DirTable(dir_id=dir_node.keys.node_id, self_attrs=self_attrs)
+        table.pending_rewrite = True
+        return table
+
+    def _reconcile(self, dir_node: Node, table: DirTable) -> None:
+        """After a crash: the table becomes what the drives hold. Entries the drives lack
+        go; entries they hold are read (header, size) and added or brought up to date."""
+        on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
+        for disk_name in table.entries.keys() - on_disk:
+            gone = table.entries.pop(disk_name)
+            table.by_name.pop(gone.p_name, None)
+        for disk_name in sorted(on_disk):
+            old = table.entries.get(disk_name)
+            try:
+                e = self._entry_from_disk(dir_node, disk_name, old)
+            except (*DAMAGE, names.InvalidName) as err:
+                log.error("an entry of a directory left mid-change does not authenticate (%s); left out", err)
+                continue
+            if e is not old:
+                if old is not None:
+                    table.by_name.pop(old.p_name, None)
+                table.entries[disk_name] = e
+                table.by_name[e.p_name] = e
+        table.missing = set()
+        if not self.read_only:
+            # Written whole: a torn last record, if any, is gone with the old file.
+            data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
+            self.replicas.write_atomic(self._table_path(dir_node), data, sync=False)
+            table.pending_rewrite = False
+
+    def _entry_from_disk(self, dir_node: Node, disk_name: str, old: Entry | None) -> Entry:
+        rel = self._join(dir_node.c_path, disk_name)
+        st = self.replicas.lstat(rel)
+        if stat.S_ISDIR(st.st_mode):
+            header = self.replicas.read_file(self._join(rel, names.DIR_ID_NAME), cap=HEADER_LEN)
+            node_id = node_header.parse_prefix(header, MAGIC_DIR)
+            if old is not None and old.node_id == node_id and stat.S_ISDIR(old.mode):
+                return old
+            node_header.open_meta(self._child_keys(dir_node, node_id).meta_key, header)
+            return Entry(node_id=node_id, mode=stat.S_IFDIR, p_name=self._p_name_on_disk(dir_node, disk_name),
+                         disk_name=disk_name)
+        header = self.replicas.read_file(rel, HEADER_LEN)
+        node_id = node_header.parse_prefix(header, (MAGIC_FILE, MAGIC_LINK))
+        keys = self._child_keys(dir_node, node_id)
+        meta = node_header.open_meta(keys.meta_key, header)
+        if header[:4] == MAGIC_LINK:
+            if old is not None and old.node_id == node_id and old.flags & dir_table.FLAG_SHARED:
+                return old
+            return Entry(node_id=node_id, mode=stat.S_IFREG, flags=dir_table.FLAG_SHARED,
+                         p_name=self._p_name_on_disk(dir_node, disk_name), disk_name=disk_name)
+        size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
+        if old is not None and old.node_id == node_id and not old.flags & dir_table.FLAG_SHARED:
+            if meta.counter == old.counter and size == old.size:
+                return old
+            e = old.copy()
+            e.counter, e.size, e.mtime, e.ctime = max(meta.counter, old.counter), size, st.st_mtime_ns, st.st_mtime_ns
+            return e
+        return Entry(node_id=node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, rdev=meta.rdev, nlink=1,
+                     size=size, atime=st.st_atime_ns, mtime=st.st_mtime_ns, ctime=st.st_mtime_ns,
+                     btime=st.st_mtime_ns, counter=meta.counter,
+                     flags=FLAG_XATTRS if self.replicas.exists(rel + names.XATTR_SUFFIX) else 0,
+                     p_name=self._p_name_on_disk(dir_node, disk_name), disk_name=disk_name)
+
+    def _p_name_on_disk(self, dir_node: Node, disk_name: str) -> bytes:
+        full = disk_name
+        if names.is_long(disk_name):
+            full = self.replicas.read_file(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX),
+                                           cap=4096).decode("ascii")
+            if not names.long_name_matches(disk_name, full):
+                raise DamagedStructure("long name file does not match its entry")
+        return names.decrypt_name(dir_node.keys, full)
+
+    def settle_tree(self) -> int:
+        """Load (and so reconcile) the table of every directory in flux; returns how many."""
+        done, pending = 0, [self.inodes.root]
+        while pending:
+            dir_node = pending.pop()
+            try:
+                table = self._table(dir_node)
+            except DAMAGE as e:
+                log.error("a directory could not be reconciled: %s", e)
+                continue
+            done += 1
+            for e in list(table.entries.values()):
+                if stat.S_ISDIR(e.mode) and (self.in_flux is ALL or any(
+                        p == self._join(dir_node.c_path, e.disk_name) or p.startswith(
+                            self._join(dir_node.c_path, e.disk_name) + "/") for p in self.in_flux)):
+                    try:
+                        pending.append(self._table_lookup(dir_node, e.p_name))
+                    except (*DAMAGE, FsError) as err:
+                        log.error("a directory could not be reconciled: %s", err)
+        return done
