@@ -267,23 +267,51 @@ class TableOps:
         header = node_header.build(MAGIC_FILE, node.keys.node_id, node.keys.meta_key, node.meta)
         node.handle.handle.pwrite(header, 0)
 
-    def check_open(self, node: Node, handle) -> None:
-        """What the table says against the file: same node, not older, same size."""
+    def _file_matches(self, node: Node, rel: str, replica: int) -> tuple[bytes, Meta, int]:
         e = node.entry
-        if e is None:
-            return
-        header = handle.pread(HEADER_LEN, 0)
+        header = self.replicas.read_file(rel, HEADER_LEN, replica)
         if node_header.parse_prefix(header, MAGIC_FILE) != e.node_id:
             raise DamagedStructure("a file is not the node its directory table names (swapped)")
         meta = node_header.open_meta(node.keys.meta_key, header)
         if meta.counter < e.counter:
             raise DamagedStructure("a file is older than its directory table says (rolled back)")
-        size = content_layout.p_size(handle.size() - HEADER_LEN, self.block_size)
+        size = content_layout.p_size(self.replicas.lstat(rel, replica).st_size - HEADER_LEN, self.block_size)
         if meta.counter == e.counter and size != e.size:
             raise DamagedStructure("a file's size differs from its directory table")
-        if meta.counter > e.counter:   # written after the table last was (a crash in between)
-            e.counter, node.size, e.size = meta.counter, size, size
-            node.dirty = True
+        return header, meta, size
+
+    def verify_file(self, node: Node) -> None:
+        """Before a file opens, what its table says against the file: the same node, not
+        older, the same size. A primary copy that fails is healed from a replica whose copy
+        passes: a damaged header by rewriting it, an older or foreign file by moving it to
+        quarantine and copying the good one."""
+        e = node.entry
+        if e is None:
+            return
+        rel, first, error, primary_error = node.data_path, self.replicas.first, None, None
+        for replica in self.replicas.healthy:
+            try:
+                header, meta, size = self._file_matches(node, rel, replica)
+            except DAMAGE as err:
+                if replica == first and drive_failed(err):
+                    self.replicas.survives(first, err)
+                if replica == first:
+                    primary_error = err
+                error = error or err
+                continue
+            if primary_error is not None and replica != first and first not in self.replicas.failed \
+                    and not self.read_only:
+                if isinstance(primary_error, CryptoError):
+                    self.replicas.write_one(first, rel, header)
+                else:
+                    self.replicas.drive(first).quarantine(self.replicas.rel(rel), str(primary_error))
+                    self.replicas.copy_one(replica, first, rel)
+                self._heal_event("file header", rel, replica)
+            if meta.counter > e.counter:   # written after the table last was (a crash in between)
+                e.counter, node.size, e.size = meta.counter, size, size
+                node.dirty = True
+            return
+        raise error
 
     # --- building nodes from tables ---------------------------------------------------
 

@@ -406,12 +406,8 @@ class VaultFS(NamespaceOps, TableOps):
         if node.handle is None:
             parent = None if node.shared else node.parent
             heal = (lambda n: self._heal_dir(parent, target=n, source=0)) if parent is not None and not self.tables else None
+            self.verify_file(node)
             handle = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
-            try:
-                self.check_open(node, handle)
-            except BaseException:
-                handle.close()
-                raise
             node.bumped = fresh
             node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed,
                                       on_change=(lambda: self.wrote(node)) if node.entry is not None else None)

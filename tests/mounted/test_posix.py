@@ -21,11 +21,9 @@ def vault(request):
 
 
 # Known gaps, kept visible: each fails today and must start passing (strict) when fixed.
-KNOWN_GAPS = {
-    # exfat-fuse reports ctime as the mtime: only times pqcfs keeps itself (the node
-    # metadata of the next format) can give a true ctime there.
-    ("exfat", "chmod_and_chown_change_ctime_never_mtime"),
-}
+# (fstype, check) pairs that are known to fail, marked strict xfail so they stay visible.
+# Empty since format 2 keeps every time itself (exfat-fuse's ctime no longer shows through).
+KNOWN_GAPS: set[tuple[str, str]] = set()
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
