@@ -39,3 +39,7 @@ class MountError(PqcfsError):
 
 class NoSpace(PqcfsError):
     """A drive ran out of space."""
+
+
+class RolledBack(CryptoError):
+    """The drives hold an older state of the vault than this machine has already seen."""

@@ -10,6 +10,7 @@ from pqcfs.crypto.content import BlockCorrupt
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
+from pqcfs.store import seen
 from pqcfs.fs.vaultfs import FsError, VaultFS
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import TREE_DIR, ReplicaSet
@@ -59,6 +60,11 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
     except (PqcfsError, OSError) as e:
         report.problems.append(Problem(location, DIR_ID_NAME, f"root directory: {e}"))
         return
+    if fs.tables:
+        try:
+            seen.check(vault.header.vault_id, vault.root_key, fs.inodes.root.table.seq)
+        except PqcfsError as e:
+            report.problems.append(Problem(location, ".", str(e)))
     stack = [fs.inodes.root]
     while stack:
         node = stack.pop()

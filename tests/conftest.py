@@ -2,6 +2,11 @@ import os
 
 # The one test-only switch: cheap Argon2id so unlocking takes microseconds, not seconds.
 os.environ.setdefault("PQCFS_INSECURE_FAST_KDF", "1")
+# What this machine has seen of each vault (whole-vault rollback detection) goes to a
+# directory of the test run, not /var/lib/pqcfs.
+if "PQCFS_STATE_DIR" not in os.environ:
+    import tempfile
+    os.environ["PQCFS_STATE_DIR"] = tempfile.mkdtemp(prefix="pqcfs-seen-")
 
 import pytest  # noqa: E402
 

@@ -29,6 +29,7 @@ LABEL_SLOT_RECOVERY = b"pqcfs slot recovery v1"  # recovery-code slot KEK
 LABEL_INTENT = b"pqcfs intent v1"          # HMAC-SHA256 over write-intent records
 LABEL_SLOT_COMMIT = b"pqcfs slot commit v1"  # key-commitment value of a key slot
 LABEL_CHANGES = b"pqcfs changes v1"        # HMAC chain over the change journal
+LABEL_SEEN = b"pqcfs seen v2"              # HMAC over the machine's record of the newest state seen
 LABEL_NODE = b"pqcfs node"                 # HMAC prefix of the node-key tree
 
 

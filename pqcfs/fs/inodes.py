@@ -25,7 +25,7 @@ def shared_path(node_id: bytes) -> str:
     return f"{SHARED_DIR}/{node_id.hex()}"
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class Node:
     ino: int
     parent: "Node | None"

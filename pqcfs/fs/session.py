@@ -27,6 +27,7 @@ from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
 from pqcfs.store import changes as changes_mod
 from pqcfs.store import intent as intent_mod
+from pqcfs.store import seen
 from pqcfs.store.lock import VaultLock
 from pqcfs.store.replicas import ReplicaSet
 
@@ -128,6 +129,12 @@ class Session:
                     progress.close()
         if plan.unclean and not self.read_only and (len(self.vault.locations) > 1 or self.vault.tables):
             self._recover(plan)
+        if self.vault.tables:
+            # Before this session begins: drives older than what this machine has seen are
+            # refused (a whole-vault rollback leaves nothing else to see on the drives).
+            root = VaultFS(ReplicaSet(self.vault.drives), self.vault.root_dir_keys(), self.vault.header.block_size,
+                           read_only=True, tables=True).inodes.root
+            seen.check(self.vault.header.vault_id, self.vault.root_key, root.table.seq)
         self.missing = plan.missing
         if plan.missing:
             self.event("degraded", missing=plan.missing, at="mount")
@@ -209,13 +216,19 @@ class Session:
             return
         # Everything on the drives before anything says "clean": the drives may be pulled
         # right after `pqcfs umount` returns.
+        root_seq = 0
         if getattr(self, "ops", None) is not None:
             try:
-                self.ops.vfs.settle()
+                root_seq = self.ops.vfs.settle()
             except (OSError, PqcfsError) as e:
                 log.error("directory tables could not be written (%s); the next mount rebuilds them", e)
                 return   # the intent log stays: the next mount reconciles
         os.sync()
+        if root_seq:
+            try:
+                seen.record(self.vault.header.vault_id, self.vault.root_key, root_seq)
+            except OSError as e:
+                log.warning("could not record the vault's state on this machine (%s)", e)
         if self.intent is not None:
             self.intent.clear()
             self.intent.close()

@@ -10,6 +10,8 @@ crash) is reconciled instead: its table is rebuilt from what the drives hold.
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import logging
 import stat
 import time
@@ -49,6 +51,10 @@ class TableOps:
         self.in_flux: set[str] | None = in_flux if in_flux is not None else set()
         self._live_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._pending: dict[int, Node] = {}     # tables whose last append failed (a full drive)
+        # Tables changed since their parents last recorded their sequence numbers, and
+        # the newest Node of each directory (a forgotten Node may hold a stale path).
+        self._unfolded: dict[bytes, Node] = {}
+        self._dir_nodes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def _flux(self, c_path: str) -> bool:
         return self.in_flux is ALL or c_path in self.in_flux
@@ -67,6 +73,7 @@ class TableOps:
             dir_node.table = table
             dir_node.entry = table.self_attrs
             dir_node.meta = meta_of(table.self_attrs)
+            self._dir_nodes[dir_node.keys.node_id] = dir_node
         return dir_node.table
 
     def _load_table(self, dir_node: Node) -> DirTable:
@@ -162,6 +169,7 @@ class TableOps:
         written whole at the next change or at unmount."""
         table = self._table(dir_node)
         self.intent.note(DIRECTORY, dir_node.c_path)
+        self._unfolded[dir_node.keys.node_id] = dir_node
         key = dir_node.keys.meta_key
         record = dir_table.encode_delta(key, table, list(puts), list(dels), self_changed)
         if id(dir_node) in self._pending or table.wants_compaction():
@@ -184,16 +192,51 @@ class TableOps:
         table = self._table(dir_node)
         data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
         self.intent.note(DIRECTORY, dir_node.c_path)
+        self._unfolded[dir_node.keys.node_id] = dir_node
         self.replicas.write_atomic(self._table_path(dir_node), data, sync=False)
         self._pending.pop(id(dir_node), None)
 
-    def settle(self) -> None:
+    def settle(self) -> int:
         """Before unmount: tables a full drive held back are written whole, and every
-        attribute still only in memory reaches its table."""
+        changed table's sequence number is folded up into its parent's entry, up to the
+        root. Returns the root table's sequence number (0 for format 1)."""
+        if not self.tables:
+            return 0
         for node in list(self._pending.values()):
             if not node.unlinked:
                 self._write_table(node)
         self._pending.clear()
+        self.fold()
+        return self._table(self.inodes.root).seq
+
+    def fold(self) -> None:
+        """Each changed directory's parent records the directory table's sequence number,
+        deepest first, so one number at the root covers the whole tree: a directory whose
+        table is older than its parent's record has been rolled back."""
+        def depth(node: Node) -> int:
+            n = 0
+            while node.parent is not None:
+                node, n = node.parent, n + 1
+            return n
+        order = itertools.count()
+        heap = [(-depth(n), next(order), n) for n in self._unfolded.values()]
+        heapq.heapify(heap)
+        self._unfolded.clear()
+        done: set[bytes] = set()
+        while heap:
+            _, _, node = heapq.heappop(heap)
+            node = self._dir_nodes.get(node.keys.node_id) or node
+            if node.keys.node_id in done or node.parent is None or node.unlinked or node.table is None:
+                continue
+            done.add(node.keys.node_id)
+            parent = node.parent
+            e = self._table(parent).entries.get(node.disk_name)
+            if e is None or e.node_id != node.keys.node_id or e.seq >= node.table.seq:
+                continue
+            e.seq = node.table.seq
+            self._append(parent, puts=[e])
+            heapq.heappush(heap, (-depth(parent), next(order), parent))
+        self._unfolded.clear()
 
     def _new_table(self, dir_node: Node, self_attrs: Entry) -> None:
         table, data = dir_table.new_table(dir_node.keys.meta_key, dir_node.keys.node_id, self_attrs)

@@ -1,0 +1,226 @@
+"""Format 2: a directory is authenticated as a whole by its table. Each tamper an
+attacker with both drives (and no key) can try is caught by the mount and by fsck:
+a swapped, removed, added or rolled-back entry, a rolled-back file or directory, and
+the whole vault rolled back to an older copy of both drives."""
+
+import os
+import shutil
+import stat
+
+import pytest
+
+from pqcfs import fsck
+from pqcfs import vault as vault_mod
+from pqcfs.errors import DamagedStructure, PqcfsError, RolledBack
+from pqcfs.fs.common import Caller, FsError
+from pqcfs.fs.session import Session
+from pqcfs.store.drive import QUARANTINE_DIR
+from pqcfs.vault import Credentials
+from tests.conftest import PASSPHRASE
+
+ME = Caller(uid=1000, gid=1000)
+
+
+def unlock(locations):
+    return vault_mod.unlock(list(locations), Credentials(passphrase=PASSPHRASE))
+
+
+def session(locations, tmp_path, change=None):
+    """One mount session without the kernel; change(vfs) runs inside it. Returns what
+    change returned."""
+    vault = unlock(locations)
+    s = Session(vault, str(tmp_path / "mnt"))
+    s.prepare()
+    vfs = s.build().vfs
+    try:
+        return change(vfs) if change else None
+    finally:
+        s._finish()
+        vault.close()
+
+
+def write(vfs, node, data):
+    content = vfs.open(node, True)
+    content.truncate(0)
+    content.write(0, data)
+    vfs.release(node)
+
+
+def slurp(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def populate(vfs):
+    root = vfs.inodes.root
+    for name in (b"a", b"b"):
+        d = vfs.mkdir(root, b"dir-" + name, 0o755, ME)
+        vfs.create_file(d, b"inside-" + name, stat.S_IFREG | 0o644, ME, content=b"in " + name)
+    for name in (b"one", b"two", b"three"):
+        write(vfs, vfs.create_file(root, name, stat.S_IFREG | 0o644, ME), b"contents of " + name * 100)
+    return {p: d for p, d in vfs.listdir(root)}
+
+
+@pytest.fixture
+def vault_dirs(new_vault, tmp_path):
+    vault, _ = new_vault
+    locations = list(vault.locations)
+    vault.close()
+    disk = session(locations, tmp_path, populate)
+    return locations, disk
+
+
+def on_both(locations, fn):
+    for location in locations:
+        fn(os.path.join(location, "tree"))
+
+
+def read_back(locations, tmp_path, p_name):
+    def read(vfs):
+        return vfs.read_all(vfs.lookup(vfs.inodes.root, p_name))
+    return session(locations, tmp_path, read)
+
+
+def fsck_clean(locations) -> bool:
+    vault = unlock(locations)
+    try:
+        return fsck.run(vault).clean
+    finally:
+        vault.close()
+
+
+def test_an_untouched_vault_is_clean(vault_dirs, tmp_path):
+    locations, _ = vault_dirs
+    assert read_back(locations, tmp_path, b"one") == b"contents of " + b"one" * 100
+    assert fsck_clean(locations)
+
+
+def test_two_files_swapped_in_one_directory(vault_dirs, tmp_path):
+    locations, disk = vault_dirs
+
+    def swap(tree):
+        a, b = os.path.join(tree, disk[b"one"]), os.path.join(tree, disk[b"two"])
+        os.rename(a, a + ".tmp")
+        os.rename(b, a)
+        os.rename(a + ".tmp", b)
+    on_both(locations, swap)
+    with pytest.raises(DamagedStructure, match="swapped"):
+        read_back(locations, tmp_path, b"one")
+    assert not fsck_clean(locations)
+
+
+def test_two_directories_swapped_under_one_parent(vault_dirs, tmp_path):
+    locations, disk = vault_dirs
+
+    def swap(tree):
+        a, b = os.path.join(tree, disk[b"dir-a"]), os.path.join(tree, disk[b"dir-b"])
+        os.rename(a, a + ".tmp")
+        os.rename(b, a)
+        os.rename(a + ".tmp", b)
+    on_both(locations, swap)
+    with pytest.raises(PqcfsError):
+        session(locations, tmp_path, lambda vfs: vfs.lookup(vfs.inodes.root, b"dir-a"))
+    assert not fsck_clean(locations)
+
+
+def test_an_entry_deleted_on_both_drives(vault_dirs, tmp_path):
+    locations, disk = vault_dirs
+    on_both(locations, lambda tree: os.unlink(os.path.join(tree, disk[b"three"])))
+
+    def look(vfs):
+        assert b"three" in dict(vfs.listdir(vfs.inodes.root))    # the table still names it ...
+        with pytest.raises(DamagedStructure, match="gone"):       # ... and says it is gone
+            vfs.lookup(vfs.inodes.root, b"three")
+    session(locations, tmp_path, look)
+    assert not fsck_clean(locations)
+
+
+def test_an_entry_added_on_both_drives_is_kept_out_of_the_way(vault_dirs, tmp_path):
+    locations, disk = vault_dirs
+    # A real entry of the vault, copied into another directory (so it even authenticates
+    # under a key the attacker can not know: the names are the same length).
+    on_both(locations, lambda tree: shutil.copy(os.path.join(tree, disk[b"one"]),
+                                                os.path.join(tree, disk[b"dir-a"], disk[b"one"])))
+    names = session(locations, tmp_path,
+                    lambda vfs: [p for p, _ in vfs.listdir(vfs.lookup(vfs.inodes.root, b"dir-a"))])
+    assert names == [b"inside-a"]
+    assert os.listdir(os.path.join(locations[0], QUARANTINE_DIR))   # moved aside, not deleted
+
+
+def test_one_file_rolled_back_on_both_drives(vault_dirs, tmp_path):
+    locations, disk = vault_dirs
+    old = {loc: slurp(os.path.join(loc, "tree", disk[b"two"])) for loc in locations}
+    session(locations, tmp_path, lambda vfs: write(vfs, vfs.lookup(vfs.inodes.root, b"two"), b"new contents"))
+    assert read_back(locations, tmp_path, b"two") == b"new contents"
+    for loc, data in old.items():
+        with open(os.path.join(loc, "tree", disk[b"two"]), "wb") as f:
+            f.write(data)
+    with pytest.raises(DamagedStructure, match="rolled back"):
+        read_back(locations, tmp_path, b"two")
+    assert not fsck_clean(locations)
+
+
+def test_one_directory_rolled_back_on_both_drives(vault_dirs, tmp_path):
+    """The attacker restores an older copy of one directory (its table and entries alike,
+    so it is consistent in itself): its parent recorded a newer table at unmount."""
+    locations, disk = vault_dirs
+    folder = lambda loc: os.path.join(loc, "tree", disk[b"dir-a"])  # noqa: E731
+    before = {loc: (slurp(os.path.join(folder(loc), "d.t")), set(os.listdir(folder(loc))))
+              for loc in locations}
+    session(locations, tmp_path, lambda vfs: vfs.create_file(vfs.lookup(vfs.inodes.root, b"dir-a"), b"later",
+                                                             stat.S_IFREG | 0o644, ME))
+    for loc, (table, entries) in before.items():
+        with open(os.path.join(folder(loc), "d.t"), "wb") as f:
+            f.write(table)
+        for name in set(os.listdir(folder(loc))) - entries:
+            os.unlink(os.path.join(folder(loc), name))
+    with pytest.raises(DamagedStructure, match="rolled back"):
+        session(locations, tmp_path, lambda vfs: vfs.lookup(vfs.inodes.root, b"dir-a"))
+    assert not fsck_clean(locations)
+
+
+def test_the_whole_vault_rolled_back_is_refused_on_a_machine_that_saw_it_newer(vault_dirs, tmp_path):
+    locations, _ = vault_dirs
+    copies = []
+    for n, loc in enumerate(locations):
+        copies.append(str(tmp_path / f"old-{n}"))
+        shutil.copytree(loc, copies[-1], symlinks=True)
+    session(locations, tmp_path, lambda vfs: vfs.unlink(vfs.inodes.root, b"three"))
+    for loc, copy in zip(locations, copies):
+        shutil.rmtree(loc)
+        shutil.copytree(copy, loc, symlinks=True)
+    with pytest.raises(RolledBack, match="older state"):
+        session(locations, tmp_path)
+    assert not fsck_clean(locations)
+
+
+def test_times_are_pqcfs_own_in_nanoseconds(vault_dirs, tmp_path):
+    locations, _ = vault_dirs
+
+    def touch(vfs):
+        node = vfs.lookup(vfs.inodes.root, b"one")
+        vfs.set_times(node, 1_000_000_001, 978_307_200_123_456_789)
+        vfs.set_mode(node, 0o600)
+    session(locations, tmp_path, touch)
+
+    def look(vfs):
+        e = vfs.lookup(vfs.inodes.root, b"one").entry
+        return e.atime, e.mtime, e.ctime, stat.S_IMODE(e.mode)
+    atime, mtime, ctime, mode = session(locations, tmp_path, look)
+    assert (atime, mtime, mode) == (1_000_000_001, 978_307_200_123_456_789, 0o600)
+    assert ctime > mtime     # the chmod came after: ctime is now, never the mtime set by touch -d
+
+
+def test_lookups_of_missing_names_read_no_file(vault_dirs, tmp_path):
+    locations, _ = vault_dirs
+
+    def look(vfs):
+        vfs.lookup(vfs.inodes.root, b"one")
+        before = slurp("/proc/self/io").decode()
+        for n in range(200):
+            with pytest.raises(FsError):
+                vfs.lookup(vfs.inodes.root, b"nothing-%d" % n)
+        return before, slurp("/proc/self/io").decode()
+    before, after = session(locations, tmp_path, look)
+    syscr = lambda text: int(next(l for l in text.splitlines() if l.startswith("syscr")).split()[1])  # noqa: E731,E741
+    assert syscr(after) - syscr(before) < 10
