@@ -9,7 +9,7 @@ from pqcfs.audit.writer import AuditLog
 from pqcfs.cli import options, secrets
 from pqcfs.crypto import kem
 from pqcfs.crypto.kdf import SALT_LEN, Argon2Params, calibrate
-from pqcfs.format import slots
+from pqcfs.format import slots, vault_header
 from pqcfs.format.identity import PublicIdentity
 from pqcfs.store import devices
 
@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--block-size", type=int, default=vault_mod.DEFAULT_BLOCK_SIZE,
                    choices=(4096, 8192, 16384, 32768, 65536))
     p.add_argument("--owner", metavar="PUBFILE", help="also add an identity slot for this public key")
+    p.add_argument("--format", type=int, default=vault_header.VERSION, choices=sorted(vault_header.READABLE_VERSIONS),
+                   help=f"on-disk format (default {vault_header.VERSION}; 1 opens with older pqcfs, without "
+                   "directory tables; `pqcfs upgrade` converts it later)")
     p.add_argument("--json", action="store_true", help="print the result (with the recovery code) as JSON")
     options.add_secret_options(p)
     options.add_drive_options(p)
@@ -54,7 +57,7 @@ def run(args) -> int:
     passphrase = secrets.passphrase(args.passfile, args.extpass, "New vault passphrase", confirm=True)
     vault, code = vault_mod.create(locations, passphrase=passphrase, kdf=kdf_from_args(args),
                                    suite=args.suite, block_size=args.block_size, identity=owner,
-                                   drive_infos=infos)
+                                   drive_infos=infos, format_version=args.format)
     log = AuditLog(vault)
     log.append("init", replicas=len(locations), suite=args.suite, block_size=args.block_size,
                slots=[s["type"] for s in vault.header.slots])

@@ -20,6 +20,7 @@ from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError
 from pqcfs.format import names, node_header
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, MAGIC_LINK
 from pqcfs.fs.inodes import SHARED_DIR
+from pqcfs.fs.tables import ALL
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import TREE_DIR
 from pqcfs.store.sync import copy_entry, same_file
@@ -217,7 +218,7 @@ def recover(vfs, primary: Drive, backups: list[Drive], block_size: int) -> int:
                 log.warning("no key for a differing file; the primary's copy is kept")
                 continue
             repaired += merge_file(primary, backup, _t(rel), keys, block_size)
-    settle_tables(vfs, [primary, *backups], block_size, None)
+    settle_tables(vfs, [primary, *backups], block_size, ALL)
     return repaired
 
 

@@ -156,7 +156,7 @@ class Session:
         intents = intent_mod.read(drives, intent_mod.intent_key(self.vault.root_key))
         # Directory tables the session may have left mid-change are rebuilt from what the
         # drives hold, once the files are repaired and before the backups copy them.
-        in_flux = recovery.dirs_in_flux(intents) if intents is not None else None
+        in_flux = recovery.dirs_in_flux(intents) if intents is not None else recovery.ALL
         tables = self.vault.tables
         vfs = VaultFS(ReplicaSet(drives), self.vault.root_dir_keys(), bs, read_only=tables, tables=tables,
                       in_flux=in_flux)

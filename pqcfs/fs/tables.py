@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 TABLE_FILE_CAP = 512 << 20     # 10 million entries would not fit; a million do
 DAY_NS = 86_400 * 10**9
 FLAG_XATTRS = 2                # the node has an xattr table (none: no file to look for)
-ALL = None                     # in_flux: every directory
+ALL = frozenset({"*"})         # in_flux: every directory (a sentinel, compared by identity)
 DAMAGE = (CryptoError, DamagedStructure, OSError)
 
 
@@ -48,12 +48,13 @@ class TableOps:
     def _init_tables(self, tables: bool, in_flux) -> None:
         self.tables = tables
         # c_paths of directories a crashed session may have left mid-change (ALL: any).
-        self.in_flux: set[str] | None = in_flux if in_flux is not None else set()
+        self.in_flux: set[str] | frozenset = in_flux if in_flux is not None else set()
         self._live_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._pending: dict[int, Node] = {}     # tables whose last append failed (a full drive)
         # Tables changed since their parents last recorded their sequence numbers, and
         # the newest Node of each directory (a forgotten Node may hold a stale path).
         self._unfolded: dict[bytes, Node] = {}
+        self.reconcile_skipped = 0     # entries a rebuild left out (they do not authenticate)
         self._dir_nodes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def _flux(self, c_path: str) -> bool:
@@ -420,6 +421,7 @@ class TableOps:
                 e = self._entry_from_disk(dir_node, disk_name, old)
             except (*DAMAGE, names.InvalidName) as err:
                 log.error("an entry of a directory left mid-change does not authenticate (%s); left out", err)
+                self.reconcile_skipped += 1
                 continue
             if e is not old:
                 if old is not None:

@@ -123,3 +123,20 @@ def test_every_exit_code_is_documented():
     for name, value in vars(exitcodes).items():
         if name.isupper() and isinstance(value, int):
             assert re.search(rf"\|\s*{value}\s*\|\s*`{name}`", text), f"{name}={value} missing from docs/cli.md"
+
+
+def test_a_format_1_vault_is_upgraded_only_when_asked(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    pw = tmp_path / "pw"
+    pw.write_text("hunter2\n")
+    r = pqcfs("init", str(a), str(b), "--passfile", str(pw), "--allow-fixed", "--allow-same-device", "--format", "1")
+    assert r.returncode == 0, r.stderr
+    assert "(format 1," in pqcfs("info", str(a)).stdout
+    assert not (a / "tree" / "d.t").exists()
+    r = pqcfs("upgrade", str(a), "--passfile", str(pw))
+    assert r.returncode == 0 and "from format 1 to 2 (1 directories)" in r.stdout, r.stdout + r.stderr
+    assert "(format 2," in pqcfs("info", str(b)).stdout and (b / "tree" / "d.t").is_file()
+    r = pqcfs("upgrade", str(a), "--passfile", str(pw))
+    assert r.returncode == 0 and "already format 2" in r.stdout
+    assert pqcfs("fsck", str(a), "--passfile", str(pw)).returncode == 0

@@ -1,6 +1,6 @@
 """Make the golden vault of the current format version (run once per format version).
 
-    .venv/bin/python tests/golden/make_golden.py tests/golden/v1
+    .venv/bin/python tests/golden/make_golden.py tests/golden/v2
 
 The result is checked in with its passphrase and recovery code (expected.json) and must
 open with every later version of pqcfs (tests/golden/test_golden.py).
@@ -50,8 +50,12 @@ def main(out: str) -> None:
     fs.create_file(moved, b"inside.txt", stat.S_IFREG | 0o644, ME, content=b"moved with its key\n")
     fs.rename(root, b"to-move", docs, b"moved")  # leaves an override in docs/d.ov
     fs.link(fs.lookup(root, b"hello.txt"), docs, b"hello-link.txt")  # a hard link: h.links/
+    times = {}
+    if vault.tables:   # format 2 keeps nanosecond times itself
+        fs.set_times(fs.lookup(docs, b"blocks.bin"), 1_000_000_001, 978_307_200_123_456_789)
+        times = {"docs/blocks.bin": [1_000_000_001, 978_307_200_123_456_789]}
     expected = {
-        "format": 1, "passphrase": PASSPHRASE, "recovery_code": slots.format_recovery_code(code),
+        "format": vault.header.version, "times": times, "passphrase": PASSPHRASE, "recovery_code": slots.format_recovery_code(code),
         "files": {"hello.txt": "Hello, golden vault!\n", "docs/moved/inside.txt": "moved with its key\n",
                   "docs/hello-link.txt": "Hello, golden vault!\n",
                   f"docs/{LONG}": "long name\n"},

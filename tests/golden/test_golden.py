@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from pqcfs import fsck, upgrade
 from pqcfs import vault as vault_mod
 from pqcfs.format import slots
 from pqcfs.fs.vaultfs import VaultFS
@@ -35,6 +36,10 @@ def walk(fs: VaultFS, path: str):
 
 @pytest.mark.parametrize("how", ["passphrase", "recovery"])
 def test_golden_vault_opens_and_reads(golden, how):
+    check_golden(golden, how)
+
+
+def check_golden(golden, how):
     root, exp = golden
     locations = [str(root / "primary"), str(root / "backup")]
     creds = (Credentials(passphrase=exp["passphrase"].encode()) if how == "passphrase"
@@ -62,6 +67,33 @@ def test_golden_vault_opens_and_reads(golden, how):
         node = walk(fs, path)
         assert stat.S_IMODE(node.meta.mode) == mode
         assert (node.meta.uid, node.meta.gid) == (exp["uid"], exp["gid"])
+    for path, (atime, mtime) in exp.get("times", {}).items():
+        e = walk(fs, path).entry
+        assert (e.atime, e.mtime) == (atime, mtime)
+    return vault
+
+
+def test_a_format_1_vault_upgrades_in_place_and_reads_the_same(tmp_path, monkeypatch):
+    monkeypatch.delenv("PQCFS_INSECURE_FAST_KDF", raising=False)
+    root = tmp_path / "v1"
+    shutil.copytree(HERE / "v1", root)
+    exp = json.loads((root / "expected.json").read_text())
+    locations = [str(root / "primary"), str(root / "backup")]
+    vault = vault_mod.unlock(locations, Credentials(passphrase=exp["passphrase"].encode()))
+    # Nothing a format 1 vault holds is rewritten: only tables are added, and the header.
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "pqcfs.vault"}
+    assert upgrade.upgrade(vault) == 3      # the root, docs and docs/moved
+    assert upgrade.upgrade(vault) == 0      # once is enough
+    vault.close()
+    assert all(p.read_bytes() == data for p, data in before.items() if p.name != "pqcfs.audit")
+    dirs = [p for r in ("primary", "backup") for p in [root / r / "tree", *(root / r / "tree").rglob("*")]
+            if p.is_dir() and p.name != "h.links"]
+    assert len(dirs) == 6 and all((d / "d.t").is_file() for d in dirs)
+    again = vault_mod.unlock(locations, Credentials(passphrase=exp["passphrase"].encode()))
+    assert again.header.version == 2 and again.tables
+    assert fsck.run(again).clean
+    again.close()
+    check_golden((root, dict(exp, format=2, times={})), "passphrase")
 
 
 def test_golden_vault_refuses_wrong_passphrase(golden):

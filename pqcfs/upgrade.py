@@ -1,0 +1,37 @@
+"""`pqcfs upgrade`: a format 1 vault becomes format 2, in place, on every replica.
+
+Format 2 adds one file per directory (its table, d.t) and changes nothing else a format 1
+vault holds: names, keys, node headers and content blocks are read as they are (a
+block's AAD binds the node id and block index, never the offset or format, so no block
+is rewritten). The tables are built from the drives (modes and owners from the node
+headers, times from the backing files, sizes from the ciphertext), written to every
+replica, and only then does the vault header say format 2. An upgrade cut short leaves
+a format 1 vault (the tables are ignored) and can simply be run again.
+"""
+
+from __future__ import annotations
+
+from pqcfs import vault as vault_mod
+from pqcfs.errors import DriveError, PqcfsError
+from pqcfs.fs.tables import ALL
+from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.store.replicas import ReplicaSet
+
+
+def upgrade(vault: vault_mod.UnlockedVault) -> int:
+    """Returns how many directories got a table (0: the vault already is format 2)."""
+    if vault.tables:
+        return 0
+    states = [vault_mod.read_state(drive, vault.root_key) for drive in vault.drives]
+    if not all(s.clean for s in states) or len({(s.generation, tuple(s.lineage)) for s in states}) != 1:
+        raise DriveError("the replicas are not all current and cleanly unmounted: mount the vault with every "
+                         "drive (or run `pqcfs sync`) and unmount it first")
+    vfs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, tables=True,
+                  in_flux=ALL)
+    built = vfs.settle_tree()
+    if vfs.reconcile_skipped:
+        raise PqcfsError(f"{vfs.reconcile_skipped} entr(ies) do not authenticate; the vault stays format 1 "
+                         "(run `pqcfs fsck --repair`, then upgrade again)")
+    vault.header.version = 2
+    vault.save_header()
+    return built
