@@ -252,6 +252,10 @@ class Operations(pyfuse3.Operations):
         if writable and self.vfs.read_only:
             raise FsError(errno.EROFS)
         self.vfs.open(node, bool(writable))
+        if flags & os.O_ACCMODE != os.O_WRONLY:
+            # The kernel serves cached pages without asking: an open for reading is the
+            # one request every read is sure to make.
+            self.vfs.accessed(node)
         if node.parent is not None:
             self._file_event("open", node.parent, node.p_name, write=bool(writable))
         if flags & os.O_TRUNC and writable:

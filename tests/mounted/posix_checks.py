@@ -431,3 +431,80 @@ def sizes_no_drive_can_hold_are_efbig(d):
     finally:
         os.close(fd)
     assert _read(p) == b"small"
+
+
+@check
+def times_are_kept_to_the_nanosecond(d):
+    """Any drive, exFAT too (whose own times have 10 ms and 2 s steps)."""
+    p, sub = os.path.join(d, "f"), os.path.join(d, "sub")
+    _write(p, b"x")
+    os.mkdir(sub)
+    for path in (p, sub):
+        os.utime(path, ns=(1_234_567_891_234_567_891, 987_654_321_987_654_321))
+    _drop_caches()
+    for path in (p, sub):
+        st = os.stat(path)
+        assert (st.st_atime_ns, st.st_mtime_ns) == (1_234_567_891_234_567_891, 987_654_321_987_654_321), path
+
+
+@check
+def touch_into_the_past_leaves_ctime_now(d):
+    p = os.path.join(d, "f")
+    _write(p, b"x")
+    before = time.time_ns()
+    os.utime(p, ns=(0, 0))                                   # touch -d 1970
+    _drop_caches()
+    st = os.stat(p)
+    assert st.st_mtime_ns == 0 and st.st_ctime_ns >= before
+
+
+@check
+def new_nodes_are_stamped_after_a_time_taken_before(d):
+    before = time.time_ns()
+    _write(os.path.join(d, "f"), b"x")
+    os.mkdir(os.path.join(d, "sub"))
+    os.symlink("f", os.path.join(d, "link"))
+    for name in ("f", "sub", "link"):
+        st = os.lstat(os.path.join(d, name))
+        assert min(st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns) >= before, name
+
+
+@check
+def writes_move_mtime_and_ctime_reads_follow_relatime(d):
+    p = os.path.join(d, "f")
+    _write(p, b"first")
+    old = 10**18                                             # 2001-09-09
+    os.utime(p, ns=(old, old))
+    before = time.time_ns()
+    _write(p, b"more", "ab")
+    st = os.stat(p)
+    assert st.st_mtime_ns >= before and st.st_ctime_ns >= before and st.st_size == 9
+    assert st.st_atime_ns == old                             # writing is no access
+    assert _read(p) == b"firstmore"
+    first = os.stat(p).st_atime_ns
+    assert first >= before                                   # relatime: atime was older than mtime
+    assert _read(p) == b"firstmore"
+    assert os.stat(p).st_atime_ns == first                   # ... and now it is not
+
+
+@check
+def directory_times_follow_their_entries(d):
+    sub = os.path.join(d, "sub")
+    os.mkdir(sub)
+    old = 10**18
+    steps = [lambda: _write(os.path.join(sub, "f"), b""),
+             lambda: os.rename(os.path.join(sub, "f"), os.path.join(sub, "g")),
+             lambda: os.symlink("g", os.path.join(sub, "l")),
+             lambda: os.unlink(os.path.join(sub, "l"))]
+    for step in steps:
+        os.utime(sub, ns=(old, old))
+        before = time.time_ns()
+        step()
+        st = os.stat(sub)
+        assert st.st_mtime_ns >= before and st.st_ctime_ns >= before
+    moved = os.path.join(d, "moved")
+    os.utime(os.path.join(sub, "g"), ns=(old, old))
+    before = time.time_ns()
+    os.rename(os.path.join(sub, "g"), moved)
+    st = os.stat(moved)
+    assert st.st_mtime_ns == old and st.st_ctime_ns >= before   # a rename changes the node's ctime
