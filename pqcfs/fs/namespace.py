@@ -54,8 +54,9 @@ class NamespaceOps:
         return disk_name
 
     def create_file(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller, rdev: int = 0,
-                    content: bytes = b"") -> Node:
-        """Regular files, symlinks (content = target), FIFOs, sockets and devices."""
+                    content: bytes = b"", opening: bool = False) -> Node:
+        """Regular files, symlinks (content = target), FIFOs, sockets and devices.
+        opening: the caller opens the new file at once (its release writes the table entry)."""
         disk_name = self._prepare_name(dir_node, p_name)
         node_id = node_header.new_node_id()
         keys = self._child_keys(dir_node, node_id)
@@ -78,7 +79,11 @@ class NamespaceOps:
                                atime=now, mtime=now, ctime=now, btime=now, counter=meta.counter, p_name=p_name,
                                disk_name=disk_name)
             self._dir_changed(dir_node, now)
-            self._append(dir_node, puts=[node.entry], self_changed=True)
+            if opening:
+                self.put_unsaved(dir_node, node.entry)
+                node.dirty = True
+            else:
+                self._append(dir_node, puts=[node.entry], self_changed=True)
         return self.inodes.add(node)
 
     def mkdir(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller) -> Node:
@@ -186,6 +191,7 @@ class NamespaceOps:
             raise FsError(errno.ENOTDIR)
         if self.listdir(node):
             raise FsError(errno.ENOTEMPTY)
+        self._drop_handle(node.keys.node_id)
         self.replicas.rmdir_tree(node.c_path)
         dir_node.subdirs = None
         self._drop_sidecars(dir_node, node.disk_name, with_xattrs=False)
@@ -257,6 +263,7 @@ class NamespaceOps:
         if new_disk != new_full:
             self.replicas.write_atomic(new_rel + names.LONG_SUFFIX, new_full.encode(), sync=False)
         if target is not None and target.is_dir:
+            self._drop_handle(target.keys.node_id)
             self.replicas.rmdir_tree(new_rel)
         self.replicas.rename(old_rel, new_rel)
         # A plain file's xattrs sit beside its entry and move with it; a shared node's sit

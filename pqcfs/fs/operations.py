@@ -264,7 +264,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx))
+        node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx), opening=True)
         self._file_event("create", self._node(parent_inode), name)
         self.vfs.open(node, True, fresh=True)
         return self._file_info(node), self._entry(node)

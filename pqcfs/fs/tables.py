@@ -16,6 +16,7 @@ import logging
 import stat
 import time
 import weakref
+from collections import OrderedDict
 
 from pqcfs.crypto import content as content_layout
 from pqcfs.errors import CryptoError, DamagedStructure, NoSpace
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 TABLE_FILE_CAP = 512 << 20     # 10 million entries would not fit; a million do
 DAY_NS = 86_400 * 10**9
 FLAG_XATTRS = 2                # the node has an xattr table (none: no file to look for)
+OPEN_TABLES = 16               # table files kept open (2 descriptors each with two drives)
 ALL = frozenset({"*"})         # in_flux: every directory (a sentinel, compared by identity)
 DAMAGE = (CryptoError, DamagedStructure, OSError)
 
@@ -50,7 +52,9 @@ class TableOps:
         # c_paths of directories a crashed session may have left mid-change (ALL: any).
         self.in_flux: set[str] | frozenset = in_flux if in_flux is not None else set()
         self._live_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._pending: dict[int, Node] = {}     # tables whose last append failed (a full drive)
+        self._pending: dict[bytes, Node] = {}   # tables whose last append failed (a full drive)
+        self._unsaved: dict[bytes, Node] = {}   # tables holding entries not yet written (put_unsaved)
+        self._handles: OrderedDict = OrderedDict()   # dir id -> its table file, open (LRU)
         # Tables changed since their parents last recorded their sequence numbers, and
         # the newest Node of each directory (a forgotten Node may hold a stale path).
         self._unfolded: dict[bytes, Node] = {}
@@ -167,48 +171,111 @@ class TableOps:
     def _append(self, dir_node: Node, puts=(), dels=(), self_changed: bool = False) -> None:
         """One record: the memory copy changes first (it is what the drives' entries now
         are); a record that can not be written (a full drive) leaves the table to be
-        written whole at the next change or at unmount."""
+        written whole at the next change or at unmount. Entries created but not yet
+        written (see put_unsaved) need no record to go again."""
         table = self._table(dir_node)
+        dir_id = dir_node.keys.node_id
         self.intent.note(DIRECTORY, dir_node.c_path)
-        self._unfolded[dir_node.keys.node_id] = dir_node
-        key = dir_node.keys.meta_key
-        record = dir_table.encode_delta(key, table, list(puts), list(dels), self_changed)
-        if id(dir_node) in self._pending or table.wants_compaction():
+        self._unfolded[dir_id] = dir_node
+        self_changed = self_changed or table.self_dirty
+        table.self_dirty = False
+        if table.unsaved:
+            for e in puts:
+                table.unsaved.discard(e.disk_name)
+            quiet = [d for d in dels if d in table.unsaved]
+            for disk_name in quiet:
+                table.unsaved.discard(disk_name)
+                gone = table.entries.pop(disk_name)
+                if table.by_name.get(gone.p_name) is gone:
+                    del table.by_name[gone.p_name]
+            dels = [d for d in dels if d not in quiet]
+            if not table.unsaved:
+                self._unsaved.pop(dir_id, None)
+        if not (puts or dels or self_changed):
+            return
+        record = dir_table.encode_delta(dir_node.keys.meta_key, table, list(puts), list(dels), self_changed)
+        if dir_id in self._pending or table.wants_compaction():
             self._write_table(dir_node)
             return
         offset = table.valid_len - len(record)
         try:
-            handle = self.replicas.open_file(self._table_path(dir_node))
-            try:
-                handle.pwrite(record, offset)
-            finally:
-                handle.close()
+            self._table_handle(dir_node).pwrite(record, offset)
         except (OSError, NoSpace) as e:
             if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            self._pending[id(dir_node)] = dir_node
+            self._drop_handle(dir_id)
+            self._pending[dir_id] = dir_node
             log.warning("a directory table could not be written (%s); it is written whole later", e)
+
+    def put_unsaved(self, dir_node: Node, e: Entry) -> None:
+        """A new entry that the table learns in memory only: the file was created by a
+        request that also opens it, and its release writes the entry (with its size and
+        times) in one record instead of two. A crash in between is covered like any
+        other: the intent log names the directory, whose table is rebuilt."""
+        table = self._table(dir_node)
+        self.intent.note(DIRECTORY, dir_node.c_path)
+        table.entries[e.disk_name] = e
+        table.by_name[e.p_name] = e
+        table.unsaved.add(e.disk_name)
+        table.self_dirty = True
+        self._unsaved[dir_node.keys.node_id] = dir_node
+        self._unfolded[dir_node.keys.node_id] = dir_node
+
+    def _table_handle(self, dir_node: Node):
+        """The table file, open on every replica; the most recently used stay open (an
+        append then costs one write per drive)."""
+        dir_id = dir_node.keys.node_id
+        handle = self._handles.pop(dir_id, None)
+        if handle is None:
+            handle = self.replicas.open_file(self._table_path(dir_node))
+        self._handles[dir_id] = handle
+        while len(self._handles) > OPEN_TABLES:
+            _, old = self._handles.popitem(last=False)
+            old.close()
+        return handle
+
+    def _drop_handle(self, dir_id: bytes) -> None:
+        handle = self._handles.pop(dir_id, None)
+        if handle is not None:
+            handle.close()
 
     def _write_table(self, dir_node: Node) -> None:
         table = self._table(dir_node)
+        dir_id = dir_node.keys.node_id
         data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
+        table.unsaved.clear()
+        table.self_dirty = False
+        self._unsaved.pop(dir_id, None)
         self.intent.note(DIRECTORY, dir_node.c_path)
-        self._unfolded[dir_node.keys.node_id] = dir_node
+        self._unfolded[dir_id] = dir_node
+        self._drop_handle(dir_id)    # the file is replaced: a kept descriptor would write to the old one
         self.replicas.write_atomic(self._table_path(dir_node), data, sync=False)
-        self._pending.pop(id(dir_node), None)
+        self._pending.pop(dir_id, None)
 
     def settle(self) -> int:
-        """Before unmount: tables a full drive held back are written whole, and every
-        changed table's sequence number is folded up into its parent's entry, up to the
-        root. Returns the root table's sequence number (0 for format 1)."""
+        """Before unmount: entries and tables still only in memory (a full drive held a
+        table back, a created file was never released) are written, and every changed
+        table's sequence number is folded up into its parent's entry, up to the root.
+        Returns the root table's sequence number (0 for format 1)."""
         if not self.tables:
             return 0
+        for node in list(self._unsaved.values()):
+            table = self._table(node)
+            if not node.unlinked and table.unsaved:
+                self._append(node, puts=[table.entries[d] for d in sorted(table.unsaved)])
         for node in list(self._pending.values()):
             if not node.unlinked:
                 self._write_table(node)
         self._pending.clear()
         self.fold()
-        return self._table(self.inodes.root).seq
+        root_seq = self._table(self.inodes.root).seq
+        self.close_tables()
+        return root_seq
+
+    def close_tables(self) -> None:
+        while self._handles:
+            _, handle = self._handles.popitem()
+            handle.close()
 
     def fold(self) -> None:
         """Each changed directory's parent records the directory table's sequence number,
@@ -271,11 +338,7 @@ class TableOps:
             self.save_attrs(node)
         holder = node if node.is_dir else node.parent
         if holder is not None:
-            handle = self.replicas.open_file(self._table_path(holder))
-            try:
-                handle.fsync()
-            finally:
-                handle.close()
+            self._table_handle(holder).fsync()
 
     def _dir_changed(self, dir_node: Node, now: int) -> None:
         e = self._table(dir_node).self_attrs
