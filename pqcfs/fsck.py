@@ -36,6 +36,7 @@ class Report:
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     differing_files: int = 0
+    root_seqs: dict[str, int] = field(default_factory=dict)   # format 2: each replica's root table
 
     @property
     def clean(self) -> bool:
@@ -61,10 +62,7 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
         report.problems.append(Problem(location, DIR_ID_NAME, f"root directory: {e}"))
         return
     if fs.tables:
-        try:
-            seen.check(vault.header.vault_id, vault.root_key, fs.inodes.root.table.seq)
-        except PqcfsError as e:
-            report.problems.append(Problem(location, ".", str(e)))
+        report.root_seqs[location] = fs.inodes.root.table.seq
     stack = [fs.inodes.root]
     while stack:
         node = stack.pop()
@@ -136,6 +134,15 @@ def run(vault: vault_mod.UnlockedVault, repair: bool = False, progress=lambda n:
     for location in vault.locations:
         check_replica(vault, location, report, progress)
     report.nodes //= max(1, len(vault.locations))
+    if report.root_seqs:
+        # The newest replica against what this machine has seen: an older one alone is
+        # stale (a sync matter), all of them older is a rollback.
+        newest = max(report.root_seqs, key=report.root_seqs.get)
+        try:
+            lineage = vault_mod.read_state(vault.drive(newest), vault.root_key).lineage
+            seen.check(vault.header.vault_id, vault.root_key, report.root_seqs[newest], lineage)
+        except PqcfsError as e:
+            report.problems.append(Problem(newest, ".", str(e), kind="rollback"))
     if repair:
         _repair(vault, report)
     drives = vault.drives
@@ -174,6 +181,8 @@ def _repair(vault: vault_mod.UnlockedVault, report: Report) -> None:
     for problem in report.problems:
         damaged = vault.drive(problem.replica)
         path = _t(problem.c_path if problem.c_path != "." else "")
+        if problem.kind == "rollback":
+            continue    # nothing on the drives to repair it from
         if problem.kind == "odd":
             damaged.quarantine(path, "not a file or directory (fsck)")
         for location in vault.locations:

@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("mountpoint")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--ro", action="store_true", help="mount read-only")
+    p.add_argument("--accept-older", action="store_true",
+                   help="mount drives that hold an older state than this machine has mounted (a backup "
+                   "that missed sessions while its primary is lost; else refused as a rollback)")
     p.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT]",
                    help="FUSE options, e.g. allow_other")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (never keys or names)")
@@ -53,7 +56,8 @@ def run_mount(args) -> int:
     args.audit_log = None   # the daemon owns the log from here on
     devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
     _leave_out_read_only(vault, args.ro)
-    session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files)
+    session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files,
+                                  accept_older=args.accept_older)
     session.lock()
     try:
         plan = session.prepare(Progress)

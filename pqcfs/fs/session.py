@@ -18,7 +18,7 @@ import trio
 
 from pqcfs import mirror
 from pqcfs import vault as vault_mod
-from pqcfs.errors import MountError, PqcfsError
+from pqcfs.errors import MountError, PqcfsError, RolledBack
 from pqcfs.fs import control
 from pqcfs.fs import recovery
 from pqcfs.fs import rejoin as rejoin_mod
@@ -59,8 +59,9 @@ def check_mountpoint(mountpoint: str) -> None:
 
 class Session:
     def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False,
-                 audit_files: bool = False):
+                 audit_files: bool = False, accept_older: bool = False):
         self.vault = vault
+        self.accept_older = accept_older   # mount drives older than this machine has seen
         self.audit = vault.extra.get("audit")
         self.audit_files = audit_files
         self.mountpoint = canonical_mountpoint(mountpoint)
@@ -134,7 +135,14 @@ class Session:
             # refused (a whole-vault rollback leaves nothing else to see on the drives).
             root = VaultFS(ReplicaSet(self.vault.drives), self.vault.root_dir_keys(), self.vault.header.block_size,
                            read_only=True, tables=True).inodes.root
-            seen.check(self.vault.header.vault_id, self.vault.root_key, root.table.seq)
+            lineage = vault_mod.read_state(self.vault.drives[0], self.vault.root_key).lineage
+            try:
+                seen.check(self.vault.header.vault_id, self.vault.root_key, root.table.seq, lineage)
+            except RolledBack as e:
+                if not self.accept_older:
+                    raise
+                log.warning("warning: %s (accepted: --accept-older)", e)
+                self.event("older-state-accepted", root_seq=root.table.seq)
         self.missing = plan.missing
         if plan.missing:
             self.event("degraded", missing=plan.missing, at="mount")
@@ -224,11 +232,6 @@ class Session:
                 log.error("directory tables could not be written (%s); the next mount rebuilds them", e)
                 return   # the intent log stays: the next mount reconciles
         os.sync()
-        if root_seq:
-            try:
-                seen.record(self.vault.header.vault_id, self.vault.root_key, root_seq)
-            except OSError as e:
-                log.warning("could not record the vault's state on this machine (%s)", e)
         if self.intent is not None:
             self.intent.clear()
             self.intent.close()
@@ -251,6 +254,11 @@ class Session:
             state = vault_mod.read_state(drive, self.vault.root_key)
             state.clean = True
             vault_mod.write_state(drive, state, self.vault.root_key)
+        if root_seq and healthy:
+            try:
+                seen.record(self.vault.header.vault_id, self.vault.root_key, root_seq, state.lineage)
+            except OSError as e:
+                log.warning("could not record the vault's state on this machine (%s)", e)
 
     def build(self) -> Operations:
         self.drives = self.vault.drives

@@ -166,6 +166,17 @@ class TableOps:
             out.append(f"directory id file: {e}")
         return out
 
+    def _heal_entry_on(self, dir_node: Node, disk_name: str):
+        """For open_file: a replica that lacks an entry the table names (and the
+        serving replica holds) gets the serving replica's copy."""
+        def heal(n: int) -> None:
+            rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
+            copy_entry(self.replicas.drive(self.replicas.first), self.replicas.drive(n), rel)
+            self.heal_events += 1
+            self.on_event("self-heal", what="entry", c_path=rel, target=n, source=self.replicas.first)
+            log.warning("healed a missing entry on replica %d from replica %d", n, self.replicas.first)
+        return heal
+
     # --- writing --------------------------------------------------------------------
 
     def _append(self, dir_node: Node, puts=(), dels=(), self_changed: bool = False) -> None:

@@ -405,7 +405,10 @@ class VaultFS(NamespaceOps, TableOps):
                 self.intent.note(DIRECTORY, node.parent.c_path)   # its table follows at release
         if node.handle is None:
             parent = None if node.shared else node.parent
-            heal = (lambda n: self._heal_dir(parent, target=n, source=0)) if parent is not None and not self.tables else None
+            heal = None
+            if parent is not None:
+                heal = self._heal_entry_on(parent, node.disk_name) if self.tables else (
+                    lambda n: self._heal_dir(parent, target=n, source=0))
             self.verify_file(node)
             handle = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
             node.bumped = fresh

@@ -3,7 +3,11 @@ the root directory table's sequence number at the last unmount. Drives that come
 holding an older root table have been rolled back as a whole (both drives alike), which
 nothing on the drives themselves can show.
 
-  <state dir>/<vault id hex>.seen = JSON {"format": 1, "root_seq": N} "\\n" hex(HMAC) "\\n"
+  <state dir>/<vault id hex>.seen = JSON {"format": 1, "root_seq": N, "lineage": [...]} "\\n" hex(HMAC) "\\n"
+
+The lineage (the replica state's, authenticated there) tells a rollback (the drives'
+session is an earlier one of the recorded history) from a split (the drives were used
+apart on this machine: another branch, which the replicas' lineages already handle).
 
 The HMAC (key from the vault's root key) makes a damaged or forged record an error, not
 a silent pass. The state directory is /var/lib/pqcfs for root, else
@@ -41,42 +45,48 @@ def _mac(root_key: bytes, body: bytes) -> str:
     return hmac.new(hkdf(root_key, LABEL_SEEN), body, hashlib.sha256).hexdigest()
 
 
-def read(vault_id: bytes, root_key: bytes) -> int:
-    """The newest root sequence number this machine has seen (0: never mounted here)."""
+def read(vault_id: bytes, root_key: bytes) -> tuple[int, list[str]]:
+    """The newest root sequence number this machine has seen, and the lineage (session
+    ids, newest last) of the state that had it; (0, []) when never mounted here."""
     try:
         with open(_path(vault_id), "rb") as f:
             data = f.read(CAP + 1)
     except FileNotFoundError:
-        return 0
+        return 0, []
     try:
         body, mac, rest = data.split(b"\n")
         if rest or not hmac.compare_digest(_mac(root_key, body).encode(), mac):
             raise ValueError("MAC")
         record = json.loads(body)
-        return int(record["root_seq"])
+        lineage = record["lineage"]
+        if not (isinstance(lineage, list) and all(isinstance(x, str) for x in lineage)):
+            raise TypeError("lineage")
+        return int(record["root_seq"]), lineage
     except (ValueError, KeyError, TypeError):
         raise DamagedStructure(f"this machine's record of the vault ({_path(vault_id)}) is damaged; "
                                "remove it to accept the drives as they are") from None
 
 
-def check(vault_id: bytes, root_key: bytes, root_seq: int) -> None:
-    seen = read(vault_id, root_key)
-    if root_seq < seen:
-        raise RolledBack(f"the drives hold an older state of this vault than this machine has mounted "
-                         f"(root table {root_seq} < {seen}): both drives were rolled back or replaced by "
-                         f"old copies. If that was you, remove {_path(vault_id)} to accept them.")
-
-
-def record(vault_id: bytes, root_key: bytes, root_seq: int) -> None:
-    if root_seq <= read_or_zero(vault_id, root_key):
+def check(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str]) -> None:
+    """The drives' state (its root table and its authenticated lineage) against the
+    machine's record. The same session or a later one of the same history must hold a
+    root table at least as new; an earlier session of that history is a rollback; a
+    history that split from the recorded one (the drives were used apart) is another
+    branch, which the replicas' own lineages handle."""
+    seen_seq, seen_lineage = read(vault_id, root_key)
+    if not seen_lineage:
         return
+    head, seen_head = (lineage[-1] if lineage else None), seen_lineage[-1]
+    older = head != seen_head and head in seen_lineage
+    same_history = head == seen_head or seen_head in lineage
+    if older or (same_history and root_seq < seen_seq):
+        raise RolledBack(f"the drives hold an older state of this vault than this machine has mounted "
+                         f"(root table {root_seq}, newest seen {seen_seq}): a backup that missed sessions, "
+                         f"or drives rolled back to old copies. To use them anyway: mount --accept-older "
+                         f"(or remove {_path(vault_id)})")
+
+
+def record(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str]) -> None:
     os.makedirs(state_dir(), mode=0o700, exist_ok=True)
-    body = json.dumps({"format": 1, "root_seq": root_seq}, sort_keys=True).encode()
+    body = json.dumps({"format": 1, "root_seq": root_seq, "lineage": lineage[-256:]}, sort_keys=True).encode()
     write_atomic(_path(vault_id), body + b"\n" + _mac(root_key, body).encode() + b"\n")
-
-
-def read_or_zero(vault_id: bytes, root_key: bytes) -> int:
-    try:
-        return read(vault_id, root_key)
-    except DamagedStructure:
-        return 0

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from pqcfs.fs import session as session_mod
+from pqcfs.fs import tables
 from tests.mounted import drives
 from tests.mounted.exerciser import snapshot
 
@@ -39,7 +40,8 @@ def test_exerciser(vault, seed):
     # Thousands of opens and closes later, the daemon holds no leaked descriptors.
     with open(session_mod.runtime_file(vault.mountpoint)) as f:
         pid = json.load(f)["pid"]
-    assert len(os.listdir(f"/proc/{pid}/fd")) < 40
+    # (The 16 most recently changed directory tables stay open on both drives, by design.)
+    assert len(os.listdir(f"/proc/{pid}/fd")) < 40 + 2 * tables.OPEN_TABLES
     vault.umount()
     vault.mount("-o", "allow_other")
     for n, out in enumerate(outs):
