@@ -44,13 +44,18 @@ class Node:
     xattrs: dict[bytes, bytes] | None = None
     stat: object = None     # the backing stat taken by lookup, consumed by the reply
     shared: bool = False    # hard-linked: data in h.links/, every name is a stub
-    names: set = field(default_factory=set)  # shared nodes: the (parent, p_name) known to the kernel
+    names: set | None = None  # shared nodes: the (parent, p_name) known to the kernel (made when shared)
     subdirs: int | None = None   # dirs: how many subdirectories (st_nlink = 2 + this), counted on demand
     listing: list | None = None  # dirs: (p_name, disk_name) of every entry, until the directory changes
     table: object = None    # format 2, dirs: the directory's table (DirTable)
     entry: object = None    # format 2: the table Entry holding this node's attributes (a dir's own)
     dirty: bool = False     # format 2: attributes changed in memory, not yet in the table
     bumped: bool = False    # format 2: the write counter rose in this open session
+
+    def name_set(self) -> set:
+        if self.names is None:
+            self.names = set()
+        return self.names
 
     def cipher(self, block_size: int) -> ContentCipher:
         # Made on first use: a stat needs no content key.
@@ -134,7 +139,7 @@ class InodeTable:
         self._nodes.pop(node.ino, None)
         if node.shared:
             self.shared.pop(node.keys.node_id, None)
-            for parent, p_name in list(node.names):
+            for parent, p_name in list(node.names or ()):
                 if parent.children.get(p_name) is node:
                     del parent.children[p_name]
         if node.parent is not None and node.parent.children.get(node.p_name) is node:

@@ -46,7 +46,10 @@ class NamespaceOps:
             raise FsError(errno.ENOTDIR)
         full = full_c_name(dir_node, p_name)
         disk_name = names.on_disk_name(full)
-        if p_name in dir_node.children or self.replicas.exists(self._join(dir_node.c_path, disk_name)):
+        # Format 2: the table knows every name (and the create itself is exclusive).
+        taken = (p_name in self._table(dir_node).by_name) if self.tables else \
+            self.replicas.exists(self._join(dir_node.c_path, disk_name))
+        if p_name in dir_node.children or taken:
             raise FsError(errno.EEXIST)
         if disk_name != full:
             self.replicas.write_atomic(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX),
@@ -154,7 +157,7 @@ class NamespaceOps:
             self._append(node.parent, puts=[e])
             node.entry = None
         node.shared = True
-        node.names.add((node.parent, node.p_name))
+        node.name_set().add((node.parent, node.p_name))
         self.inodes.shared[node.keys.node_id] = node
 
     # --- removing -------------------------------------------------------------------
@@ -315,7 +318,7 @@ class NamespaceOps:
         by a rename). A shared node's overrides stay: another of its names may live in the
         same directory, and a leftover override is harmless."""
         if node.shared:
-            node.names.discard((dir_node, p_name))
+            node.name_set().discard((dir_node, p_name))
             node.meta.nlink -= 1
             if node.meta.nlink == 0:
                 self.replicas.unlink(node.data_path)
@@ -331,8 +334,8 @@ class NamespaceOps:
         if old_dir.children.get(old_name) is node:
             del old_dir.children[old_name]
         if node.shared:
-            node.names.discard((old_dir, old_name))
-            node.names.add((new_dir, new_name))
+            node.name_set().discard((old_dir, old_name))
+            node.name_set().add((new_dir, new_name))
         node.parent, node.p_name, node.disk_name = new_dir, new_name, new_disk
         new_dir.children[new_name] = node
 
@@ -358,7 +361,8 @@ class NamespaceOps:
         for node, old_dir, old_name in ((a, dir_a, a_name), (b, dir_b, b_name)):
             if old_dir.children.get(old_name) is node:
                 del old_dir.children[old_name]
-            node.names.discard((old_dir, old_name))
+            if node.names:
+                node.names.discard((old_dir, old_name))
         if self.tables:
             now = now_ns()
             ea = self._renamed_entry(a, dir_a, a_disk, b_name, b_disk, now)

@@ -462,7 +462,7 @@ class TableOps:
                     keys=keys, meta=meta, stat=st, shared=True)
         node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
         self.inodes.shared[node_id] = node
-        node.names.add((dir_node, p_name))
+        node.name_set().add((dir_node, p_name))
         return self.inodes.add(node)
 
     def _table_listing(self, dir_node: Node) -> list[tuple[bytes, str]]:

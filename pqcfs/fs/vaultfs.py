@@ -186,12 +186,12 @@ class VaultFS(NamespaceOps, TableOps):
             node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
         if shared:
             self.inodes.shared[node_id] = node
-            node.names.add((dir_node, p_name))
+            node.name_set().add((dir_node, p_name))
         return self.inodes.add(node)
 
     def _add_name(self, node: Node, dir_node: Node, p_name: bytes) -> Node:
         dir_node.children[p_name] = node
-        node.names.add((dir_node, p_name))
+        node.name_set().add((dir_node, p_name))
         return node
 
     def _read_header(self, dir_node: Node, rel: str, magic) -> tuple[bytes, bytes, NodeKeys, Meta]:
@@ -409,7 +409,8 @@ class VaultFS(NamespaceOps, TableOps):
             if parent is not None:
                 heal = self._heal_entry_on(parent, node.disk_name) if self.tables else (
                     lambda n: self._heal_dir(parent, target=n, source=0))
-            self.verify_file(node)
+            if not fresh:    # a file this request created has nothing older to be checked against
+                self.verify_file(node)
             handle = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
             node.bumped = fresh
             node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed,

@@ -1,0 +1,89 @@
+"""Where the daemon's time goes: py-spy samples the mount daemon (one ext4 stand-in)
+while a workload runs, and the functions with the most samples (own time, then with
+what they call) are printed.
+
+    .venv/bin/pip install py-spy
+    .venv/bin/python benchmarks/profile.py create      (or: randwrite, stat)
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks.bench import drop_caches, pqcfs  # noqa: E402
+from pqcfs.fs import session as session_mod  # noqa: E402
+
+
+def create(mnt):
+    d = os.path.join(mnt, "many")
+    os.mkdir(d)
+    for n in range(5000):
+        with open(os.path.join(d, f"f{n:05d}"), "wb") as f:
+            f.write(b"x" * 1024)
+
+
+def stat(mnt):
+    create(mnt)
+    drop_caches()
+    for n in range(5000):
+        os.stat(os.path.join(mnt, "many", f"f{n:05d}"))
+
+
+def randwrite(mnt):
+    p = os.path.join(mnt, "big")
+    with open(p, "wb") as f:
+        f.truncate(64 << 20)
+    fd = os.open(p, os.O_WRONLY)
+    rng = random.Random(1)
+    for _ in range(10000):
+        os.pwrite(fd, b"y" * 4096, rng.randrange(0, 16384) * 4096)
+    os.close(fd)
+
+
+def main(which: str) -> None:
+    work = tempfile.mkdtemp(prefix="pqcfs-prof-")
+    with pqcfs(work, 1) as mnt:
+        with open(session_mod.runtime_file(mnt)) as f:
+            pid = json.load(f)["pid"]
+        raw = os.path.join(work, "samples.txt")
+        spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", raw,
+                                "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        start = time.perf_counter()
+        globals()[which](mnt)
+        took = time.perf_counter() - start
+        spy.send_signal(2)
+        spy.wait()
+    own, total, samples = collections.Counter(), collections.Counter(), 0
+    with open(raw) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            frames = [fr.split(" (")[0] + " (" + fr.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                      for fr in stack.split(";") if " (" in fr]
+            if not frames:
+                continue
+            n = int(count)
+            samples += n
+            own[frames[-1]] += n
+            for fr in set(frames):
+                total[fr] += n
+    print(f"{which}: {took:.2f} s, {samples} samples")
+    print("own time:")
+    for fr, n in own.most_common(15):
+        print(f"  {100 * n / samples:5.1f} %  {fr}")
+    print("with callees:")
+    for fr, n in total.most_common(25):
+        print(f"  {100 * n / samples:5.1f} %  {fr}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "create")
