@@ -38,7 +38,7 @@ SEALED_META_LEN = aead.NONCE_LEN + _META.size + aead.TAG_LEN
 HEADER_LEN = _PREFIX.size + SEALED_META_LEN
 
 
-@dataclass
+@dataclass(slots=True)
 class Meta:
     mode: int
     uid: int
