@@ -278,33 +278,26 @@ def recover_intents(vfs, primary: Drive, backups: list[Drive], intents, block_si
     primary; then the backups copy the files, and directories' entries, from the primary.
     Returns blocks repaired on the primary."""
     resolver = KeyResolver(vfs)
-    repaired = 0
+    repaired = []
     files = sorted(rel for kind, rel in intents if kind == "F")
     dirs = sorted((rel for kind, rel in intents if kind == "D"), key=lambda r: (r.count("/"), r))
+
+    def merge(backup: Drive, rel: str, path: str) -> None:
+        # Identical copies are merged too: a crash can leave both with the same torn
+        # state (a stale final block), which only the merge repairs.
+        keys = resolver.keys_for(rel)
+        if keys is not None:
+            repaired.append(merge_file(primary, backup, path, keys, block_size))
+
+    def copy(backup: Drive, rel: str, path: str) -> None:
+        if not same_file(primary, backup, path):
+            backup.copy_from(primary, path)
+
     for backup in backups:
-        for rel in files:
-            path = _t(rel)
-            try:
-                if primary.kind(path) != "file" or backup.kind(path) != "file":
-                    continue
-                # Identical copies are merged too: a crash can leave both with the same torn
-                # state (a stale final block), which only the merge repairs.
-                keys = resolver.keys_for(rel)
-                if keys is not None:
-                    repaired += merge_file(primary, backup, path, keys, block_size)
-            except (OSError, PqcfsError) as e:
-                log.error("recovery of %s failed: %s", path, e)
+        _on_files_of_both(primary, backup, files, merge)
     settle_tables(vfs, [primary, *backups], block_size, dirs_in_flux(intents))
     for backup in backups:
-        for rel in files:
-            path = _t(rel)
-            try:
-                if primary.kind(path) != "file" or backup.kind(path) != "file":
-                    continue
-                if not same_file(primary, backup, path):
-                    backup.copy_from(primary, path)
-            except (OSError, PqcfsError) as e:
-                log.error("recovery of %s failed: %s", path, e)
+        _on_files_of_both(primary, backup, files, copy)
         for rel in dirs:
             path = _t(rel)
             try:
@@ -314,4 +307,16 @@ def recover_intents(vfs, primary: Drive, backups: list[Drive], intents, block_si
                     backup.remove_tree(path)
             except (OSError, PqcfsError) as e:
                 log.error("recovery of %s failed: %s", path, e)
-    return repaired
+    return sum(repaired)
+
+
+def _on_files_of_both(primary: Drive, backup: Drive, files: list[str], action) -> None:
+    """action(backup, rel, path) for each file both replicas hold; a failure is logged
+    and recovery goes on with the next."""
+    for rel in files:
+        path = _t(rel)
+        try:
+            if primary.kind(path) == "file" and backup.kind(path) == "file":
+                action(backup, rel, path)
+        except (OSError, PqcfsError) as e:
+            log.error("recovery of %s failed: %s", path, e)

@@ -95,15 +95,18 @@ def test_an_untouched_vault_is_clean(vault_dirs, tmp_path):
     assert fsck_clean(locations)
 
 
-def test_two_files_swapped_in_one_directory(vault_dirs, tmp_path):
-    locations, disk = vault_dirs
-
+def swap_on_both(locations, a_name: str, b_name: str):
     def swap(tree):
-        a, b = os.path.join(tree, disk[b"one"]), os.path.join(tree, disk[b"two"])
+        a, b = os.path.join(tree, a_name), os.path.join(tree, b_name)
         os.rename(a, a + ".tmp")
         os.rename(b, a)
         os.rename(a + ".tmp", b)
     on_both(locations, swap)
+
+
+def test_two_files_swapped_in_one_directory(vault_dirs, tmp_path):
+    locations, disk = vault_dirs
+    swap_on_both(locations, disk[b"one"], disk[b"two"])
     with pytest.raises(DamagedStructure, match="swapped"):
         read_back(locations, tmp_path, b"one")
     assert not fsck_clean(locations)
@@ -111,13 +114,7 @@ def test_two_files_swapped_in_one_directory(vault_dirs, tmp_path):
 
 def test_two_directories_swapped_under_one_parent(vault_dirs, tmp_path):
     locations, disk = vault_dirs
-
-    def swap(tree):
-        a, b = os.path.join(tree, disk[b"dir-a"]), os.path.join(tree, disk[b"dir-b"])
-        os.rename(a, a + ".tmp")
-        os.rename(b, a)
-        os.rename(a + ".tmp", b)
-    on_both(locations, swap)
+    swap_on_both(locations, disk[b"dir-a"], disk[b"dir-b"])
     with pytest.raises(PqcfsError):
         session(locations, tmp_path, lambda vfs: vfs.lookup(vfs.inodes.root, b"dir-a"))
     assert not fsck_clean(locations)
