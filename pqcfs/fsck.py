@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pqcfs import vault as vault_mod
 from pqcfs.crypto.content import BlockCorrupt
 from pqcfs.errors import PqcfsError
+from pqcfs.format import dir_table
 from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
 from pqcfs.store import seen
@@ -164,6 +165,12 @@ def _repair_names(good: Drive, damaged: Drive, rel: str) -> None:
         if damaged.exists(id_file):
             damaged.quarantine(id_file, "a directory id file that differs from the good replica's (fsck)")
         damaged.copy_from(good, id_file)
+    table = f"{rel}/{dir_table.NAME}"
+    if good.kind(table) == "file" and not same_file(good, damaged, table):
+        # Format 2: the good replica's table authenticates and matches its entries.
+        if damaged.exists(table):
+            damaged.quarantine(table, "a directory table that differs from the good replica's (fsck)")
+        damaged.copy_from(good, table)
     wanted = dict(good.scandir(rel))
     for name, kind in damaged.scandir(rel):
         if name not in wanted and (is_entry(name) or kind == "other"):

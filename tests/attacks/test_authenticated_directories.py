@@ -246,3 +246,28 @@ def test_a_crash_mid_change_is_reconciled_not_reported(vault_dirs, tmp_path, dri
     assert read_back(locations, tmp_path, b"one") == b"X" * 10_000
     assert read_back(locations, tmp_path, b"born") == b"new"
     assert fsck_clean(locations)
+
+
+def test_a_table_damaged_on_one_drive_heals_on_mount_and_fsck_repairs_it(vault_dirs, tmp_path):
+    locations, disk = vault_dirs
+    for loc in reversed(locations):            # the backup first: fsck --repair's case
+        table = os.path.join(loc, "tree", disk[b"dir-a"], "d.t")
+        data = bytearray(slurp(table))
+        data[-3] ^= 1
+        with open(table, "wb") as f:
+            f.write(data)
+        vault = unlock(locations)
+        try:
+            if loc == locations[1]:
+                report = fsck.run(vault, repair=True)
+                assert report.problems and all(p.repaired for p in report.problems)
+                assert fsck.run(vault).clean
+            else:
+                vault.close()
+                names = session(locations, tmp_path, lambda vfs: [
+                    p for p, _ in vfs.listdir(vfs.lookup(vfs.inodes.root, b"dir-a"))])
+                assert names == [b"inside-a"]             # read from the backup, primary healed
+                vault = unlock(locations)
+                assert fsck.run(vault).clean
+        finally:
+            vault.close()
