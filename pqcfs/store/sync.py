@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from pqcfs.errors import NoSpace
 from pqcfs.format import names
+from pqcfs.format.dir_table import NAME as TABLE_NAME
 from pqcfs.format.node_header import HEADER_LEN   # which node, and what kind, an entry file holds
 from pqcfs.store.drive import Drive
 
@@ -245,7 +246,8 @@ def _path_steps(src: Drive, dst: Drive, rel: str, subtree: bool, stats: SyncStat
         yield from _walk_dir(src, dst, parent, stats, progress, vet)
         return
     if kind == "file":
-        _sync_present_file(src, dst, rel, stats, progress, vet)
+        if not (rel.endswith("/" + TABLE_NAME) and dst.kind(rel) == "file" and _table_tail(src, dst, rel, stats)):
+            _sync_present_file(src, dst, rel, stats, progress, vet)
         yield
     elif kind == "dir":
         if subtree or dst.kind(rel) != "dir":
@@ -281,12 +283,26 @@ def _entry_steps(src: Drive, dst: Drive, rel: str, stats: SyncStats, progress, v
     present = dict(dst.scandir(rel))
     for name, kind in sorted(wanted.items()):
         child = f"{rel}/{name}"
+        if kind == "file" and name == TABLE_NAME and present.get(name) == "file" and _table_tail(src, dst, child,
+                                                                                                   stats):
+            continue
         if kind == "file":
             if name not in present or not names.is_entry(name) or _head_differs(src, dst, child):
                 _sync_present_file(src, dst, child, stats, progress, vet)
                 yield
         elif kind == "dir" and name not in present:
             yield from _walk_dir(src, dst, child, stats, progress, vet)
+
+
+def _table_tail(src: Drive, dst: Drive, rel: str, stats: SyncStats) -> bool:
+    """A directory table only grows between compactions: the target gets the source's new
+    records appended. False when the target's copy is not a prefix (a compacted table is
+    rewritten whole): then it is copied like any file."""
+    grew = src.lstat(rel).st_size != dst.lstat(rel).st_size
+    if not _append_tail(src, dst, rel):
+        return False
+    stats.files_changed += grew
+    return True
 
 
 def _head_differs(src: Drive, dst: Drive, rel: str) -> bool:
