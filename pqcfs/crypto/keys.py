@@ -52,6 +52,11 @@ class NodeKeys:
     def __repr__(self) -> str:
         return f"NodeKeys(node_id={self.node_id.hex()})"
 
+    def forget_derived(self) -> None:
+        """Drop the purpose keys (derived again on next use): a closed file's cached node
+        need not hold them."""
+        self._name_key = self._name_siv = self._wrap_key = self._content_key = self._meta_key = _UNSET
+
     @property
     def name_key(self) -> bytes:
         if self._name_key is _UNSET:

@@ -203,7 +203,7 @@ class Session:
         if self.changes is not None:
             # From here on, list what the failed one misses; and what this session changed
             # before (the intent log's paths), which its drive may have lost.
-            earlier = {self.replicas.rel(rel): False for _, rel in self.intent.noted}
+            earlier = {self.replicas.rel(rel): False for _, rel in self.intent.noted_on(serving)}
             self.changes.start(since, None, earlier)
         self.missing = sorted(set(self.missing) | {failed_id})
         self.failed_ids[n] = failed_id

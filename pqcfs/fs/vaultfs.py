@@ -11,6 +11,8 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from pqcfs.crypto import content as content_layout
 from pqcfs.crypto.keys import NodeKeys
@@ -34,6 +36,7 @@ OVERRIDES_AD = b"pqcfs overrides v1"
 TABLE_CAP = 8 << 20       # xattr and override tables: far above what the kernel lets one write
 LONG_NAME_CAP = 4096      # a long-name sidecar holds one base32 name
 DAMAGE = (CryptoError, DamagedStructure, OSError)
+NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})   # one shared empty table, never changed
 
 
 class VaultFS(NamespaceOps, TableOps):
@@ -430,6 +433,7 @@ class VaultFS(NamespaceOps, TableOps):
                 node.handle.handle.close()
             node.handle = None
             node._cipher = None    # its AES context is made again on the next open, not kept per cached node
+            node.keys.forget_derived()
             self.inodes.maybe_drop(node)
 
     def _healed(self, first: int, last: int, replica: int) -> None:
@@ -486,7 +490,7 @@ class VaultFS(NamespaceOps, TableOps):
 
     def xattrs(self, node: Node) -> dict[bytes, bytes]:
         if node.xattrs is None and node.entry is not None and not node.entry.flags & FLAG_XATTRS:
-            node.xattrs = {}   # format 2: the table says there is no xattr file to read
+            node.xattrs = NO_XATTRS   # format 2: the table says there is no xattr file to read
         if node.xattrs is None:
             node.xattrs = self._read_table(self._xattr_path(node), node.keys.meta_key,
                                            XATTR_AD + node.keys.node_id)

@@ -59,15 +59,24 @@ class IntentLog(NoIntent):
         self.file = ReplicatedAppendFile(drives, FILE_NAME, healthy)
         self.drives = drives
         self.key = key
-        self.noted: set[tuple[str, str]] = set()
+        # What was noted, as short digests: the paths themselves are in the log on the
+        # drives (a session that writes 100,000 files would otherwise hold them all).
+        self._seen: set[bytes] = set()
         self.dirty = False
 
     def note(self, kind: str, rel: str) -> None:
-        if (kind, rel) in self.noted:
+        digest = hashlib.blake2b(f"{kind} {rel}".encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        if digest in self._seen:
             return
         self.file.append(f"{kind} {rel} {_mac(self.key, kind, rel)}\n".encode())
-        self.noted.add((kind, rel))
+        self._seen.add(digest)
         self.dirty = True
+
+    def noted_on(self, drive: Drive) -> set[tuple[str, str]]:
+        """The (kind, path) records this session noted, read back from a drive's log."""
+        data = drive.read(FILE_NAME, MAX_FILE)
+        return {(kind, rel) for kind, rel, authentic in _lines(data, self.key)
+                if authentic and kind in (FILE, DIRECTORY)}
 
     def sync(self) -> None:
         if self.dirty:
@@ -81,7 +90,7 @@ class IntentLog(NoIntent):
         self.file.truncate(0)
         self.file.append_each(lambda n: _boot_line(self.key, self.drives[n]))
         self.file.fsync()
-        self.noted.clear()
+        self._seen.clear()
         self.dirty = False
 
     def close(self) -> None:
@@ -91,6 +100,16 @@ class IntentLog(NoIntent):
 def _boot_line(key: bytes, drive: Drive) -> bytes:
     identity = devices.mount_identity(drive.root_fd, drive.location) or "-"
     return f"{BOOT} {identity} {_mac(key, BOOT, identity)}\n".encode()
+
+
+def _lines(data: bytes, key: bytes):
+    """(kind, path, authentic) of every non-empty line of a log."""
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
+        if not line:
+            continue
+        kind, _, rest = line.partition(" ")
+        rel, _, mac = rest.rpartition(" ")
+        yield kind, rel, hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _mac(key, kind, rel).encode())
 
 
 def read(drives: list[Drive], key: bytes) -> set[tuple[str, str]] | None:
@@ -107,11 +126,9 @@ def read(drives: list[Drive], key: bytes) -> set[tuple[str, str]] | None:
             continue
         any_log = True
         identity = devices.mount_identity(drive.root_fd, drive.location)
-        for line in data.decode("utf-8", "surrogateescape").splitlines():
-            kind, _, rest = line.partition(" ")
-            rel, _, mac = rest.rpartition(" ")
-            if not hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _mac(key, kind, rel).encode()):
-                forged += bool(line)
+        for kind, rel, authentic in _lines(data, key):
+            if not authentic:
+                forged += 1
             elif kind == BOOT:
                 live |= bool(identity) and rel == identity
             elif kind in (FILE, DIRECTORY) and ".." not in rel.split("/"):
