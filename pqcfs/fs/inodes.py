@@ -113,6 +113,9 @@ class InodeTable:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
     def remember(self, node: Node) -> None:
         node.lookups += 1
 

@@ -270,6 +270,11 @@ class TableOps:
         Returns the root table's sequence number (0 for format 1)."""
         if not self.tables:
             return 0
+        # A file still open, or whose release never came (the daemon was told to stop
+        # with requests pending), has its size and times only in memory.
+        for node in self.inodes.nodes():
+            if node.dirty and not node.unlinked:
+                self.save_attrs(node)
         for node in list(self._unsaved.values()):
             table = self._table(node)
             if not node.unlinked and table.unsaved:

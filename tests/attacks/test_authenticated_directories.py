@@ -271,3 +271,19 @@ def test_a_table_damaged_on_one_drive_heals_on_mount_and_fsck_repairs_it(vault_d
                 assert fsck.run(vault).clean
         finally:
             vault.close()
+
+
+def test_an_unmount_with_files_still_open_keeps_their_sizes_and_times(vault_dirs, tmp_path):
+    """The daemon stopped (SIGTERM) before the kernel's release of a just-written file
+    arrived: the unmount writes what only memory held."""
+    locations, _ = vault_dirs
+
+    def create_and_leave_open(vfs):
+        node = vfs.create_file(vfs.inodes.root, b"open at unmount", stat.S_IFREG | 0o644, ME, opening=True)
+        vfs.open(node, True, fresh=True).write(0, b"written, never released")
+        existing = vfs.lookup(vfs.inodes.root, b"one")
+        vfs.open(existing, True).write(0, b"CHANGED")
+    session(locations, tmp_path, create_and_leave_open)
+    assert read_back(locations, tmp_path, b"open at unmount") == b"written, never released"
+    assert read_back(locations, tmp_path, b"one").startswith(b"CHANGED")
+    assert fsck_clean(locations)
