@@ -120,3 +120,35 @@ def test_sync_paths_of_a_directory_reconciles_its_entries_and_own_files(tmp_path
     assert (dst / "tree" / "d" / "added").exists() and not (dst / "tree" / "d" / "removed").exists()
     assert (dst / "tree" / "d" / "same").read_bytes() == header_a + b"old contents"
     assert stats.removed == 1
+
+
+def _mirrored(tmp_path, data: bytes):
+    from pqcfs.store.replicas import ReplicaSet
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "tree").mkdir(parents=True)
+    replicas = ReplicaSet([Drive(str(a)), Drive(str(b))])
+    f = replicas.create_file("f", data)
+    return replicas, f, a / "tree" / "f", b / "tree" / "f"
+
+
+def test_large_writes_reach_both_drives_at_once(tmp_path):
+    replicas, f, pa, pb = _mirrored(tmp_path, b"h" * 88)
+    big = os.urandom(1 << 20)
+    f.pwrite(big, 88)
+    f.close()
+    assert pa.read_bytes() == pb.read_bytes() == b"h" * 88 + big
+
+
+def test_a_primary_that_fails_a_parallel_write_leaves_the_backup_as_the_primary_is(tmp_path):
+    import pytest
+    replicas, f, pa, pb = _mirrored(tmp_path, b"old " * 1000)
+    # The primary refuses the write (a descriptor that is read-only stands in for a
+    # failure the vault can not go on without); the backup took it in parallel.
+    os.close(f.fds[0])
+    f.fds[0] = os.open(pa, os.O_RDONLY)
+    with pytest.raises(OSError):
+        f.pwrite(os.urandom(200_000), 2000)
+    f.close()
+    assert pb.read_bytes() == pa.read_bytes() == b"old " * 1000
+    assert not replicas.failed
