@@ -5,8 +5,11 @@ os.environ.setdefault("PQCFS_INSECURE_FAST_KDF", "1")
 # What this machine has seen of each vault (whole-vault rollback detection) goes to a
 # directory of the test run, not /var/lib/pqcfs.
 if "PQCFS_STATE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
     os.environ["PQCFS_STATE_DIR"] = tempfile.mkdtemp(prefix="pqcfs-seen-")
+    atexit.register(shutil.rmtree, os.environ["PQCFS_STATE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 
