@@ -15,17 +15,12 @@ import errno
 import logging
 import os
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 from pqcfs.errors import NoSpace
 from pqcfs.store.drive import TEMP_PREFIX, Drive, UnsafeEntry
 
 log = logging.getLogger(__name__)
 TREE_DIR = "tree"
-# Writes at least this large go to the backups in a worker thread while the primary is
-# written here (os.pwrite releases the GIL); smaller ones cost more to hand over.
-PARALLEL_WRITE = 64 << 10
-_BACKUP_WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pqcfs-backup-write")
 
 
 # What a drive that is failing or gone answers; ENOSPC and ENOENT are answers about data.
@@ -344,48 +339,7 @@ class MirroredFile:
             while view:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
-        healthy = [n for n in self.replicas.healthy if n in self.fds]
-        if len(data) < PARALLEL_WRITE or len(healthy) < 2:
-            self._each(write)
-            return
-        self._pwrite_parallel(write, data, offset, healthy)
-
-    def _pwrite_parallel(self, write, data: bytes, offset: int, healthy: list[int]) -> None:
-        """The primary here, the backups in the worker at the same time. Failures are
-        then handled as one after the other would: a backup that fails is dropped; a
-        primary that fails (and can not be dropped) fails the write, and the backups that
-        took it are put back to what the primary holds, so the replicas still agree."""
-        first, rest = healthy[0], healthy[1:]
-        futures = {n: _BACKUP_WRITER.submit(write, self.fds[n]) for n in rest}
-        errors: dict[int, BaseException] = {}
-        try:
-            write(self.fds[first])
-        except (OSError, NoSpace) as e:
-            errors[first] = e
-        for n, future in futures.items():
-            try:
-                future.result()
-            except (OSError, NoSpace) as e:
-                errors[n] = e
-        if first in errors and not self.replicas.survives(first, errors[first]):
-            self._restore_from(first, [n for n in rest if n not in errors], offset, len(data))
-            e = errors[first]
-            raise (_no_space(e) if isinstance(e, OSError) else e) from None
-        for n in rest:
-            if n in errors and not self.replicas.survives(n, errors[n]):
-                e = errors[n]
-                raise (_no_space(e) if isinstance(e, OSError) else e) from None
-
-    def _restore_from(self, source: int, targets: list[int], offset: int, length: int) -> None:
-        size = os.fstat(self.fds[source]).st_size
-        old = os.pread(self.fds[source], max(0, min(length, size - offset)), offset)
-        for n in targets:
-            try:
-                os.pwrite(self.fds[n], old, offset)
-                if os.fstat(self.fds[n]).st_size > size:
-                    os.ftruncate(self.fds[n], size)
-            except OSError as e:
-                self.replicas.survives(n, e)
+        self._each(write)
 
     def pwrite_one(self, replica: int, data: bytes, offset: int) -> None:
         os.pwrite(self.fds[replica], data, offset)
