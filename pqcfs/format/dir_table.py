@@ -77,7 +77,6 @@ class DirTable:
     snapshot_bytes: int = 0
     valid_len: int = 0       # bytes of the file that decoded (less than its size: a torn tail)
     missing: set[str] = field(default_factory=set)   # entries the drives lack (damage found by a reader)
-    pending_rewrite: bool = False                     # built from the drives; not yet written
     unsaved: set[str] = field(default_factory=set)    # entries known in memory, not yet in a record
     self_dirty: bool = False                          # self_attrs changed since the last record
 

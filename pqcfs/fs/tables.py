@@ -484,7 +484,6 @@ class TableOps:
         self_attrs = Entry(node_id=dir_node.keys.node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid,
                            atime=st.st_atime_ns, mtime=st.st_mtime_ns, ctime=st.st_mtime_ns, btime=st.st_mtime_ns)
         table = DirTable(dir_id=dir_node.keys.node_id, self_attrs=self_attrs)
-        table.pending_rewrite = True
         return table
 
     def _reconcile(self, dir_node: Node, table: DirTable) -> None:
@@ -512,7 +511,6 @@ class TableOps:
             # Written whole: a torn last record, if any, is gone with the old file.
             data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
             self.replicas.write_atomic(self._table_path(dir_node), data, sync=False)
-            table.pending_rewrite = False
 
     def _entry_from_disk(self, dir_node: Node, disk_name: str, old: Entry | None) -> Entry:
         rel = self._join(dir_node.c_path, disk_name)
