@@ -31,6 +31,8 @@ LABEL_SLOT_COMMIT = b"pqcfs slot commit v1"  # key-commitment value of a key slo
 LABEL_CHANGES = b"pqcfs changes v1"        # HMAC chain over the change journal
 LABEL_SEEN = b"pqcfs seen v2"              # HMAC over the machine's record of the newest state seen
 LABEL_NODE = b"pqcfs node"                 # HMAC prefix of the node-key tree
+LABEL_GRANT_KEM = b"pqcfs grant kem v1"    # grant KEK from the KEM secret (salt: grant id)
+LABEL_OWNER_SIGN = b"pqcfs owner sign v1"  # ML-DSA-65 seed of the vault owner's signing key
 
 
 def hkdf(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:

@@ -1,0 +1,235 @@
+"""Grants: a subtree's key handed to another person's identity, signed by the owner.
+
+Pure: bytes in, bytes out. A grant is one binary blob (normative in docs/format.md):
+
+  header  = "PQCG" | version u8 (1) | rights u8 (1 read, 2 read-write) | generation u32
+            | grant id (16) | vault id (16) | subtree node id (16)
+            | not_before u64 | expires u64 (0: never) | created u64        (Unix seconds)
+            | recipient fingerprint (16) | owner fingerprint (16)
+            | suite length u8 | suite (ASCII) | label length u16 | label (UTF-8)
+  blob    = header length u16 | header | kem_ct (the suite's length)
+            | wrapped (60) | owner public key (ML-DSA-65, 1952) | signature (ML-DSA-65, 3309)
+
+  (ss, kem_ct) = Encap(suite, recipient KEM public key)
+  kek          = HKDF(ss, "pqcfs grant kem v1", 32, salt = grant id)
+  wrapped      = AES-GCM(kek, subtree key, aad = header)
+  signature    = ML-DSA-65(owner key, header | kem_ct | wrapped, context "pqcfs grant v1")
+
+Every length is exact (checked before anything is parsed further, as age does), the
+signature covers everything but the public key it is checked with, and that key must hash
+to the owner fingerprint the header names. The owner's signing key derives from the
+vault's root key (HKDF "pqcfs owner sign v1" as an ML-DSA-65 seed): whoever can unlock
+the vault as its owner can grant, nobody else can.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+import time
+from dataclasses import dataclass
+
+import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
+from pqcfs.crypto import aead, kem
+from pqcfs.crypto.kdf import LABEL_GRANT_KEM, LABEL_OWNER_SIGN, hkdf
+from pqcfs.crypto.keys import KEY_LEN, NODE_ID_LEN
+from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError, UnsupportedVersion
+from pqcfs.format.identity import Identity, PublicIdentity
+
+MAGIC = b"PQCG"
+VERSION = 1
+READ, READ_WRITE = 1, 2
+RIGHTS = {READ: "read-only", READ_WRITE: "read-write"}
+SIGN_CONTEXT = b"pqcfs grant v1"
+FPR_LEN = 16
+WRAPPED_LEN = aead.NONCE_LEN + KEY_LEN + aead.TAG_LEN
+OWNER_PK_LEN = 1952      # ML-DSA-65
+SIG_LEN = 3309           # ML-DSA-65
+MAX_LABEL = 255          # bytes of UTF-8: a label names a directory in the recipient's mount
+MAX_BLOB = 8192
+_FIXED = struct.Struct(">4sBBI16s16s16sQQQ16s16s")
+
+
+class GrantRefused(PqcfsError):
+    """A grant that must not be used: forged, damaged, expired, not yet valid, or for
+    someone else. The message says which, in one line."""
+
+
+def owner_signing_key(root_key: bytes) -> mldsa.MLDSA65PrivateKey:
+    return mldsa.MLDSA65PrivateKey.from_seed_bytes(hkdf(root_key, LABEL_OWNER_SIGN))
+
+
+def owner_public(root_key: bytes) -> bytes:
+    return owner_signing_key(root_key).public_key().public_bytes_raw()
+
+
+def fingerprint(public_key: bytes) -> bytes:
+    return blake3.blake3(public_key).digest()[:FPR_LEN]
+
+
+@dataclass(frozen=True)
+class Grant:
+    grant_id: bytes
+    vault_id: bytes
+    node_id: bytes
+    generation: int
+    rights: int
+    not_before: int
+    expires: int          # 0: never
+    created: int
+    recipient: bytes      # fingerprint of the recipient's public identity (16 bytes)
+    owner: bytes          # fingerprint of the owner's signing key (16 bytes)
+    suite: str
+    label: str
+
+    @property
+    def read_only(self) -> bool:
+        return self.rights == READ
+
+    def header(self) -> bytes:
+        suite, label = self.suite.encode("ascii"), self.label.encode("utf-8")
+        if len(label) > MAX_LABEL or not 0 < len(suite) < 256:
+            raise PqcfsError(f"a grant label is at most {MAX_LABEL} bytes")
+        return (_FIXED.pack(MAGIC, VERSION, self.rights, self.generation, self.grant_id, self.vault_id,
+                            self.node_id, self.not_before, self.expires, self.created, self.recipient, self.owner)
+                + bytes([len(suite)]) + suite + struct.pack(">H", len(label)) + label)
+
+
+def _parse_header(header: bytes) -> Grant:
+    if len(header) < _FIXED.size + 3:
+        raise DamagedStructure("grant header is truncated")
+    (magic, version, rights, generation, grant_id, vault_id, node_id, not_before, expires, created,
+     recipient, owner) = _FIXED.unpack_from(header)
+    if magic != MAGIC:
+        raise DamagedStructure("not a pqcfs grant (wrong magic)")
+    if version != VERSION:
+        raise UnsupportedVersion(f"grant version {version} is not supported")
+    if rights not in RIGHTS:
+        raise DamagedStructure(f"grant has unknown rights {rights}")
+    at = _FIXED.size
+    suite_len = header[at]
+    suite = header[at + 1:at + 1 + suite_len]
+    at += 1 + suite_len
+    if len(header) < at + 2:
+        raise DamagedStructure("grant header is truncated")
+    (label_len,) = struct.unpack_from(">H", header, at)
+    label = header[at + 2:at + 2 + label_len]
+    if len(suite) != suite_len or len(label) != label_len or at + 2 + label_len != len(header) \
+            or label_len > MAX_LABEL:
+        raise DamagedStructure("grant header has wrong lengths")
+    try:
+        suite_name, label_text = suite.decode("ascii"), label.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DamagedStructure("grant header is not text where text belongs") from None
+    if "/" in label_text or "\0" in label_text or label_text in ("", ".", ".."):
+        raise DamagedStructure("grant label is not a valid directory name")
+    return Grant(grant_id, vault_id, node_id, generation, rights, not_before, expires, created, recipient, owner,
+                 suite_name, label_text)
+
+
+def issue(root_key: bytes, *, vault_id: bytes, node_id: bytes, subtree_key: bytes, generation: int,
+          recipient: PublicIdentity, rights: int, label: str, expires: int = 0,
+          not_before: int | None = None, now: int | None = None) -> tuple[Grant, bytes]:
+    """A new grant of subtree_key to recipient, signed with the vault owner's key."""
+    if len(node_id) != NODE_ID_LEN or len(subtree_key) != KEY_LEN:
+        raise ValueError("node id and subtree key have fixed lengths")
+    created = int(time.time()) if now is None else now
+    sign_key = owner_signing_key(root_key)
+    owner_pk = sign_key.public_key().public_bytes_raw()
+    grant = Grant(os.urandom(16), vault_id, node_id, generation, rights,
+                  created if not_before is None else not_before, expires, created,
+                  bytes.fromhex(recipient.fingerprint), fingerprint(owner_pk), recipient.suite, label)
+    header = grant.header()
+    ss, kem_ct = kem.encapsulate(recipient.suite, recipient.kem_pk)
+    wrapped = aead.seal(hkdf(ss, LABEL_GRANT_KEM, salt=grant.grant_id), subtree_key, header)
+    signed = header + kem_ct + wrapped
+    blob = struct.pack(">H", len(header)) + signed + owner_pk + sign_key.sign(signed, SIGN_CONTEXT)
+    return grant, blob
+
+
+@dataclass(frozen=True)
+class Parsed:
+    grant: Grant
+    header: bytes
+    kem_ct: bytes
+    wrapped: bytes
+    owner_pk: bytes
+    signature: bytes
+
+
+def parse(blob: bytes) -> Parsed:
+    """Split a grant into its parts, every length exact; authenticates nothing."""
+    if not 2 <= len(blob) <= MAX_BLOB:
+        raise DamagedStructure("grant has a wrong length")
+    (header_len,) = struct.unpack_from(">H", blob)
+    header = blob[2:2 + header_len]
+    grant = _parse_header(header)
+    try:
+        ct_len = kem.get_suite(grant.suite).ct_len
+    except PqcfsError:
+        raise DamagedStructure(f"grant names an unknown KEM suite {grant.suite!r}") from None
+    at = 2 + header_len
+    if len(blob) != at + ct_len + WRAPPED_LEN + OWNER_PK_LEN + SIG_LEN:
+        raise DamagedStructure("grant has a wrong length")
+    kem_ct = blob[at:at + ct_len]
+    wrapped = blob[at + ct_len:at + ct_len + WRAPPED_LEN]
+    owner_pk = blob[at + ct_len + WRAPPED_LEN:at + ct_len + WRAPPED_LEN + OWNER_PK_LEN]
+    return Parsed(grant, header, kem_ct, wrapped, owner_pk, blob[len(blob) - SIG_LEN:])
+
+
+def verify(blob: bytes, vault_id: bytes, owner: bytes | None = None) -> Parsed:
+    """The grant, if the owner's signature over it holds and it belongs to vault_id.
+    owner: the owner fingerprint the caller trusts (None: the one the grant names,
+    which the caller must then pin)."""
+    parsed = parse(blob)
+    grant = parsed.grant
+    if fingerprint(parsed.owner_pk) != grant.owner:
+        raise GrantRefused(f"grant {grant.grant_id.hex()} carries a key that is not its owner's")
+    if owner is not None and not _same(owner, grant.owner):
+        raise GrantRefused(f"grant {grant.grant_id.hex()} is signed by {grant.owner.hex()}, "
+                           f"not by the vault owner {owner.hex()}")
+    try:
+        mldsa.MLDSA65PublicKey.from_public_bytes(parsed.owner_pk).verify(
+            parsed.signature, parsed.header + parsed.kem_ct + parsed.wrapped, SIGN_CONTEXT)
+    except (InvalidSignature, ValueError):
+        raise GrantRefused(f"grant {grant.grant_id.hex()} has a signature that does not verify") from None
+    if not _same(grant.vault_id, vault_id):
+        raise GrantRefused(f"grant {grant.grant_id.hex()} belongs to another vault")
+    return parsed
+
+
+def check_time(grant: Grant, now: int | None = None) -> None:
+    """Expiry and not-before, against this machine's clock (advisory: a holder can set
+    the clock back; revocation is what ends access)."""
+    now = int(time.time()) if now is None else now
+    if grant.expires and now >= grant.expires:
+        raise GrantRefused(f"grant {grant.grant_id.hex()} expired at {_iso(grant.expires)}")
+    if now < grant.not_before:
+        raise GrantRefused(f"grant {grant.grant_id.hex()} is not valid before {_iso(grant.not_before)}")
+
+
+def open_key(parsed: Parsed, identity: Identity) -> bytes:
+    """The subtree key, for the recipient's identity."""
+    grant = parsed.grant
+    if not _same(grant.recipient, bytes.fromhex(identity.public.fingerprint)) or grant.suite != identity.public.suite:
+        raise GrantRefused(f"grant {grant.grant_id.hex()} is for another identity")
+    try:
+        ss = kem.decapsulate(grant.suite, identity.kem_seed, parsed.kem_ct)
+        key = aead.open_sealed(hkdf(ss, LABEL_GRANT_KEM, salt=grant.grant_id), parsed.wrapped, parsed.header)
+    except (CryptoError, ValueError):
+        raise GrantRefused(f"grant {grant.grant_id.hex()} does not open with this identity") from None
+    if len(key) != KEY_LEN:
+        raise GrantRefused(f"grant {grant.grant_id.hex()} holds a key of the wrong length")
+    return key
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def _iso(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
