@@ -43,3 +43,12 @@ class NoSpace(PqcfsError):
 
 class RolledBack(CryptoError):
     """The drives hold an older state of the vault than this machine has already seen."""
+
+
+class GrantRefused(PqcfsError):
+    """A grant that must not be used: forged, damaged, expired, not yet valid, revoked or
+    for someone else."""
+
+
+class NoSuchPath(PqcfsError):
+    """A path inside the vault that does not exist (or is not a directory where one must be)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 from pqcfs import vault as vault_mod
+from pqcfs import sharing
 from pqcfs.audit import log as audit_log
+from pqcfs.fs import grantee
 from pqcfs.cli import exitcodes, options
 from pqcfs.errors import PqcfsError
 from pqcfs.format.identity import PublicIdentity
@@ -72,7 +74,14 @@ def run(args) -> int:
                  for r in results]
         if not consistent:
             lines.append("the replicas' logs disagree (one is not a prefix of the other)")
-        options.emit(args, {"intact": intact, "replicas": results, "consistent": consistent}, "\n".join(lines))
+        granted = _verify_grantee_logs(vault)
+        for g in granted:
+            lines.append(f"grant {g['grant']} on {g['replica']}: {g['records']} records, "
+                         + (f"intact ({', '.join(g['events']) or 'no sessions'})" if g["intact"]
+                            else f"BROKEN: {g['reason']}"))
+        intact = intact and all(g["intact"] for g in granted)
+        options.emit(args, {"intact": intact, "replicas": results, "consistent": consistent, "grants": granted},
+                     "\n".join(lines))
         return exitcodes.OK if intact else exitcodes.CRYPTO
     data = _read(vault.drives[0])
     verdict = audit_log.verify(data, keys, vid, vault_mod.read_state(vault.drives[0], vault.root_key).audit_head)
@@ -112,3 +121,26 @@ def _verify_public(args) -> int:
     options.emit(args, {"intact": v.intact, "verified_records": v.records if v.intact else None,
                         "first_bad_record": v.first_bad, "reason": v.reason}, text)
     return exitcodes.OK if v.intact else exitcodes.CRYPTO
+
+
+def _verify_grantee_logs(vault) -> list[dict]:
+    """Each live grant's own log (what its recipient did), with the subtree key the owner
+    derives from the tree."""
+    if not vault.tables or not any("blob" in r for r in vault.header.grants):
+        return []
+    vfs = sharing.owner_tree(vault)
+    out = []
+    for record in vault.header.grants:
+        if "blob" not in record:
+            continue
+        path = sharing.path_of(vfs, bytes.fromhex(record["node"]))
+        if path is None:
+            continue
+        key = sharing.resolve(vfs, path).keys.key
+        for location in vault.locations:
+            verdict, events = grantee.verify_log(vault.drive(location), key, bytes.fromhex(record["id"]),
+                                                 vault.header.vault_id)
+            out.append({"grant": record["id"], "replica": location, "records": verdict.records,
+                        "intact": verdict.intact, "reason": verdict.reason,
+                        "events": sorted({e.get("event", "?") for e in events})})
+    return out

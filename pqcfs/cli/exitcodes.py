@@ -15,6 +15,8 @@ NO_SPACE = 9         # a drive is full
 CRYPTO = 10          # ciphertext failed authentication (corruption or tampering)
 PARAMETERS = 11      # KDF parameters outside the accepted range
 DEGRADED = 12        # status: a vault runs degraded, a replica is missing or stale, or a mount is dead
+GRANT = 13           # a grant refused: expired, not yet valid, forged, revoked or for another identity
+NO_SUCH_PATH = 14    # a path inside the vault does not exist, or is not a directory
 INTERRUPTED = 130    # Ctrl-C
 
 _BY_EXCEPTION = [
@@ -26,6 +28,8 @@ _BY_EXCEPTION = [
     (errors.DriveError, DRIVE),
     (errors.MountError, MOUNT),
     (errors.NoSpace, NO_SPACE),
+    (errors.GrantRefused, GRANT),
+    (errors.NoSuchPath, NO_SUCH_PATH),
     (errors.CryptoError, CRYPTO),
 ]
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 from pqcfs import hygiene
-from pqcfs.cli import options
+from pqcfs.cli import grantee_mount, options
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import MountError
 from pqcfs.fs import mounttable
@@ -31,6 +31,12 @@ def add_parser(sub) -> None:
     p.add_argument("--debug", action="store_true", help="log FUSE operations (never keys or names)")
     p.add_argument("--audit-files", action="store_true",
                    help="also record every open, create, rename and removal in the audit log (encrypted)")
+    p.add_argument("--grant", metavar="ID",
+                   help="with --identity, when it holds several grants in this vault: the one to mount "
+                   "(its id, or the first characters of it)")
+    p.add_argument("--owner", metavar="FINGERPRINT",
+                   help="with --identity: the owner key the grant must be signed by (as `pqcfs share` "
+                   "printed it); else the first one seen is remembered and any other refused")
     options.add_unlock_options(p)
     options.add_replica_options(p)
     options.add_drive_options(p)
@@ -52,6 +58,8 @@ def run_mount(args) -> int:
         print(f"pqcfs: {dead.mountpoint} held the dead mount of a crashed daemon; detached it",
               file=sys.stderr)
     session_mod.check_mountpoint(args.mountpoint)
+    if args.identity and grantee_mount.is_grantee(args):
+        return _serve(grantee_mount.prepare(args), args)
     vault = options.unlock(args, require_all=False, audit=not args.ro)
     args.audit_log = None   # the daemon owns the log from here on
     devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
@@ -68,6 +76,10 @@ def run_mount(args) -> int:
         print(f"pqcfs: warning: mounted DEGRADED without {len(plan.missing)} replica(s) "
               f"({', '.join(plan.missing)}: not plugged in, read-only or not brought up to date); "
               "`pqcfs sync` brings them up to date later", file=sys.stderr)
+    return _serve(session, args)
+
+
+def _serve(session, args) -> int:
     extra = _split_options(args.fuse_options)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from pqcfs.crypto.kdf import LABEL_HEADER_MAC, hkdf
-from pqcfs.format import slots
+from pqcfs.format import grants, slots
 from pqcfs.errors import DamagedStructure, NotAVault, UnsupportedVersion
 
 MAGIC = b"PQCFSVLT"
@@ -121,6 +121,7 @@ def _check_shape(header: VaultHeader) -> None:
             and all(isinstance(f, str) for f in header.features)
             and all(isinstance(g, dict) for g in header.grants)):
         raise DamagedStructure("vault header body is malformed")
+    grants.check_records(header.grants)
     for r in header.replicas:
         if not (isinstance(r, dict) and isinstance(r.get("id"), str) and isinstance(r.get("role"), str)
                 and all(isinstance(r.get(k), (str, type(None))) for k in ("fs_uuid", "subpath", "path_hint"))):

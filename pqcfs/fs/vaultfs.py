@@ -41,9 +41,10 @@ NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})   # one shared empty tab
 
 class VaultFS(NamespaceOps, TableOps):
     def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False,
-                 on_event=None, intent=None, tables: bool = False, in_flux=None):
+                 on_event=None, intent=None, tables: bool = False, in_flux=None, root_c_path: str = ""):
         """tables: format 2 (directory tables); in_flux: the directories a crashed session
-        may have left mid-change, reconciled with the drives when first loaded."""
+        may have left mid-change, reconciled with the drives when first loaded; root_c_path:
+        where the root is inside tree/ (a grantee's shared directory; "" for the owner)."""
         self.replicas = replicas
         self.intent = intent or NoIntent()
         self.on_event = on_event or (lambda event, **details: None)
@@ -51,21 +52,22 @@ class VaultFS(NamespaceOps, TableOps):
         self.read_only = read_only
         self.heal_events = 0
         self._capacity: int | None = None     # bytes the smallest drive holds (EFBIG beyond)
-        meta = self._root_meta(root_keys)
-        root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=meta)
+        meta = self._root_meta(root_keys, root_c_path)
+        root = Node(ino=0, parent=None, p_name=b"", disk_name=root_c_path, keys=root_keys, meta=meta)
         self.inodes = InodeTable(root)
         self._init_tables(tables, in_flux)
         if tables:
             self._table(root)
 
-    def _root_meta(self, root_keys: NodeKeys) -> Meta:
+    def _root_meta(self, root_keys: NodeKeys, root_c_path: str) -> Meta:
         """The root directory's metadata; a root id file that fails on the primary heals
         from a replica where it authenticates, like every other header."""
         error: Exception | None = None
         first = self.replicas.first
         for replica in self.replicas.healthy:
             try:
-                data = self.replicas.read_file(names.DIR_ID_NAME, replica=replica, cap=HEADER_LEN)
+                data = self.replicas.read_file(self._join(root_c_path, names.DIR_ID_NAME), replica=replica,
+                                               cap=HEADER_LEN)
                 if node_header.parse_prefix(data, MAGIC_DIR) != root_keys.node_id:
                     raise DamagedStructure("the root directory id file belongs to another directory")
                 meta = node_header.open_meta(root_keys.meta_key, data)
@@ -73,8 +75,8 @@ class VaultFS(NamespaceOps, TableOps):
                 error = error or e
                 continue
             if replica != first and not self.read_only:
-                self.replicas.copy_one(replica, first, names.DIR_ID_NAME)
-                self._heal_event("root directory id", names.DIR_ID_NAME, replica)
+                self.replicas.copy_one(replica, first, self._join(root_c_path, names.DIR_ID_NAME))
+                self._heal_event("root directory id", self._join(root_c_path, names.DIR_ID_NAME), replica)
             return meta
         raise DamagedStructure(f"the root directory fails authentication on every replica ({error})")
 

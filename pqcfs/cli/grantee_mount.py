@@ -1,0 +1,84 @@
+"""`pqcfs mount VAULT MNT --identity` for a recipient: the directory a grant opens."""
+
+from __future__ import annotations
+
+import sys
+
+from pqcfs import sharing
+from pqcfs import vault as vault_mod
+from pqcfs.audit import host
+from pqcfs.cli import options, secrets
+from pqcfs.errors import DamagedStructure, DriveError, GrantRefused, PqcfsError, WrongKey
+from pqcfs.format import identity as identity_fmt
+from pqcfs.format import slots
+from pqcfs.fs import grantee
+from pqcfs.store.lock import VaultLock
+
+
+def _public(args) -> identity_fmt.PublicIdentity:
+    try:
+        with open(args.identity, "rb") as f:
+            return identity_fmt.read_public(f.read(1 << 16))
+    except FileNotFoundError:
+        raise PqcfsError(f"no identity at {args.identity} (create one with `pqcfs identity new`)") from None
+
+
+def is_grantee(args) -> bool:
+    """The identity has no key slot of its own in this vault: it can only open grants."""
+    header = vault_mod.read_header(args.vault)[0]
+    mine = _public(args).fingerprint
+    return not any(s["type"] == slots.IDENTITY and s.get("recipient") == mine for s in header.slots)
+
+
+def _choose(args, header, public) -> dict:
+    found = sharing.grants_for(header.grants, public)
+    if args.grant:
+        found = [(r, p) for r, p in found if r["id"].startswith(args.grant.lower())]
+    if not found:
+        raise WrongKey(f"this vault has no key slot and no grant for identity {public.fingerprint}"
+                       + (f" with id {args.grant}" if args.grant else ""))
+    if len(found) > 1:
+        ids = ", ".join(r["id"] for r, _ in found)
+        raise PqcfsError(f"identity {public.fingerprint} holds {len(found)} grants in this vault; "
+                         f"choose one with --grant ID ({ids})")
+    return found[0][0]
+
+
+def prepare(args) -> grantee.GranteeSession:
+    header = vault_mod.read_header(args.vault)[0]
+    vault_id = header.vault_id
+    public = _public(args)
+    record = _choose(args, header, public)
+    locations = options.replica_locations(args.vault, getattr(args, "backup", None), require_all=False)
+    drives = [vault_mod.open_location(location) for location in locations]
+    lock = VaultLock(drives)
+    lock.acquire()   # before the passphrase: "in use" is said first
+    try:
+        pw = secrets.passphrase(args.passfile, args.extpass, f"Passphrase for identity {args.identity}")
+        try:
+            identity = options.load_identity(args.identity, pw)
+        except (WrongKey, DamagedStructure) as e:
+            host.record(vault_id.hex(), "grantee-unlock-failed", grant=record["id"], recipient=public.fingerprint,
+                        reason=type(e).__name__)
+            raise
+        owner = bytes.fromhex(args.owner) if args.owner else None
+        try:
+            opened = sharing.open_grant(drives[0], record, vault_id, identity, owner)
+            first = grantee.pin_owner(vault_id, opened.grant.owner, owner)
+        except (GrantRefused, DamagedStructure, DriveError) as e:
+            host.record(vault_id.hex(), "grantee-unlock-failed", grant=record["id"], recipient=public.fingerprint,
+                        reason=f"{type(e).__name__}: {e}")
+            raise
+        if first:
+            print(f"pqcfs: trusting the owner key {opened.grant.owner.hex()} of this vault from now on "
+                  "(compare it with the one the owner gave you)", file=sys.stderr)
+        writable = [d for d in drives if not d.read_only]
+        grantee.record(writable, opened, vault_id, "grantee-unlock", recipient=public.fingerprint,
+                       rights=opened.grant.rights, mountpoint=args.mountpoint, read_only=True)
+        gv = grantee.GranteeVault(header, locations, opened, drives, extra={"lock": lock})
+        return grantee.GranteeSession(gv, args.mountpoint)
+    except BaseException:
+        lock.release()
+        for drive in drives:
+            drive.close()
+        raise

@@ -1,0 +1,144 @@
+"""A recipient's mount: the directory a grant opens, served from the owner's drives.
+
+The recipient holds the subtree key and nothing above it: no root key, so nothing that
+the root key authenticates (the header's MAC, replica states, the intent log, the owner's
+audit log) is read or written. What the recipient does is recorded in a log of its own
+per grant (`pqcfs.audit.<grant id>`), chained and encrypted under a key derived from the
+subtree key, which the owner derives too and verifies with `pqcfs audit verify`.
+
+This version serves every grant read-only (see docs/sharing.md for what that means).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from pqcfs.audit import log as audit_log
+from pqcfs.audit.writer import now
+from pqcfs.crypto.kdf import LABEL_GRANTEE_AUDIT, hkdf
+from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
+from pqcfs.format import grants, vault_header
+from pqcfs.fs import session as session_mod
+from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.fs.operations import Operations
+from pqcfs.sharing import Opened
+from pqcfs.store.replicas import ReplicaSet
+from pqcfs.store import seen
+
+log = logging.getLogger(__name__)
+AUDIT_PREFIX = "pqcfs.audit."
+
+
+def audit_name(grant_id: bytes) -> str:
+    return AUDIT_PREFIX + grant_id.hex()
+
+
+def audit_keys(subtree_key: bytes, grant_id: bytes) -> audit_log.AuditKeys:
+    return audit_log.AuditKeys.from_root(hkdf(subtree_key, LABEL_GRANTEE_AUDIT, salt=grant_id))
+
+
+def record(drives: list, opened: Opened, vault_id: bytes, event: str, **details) -> None:
+    """Append one event to the grant's log on every drive that takes it. A log that does
+    not verify is set aside (quarantined, never deleted) and a new segment says so."""
+    keys = audit_keys(opened.keys.key, opened.grant.grant_id)
+    name = audit_name(opened.grant.grant_id)
+    payload = {"time": now(), "event": event, "grant": opened.grant.grant_id.hex(), **details}
+    for drive in drives:
+        try:
+            try:
+                data = drive.read(name, audit_log.MAX_FILE)
+            except FileNotFoundError:
+                data = b""
+            verdict = audit_log.verify(data, keys, vault_id, None)
+            if not verdict.intact:
+                kept = drive.quarantine(name, "damaged grantee audit log")
+                data = audit_log.encode_segment(keys, vault_id, {
+                    "time": now(), "reason": verdict.reason, "previous_bytes": len(data),
+                    "previous_blake3": None, "previous_head": None, "kept_as": kept})
+                drive.write_atomic(name, data)
+            records = audit_log.parse(data)
+            prev = records[-1].mac if records else audit_log.ZERO
+            drive.write_atomic(name, data + audit_log.encode_event(keys, vault_id, len(records), prev, payload))
+        except (OSError, PqcfsError) as e:
+            log.warning("could not record %s in the grant's audit log on %s: %s", event, drive.location, e)
+
+
+def verify_log(drive, opened_key: bytes, grant_id: bytes, vault_id: bytes) -> tuple[audit_log.Verdict, list[dict]]:
+    """The owner's check of a grantee log (its subtree key derived from the tree)."""
+    keys = audit_keys(opened_key, grant_id)
+    try:
+        data = drive.read(audit_name(grant_id), audit_log.MAX_FILE)
+    except FileNotFoundError:
+        return audit_log.Verdict(0, True, None, "no grantee sessions"), []
+    verdict = audit_log.verify(data, keys, vault_id, None)
+    intact = data if verdict.intact else data[:audit_log.offset_of(data, verdict.first_bad)]
+    events = [audit_log.decrypt(keys, vault_id, r) for r in audit_log.parse(intact) if r.kind == 0]
+    return verdict, events
+
+
+def pin_owner(vault_id: bytes, owner: bytes, expected: bytes | None) -> bool:
+    """Trust on first use of the vault owner's signing key (or the one the user named).
+    Returns True when this is the first time (the caller says so)."""
+    if expected is not None:
+        if expected != owner:
+            raise GrantRefused(f"the grants are signed by {owner.hex()}, not by the owner key {expected.hex()} "
+                               "you named")
+    path = os.path.join(seen.state_dir(), f"{vault_id.hex()}.owner")
+    try:
+        with open(path) as f:
+            pinned = bytes.fromhex(f.read(64).strip())
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(owner.hex() + "\n")
+        return expected is None
+    except ValueError:
+        raise DamagedStructure(f"{path} is damaged (it should hold one owner key fingerprint)") from None
+    if pinned != owner:
+        raise GrantRefused(f"the grants are signed by {owner.hex()}, but this vault's owner key was "
+                           f"{pinned.hex()} when you first mounted it (a forged grant?); if the owner really "
+                           f"changed, remove {path}")
+    return False
+
+
+@dataclass
+class GranteeVault:
+    """What a mount session needs of a vault, for someone who holds no root key."""
+    header: vault_header.VaultHeader
+    locations: list[str]
+    opened: Opened
+    drives: list
+    extra: dict = field(default_factory=dict)
+    tables: bool = True
+
+    def drive(self, location: str):
+        return self.drives[self.locations.index(location)]
+
+    def close(self) -> None:
+        for drive in self.drives:
+            drive.close()
+
+
+class GranteeSession(session_mod.Session):
+    """A read-only session over the granted directory."""
+
+    def __init__(self, vault: GranteeVault, mountpoint: str):
+        super().__init__(vault, mountpoint, read_only=True)
+
+    def prepare(self, progress_factory=None):
+        return None
+
+    def build(self) -> Operations:
+        self.drives = self.vault.drives
+        self.replicas = ReplicaSet(self.drives)
+        opened = self.vault.opened
+        vfs = VaultFS(self.replicas, opened.keys, self.vault.header.block_size, read_only=True, tables=True,
+                      root_c_path=opened.c_path)
+        self.ops = Operations(vfs)
+        return self.ops
+
+
+def label_of(opened: Opened) -> str:
+    return f"{opened.label} ({grants.RIGHTS[opened.grant.rights]})"

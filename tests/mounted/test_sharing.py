@@ -1,0 +1,232 @@
+"""Sharing through the real CLI on stand-in drives: Alice shares, Bob mounts, and what
+Bob's key material opens (only the granted subtree)."""
+
+import errno
+import json
+import os
+
+import pytest
+
+from pqcfs import sharing
+from pqcfs import vault as vault_mod
+from pqcfs.audit import log as audit_log
+from pqcfs.crypto.keys import root_dir_keys
+from pqcfs.errors import CryptoError, PqcfsError
+from pqcfs.format import names, node_header
+from pqcfs.format.identity import decode_file
+from pqcfs.fs import grantee
+from pqcfs.store.drive import Drive
+from tests.mounted import drives
+
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
+BOB_PASS = "bob's own identity passphrase"
+
+
+def make_identity(work, name):
+    passfile = os.path.join(work, f"{name}.pass")
+    with open(passfile, "w") as f:
+        f.write(f"{name}'s own identity passphrase\n")
+    path = os.path.join(work, f"{name}.id")
+    drives.pqcfs("identity", "new", "--file", path, "--passfile", passfile)
+    drives.pqcfs("identity", "export", "--file", path, "-o", path + ".pub")
+    return path, passfile
+
+
+def owner(v, *args, check=True):
+    """A command the owner runs: its words (one or two, e.g. `audit verify`), the vault, the rest."""
+    words = 2 if args[0] == "audit" else 1
+    return drives.pqcfs(*args[:words], v.primary, *args[words:], "--passfile", v.passfile, "--backup", v.backup,
+                        check=check)
+
+
+def grantee_mount(v, mountpoint, identity, passfile, *extra, check=True):
+    return drives.pqcfs("mount", v.primary, mountpoint, "--identity", identity, "--passfile", passfile,
+                        "--backup", v.backup, *extra, check=check)
+
+
+def umount(mountpoint):
+    drives.pqcfs("umount", mountpoint)
+
+
+def one_line(proc, code):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("pqcfs: "), proc.stderr
+
+
+def populate(root):
+    os.makedirs(f"{root}/projects/acme/sub")
+    os.makedirs(f"{root}/projects/other")
+    with open(f"{root}/projects/acme/plan.txt", "w") as f:
+        f.write("the plan")
+    with open(f"{root}/projects/acme/sub/deep.bin", "wb") as f:
+        f.write(os.urandom(3) * 50_000)
+    os.link(f"{root}/projects/acme/plan.txt", f"{root}/projects/acme/plan-link.txt")
+    os.symlink("plan.txt", f"{root}/projects/acme/to-plan")
+    with open(f"{root}/projects/other/secret.txt", "w") as f:
+        f.write("not for bob")
+    with open(f"{root}/top.txt", "w") as f:
+        f.write("not for bob either")
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[rel] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                out[rel] = ("dir",)
+            else:
+                with open(path, "rb") as f:
+                    out[rel] = ("file", f.read())
+    return out
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
+def test_alice_shares_bob_mounts_exactly_the_subtree(tmp_path, fstype):
+    work = str(tmp_path)
+    with drives.standin_vault(work, (fstype, 128), (fstype, 128)) as v:
+        v.mount()
+        populate(v.mountpoint)
+        expected = snapshot(f"{v.mountpoint}/projects/acme")
+        v.umount()
+        bob, bob_pass = make_identity(work, "bob")
+
+        share = owner(v, "share", "projects/acme", "--to", bob + ".pub", "--read-only", "--label", "acme")
+        grant_id = share.stdout.strip()
+        assert len(grant_id) == 32 and "owner key" in share.stderr
+        listed = json.loads(owner(v, "grants", "--json").stdout)
+        [g] = listed["grants"]
+        assert (g["id"], g["path"], g["label"], g["rights"]) == (grant_id, "/projects/acme", "acme", "read-only")
+
+        # An ancestor renamed after the share: the grant still finds its directory.
+        v.mount()
+        os.rename(f"{v.mountpoint}/projects", f"{v.mountpoint}/work")
+        v.umount()
+
+        bob_mnt = os.path.join(work, "bob-mnt")
+        os.mkdir(bob_mnt)
+        proc = grantee_mount(v, bob_mnt, bob, bob_pass)
+        assert "trusting the owner key" in proc.stderr
+        try:
+            assert snapshot(bob_mnt) == expected
+            assert os.stat(f"{bob_mnt}/plan.txt").st_nlink == 2
+            for attempt in (lambda: open(f"{bob_mnt}/new", "w"), lambda: os.mkdir(f"{bob_mnt}/d"),
+                            lambda: os.unlink(f"{bob_mnt}/plan.txt"),
+                            lambda: os.rename(f"{bob_mnt}/plan.txt", f"{bob_mnt}/x")):
+                with pytest.raises(OSError) as e:
+                    attempt()
+                assert e.value.errno == errno.EROFS
+        finally:
+            umount(bob_mnt)
+
+        # The path the owner sees now, and a stale locator brought up to date.
+        listed = json.loads(owner(v, "grants", "--json").stdout)
+        assert listed["grants"][0]["path"] == "/work/acme"
+
+        # Bob's grantee session is in the grant's own log, which the owner verifies.
+        verify = owner(v, "audit", "verify")
+        assert f"grant {grant_id}" in verify.stdout and "grantee-unlock" in verify.stdout
+
+        # At the crypto level, with everything Bob holds: the subtree key opens its own
+        # directory and nothing beside or above it.
+        with open(bob_pass) as f, open(bob, "rb") as id_file:
+            identity = decode_file(id_file.read(), f.read().rstrip("\n").encode())
+        header = vault_mod.read_header(v.primary)[0]
+        [(record, _)] = sharing.grants_for(header.grants, identity.public)
+        for location in (v.primary, v.backup):
+            with Drive(location) as drive:
+                opened = sharing.open_grant(drive, record, header.vault_id, identity, None)
+                assert_opens_nothing_else(drive, opened, header.vault_id)
+
+
+def assert_opens_nothing_else(drive, opened, vault_id):
+    """Try the subtree key and every key Bob can derive on each directory header outside
+    the subtree, the root id file and the owner's audit log."""
+    inside = opened.c_path
+    outside, checked = [], 0
+    for dirpath, dirnames, _ in os.walk(os.path.join(drive.location, "tree")):
+        rel = os.path.relpath(dirpath, os.path.join(drive.location, "tree"))
+        rel = "" if rel == "." else rel
+        if rel == inside or rel.startswith(inside + "/") or rel.startswith("h.links"):
+            continue
+        outside.append(rel)
+    assert "" in outside and len(outside) >= 3     # the root, work/, work/other
+    for rel in outside:
+        data = drive.read(f"tree/{rel}/{names.DIR_ID_NAME}" if rel else f"tree/{names.DIR_ID_NAME}", 88)
+        node_id = node_header.parse_prefix(data, node_header.MAGIC_DIR)
+        for keys in (opened.keys, opened.keys.child(node_id), root_dir_keys(opened.keys.key, node_id)):
+            with pytest.raises(CryptoError):
+                node_header.open_meta(keys.meta_key, data)
+            checked += 1
+        for name in os.listdir(os.path.join(drive.location, "tree", rel)):
+            if names.is_entry(name) and not names.is_long(name):
+                with pytest.raises((CryptoError, PqcfsError)):
+                    names.decrypt_name(opened.keys, name)
+    assert checked >= 9
+    data = drive.read(audit_log.FILE_NAME, audit_log.MAX_FILE)
+    records = audit_log.parse(data)
+    for key in (opened.keys.key, opened.keys.meta_key, opened.keys.content_key):
+        assert not audit_log.verify(data, audit_log.AuditKeys.from_root(key), vault_id, None).intact
+        with pytest.raises(Exception):
+            audit_log.decrypt(audit_log.AuditKeys.from_root(key), vault_id, records[-1])
+    # The grantee log opens under the grant's key only.
+    verdict, events = grantee.verify_log(drive, opened.keys.key, opened.grant.grant_id, vault_id)
+    assert verdict.intact and [e["event"] for e in events] == ["grantee-unlock"]
+
+
+def test_refused_grants_say_so_in_one_line(tmp_path):
+    work = str(tmp_path)
+    with drives.standin_vault(work, ("ext4", 64), ("ext4", 64)) as v:
+        v.mount()
+        os.makedirs(f"{v.mountpoint}/shared/inner")
+        v.umount()
+        bob, bob_pass = make_identity(work, "bob")
+        carol, carol_pass = make_identity(work, "carol")
+        mnt = os.path.join(work, "bob-mnt")
+        os.mkdir(mnt)
+
+        one_line(owner(v, "share", "no/such/dir", "--to", bob + ".pub", check=False), 14)
+        one_line(owner(v, "share", "shared", "--to", "pqcfs-pub1:xwing:AAAA:BBBB", check=False), 5)
+        one_line(owner(v, "share", "shared", "--to", bob + ".pub", "--expires", "2001-01-01", check=False), 1)
+        one_line(owner(v, "share", "shared", "--to", bob + ".pub", "--expires", "soon", check=False), 1)
+        # No grant for Carol: a clear refusal.
+        one_line(grantee_mount(v, mnt, carol, carol_pass, check=False), 6)
+
+        # A grant that expires in a day works today; Bob's wrong passphrase is refused.
+        owner(v, "share", "shared", "--to", bob + ".pub", "--expires", "1d")
+        wrong = os.path.join(work, "wrong")
+        with open(wrong, "w") as f:
+            f.write("not it\n")
+        one_line(grantee_mount(v, mnt, bob, wrong, check=False), 6)
+        grantee_mount(v, mnt, bob, bob_pass)
+        assert os.listdir(mnt) == ["inner"]
+        umount(mnt)
+
+        # Every flipped byte of the grant's blob is refused (a sample here: the unit tests
+        # flip each one) with the damage or refusal exit code, never a traceback.
+        with open(os.path.join(v.primary, "pqcfs.vault"), "rb") as f:
+            original = f.read()
+        header = vault_mod.read_header(v.primary)[0]
+        blob = header.grants[0]["blob"]
+        for at in (3, 40, 120, len(blob) // 2, len(blob) - 3):
+            flipped = blob[:at] + ("A" if blob[at] != "A" else "B") + blob[at + 1:]
+            data = original.replace(blob.encode(), flipped.encode())
+            for location in (v.primary, v.backup):
+                with open(os.path.join(location, "pqcfs.vault"), "wb") as f:
+                    f.write(data)
+            proc = grantee_mount(v, mnt, bob, bob_pass, check=False)
+            assert proc.returncode in (5, 13), proc.stderr
+            one_line(proc, proc.returncode)
+        # ... and the owner sees the header was edited.
+        one_line(owner(v, "grants", check=False), 5)
+        for location in (v.primary, v.backup):
+            with open(os.path.join(location, "pqcfs.vault"), "wb") as f:
+                f.write(original)
+
+        # A grant signed by someone else than the pinned owner (another vault's owner key).
+        proc = grantee_mount(v, mnt, bob, bob_pass, "--owner", "00" * 16, check=False)
+        one_line(proc, 13)
+        assert "not by the vault owner" in proc.stderr
