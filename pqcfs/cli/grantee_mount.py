@@ -9,6 +9,7 @@ from pqcfs import vault as vault_mod
 from pqcfs.audit import host
 from pqcfs.cli import options, secrets
 from pqcfs.errors import DamagedStructure, DriveError, GrantRefused, PqcfsError, WrongKey
+from pqcfs.format import grants
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
 from pqcfs.fs import grantee
@@ -72,13 +73,33 @@ def prepare(args) -> grantee.GranteeSession:
         if first:
             print(f"pqcfs: trusting the owner key {opened.grant.owner.hex()} of this vault from now on "
                   "(compare it with the one the owner gave you)", file=sys.stderr)
+        read_only = args.ro or opened.grant.read_only
+        if not read_only:
+            _check_writable(header, locations, drives)
         writable = [d for d in drives if not d.read_only]
         grantee.record(writable, opened, vault_id, "grantee-unlock", recipient=public.fingerprint,
-                       rights=opened.grant.rights, mountpoint=args.mountpoint, read_only=True)
+                       rights=grants.RIGHTS[opened.grant.rights], read_only=read_only)
         gv = grantee.GranteeVault(header, locations, opened, drives, extra={"lock": lock})
-        return grantee.GranteeSession(gv, args.mountpoint)
+        return grantee.GranteeSession(gv, args.mountpoint, read_only=read_only)
     except BaseException:
         lock.release()
         for drive in drives:
             drive.close()
         raise
+
+
+def _check_writable(header, locations: list[str], drives: list) -> None:
+    """A read-write grantee session writes every replica of the vault: it cannot record a
+    missing one the way the owner does (that record is authenticated by the root key)."""
+    if len(locations) < len(header.replicas):
+        raise DriveError(f"a read-write grant is mounted with every drive of the vault present ({len(locations)} "
+                         f"of {len(header.replicas)} found); plug in the others, or mount with --ro")
+    for location, drive in zip(locations, drives):
+        if drive.read_only:
+            raise DriveError(f"{location} is read-only; mount with --ro")
+        # Unauthenticated (the state's MAC needs the root key), and only a refusal: the
+        # owner's crashed session is repaired by the owner's next mount, not by us.
+        if not vault_mod.read_state(drive, None).clean:
+            raise DriveError("the owner's last session on these drives did not end cleanly; the owner mounts "
+                             "the vault once to repair it, then the grant can be mounted read-write "
+                             "(or now with --ro)")

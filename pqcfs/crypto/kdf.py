@@ -34,6 +34,7 @@ LABEL_NODE = b"pqcfs node"                 # HMAC prefix of the node-key tree
 LABEL_GRANT_KEM = b"pqcfs grant kem v1"    # grant KEK from the KEM secret (salt: grant id)
 LABEL_OWNER_SIGN = b"pqcfs owner sign v1"  # ML-DSA-65 seed of the vault owner's signing key
 LABEL_GRANT_NOTE = b"pqcfs grant note v1"  # AES-GCM of the owner's notes on a grant (its label)
+LABEL_GRANTEE_INTENT = b"pqcfs grantee intent v1"  # a read-write grantee session's intent log (salt: grant id)
 LABEL_GRANTEE_AUDIT = b"pqcfs grantee audit v1"  # a grant's own audit log, from the subtree key (salt: grant id)
 
 

@@ -6,7 +6,8 @@ audit log) is read or written. What the recipient does is recorded in a log of i
 per grant (`pqcfs.audit.<grant id>`), chained and encrypted under a key derived from the
 subtree key, which the owner derives too and verifies with `pqcfs audit verify`.
 
-This version serves every grant read-only (see docs/sharing.md for what that means).
+A read-only grant mounts read-only (docs/sharing.md says what enforces it); a read-write
+grant mounts read-write only with every replica of the vault present.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pqcfs.audit import log as audit_log
 from pqcfs.audit.writer import now
-from pqcfs.crypto.kdf import LABEL_GRANTEE_AUDIT, hkdf
+from pqcfs.crypto.kdf import LABEL_GRANTEE_AUDIT, LABEL_GRANTEE_INTENT, hkdf
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import grants, vault_header
 from pqcfs.fs import session as session_mod
@@ -25,6 +26,7 @@ from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.fs.operations import Operations
 from pqcfs.sharing import Opened
 from pqcfs.store.replicas import ReplicaSet
+from pqcfs.store import intent as intent_mod
 from pqcfs.store import seen
 
 log = logging.getLogger(__name__)
@@ -122,22 +124,118 @@ class GranteeVault:
 
 
 class GranteeSession(session_mod.Session):
-    """A read-only session over the granted directory."""
+    """A session over the granted directory: read-only, or read-write with a write-intent
+    log of the grant's own (`pqcfs.intent.<grant id>`, keyed from the subtree key) that a
+    crash leaves behind for the next session, the grantee's or the owner's, to repair."""
 
-    def __init__(self, vault: GranteeVault, mountpoint: str):
-        super().__init__(vault, mountpoint, read_only=True)
+    def __init__(self, vault: "GranteeVault", mountpoint: str, read_only: bool):
+        super().__init__(vault, mountpoint, read_only=read_only)
+        self.services = False    # the control socket and rejoin need the root key
+        self.opened = vault.opened
+        self.events = 0
 
     def prepare(self, progress_factory=None):
+        if not self.read_only:
+            recover(self.vault.drives, self.opened.keys, self.opened.c_path, self.opened.grant.grant_id,
+                    self.vault.header.block_size)
         return None
 
     def build(self) -> Operations:
         self.drives = self.vault.drives
-        self.replicas = ReplicaSet(self.drives)
-        opened = self.vault.opened
-        vfs = VaultFS(self.replicas, opened.keys, self.vault.header.block_size, read_only=True, tables=True,
-                      root_c_path=opened.c_path)
+        self.replicas = ReplicaSet(self.drives, on_failure=self._replica_failed)
+        healthy = lambda: self.replicas.healthy  # noqa: E731
+        if not self.read_only:
+            self.intent = intent_mod.IntentLog(self.drives, healthy, intent_key(self.opened.keys.key,
+                                                                                self.opened.grant.grant_id),
+                                               name=intent_name(self.opened.grant.grant_id))
+            self.intent.clear()
+            self.replicas.before_sync = self.intent.sync
+        vfs = VaultFS(self.replicas, self.opened.keys, self.vault.header.block_size, read_only=self.read_only,
+                      on_event=self.event, intent=self.intent, tables=True, root_c_path=self.opened.c_path)
         self.ops = Operations(vfs)
         return self.ops
+
+    def event(self, event: str, **details) -> None:
+        drives = [self.vault.drives[n] for n in self.replicas.healthy] if self.replicas else self.vault.drives
+        record([d for d in drives if not d.read_only], self.opened, self.vault.header.vault_id, event, **details)
+
+    def _replica_failed(self, n: int, error: BaseException) -> None:
+        # The failed drive misses what comes next: the intent log stays on the others at
+        # unmount, and the owner's next mount with every drive present repairs from it.
+        self.missing = sorted(set(self.missing) | {self.vault.locations[n]})
+        self.event("degraded", replica=n, error=str(error))
+        self.write_runtime()
+        log.warning("replica %d at %s failed (%s): degraded, going on without it", n, self.vault.locations[n],
+                    error)
+
+    def _finish(self) -> None:
+        if self.read_only:
+            self.event("grantee-unmount")
+            return
+        try:
+            self.ops.vfs.settle()
+        except (OSError, PqcfsError) as e:
+            log.error("directory tables could not be written (%s); the next mount repairs them", e)
+            return
+        os.sync()
+        self.event("grantee-unmount", self_heals=self.ops.vfs.heal_events)
+        if self.intent is not None:
+            self.intent.close()
+            if not self.replicas.failed:
+                for drive in self.vault.drives:
+                    try:
+                        drive.unlink(intent_name(self.opened.grant.grant_id))
+                    except FileNotFoundError:
+                        pass
+
+
+def intent_name(grant_id: bytes) -> str:
+    return intent_mod.FILE_NAME + "." + grant_id.hex()
+
+
+def intent_key(subtree_key: bytes, grant_id: bytes) -> bytes:
+    return hkdf(subtree_key, LABEL_GRANTEE_INTENT, salt=grant_id)
+
+
+def unclean(drives: list) -> list[bytes]:
+    """Grant ids whose last read-write session did not end cleanly (its intent log is
+    still on some drive)."""
+    found = set()
+    for drive in drives:
+        try:
+            for name, kind in drive.scandir(""):
+                if kind == "file" and name.startswith(intent_mod.FILE_NAME + "."):
+                    try:
+                        found.add(bytes.fromhex(name[len(intent_mod.FILE_NAME) + 1:]))
+                    except ValueError:
+                        continue
+        except (OSError, PqcfsError):
+            continue
+    return sorted(g for g in found if len(g) == 16)
+
+
+def recover(drives: list, keys, c_path: str, grant_id: bytes, block_size: int, owner_vfs=None) -> None:
+    """Repair what a crashed read-write session of this grant may have left half done
+    (the grantee's next session, or the owner's mount); the caller makes sure every
+    replica is present: the log is the only record of what a missing one lacks."""
+    from pqcfs.fs import recovery
+    name = intent_name(grant_id)
+    if not any(drive.exists(name) for drive in drives):
+        return
+    intents = intent_mod.read(drives, intent_key(keys.key, grant_id), name)
+    vfs = owner_vfs or VaultFS(ReplicaSet(drives), keys, block_size, read_only=True, tables=True,
+                               root_c_path=c_path)
+    if intents is None:
+        repaired = recovery.recover(vfs, drives[0], drives[1:], block_size)
+    else:
+        repaired = recovery.recover_intents(vfs, drives[0], drives[1:], intents, block_size)
+    log.warning("repaired after a grantee session of grant %s that did not end cleanly (%d blocks)",
+                grant_id.hex(), repaired)
+    for drive in drives:
+        try:
+            drive.unlink(name)
+        except FileNotFoundError:
+            pass
 
 
 def label_of(opened: Opened) -> str:

@@ -52,6 +52,11 @@ class KeyResolver:
         if parts[0] == SHARED_DIR:
             return self._shared_keys(parts[1]) if len(parts) == 2 else None
         node = self.vfs.inodes.root
+        if node.disk_name:   # a grantee's tree starts at the shared directory
+            prefix = node.disk_name.split("/")
+            if parts[:len(prefix)] != prefix or len(parts) == len(prefix):
+                return None
+            parts = parts[len(prefix):]
         try:
             for i, disk_name in enumerate(parts):
                 if i == len(parts) - 1:
@@ -267,7 +272,7 @@ def settle_tables(vfs, drives: list[Drive], block_size: int, in_flux) -> int:
     from pqcfs.fs.vaultfs import VaultFS
     from pqcfs.store.replicas import ReplicaSet
     settled = VaultFS(ReplicaSet(drives), vfs.inodes.root.keys, block_size, tables=True,
-                      in_flux=in_flux).settle_tree()
+                      in_flux=in_flux, root_c_path=vfs.inodes.root.disk_name).settle_tree()
     log.info("rebuilt %d directory table(s) from the drives", settled)
     return settled
 

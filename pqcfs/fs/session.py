@@ -79,6 +79,7 @@ class Session:
         self.rejoin = rejoin_mod.Rejoin(self)
         self.missing: list[str] = []
         self.session_id = ""
+        self.services = not read_only   # online sync and rejoin (they need the root key)
 
     def lock(self) -> None:
         if self.vault.extra.get("lock") is None:   # the CLI took it before unlocking
@@ -130,6 +131,8 @@ class Session:
                     progress.close()
         if plan.unclean and not self.read_only and (len(self.vault.locations) > 1 or self.vault.tables):
             self._recover(plan)
+        if not self.read_only and self.vault.tables:
+            self._recover_grantees(plan)
         if self.vault.tables:
             # Before this session begins: drives older than what this machine has seen are
             # refused (a whole-vault rollback leaves nothing else to see on the drives).
@@ -184,6 +187,31 @@ class Session:
                     "full comparison" if intents is None else f"{len(intents)} intent records")
         self.event("crash-recovery", blocks_repaired=repaired,
                     intent_records=None if intents is None else len(intents))
+
+    def _recover_grantees(self, plan: mirror.Plan) -> None:
+        """A grantee's read-write session that did not end cleanly left its intent log:
+        repaired here with the subtree key derived from the tree, once every replica is
+        present (until then the log is kept: it is what the missing one lacks)."""
+        from pqcfs import sharing
+        from pqcfs.fs import grantee
+        pending = grantee.unclean(self.vault.drives)
+        if not pending:
+            return
+        if plan.missing:
+            log.warning("a grantee's session did not end cleanly; it is repaired at the next mount with every "
+                        "replica present")
+            return
+        vfs = sharing.owner_tree(self.vault)
+        for grant_id in pending:
+            record = next((r for r in self.vault.header.grants if r["id"] == grant_id.hex() and "blob" in r), None)
+            path = sharing.path_of(vfs, bytes.fromhex(record["node"])) if record else None
+            if path is None:
+                log.warning("an intent log of grant %s is left: the grant or its directory is gone", grant_id.hex())
+                continue
+            node = sharing.resolve(vfs, path)
+            grantee.recover(self.vault.drives, node.keys, node.c_path, grant_id, self.vault.header.block_size,
+                            owner_vfs=vfs)
+            self.event("grantee-session-repaired", grant=grant_id.hex())
 
     def _replica_failed(self, n: int, error: BaseException) -> None:
         """A replica dropped out while mounted: the serving replica's history moves on
@@ -320,7 +348,7 @@ class Session:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery.cancel_scope)
-            if not self.read_only:
+            if self.services:
                 nursery.start_soon(control.serve, self, control.socket_path(self.runtime_path))
                 interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))
                 if interval > 0:

@@ -55,8 +55,9 @@ class NoIntent:
 
 
 class IntentLog(NoIntent):
-    def __init__(self, drives: list[Drive], healthy, key: bytes):
-        self.file = ReplicatedAppendFile(drives, FILE_NAME, healthy)
+    def __init__(self, drives: list[Drive], healthy, key: bytes, name: str = FILE_NAME):
+        self.file = ReplicatedAppendFile(drives, name, healthy)
+        self.name = name
         self.drives = drives
         self.key = key
         # What was noted, as short digests: the paths themselves are in the log on the
@@ -74,7 +75,7 @@ class IntentLog(NoIntent):
 
     def noted_on(self, drive: Drive) -> set[tuple[str, str]]:
         """The (kind, path) records this session noted, read back from a drive's log."""
-        data = drive.read(FILE_NAME, MAX_FILE)
+        data = drive.read(self.name, MAX_FILE)
         return {(kind, rel) for kind, rel, authentic in _lines(data, self.key)
                 if authentic and kind in (FILE, DIRECTORY)}
 
@@ -112,7 +113,7 @@ def _lines(data: bytes, key: bytes):
         yield kind, rel, hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _mac(key, kind, rel).encode())
 
 
-def read(drives: list[Drive], key: bytes) -> set[tuple[str, str]] | None:
+def read(drives: list[Drive], key: bytes, name: str = FILE_NAME) -> set[tuple[str, str]] | None:
     """The union of the intent logs' authenticated records; None (recovery compares
     everything instead) when no replica has a log, when a line fails to authenticate
     (the log can not be trusted to be complete), or when no drive's log was written
@@ -121,7 +122,7 @@ def read(drives: list[Drive], key: bytes) -> set[tuple[str, str]] | None:
     found, any_log, forged, live = set(), False, 0, False
     for drive in drives:
         try:
-            data = drive.read(FILE_NAME, MAX_FILE)
+            data = drive.read(name, MAX_FILE)
         except FileNotFoundError:
             continue
         any_log = True

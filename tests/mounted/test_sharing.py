@@ -4,6 +4,9 @@ Bob's key material opens (only the granted subtree)."""
 import errno
 import json
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -15,6 +18,7 @@ from pqcfs.errors import CryptoError, PqcfsError
 from pqcfs.format import names, node_header
 from pqcfs.format.identity import decode_file
 from pqcfs.fs import grantee
+from pqcfs.fs import session as session_mod
 from pqcfs.store.drive import Drive
 from tests.mounted import drives
 
@@ -174,7 +178,7 @@ def assert_opens_nothing_else(drive, opened, vault_id):
             audit_log.decrypt(audit_log.AuditKeys.from_root(key), vault_id, records[-1])
     # The grantee log opens under the grant's key only.
     verdict, events = grantee.verify_log(drive, opened.keys.key, opened.grant.grant_id, vault_id)
-    assert verdict.intact and [e["event"] for e in events] == ["grantee-unlock"]
+    assert verdict.intact and [e["event"] for e in events] == ["grantee-unlock", "grantee-unmount"]
 
 
 def test_refused_grants_say_so_in_one_line(tmp_path):
@@ -230,3 +234,86 @@ def test_refused_grants_say_so_in_one_line(tmp_path):
         proc = grantee_mount(v, mnt, bob, bob_pass, "--owner", "00" * 16, check=False)
         one_line(proc, 13)
         assert "not by the vault owner" in proc.stderr
+
+
+def daemon_pid(mountpoint):
+    with open(session_mod.runtime_file(mountpoint)) as f:
+        return json.load(f)["pid"]
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
+def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(tmp_path, fstype):
+    work = str(tmp_path)
+    with drives.standin_vault(work, (fstype, 128), (fstype, 128)) as v:
+        v.mount()
+        populate(v.mountpoint)
+        v.umount()
+        bob, bob_pass = make_identity(work, "bob")
+        owner(v, "share", "projects/acme", "--to", bob + ".pub", "--label", "acme")
+        mnt = os.path.join(work, "bob-mnt")
+        os.mkdir(mnt)
+
+        # Without the backup (its vault hidden, as if another stick were plugged in), a
+        # read-write grant does not mount read-write; read-only it does.
+        hidden = os.path.join(v.backup, "pqcfs.vault")
+        os.rename(hidden, hidden + ".away")
+        try:
+            proc = drives.pqcfs("mount", v.primary, mnt, "--identity", bob, "--passfile", bob_pass, check=False)
+            one_line(proc, 7)
+            assert "every drive of the vault" in proc.stderr
+            drives.pqcfs("mount", v.primary, mnt, "--identity", bob, "--passfile", bob_pass, "--ro")
+            assert "plan.txt" in os.listdir(mnt)
+            umount(mnt)
+        finally:
+            os.rename(hidden + ".away", hidden)
+
+        grantee_mount(v, mnt, bob, bob_pass)
+        try:
+            with open(f"{mnt}/plan.txt", "a") as f:
+                f.write(" (bob was here)")
+            os.mkdir(f"{mnt}/bobs")
+            with open(f"{mnt}/bobs/notes.md", "w") as f:
+                f.write("notes by bob")
+            os.rename(f"{mnt}/sub/deep.bin", f"{mnt}/bobs/deep.bin")
+            os.unlink(f"{mnt}/to-plan")
+            expected = snapshot(mnt)
+        finally:
+            umount(mnt)
+        assert not [n for n in os.listdir(v.primary) if n.startswith("pqcfs.intent.")]   # ended cleanly
+
+        v.mount()
+        try:
+            assert snapshot(f"{v.mountpoint}/projects/acme") == expected
+            with open(f"{v.mountpoint}/projects/other/secret.txt") as f:
+                assert f.read() == "not for bob"
+        finally:
+            v.umount()
+        fsck = owner(v, "fsck", check=False)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+        # Bob's daemon killed after an fsync: the owner's next mount repairs from the grant's
+        # intent log, and nothing fsynced is lost.
+        grantee_mount(v, mnt, bob, bob_pass)
+        with open(f"{mnt}/bobs/fsynced.bin", "wb") as f:
+            f.write(b"kept" * 10_000)
+            f.flush()
+            os.fsync(f.fileno())
+        os.kill(daemon_pid(mnt), signal.SIGKILL)
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{daemon_pid(mnt)}"):
+                break
+            time.sleep(0.05)
+        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+        os.unlink(session_mod.runtime_file(mnt))
+        assert [n for n in os.listdir(v.primary) if n.startswith("pqcfs.intent.")]
+        v.mount()
+        try:
+            with open(f"{v.mountpoint}/projects/acme/bobs/fsynced.bin", "rb") as f:
+                assert f.read() == b"kept" * 10_000
+        finally:
+            v.umount()
+        assert not [n for n in os.listdir(v.primary) if n.startswith("pqcfs.intent.")]
+        fsck = owner(v, "fsck", check=False)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        events = owner(v, "audit", "show").stdout
+        assert "grantee-session-repaired" in events
