@@ -5,6 +5,7 @@ holds one record per grant, authenticated with the rest of the header by the roo
 
   {"id": hex grant id, "node": hex node id, "generation": N,
    "blob": base64url(grant), "locator": [disk names from tree/ down to the subtree],
+   "to": the recipient's public key (a revoke of another grant re-wraps this one to it),
    "note": hex(AES-GCM(HKDF(root_key, "pqcfs grant note v1"), JSON {"label"}, aad = grant id))}
 
 and, once revoked, only {"id", "node", "generation", "revoked": Unix seconds}: the
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pqcfs.crypto import aead
 from pqcfs.crypto.kdf import LABEL_GRANT_NOTE, hkdf
 from pqcfs.crypto.keys import NodeKeys
-from pqcfs.errors import CryptoError, DamagedStructure, NoSuchPath, NotAVault, PqcfsError
+from pqcfs.errors import CryptoError, DamagedStructure, GrantRefused, NoSuchPath, PqcfsError
 from pqcfs.format import grants, names, node_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.fs.common import FsError
@@ -40,11 +41,11 @@ NOTE_AD = b"pqcfs grant note v1"
 SCAN_LIMIT = 1_000_000   # directories a locator scan visits at most (a hostile tree is bounded)
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _unb64(text: str) -> bytes:
+def unb64(text: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError, TypeError):
@@ -56,17 +57,17 @@ def generation(records: list[dict], node_id: bytes) -> int:
     return max((r["generation"] for r in records if r["node"] == node_id.hex()), default=0)
 
 
-def _note_key(root_key: bytes) -> bytes:
+def note_key(root_key: bytes) -> bytes:
     return hkdf(root_key, LABEL_GRANT_NOTE)
 
 
 def _seal_note(root_key: bytes, grant_id: bytes, note: dict) -> str:
-    return aead.seal(_note_key(root_key), json.dumps(note).encode(), NOTE_AD + grant_id).hex()
+    return aead.seal(note_key(root_key), json.dumps(note).encode(), NOTE_AD + grant_id).hex()
 
 
-def _open_note(root_key: bytes, record: dict) -> dict:
+def open_note(root_key: bytes, record: dict) -> dict:
     try:
-        raw = aead.open_sealed(_note_key(root_key), bytes.fromhex(record["note"]),
+        raw = aead.open_sealed(note_key(root_key), bytes.fromhex(record["note"]),
                                NOTE_AD + bytes.fromhex(record["id"]))
         note = json.loads(raw)
         return note if isinstance(note, dict) else {}
@@ -144,7 +145,7 @@ def share(vault, p_path: str, recipient: PublicIdentity, *, read_only: bool, lab
                                recipient=recipient, rights=grants.READ if read_only else grants.READ_WRITE,
                                label=label, expires=expires)
     records.append({"id": grant.grant_id.hex(), "node": node.keys.node_id.hex(), "generation": grant.generation,
-                    "blob": _b64(blob), "locator": locator(node),
+                    "blob": b64(blob), "locator": locator(node), "to": recipient.encode(),
                     "note": _seal_note(vault.root_key, grant.grant_id, {"label": label})})
     vault.save_header()
     return grant
@@ -177,18 +178,25 @@ def list_grants(vault, refresh: bool = True) -> list[GrantView]:
     for record in vault.header.grants:
         if "revoked" in record:
             continue
-        parsed = grants.verify(_unb64(record["blob"]), vault.header.vault_id, owner)
+        parsed = grants.verify(unb64(record["blob"]), vault.header.vault_id, owner)
         g = parsed.grant
         path = path_of(vfs, g.node_id)
         if path is not None and refresh:
             fresh = locator(resolve(vfs, path))
             if fresh != record["locator"]:
                 record["locator"], changed = fresh, True
-        views.append(GrantView(g.grant_id.hex(), path, _open_note(vault.root_key, record).get("label", "?"),
+        views.append(GrantView(g.grant_id.hex(), path, open_note(vault.root_key, record).get("label", "?"),
                                g.recipient.hex(), grants.RIGHTS[g.rights], g.expires, g.created, g.generation))
     if changed:
         vault.save_header()
     return views
+
+
+def recipient_of(record: dict) -> PublicIdentity:
+    public = PublicIdentity.decode(record["to"])
+    if public.fingerprint != grants.parse(unb64(record["blob"])).grant.recipient.hex():
+        raise DamagedStructure(f"grant {record['id']} names another recipient than its key")
+    return public
 
 
 # --- the recipient's side -----------------------------------------------------------
@@ -212,7 +220,7 @@ def grants_for(records: list[dict], recipient: PublicIdentity) -> list[tuple[dic
         if "blob" not in record:
             continue
         try:
-            parsed = grants.parse(_unb64(record["blob"]))
+            parsed = grants.parse(unb64(record["blob"]))
         except PqcfsError:
             continue
         if parsed.grant.recipient == mine:
@@ -221,7 +229,7 @@ def grants_for(records: list[dict], recipient: PublicIdentity) -> list[tuple[dic
 
 
 def open_grant(drive: Drive, record: dict, vault_id: bytes, identity: Identity, owner: bytes | None) -> Opened:
-    parsed = grants.verify(_unb64(record["blob"]), vault_id, owner)
+    parsed = grants.verify(unb64(record["blob"]), vault_id, owner)
     grants.check_time(parsed.grant)
     key, label = grants.open_key(parsed, identity)
     keys = NodeKeys(parsed.grant.node_id, key)
@@ -248,13 +256,13 @@ def locate(drive: Drive, keys: NodeKeys, hint: list[str]) -> str:
     else:
         c_path = _scan(drive, keys.node_id)
     if c_path is None:
-        raise NotAVault("the shared directory is not on this drive (deleted, or the drive holds another "
-                        "copy of the vault)")
+        raise GrantRefused("the granted directory is not on this drive (deleted, or re-keyed when a grant of "
+                           "it was revoked)")
     data = drive.read(f"{TREE_DIR}/{c_path}/{names.DIR_ID_NAME}", node_header.HEADER_LEN)
     try:
         node_header.open_meta(keys.meta_key, data)
     except CryptoError:
-        raise grants.GrantRefused("the grant's key no longer opens its directory (revoked and re-keyed)") from None
+        raise GrantRefused("the grant's key no longer opens its directory (revoked and re-keyed)") from None
     return c_path
 
 

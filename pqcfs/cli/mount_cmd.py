@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
 import sys
 import time
 
-from pqcfs import hygiene
-from pqcfs.cli import grantee_mount, options
+from pqcfs import hygiene, revoke
+from pqcfs.cli import grantee_mount, options, share_cmd
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import MountError
 from pqcfs.fs import mounttable
@@ -64,6 +65,10 @@ def run_mount(args) -> int:
     args.audit_log = None   # the daemon owns the log from here on
     devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
     _leave_out_read_only(vault, args.ro)
+    cut_short = revoke.pending(vault.header.grants)
+    if cut_short is not None and not args.ro:
+        print(f"pqcfs: finishing the revoke of grant {cut_short['id']}, which was cut short", file=sys.stderr)
+        share_cmd.finish(vault, argparse.Namespace(json=False), cut_short)
     session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files,
                                   accept_older=args.accept_older)
     session.lock()

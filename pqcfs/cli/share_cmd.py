@@ -6,8 +6,11 @@ import datetime as dt
 import re
 import sys
 
-from pqcfs import sharing
+from pqcfs import revoke, sharing
 from pqcfs.cli import options
+from pqcfs.cli.progress import Progress
+from pqcfs.fs import session as session_mod
+from pqcfs.store import devices
 from pqcfs.errors import PqcfsError
 from pqcfs.format import grants
 from pqcfs.format.identity import PUB_PREFIX, PublicIdentity
@@ -33,6 +36,15 @@ def add_parser(sub) -> None:
     options.add_unlock_options(g)
     options.add_replica_options(g)
     g.set_defaults(func=run_grants)
+    r = sub.add_parser("revoke", help="remove a grant and re-key its directory (resumable)")
+    r.add_argument("vault", help="the primary replica")
+    r.add_argument("grant", nargs="?", help="the grant id (or its first characters), as `pqcfs grants` lists it")
+    r.add_argument("--resume", action="store_true", help="finish a revoke that was cut short")
+    r.add_argument("--json", action="store_true", help="print what was done as JSON")
+    options.add_unlock_options(r)
+    options.add_replica_options(r)
+    options.add_drive_options(r)
+    r.set_defaults(func=run_revoke)
 
 
 def recipient(text: str) -> PublicIdentity:
@@ -101,3 +113,45 @@ def run_grants(args) -> int:
         lines.append("no grants")
     options.emit(args, {"owner": owner, "grants": [v.as_dict() for v in views]}, "\n".join(lines))
     return 0
+
+
+def run_revoke(args) -> int:
+    if not args.grant and not args.resume:
+        raise PqcfsError("name the grant to revoke (`pqcfs grants VAULT` lists them), or --resume")
+    vault = options.unlock(args, require_all=False)
+    devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
+    cut_short = revoke.pending(vault.header.grants)
+    if cut_short is not None:
+        if args.grant and not cut_short["id"].startswith(args.grant.lower()):
+            print(f"pqcfs: first finishing the revoke of grant {cut_short['id']}, which was cut short",
+                  file=sys.stderr)
+        finish(vault, args, cut_short)
+    if args.grant and (cut_short is None or not cut_short["id"].startswith(args.grant.lower())):
+        finish(vault, args, revoke.find(vault.header.grants, args.grant))
+    elif cut_short is None:
+        options.emit(args, {"revoked": None}, "no revoke was cut short; nothing to resume")
+    return 0
+
+
+def finish(vault, args, record) -> "revoke.Result":
+    """Run one revoke in a session of its own (the mount's crash safety), then report it."""
+    args.audit_log = None     # the session owns the audit log from here on
+    session = session_mod.OfflineSession(vault, "revoke")
+    if not vault.tables:
+        raise PqcfsError("sharing needs format 2 (directory tables); run `pqcfs upgrade` first")
+    vfs, plan = session.start(Progress)
+    try:
+        if plan.missing:
+            print(f"pqcfs: warning: re-keying without {len(plan.missing)} replica(s) ({', '.join(plan.missing)}); "
+                  "the next mount or `pqcfs sync` brings them up to date", file=sys.stderr)
+        result = revoke.revoke(vault, vfs, record, session.event,
+                               lambda label, total, files: Progress(label, total, files=files))
+    finally:
+        session.end()
+    rate = result.bytes / result.seconds / 1e6 if result.seconds else 0.0
+    doc = {"revoked": result.grant_id, "path": result.path, "bytes": result.bytes, "files": result.files,
+           "seconds": round(result.seconds, 3), "rewrapped": result.rewrapped}
+    options.emit(args, doc, f"revoked grant {result.grant_id}; re-keyed {result.path or '(directory gone)'}: "
+                 f"{result.files} files, {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s ({rate:.1f} MB/s); "
+                 f"{result.rewrapped} other grant(s) re-wrapped to the new key")
+    return result

@@ -134,15 +134,17 @@ def check_label(label: str) -> bytes:
 
 def issue(root_key: bytes, *, vault_id: bytes, node_id: bytes, subtree_key: bytes, generation: int,
           recipient: PublicIdentity, rights: int, label: str, expires: int = 0,
-          not_before: int | None = None, now: int | None = None) -> tuple[Grant, bytes]:
-    """A new grant of subtree_key to recipient, signed with the vault owner's key."""
+          not_before: int | None = None, now: int | None = None,
+          grant_id: bytes | None = None) -> tuple[Grant, bytes]:
+    """A new grant of subtree_key to recipient, signed with the vault owner's key
+    (grant_id: an existing grant's, when a revoke re-wraps it to the new key)."""
     if len(node_id) != NODE_ID_LEN or len(subtree_key) != KEY_LEN:
         raise ValueError("node id and subtree key have fixed lengths")
     raw_label = check_label(label)
     created = int(time.time()) if now is None else now
     sign_key = owner_signing_key(root_key)
     owner_pk = sign_key.public_key().public_bytes_raw()
-    grant = Grant(os.urandom(16), vault_id, node_id, generation, rights,
+    grant = Grant(grant_id or os.urandom(16), vault_id, node_id, generation, rights,
                   created if not_before is None else not_before, expires, created,
                   bytes.fromhex(recipient.fingerprint), fingerprint(owner_pk), recipient.suite, label, len(raw_label))
     header = grant.header()
@@ -251,7 +253,8 @@ def check_records(records: list) -> None:
         if ok and "revoked" in r:
             ok = type(r["revoked"]) is int
         elif ok:
-            ok = (isinstance(r.get("blob"), str) and isinstance(r.get("note"), str)
+            ok = (isinstance(r.get("blob"), str) and isinstance(r.get("note"), str) and isinstance(r.get("to"), str)
+                  and isinstance(r.get("rekey", ""), str)
                   and isinstance(r.get("locator"), list) and all(isinstance(n, str) for n in r["locator"]))
         if not ok:
             raise DamagedStructure("vault header lists a malformed grant")

@@ -378,3 +378,28 @@ class Session:
             os.unlink(self.runtime_path)
         except FileNotFoundError:
             pass
+
+
+class OfflineSession(Session):
+    """A session without a mount, for a command that changes the tree (a revoke's
+    re-key): the same intent log, change journal, degraded mode and crash recovery as a
+    mount, and its start and end in the audit log under the command's name."""
+
+    def __init__(self, vault: vault_mod.UnlockedVault, purpose: str):
+        super().__init__(vault, purpose)
+        self.purpose = purpose
+
+    def start(self, progress_factory=None) -> tuple[VaultFS, mirror.Plan]:
+        self.lock()
+        plan = self.prepare(progress_factory)
+        return self.build().vfs, plan
+
+    def event(self, event: str, **details) -> None:
+        if event in ("mount", "unmount"):
+            details.pop("mountpoint", None)
+            event = {"mount": "session-start", "unmount": "session-end"}[event]
+            details["purpose"] = self.purpose
+        super().event(event, **details)
+
+    def end(self) -> None:
+        self._finish()

@@ -317,3 +317,108 @@ def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
         events = owner(v, "audit", "show").stdout
         assert "grantee-session-repaired" in events
+
+
+def every_ciphertext_under(location, c_path):
+    """(relative path, bytes) of every file under the subtree's ciphertext directory."""
+    base = os.path.join(location, "tree", c_path)
+    for dirpath, _, filenames in os.walk(base):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                yield os.path.relpath(os.path.join(dirpath, name), base), f.read()
+
+
+def assert_key_opens_nothing(location, c_path, old_keys):
+    """Bob's old subtree key, and every key he could derive from it for any node id he
+    sees, opens no header, name, table or block under the re-keyed directory."""
+    from pqcfs.crypto.content import ContentCipher
+    checked = 0
+    for rel, data in every_ciphertext_under(location, c_path):
+        name = os.path.basename(rel)
+        if len(data) >= 88 and data[:4] in (b"PQCF", b"PQCD", b"PQCL"):
+            node_id = data[8:24]
+            for keys in (old_keys, old_keys.child(node_id)):
+                with pytest.raises(CryptoError):
+                    node_header.open_meta(keys.meta_key, data[:88])
+                if data[:4] == b"PQCF" and len(data) > 88:
+                    cipher = ContentCipher(keys.content_key, node_id, 4096)
+                    block = data[88:88 + 4096 + 28]
+                    with pytest.raises(CryptoError):
+                        cipher.open(0, block, 0 if len(data) <= 88 + 4096 + 28 else 1)
+            checked += 1
+        if names.is_entry(name) and not names.is_long(name):
+            with pytest.raises((CryptoError, PqcfsError)):
+                names.decrypt_name(old_keys, name)
+    assert checked >= 5
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
+def test_revoke_rekeys_the_subtree_and_keeps_the_other_grant(tmp_path, fstype):
+    work = str(tmp_path)
+    with drives.standin_vault(work, (fstype, 128), (fstype, 128)) as v:
+        v.mount()
+        populate(v.mountpoint)
+        os.setxattr(f"{v.mountpoint}/projects/acme/plan.txt", "user.tag", b"important")
+        before = snapshot(v.mountpoint)
+        v.umount()
+        bob, bob_pass = make_identity(work, "bob")
+        carol, carol_pass = make_identity(work, "carol")
+        bob_grant = owner(v, "share", "projects/acme", "--to", bob + ".pub", "--read-only").stdout.strip()
+        carol_grant = owner(v, "share", "projects/acme", "--to", carol + ".pub").stdout.strip()
+        with open(os.path.join(v.primary, "pqcfs.vault"), "rb") as f:
+            old_header_bytes = f.read()
+        with open(bob_pass) as f, open(bob, "rb") as id_file:
+            bob_identity = decode_file(id_file.read(), f.read().rstrip("\n").encode())
+        header = vault_mod.read_header(v.primary)[0]
+        [(bob_record, _)] = sharing.grants_for(header.grants, bob_identity.public)
+        with Drive(v.primary) as drive:
+            bob_opened = sharing.open_grant(drive, bob_record, header.vault_id, bob_identity, None)
+
+        revoked = owner(v, "revoke", bob_grant, "--allow-fixed", "--json")
+        doc = json.loads(revoked.stdout)
+        assert doc["revoked"] == bob_grant and doc["rewrapped"] == 1 and doc["files"] == 4
+        assert doc["bytes"] >= 150_000
+
+        listed = json.loads(owner(v, "grants", "--json").stdout)["grants"]
+        assert [g["id"] for g in listed] == [carol_grant]
+
+        # Alice's data is what it was, byte for byte (xattrs too), and fsck is clean.
+        v.mount()
+        try:
+            assert snapshot(v.mountpoint) == before
+            assert os.getxattr(f"{v.mountpoint}/projects/acme/plan.txt", "user.tag") == b"important"
+            assert os.stat(f"{v.mountpoint}/projects/acme/plan.txt").st_nlink == 2
+        finally:
+            v.umount()
+        fsck = owner(v, "fsck", check=False)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+        # Bob: no grant any more; his old key opens nothing under the directory on
+        # either drive, and his old grant, rolled back into the header, opens nothing.
+        mnt = os.path.join(work, "mnt-x")
+        os.mkdir(mnt)
+        one_line(grantee_mount(v, mnt, bob, bob_pass, check=False), 6)
+        header = vault_mod.read_header(v.primary)[0]
+        new_c_path = "/".join([r for r in header.grants if r["id"] == carol_grant][0]["locator"])
+        for location in (v.primary, v.backup):
+            assert_key_opens_nothing(location, new_c_path, bob_opened.keys)
+        with open(os.path.join(v.primary, "pqcfs.vault"), "rb") as f:
+            new_header_bytes = f.read()
+        for data in (old_header_bytes, new_header_bytes):   # rolled back, then as it was
+            for location in (v.primary, v.backup):
+                with open(os.path.join(location, "pqcfs.vault"), "wb") as f:
+                    f.write(data)
+            if data is old_header_bytes:
+                proc = grantee_mount(v, mnt, bob, bob_pass, "--grant", bob_grant, check=False)
+                one_line(proc, 13)
+
+        # Carol's grant was re-wrapped: she still mounts it, read-write.
+        grantee_mount(v, mnt, carol, carol_pass, "--grant", carol_grant)
+        try:
+            assert snapshot(mnt) == snapshot_of(before, "projects/acme")
+        finally:
+            umount(mnt)
+
+
+def snapshot_of(snap, prefix):
+    return {k[len(prefix) + 1:]: v for k, v in snap.items() if k.startswith(prefix + "/")}

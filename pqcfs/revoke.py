@@ -1,0 +1,303 @@
+"""Revoking a grant: the grant goes, and its directory is re-keyed.
+
+The directory S is copied, through the file system (so the copy has the mount's crash
+safety: intent log, mirrored writes, degraded mode), into a new directory beside it with
+fresh node ids, so every key below it is new: K(new) = HMAC(K(parent), id') is unknown to
+whoever held K(S). Then the two are exchanged atomically (RENAME_EXCHANGE) and the old
+one, now under the temporary name, is deleted. Every name, header, table and block under
+S is then ciphertext under keys the revoked grant never saw, on every replica.
+
+Progress lives in the grant's header record (sealed: it names the directory), so a
+revoke cut short anywhere (a crash, SIGKILL, a pulled drive) is finished by running it
+again (`pqcfs revoke --resume`, or the next mount):
+
+  1. record {"parent", "name", "temp", "swapped": false}      (header, every replica)
+  2. copy S into parent/temp (a leftover temp from a cut-short copy is removed first)
+  3. exchange S and temp; record "swapped": true
+  4. delete temp (the old ciphertext)
+  5. re-wrap the other grants of S to the new key (same grant ids), tombstone the
+     revoked one, drop the record
+
+Before 1, each grant's own audit log (keyed from the old subtree key) is verified and its
+head recorded in the owner's log, and the file is kept under a new name.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import stat
+import time
+from dataclasses import dataclass
+
+from pqcfs import sharing
+from pqcfs.crypto import aead
+from pqcfs.errors import CryptoError, DamagedStructure, NoSuchPath, PqcfsError
+from pqcfs.format import grants
+from pqcfs.fs.common import Caller, FsError
+from pqcfs.fs import grantee
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+TEMP_PREFIX = ".pqcfs-rekey-"
+REKEY_AD = b"pqcfs rekey v1"
+
+
+@dataclass
+class Result:
+    grant_id: str
+    path: str | None
+    bytes: int = 0
+    files: int = 0
+    seconds: float = 0.0
+    rewrapped: int = 0
+
+
+def find(records: list[dict], grant_id: str) -> dict:
+    wanted = grant_id.lower()
+    matches = [r for r in records if r["id"].startswith(wanted) and "blob" in r]
+    if not matches:
+        if any(r["id"].startswith(wanted) for r in records):
+            raise PqcfsError(f"grant {grant_id} is already revoked")
+        raise NoSuchPath(f"there is no grant {grant_id} in this vault (`pqcfs grants` lists them)")
+    if len(matches) > 1:
+        raise PqcfsError(f"{grant_id} names {len(matches)} grants; give more of the id")
+    return matches[0]
+
+
+def pending(records: list[dict]) -> dict | None:
+    """A revoke that was cut short (its record still in the header)."""
+    return next((r for r in records if "rekey" in r), None)
+
+
+def _seal(root_key: bytes, record: dict, state: dict) -> str:
+    return aead.seal(sharing.note_key(root_key), json.dumps(state).encode(),
+                     REKEY_AD + bytes.fromhex(record["id"])).hex()
+
+
+def _open(root_key: bytes, record: dict) -> dict:
+    try:
+        state = json.loads(aead.open_sealed(sharing.note_key(root_key), bytes.fromhex(record["rekey"]),
+                                            REKEY_AD + bytes.fromhex(record["id"])))
+        for key, kind in (("parent", str), ("name", str), ("temp", str), ("swapped", bool)):
+            if not isinstance(state.get(key), kind):
+                raise ValueError(key)
+        return state
+    except (CryptoError, ValueError):
+        raise DamagedStructure(f"the revoke record of grant {record['id']} is damaged") from None
+
+
+def revoke(vault, vfs, record: dict, event, progress_factory=None) -> Result:
+    """Run (or finish) the revoke of the grant record; vfs is a writable session's."""
+    start = time.monotonic()
+    result = Result(record["id"], None)
+    if "rekey" not in record:
+        path = sharing.path_of(vfs, bytes.fromhex(record["node"]))
+        if path is None:
+            # The directory is gone: nothing holds the old key's ciphertext any more.
+            _finish_records(vault, record, None, [])
+            event("revoke", grant=record["id"], rekeyed=False, reason="directory deleted")
+            return result
+        node = sharing.resolve(vfs, path)
+        _archive_grantee_logs(vault, node, event)
+        state = {"parent": node.parent.keys.node_id.hex(), "name": node.p_name.hex(),
+                 "temp": (TEMP_PREFIX + record["id"][:16]).encode().hex(), "swapped": False}
+        record["rekey"] = _seal(vault.root_key, record, state)
+        vault.save_header()
+        event("revoke-started", grant=record["id"], path=path)
+    state = _open(vault.root_key, record)
+    parent_path = sharing.path_of(vfs, bytes.fromhex(state["parent"]))
+    if parent_path is None:
+        raise DamagedStructure("the directory being re-keyed lost its parent; run `pqcfs fsck`")
+    parent = sharing.resolve(vfs, parent_path)
+    name, temp = bytes.fromhex(state["name"]), bytes.fromhex(state["temp"])
+    result.path = (parent_path.rstrip("/") + "/" + name.decode("utf-8", "replace"))
+    if not state["swapped"]:
+        if _exists(vfs, parent, temp):
+            remove_tree(vfs, parent, temp)        # a copy cut short: start it again
+        source = vfs.lookup(parent, name)
+        total_bytes, total_files = _measure(vfs, source)
+        progress = progress_factory(f"re-key {result.path}", total_bytes, total_files) if progress_factory else None
+        try:
+            copy = _copy_dir_node(vfs, source, parent, temp)
+            done = Copier(vfs, progress)
+            done.tree(source, copy)
+            result.bytes, result.files = done.bytes, done.files
+        finally:
+            if progress:
+                progress.close()
+        vfs.rename(parent, name, parent, temp, exchange=True)
+        state["swapped"] = True
+        record["rekey"] = _seal(vault.root_key, record, state)
+        vault.save_header()
+        event("revoke-progress", grant=record["id"], step="re-keyed copy in place", bytes=result.bytes,
+              files=result.files)
+    if _exists(vfs, parent, temp):
+        remove_tree(vfs, parent, temp)
+    fresh = vfs.lookup(parent, name)
+    result.rewrapped = _finish_records(vault, record, fresh, sharing.locator(fresh))
+    result.seconds = time.monotonic() - start
+    event("revoke", grant=record["id"], rekeyed=True, bytes=result.bytes, files=result.files,
+          rewrapped=result.rewrapped, seconds=round(result.seconds, 3))
+    return result
+
+
+def _finish_records(vault, record: dict, fresh, locator: list[str]) -> int:
+    """Re-wrap the other live grants of the directory to its new key; tombstone this one."""
+    old_node = record["node"]
+    records = vault.header.grants
+    generation = max((r["generation"] for r in records if r["node"] == old_node), default=0) + 1
+    owner = grants.fingerprint(grants.owner_public(vault.root_key))
+    rewrapped = 0
+    for n, other in enumerate(records):
+        if other is record or other.get("node") != old_node or "blob" not in other or fresh is None:
+            continue
+        parsed = grants.verify(sharing.unb64(other["blob"]), vault.header.vault_id, owner)
+        g = parsed.grant
+        label = sharing.open_note(vault.root_key, other).get("label") or fresh.p_name.decode("utf-8", "replace")
+        recipient = sharing.recipient_of(other)
+        _, blob = grants.issue(vault.root_key, vault_id=vault.header.vault_id, node_id=fresh.keys.node_id,
+                               subtree_key=fresh.keys.key, generation=generation, recipient=recipient,
+                               rights=g.rights, label=label, expires=g.expires, not_before=g.not_before,
+                               now=g.created, grant_id=g.grant_id)
+        records[n] = {**other, "node": fresh.keys.node_id.hex(), "generation": generation,
+                      "blob": sharing.b64(blob), "locator": locator}
+        rewrapped += 1
+    new_node = fresh.keys.node_id.hex() if fresh is not None else old_node
+    records[records.index(record)] = {"id": record["id"], "node": new_node, "generation": generation,
+                                      "revoked": int(time.time())}
+    vault.save_header()
+    return rewrapped
+
+
+def _archive_grantee_logs(vault, node, event) -> None:
+    """Each grant's log is keyed from the subtree key that is about to go: verified now,
+    its head recorded in the owner's log, and kept under a name of its own."""
+    for record in vault.header.grants:
+        if record.get("node") != node.keys.node_id.hex() or "blob" not in record:
+            continue
+        grant_id = bytes.fromhex(record["id"])
+        for n, drive in enumerate(vault.drives):
+            verdict, events = grantee.verify_log(drive, node.keys.key, grant_id, vault.header.vault_id)
+            if verdict.records == 0:
+                continue
+            kept = f"{grantee.audit_name(grant_id)}.g{record['generation']}"
+            try:
+                drive.rename(grantee.audit_name(grant_id), kept)
+            except OSError as e:
+                log.warning("could not keep the grant's log on replica %d: %s", n, e)
+            event("grantee-log-archived", grant=record["id"], replica=n, records=verdict.records,
+                  intact=verdict.intact, reason=verdict.reason, kept_as=kept,
+                  head=verdict.last_mac.hex() if verdict.last_mac else None,
+                  events=[e.get("event") for e in events][-50:])
+
+
+def _exists(vfs, parent, p_name: bytes) -> bool:
+    try:
+        vfs.lookup(parent, p_name)
+        return True
+    except FsError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+
+
+def _measure(vfs, dir_node) -> tuple[int, int]:
+    size = files = 0
+    for p_name, _ in vfs.listdir(dir_node):
+        node = vfs.lookup(dir_node, p_name)
+        if node.is_dir:
+            s, f = _measure(vfs, node)
+            size, files = size + s, files + f
+        else:
+            size, files = size + node.size, files + 1
+    return size, files
+
+
+def _copy_dir_node(vfs, source, parent, p_name: bytes):
+    copy = vfs.mkdir(parent, p_name, stat.S_IMODE(source.meta.mode), Caller(source.meta.uid, source.meta.gid))
+    return copy
+
+
+class Copier:
+    """Plaintext copy of a directory's contents through the file system: contents (holes
+    stay holes), mode, owner, times, xattrs, symlinks, special files and hard links."""
+
+    def __init__(self, vfs, progress=None):
+        self.vfs, self.progress = vfs, progress
+        self.links: dict[bytes, object] = {}   # node id of a hard-linked source -> its copy
+        self.bytes = self.files = 0
+
+    def tree(self, source, copy) -> None:
+        for p_name, _ in sorted(self.vfs.listdir(source)):
+            node = self.vfs.lookup(source, p_name)
+            if node.is_dir:
+                sub = _copy_dir_node(self.vfs, node, copy, p_name)
+                self.tree(node, sub)
+            else:
+                self.entry(node, copy, p_name)
+        self.attrs(source, copy)
+
+    def entry(self, node, copy_dir, p_name: bytes) -> None:
+        vfs = self.vfs
+        if node.shared and node.keys.node_id in self.links:
+            vfs.link(self.links[node.keys.node_id], copy_dir, p_name)
+            self.files += 1
+            return
+        meta = node.meta
+        caller = Caller(meta.uid, meta.gid)
+        if stat.S_ISLNK(meta.mode):
+            new = vfs.create_file(copy_dir, p_name, meta.mode, caller, content=vfs.read_all(node))
+        elif stat.S_ISREG(meta.mode):
+            new = vfs.create_file(copy_dir, p_name, meta.mode, caller, opening=True)
+            self._contents(node, new)
+        else:
+            new = vfs.create_file(copy_dir, p_name, meta.mode, caller, rdev=meta.rdev)
+        if node.shared:
+            self.links[node.keys.node_id] = new
+        self.attrs(node, new)
+        self.files += 1
+        if self.progress:
+            self.progress(0, files=1)
+
+    def _contents(self, node, new) -> None:
+        vfs = self.vfs
+        target = vfs.open(new, True, fresh=True)
+        try:
+            source = vfs.open(node, False)
+            try:
+                size = source.size
+                for offset in range(0, size, CHUNK):
+                    chunk = source.read(offset, min(CHUNK, size - offset))
+                    if chunk.count(0) != len(chunk):      # a hole stays a hole
+                        target.write(offset, chunk)
+                    self.bytes += len(chunk)
+                    if self.progress:
+                        self.progress(len(chunk))
+                if target.size != size:
+                    target.truncate(size)
+            finally:
+                vfs.release(node)
+        finally:
+            vfs.release(new)
+
+    def attrs(self, node, new) -> None:
+        vfs = self.vfs
+        for name, value in vfs.xattrs(node).items():
+            vfs.set_xattr(new, name, value)
+        if not stat.S_ISLNK(node.meta.mode):
+            vfs.set_mode(new, node.meta.mode)
+        vfs.set_owner(new, node.meta.uid, node.meta.gid)
+        if node.entry is not None:
+            vfs.set_times(new, node.entry.atime, node.entry.mtime)
+
+
+def remove_tree(vfs, parent, p_name: bytes) -> None:
+    node = vfs.lookup(parent, p_name)
+    if node.is_dir:
+        for child, _ in vfs.listdir(node):
+            remove_tree(vfs, node, child)
+        vfs.rmdir(parent, p_name)
+    else:
+        vfs.unlink(parent, p_name)
