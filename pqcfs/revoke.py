@@ -54,12 +54,14 @@ class Result:
     rewrapped: int = 0
 
 
-def find(records: list[dict], grant_id: str) -> dict:
+def find(records: list[dict], grant_id: str) -> dict | None:
+    """The live grant record grant_id names; None when it was revoked already (running a
+    revoke again after a crash is not an error)."""
     wanted = grant_id.lower()
     matches = [r for r in records if r["id"].startswith(wanted) and "blob" in r]
     if not matches:
         if any(r["id"].startswith(wanted) for r in records):
-            raise PqcfsError(f"grant {grant_id} is already revoked")
+            return None
         raise NoSuchPath(f"there is no grant {grant_id} in this vault (`pqcfs grants` lists them)")
     if len(matches) > 1:
         raise PqcfsError(f"{grant_id} names {len(matches)} grants; give more of the id")
@@ -88,15 +90,17 @@ def _open(root_key: bytes, record: dict) -> dict:
         raise DamagedStructure(f"the revoke record of grant {record['id']} is damaged") from None
 
 
-def revoke(vault, vfs, record: dict, event, progress_factory=None) -> Result:
-    """Run (or finish) the revoke of the grant record; vfs is a writable session's."""
+def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=None) -> Result:
+    """Run (or finish) the revoke of the grant record; vfs is a writable session's, and
+    save_header writes the header to the replicas that session still has."""
+    save_header = save_header or vault.save_header
     start = time.monotonic()
     result = Result(record["id"], None)
     if "rekey" not in record:
         path = sharing.path_of(vfs, bytes.fromhex(record["node"]))
         if path is None:
             # The directory is gone: nothing holds the old key's ciphertext any more.
-            _finish_records(vault, record, None, [])
+            _finish_records(vault, record, None, [], save_header)
             event("revoke", grant=record["id"], rekeyed=False, reason="directory deleted")
             return result
         node = sharing.resolve(vfs, path)
@@ -104,7 +108,7 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None) -> Result:
         state = {"parent": node.parent.keys.node_id.hex(), "name": node.p_name.hex(),
                  "temp": (TEMP_PREFIX + record["id"][:16]).encode().hex(), "swapped": False}
         record["rekey"] = _seal(vault.root_key, record, state)
-        vault.save_header()
+        save_header()
         event("revoke-started", grant=record["id"], path=path)
     state = _open(vault.root_key, record)
     parent_path = sharing.path_of(vfs, bytes.fromhex(state["parent"]))
@@ -130,20 +134,20 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None) -> Result:
         vfs.rename(parent, name, parent, temp, exchange=True)
         state["swapped"] = True
         record["rekey"] = _seal(vault.root_key, record, state)
-        vault.save_header()
+        save_header()
         event("revoke-progress", grant=record["id"], step="re-keyed copy in place", bytes=result.bytes,
               files=result.files)
     if _exists(vfs, parent, temp):
         remove_tree(vfs, parent, temp)
     fresh = vfs.lookup(parent, name)
-    result.rewrapped = _finish_records(vault, record, fresh, sharing.locator(fresh))
+    result.rewrapped = _finish_records(vault, record, fresh, sharing.locator(fresh), save_header)
     result.seconds = time.monotonic() - start
     event("revoke", grant=record["id"], rekeyed=True, bytes=result.bytes, files=result.files,
           rewrapped=result.rewrapped, seconds=round(result.seconds, 3))
     return result
 
 
-def _finish_records(vault, record: dict, fresh, locator: list[str]) -> int:
+def _finish_records(vault, record: dict, fresh, locator: list[str], save_header) -> int:
     """Re-wrap the other live grants of the directory to its new key; tombstone this one."""
     old_node = record["node"]
     records = vault.header.grants
@@ -167,7 +171,7 @@ def _finish_records(vault, record: dict, fresh, locator: list[str]) -> int:
     new_node = fresh.keys.node_id.hex() if fresh is not None else old_node
     records[records.index(record)] = {"id": record["id"], "node": new_node, "generation": generation,
                                       "revoked": int(time.time())}
-    vault.save_header()
+    save_header()
     return rewrapped
 
 
@@ -179,13 +183,17 @@ def _archive_grantee_logs(vault, node, event) -> None:
             continue
         grant_id = bytes.fromhex(record["id"])
         for n, drive in enumerate(vault.drives):
-            verdict, events = grantee.verify_log(drive, node.keys.key, grant_id, vault.header.vault_id)
+            try:
+                verdict, events = grantee.verify_log(drive, node.keys.key, grant_id, vault.header.vault_id)
+            except (OSError, PqcfsError) as e:
+                log.warning("could not read the grant's log on replica %d: %s", n, e)
+                continue
             if verdict.records == 0:
                 continue
             kept = f"{grantee.audit_name(grant_id)}.g{record['generation']}"
             try:
                 drive.rename(grantee.audit_name(grant_id), kept)
-            except OSError as e:
+            except (OSError, PqcfsError) as e:
                 log.warning("could not keep the grant's log on replica %d: %s", n, e)
             event("grantee-log-archived", grant=record["id"], replica=n, records=verdict.records,
                   intact=verdict.intact, reason=verdict.reason, kept_as=kept,

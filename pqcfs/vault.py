@@ -216,10 +216,13 @@ class UnlockedVault:
                 return []   # a read-only drive: the hint is a convenience, not worth failing for
         return moved
 
-    def save_header(self) -> None:
+    def save_header(self, only: list[int] | None = None) -> None:
+        """Write the header to every replica (only: to these replica indexes, a session's
+        healthy ones; a sync brings the others the header with the rest)."""
         data = vault_header.encode(self.header, self.root_key)
-        for drive in self.drives:
-            drive.write_atomic(vault_header.FILE_NAME, data)
+        for n, drive in enumerate(self.drives):
+            if only is None or n in only:
+                drive.write_atomic(vault_header.FILE_NAME, data)
 
     def root_dir_keys(self, location: str | None = None) -> NodeKeys:
         """Keys of the root directory, from the first replica whose root id file

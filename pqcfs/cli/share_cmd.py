@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sys
+import time
 
 from pqcfs import revoke, sharing
 from pqcfs.cli import options
@@ -127,7 +128,11 @@ def run_revoke(args) -> int:
                   file=sys.stderr)
         finish(vault, args, cut_short)
     if args.grant and (cut_short is None or not cut_short["id"].startswith(args.grant.lower())):
-        finish(vault, args, revoke.find(vault.header.grants, args.grant))
+        record = revoke.find(vault.header.grants, args.grant)
+        if record is None:
+            options.emit(args, {"revoked": None, "already": args.grant}, f"grant {args.grant} is already revoked")
+        else:
+            finish(vault, args, record)
     elif cut_short is None:
         options.emit(args, {"revoked": None}, "no revoke was cut short; nothing to resume")
     return 0
@@ -136,6 +141,7 @@ def run_revoke(args) -> int:
 def finish(vault, args, record) -> "revoke.Result":
     """Run one revoke in a session of its own (the mount's crash safety), then report it."""
     args.audit_log = None     # the session owns the audit log from here on
+    started = time.monotonic()
     session = session_mod.OfflineSession(vault, "revoke")
     if not vault.tables:
         raise PqcfsError("sharing needs format 2 (directory tables); run `pqcfs upgrade` first")
@@ -145,9 +151,11 @@ def finish(vault, args, record) -> "revoke.Result":
             print(f"pqcfs: warning: re-keying without {len(plan.missing)} replica(s) ({', '.join(plan.missing)}); "
                   "the next mount or `pqcfs sync` brings them up to date", file=sys.stderr)
         result = revoke.revoke(vault, vfs, record, session.event,
-                               lambda label, total, files: Progress(label, total, files=files))
+                               lambda label, total, files: Progress(label, total, files=files),
+                               save_header=lambda: vault.save_header(only=session.replicas.healthy))
     finally:
-        session.end()
+        session.end()     # the tables written and every drive synced: part of the time measured
+    result.seconds = time.monotonic() - started
     rate = result.bytes / result.seconds / 1e6 if result.seconds else 0.0
     doc = {"revoked": result.grant_id, "path": result.path, "bytes": result.bytes, "files": result.files,
            "seconds": round(result.seconds, 3), "rewrapped": result.rewrapped}

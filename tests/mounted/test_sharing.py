@@ -4,8 +4,10 @@ Bob's key material opens (only the granted subtree)."""
 import errno
 import json
 import os
+import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -422,3 +424,123 @@ def test_revoke_rekeys_the_subtree_and_keeps_the_other_grant(tmp_path, fstype):
 
 def snapshot_of(snap, prefix):
     return {k[len(prefix) + 1:]: v for k, v in snap.items() if k.startswith(prefix + "/")}
+
+
+def big_subtree(root, files=24, size=512 * 1024, small=0):
+    os.makedirs(f"{root}/projects/acme/data")
+    for n in range(files):
+        with open(f"{root}/projects/acme/data/f{n:03d}", "wb") as f:
+            f.write(os.urandom(size))
+    for n in range(small):
+        if n % 50 == 0:
+            os.makedirs(f"{root}/projects/acme/small/{n // 50}")
+        with open(f"{root}/projects/acme/small/{n // 50}/s{n}", "wb") as f:
+            f.write(os.urandom(n % 3000))
+    with open(f"{root}/projects/keep.txt", "w") as f:
+        f.write("outside the share")
+
+
+def start_revoke(v, grant):
+    return subprocess.Popen([sys.executable, "-m", "pqcfs", "revoke", v.primary, grant, "--passfile", v.passfile,
+                             "--backup", v.backup, "--allow-fixed"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+KILL_SEEDS = int(os.environ.get("PQCFS_REVOKE_KILL_SEEDS", "3"))
+
+
+@pytest.mark.parametrize("seed", range(KILL_SEEDS))
+def test_revoke_killed_at_random_points_is_finished_by_the_next_run(tmp_path, seed):
+    rng = random.Random(seed)
+    work = str(tmp_path)
+    with drives.standin_vault(work, ("ext4", 192), ("ext4", 192)) as v:
+        v.mount()
+        big_subtree(v.mountpoint, files=16, small=800)
+        populate(v.mountpoint)
+        before = snapshot(v.mountpoint)
+        v.umount()
+        bob, _ = make_identity(work, "bob")
+        carol, carol_pass = make_identity(work, "carol")
+        bob_grant = owner(v, "share", "projects/acme", "--to", bob + ".pub").stdout.strip()
+        carol_grant = owner(v, "share", "projects/acme", "--to", carol + ".pub").stdout.strip()
+        kills = 0
+        for attempt in range(5):
+            files_at_start = count_files(v.primary)
+            proc = start_revoke(v, bob_grant)
+            if attempt % 2 == 0:
+                # Killed in the copy: once it has written a random number of files.
+                target = rng.randint(1, 700)
+                deadline = time.monotonic() + 30
+                while proc.poll() is None and time.monotonic() < deadline \
+                        and count_files(v.primary) - files_at_start < target:
+                    time.sleep(0.005)
+            else:
+                # Killed at a random time: the copy, the exchange or the removal of the old.
+                time.sleep(rng.uniform(0.4, 1.6))
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                assert proc.returncode == 0, err
+                break
+            proc.kill()
+            proc.communicate()
+            kills += 1
+        resumed = drives.pqcfs("revoke", v.primary, "--resume", "--passfile", v.passfile, "--backup", v.backup,
+                               "--allow-fixed")
+        assert "Traceback" not in resumed.stderr
+        listed = json.loads(owner(v, "grants", "--json").stdout)["grants"]
+        assert [g["id"] for g in listed] == [carol_grant], (kills, listed)
+        assert kills >= 1, "no kill landed: the revoke ran faster than the kill points"
+        v.mount()
+        try:
+            assert snapshot(v.mountpoint) == before
+            assert not [n for n in os.listdir(f"{v.mountpoint}/projects") if n.startswith(".pqcfs")]
+        finally:
+            v.umount()
+        fsck = owner(v, "fsck", check=False)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        mnt = os.path.join(work, "carol-mnt")
+        os.mkdir(mnt)
+        grantee_mount(v, mnt, carol, carol_pass)
+        try:
+            assert snapshot(mnt) == snapshot_of(before, "projects/acme")
+        finally:
+            umount(mnt)
+
+
+def count_files(location):
+    return sum(len(files) for _, _, files in os.walk(os.path.join(location, "tree")))
+
+
+def test_backup_pulled_mid_revoke_then_brought_up_to_date(tmp_path):
+    from tests.mounted.test_faults import replugged_drive, trees_identical
+    work = str(tmp_path)
+    with drives.standin_vault(work, ("ext4", 192), ("exfat", 192)) as v:
+        v.mount()
+        big_subtree(v.mountpoint, files=40)
+        before = snapshot(v.mountpoint)
+        v.umount()
+        bob, _ = make_identity(work, "bob")
+        bob_grant = owner(v, "share", "projects/acme", "--to", bob + ".pub").stdout.strip()
+        with replugged_drive(v.images[1], v.backup) as (pull, plug_back):
+            files_at_start = count_files(v.primary)
+            proc = start_revoke(v, bob_grant)
+            deadline = time.monotonic() + 60
+            # Pulled once the copy is under way: the copy's files appear on the primary.
+            while time.monotonic() < deadline and proc.poll() is None and count_files(v.primary) < files_at_start + 8:
+                time.sleep(0.02)
+            assert proc.poll() is None, "the revoke ended before the drive could be pulled"
+            pull()
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+            assert "Traceback" not in err.decode()
+            plug_back()
+            listed = json.loads(owner(v, "grants", "--json").stdout)["grants"]
+            assert listed == []
+            v.mount()      # brings the backup up to date
+            try:
+                assert snapshot(v.mountpoint) == before
+            finally:
+                v.umount()
+            assert trees_identical(v)
+            fsck = owner(v, "fsck", check=False)
+            assert fsck.returncode == 0, fsck.stdout + fsck.stderr
