@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import stat
 import time
 from dataclasses import dataclass
 
@@ -35,11 +34,11 @@ from pqcfs import sharing
 from pqcfs.crypto import aead
 from pqcfs.errors import CryptoError, DamagedStructure, NoSuchPath, PqcfsError
 from pqcfs.format import grants
-from pqcfs.fs.common import Caller, FsError
+from pqcfs.fs.common import FsError
+from pqcfs.fs.copier import Copier
 from pqcfs.fs import grantee
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 TEMP_PREFIX = ".pqcfs-rekey-"
 REKEY_AD = b"pqcfs rekey v1"
 
@@ -121,13 +120,12 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=N
         if _exists(vfs, parent, temp):
             remove_tree(vfs, parent, temp)        # a copy cut short: start it again
         source = vfs.lookup(parent, name)
-        total_bytes, total_files = _measure(vfs, source)
+        total_bytes, total_files = sharing.tree_size(vfs, source)
         progress = progress_factory(f"re-key {result.path}", total_bytes, total_files) if progress_factory else None
         try:
-            copy = _copy_dir_node(vfs, source, parent, temp)
-            done = Copier(vfs, progress)
-            done.tree(source, copy)
-            result.bytes, result.files = done.bytes, done.files
+            copier = Copier(vfs, vfs, progress)
+            copier.tree(source, copier.mkdir(source, parent, temp))
+            result.bytes, result.files = copier.bytes, copier.files
         finally:
             if progress:
                 progress.close()
@@ -209,96 +207,6 @@ def _exists(vfs, parent, p_name: bytes) -> bool:
         if e.errno == errno.ENOENT:
             return False
         raise
-
-
-def _measure(vfs, dir_node) -> tuple[int, int]:
-    size = files = 0
-    for p_name, _ in vfs.listdir(dir_node):
-        node = vfs.lookup(dir_node, p_name)
-        if node.is_dir:
-            s, f = _measure(vfs, node)
-            size, files = size + s, files + f
-        else:
-            size, files = size + node.size, files + 1
-    return size, files
-
-
-def _copy_dir_node(vfs, source, parent, p_name: bytes):
-    copy = vfs.mkdir(parent, p_name, stat.S_IMODE(source.meta.mode), Caller(source.meta.uid, source.meta.gid))
-    return copy
-
-
-class Copier:
-    """Plaintext copy of a directory's contents through the file system: contents (holes
-    stay holes), mode, owner, times, xattrs, symlinks, special files and hard links."""
-
-    def __init__(self, vfs, progress=None):
-        self.vfs, self.progress = vfs, progress
-        self.links: dict[bytes, object] = {}   # node id of a hard-linked source -> its copy
-        self.bytes = self.files = 0
-
-    def tree(self, source, copy) -> None:
-        for p_name, _ in sorted(self.vfs.listdir(source)):
-            node = self.vfs.lookup(source, p_name)
-            if node.is_dir:
-                sub = _copy_dir_node(self.vfs, node, copy, p_name)
-                self.tree(node, sub)
-            else:
-                self.entry(node, copy, p_name)
-        self.attrs(source, copy)
-
-    def entry(self, node, copy_dir, p_name: bytes) -> None:
-        vfs = self.vfs
-        if node.shared and node.keys.node_id in self.links:
-            vfs.link(self.links[node.keys.node_id], copy_dir, p_name)
-            self.files += 1
-            return
-        meta = node.meta
-        caller = Caller(meta.uid, meta.gid)
-        if stat.S_ISLNK(meta.mode):
-            new = vfs.create_file(copy_dir, p_name, meta.mode, caller, content=vfs.read_all(node))
-        elif stat.S_ISREG(meta.mode):
-            new = vfs.create_file(copy_dir, p_name, meta.mode, caller, opening=True)
-            self._contents(node, new)
-        else:
-            new = vfs.create_file(copy_dir, p_name, meta.mode, caller, rdev=meta.rdev)
-        if node.shared:
-            self.links[node.keys.node_id] = new
-        self.attrs(node, new)
-        self.files += 1
-        if self.progress:
-            self.progress(0, files=1)
-
-    def _contents(self, node, new) -> None:
-        vfs = self.vfs
-        target = vfs.open(new, True, fresh=True)
-        try:
-            source = vfs.open(node, False)
-            try:
-                size = source.size
-                for offset in range(0, size, CHUNK):
-                    chunk = source.read(offset, min(CHUNK, size - offset))
-                    if chunk.count(0) != len(chunk):      # a hole stays a hole
-                        target.write(offset, chunk)
-                    self.bytes += len(chunk)
-                    if self.progress:
-                        self.progress(len(chunk))
-                if target.size != size:
-                    target.truncate(size)
-            finally:
-                vfs.release(node)
-        finally:
-            vfs.release(new)
-
-    def attrs(self, node, new) -> None:
-        vfs = self.vfs
-        for name, value in vfs.xattrs(node).items():
-            vfs.set_xattr(new, name, value)
-        if not stat.S_ISLNK(node.meta.mode):
-            vfs.set_mode(new, node.meta.mode)
-        vfs.set_owner(new, node.meta.uid, node.meta.gid)
-        if node.entry is not None:
-            vfs.set_times(new, node.entry.atime, node.entry.mtime)
 
 
 def remove_tree(vfs, parent, p_name: bytes) -> None:

@@ -108,9 +108,11 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
            suite: str = kem.DEFAULT_SUITE, block_size: int = DEFAULT_BLOCK_SIZE,
            identity: PublicIdentity | None = None,
            drive_infos: list[devices.DriveInfo] | None = None,
-           format_version: int = vault_header.VERSION) -> tuple["UnlockedVault", bytes]:
-    """Create a vault on every location; returns it unlocked plus the recovery code.
-    (format_version 1 is for tests of old vaults and of `pqcfs upgrade`.)"""
+           format_version: int = vault_header.VERSION,
+           recovery: bool = True) -> tuple["UnlockedVault", bytes | None]:
+    """Create a vault on every location; returns it unlocked plus the recovery code (None
+    without one: an export made for someone else's identity must not leave its maker a
+    way in). format_version 1 is for tests of old vaults and of `pqcfs upgrade`."""
     if format_version not in vault_header.READABLE_VERSIONS:
         raise PqcfsError(f"format {format_version} is not one this pqcfs writes")
     kem.get_suite(suite)
@@ -123,8 +125,9 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
                                       created=_now(), version=format_version)
     if passphrase is not None:
         header.slots.append(slots.passphrase_slot(1, root_key, vault_id, passphrase, kdf or calibrate()))
-    code = slots.new_recovery_code()
-    header.slots.append(slots.recovery_slot(header.next_slot_id(), root_key, vault_id, code))
+    code = slots.new_recovery_code() if recovery else None
+    if code is not None:
+        header.slots.append(slots.recovery_slot(header.next_slot_id(), root_key, vault_id, code))
     if identity is not None:
         header.slots.append(slots.identity_slot(header.next_slot_id(), root_key, vault_id, identity.suite,
                                                 identity.kem_pk, identity.fingerprint, "owner"))

@@ -46,6 +46,18 @@ def add_parser(sub) -> None:
     options.add_replica_options(r)
     options.add_drive_options(r)
     r.set_defaults(func=run_revoke)
+    e = sub.add_parser("export", help="copy a directory into a new vault that only the recipient's identity opens")
+    e.add_argument("vault", help="the primary replica of the vault to copy from (the owner unlocks it)")
+    e.add_argument("path", help="the directory inside the vault to copy, e.g. projects/acme")
+    e.add_argument("dest", nargs="+", metavar="DEST",
+                   help="where the new vault goes: its primary, then optionally its backup (empty drives)")
+    e.add_argument("--to", required=True, metavar="KEY",
+                   help="the recipient: a public-key file, or the string `pqcfs identity export` prints")
+    e.add_argument("--json", action="store_true", help="print what was done as JSON")
+    options.add_unlock_options(e)
+    options.add_replica_options(e)
+    options.add_drive_options(e)
+    e.set_defaults(func=run_export)
 
 
 def recipient(text: str) -> PublicIdentity:
@@ -163,3 +175,23 @@ def finish(vault, args, record) -> "revoke.Result":
                  f"{result.files} files, {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s ({rate:.1f} MB/s); "
                  f"{result.rewrapped} other grant(s) re-wrapped to the new key")
     return result
+
+
+def run_export(args) -> int:
+    public = recipient(args.to)
+    if len(args.dest) > 4:
+        raise PqcfsError("an export goes to a primary and at most three backups")
+    infos = devices.check_locations(args.dest, args.allow_fixed, args.allow_same_device)
+    vault = options.unlock(args, require_all=False)
+    started = time.monotonic()
+    vault_id, copier = sharing.export(vault, args.path, args.dest, public, drive_infos=infos,
+                                      progress_factory=lambda label, total, files: Progress(label, total, files=files))
+    seconds = time.monotonic() - started
+    vault.extra["audit"].append("export", path=args.path, recipient=public.fingerprint, vault=vault_id.hex(),
+                                files=copier.files, bytes=copier.bytes)
+    doc = {"vault_id": vault_id.hex(), "replicas": args.dest, "recipient": public.fingerprint, "files": copier.files,
+           "bytes": copier.bytes, "seconds": round(seconds, 3)}
+    options.emit(args, doc, f"exported {args.path} ({copier.files} files, {copier.bytes / 1e6:.1f} MB) into a new "
+                 f"vault {vault_id.hex()} on {', '.join(args.dest)}; it opens with identity {public.fingerprint} "
+                 "only (`pqcfs mount DEST MOUNTPOINT --identity`)")
+    return 0

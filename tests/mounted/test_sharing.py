@@ -544,3 +544,41 @@ def test_backup_pulled_mid_revoke_then_brought_up_to_date(tmp_path):
             assert trees_identical(v)
             fsck = owner(v, "fsck", check=False)
             assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_export_makes_a_vault_only_the_recipient_opens(tmp_path):
+    work = str(tmp_path)
+    with drives.standin_vault(work, ("ext4", 96), ("exfat", 96)) as v:
+        v.mount()
+        populate(v.mountpoint)
+        os.setxattr(f"{v.mountpoint}/projects/acme/plan.txt", "user.tag", b"kept")
+        expected = snapshot(f"{v.mountpoint}/projects/acme")
+        v.umount()
+        bob, bob_pass = make_identity(work, "bob")
+        dest = [os.path.join(work, "stick-a"), os.path.join(work, "stick-b")]
+        for d in dest:
+            os.mkdir(d)
+        one_line(owner(v, "export", "projects/nothing", *dest, "--to", bob + ".pub", "--allow-fixed",
+                       "--allow-same-device", check=False), 14)
+        doc = json.loads(owner(v, "export", "projects/acme", *dest, "--to", bob + ".pub", "--allow-fixed",
+                               "--allow-same-device", "--json").stdout)
+        assert doc["files"] == 4 and doc["recipient"]
+        # The owner's passphrase does not open it, and it has no recovery code slot.
+        one_line(drives.pqcfs("fsck", dest[0], "--passfile", v.passfile, "--backup", dest[1], check=False), 6)
+        assert [s["type"] for s in json.loads(drives.pqcfs("keys", "list", dest[0], "--json").stdout)["slots"]] \
+            == ["identity"]
+        mnt = os.path.join(work, "bob-mnt")
+        os.mkdir(mnt)
+        drives.pqcfs("mount", dest[0], mnt, "--identity", bob, "--passfile", bob_pass, "--backup", dest[1],
+                     "--allow-fixed", "--allow-same-device")
+        try:
+            assert snapshot(mnt) == expected
+            assert os.getxattr(f"{mnt}/plan.txt", "user.tag") == b"kept"
+        finally:
+            umount(mnt)
+        fsck = drives.pqcfs("fsck", dest[0], "--identity", bob, "--passfile", bob_pass, "--backup", dest[1],
+                            check=False)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        # Nothing of the rest went along: the new vault's tree holds the subtree only.
+        dirs = sum(len(d) for _, d, _ in os.walk(os.path.join(dest[0], "tree")))
+        assert dirs == 2    # sub/ and h.links/ (the hard-linked plan.txt)
