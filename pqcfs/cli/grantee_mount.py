@@ -31,25 +31,24 @@ def is_grantee(args) -> bool:
     return not any(s["type"] == slots.IDENTITY and s.get("recipient") == mine for s in header.slots)
 
 
-def _choose(args, header, public) -> dict:
+def _choose(args, header, public) -> list[dict]:
     found = sharing.grants_for(header.grants, public)
     if args.grant:
         found = [(r, p) for r, p in found if r["id"].startswith(args.grant.lower())]
     if not found:
         raise WrongKey(f"this vault has no key slot and no grant for identity {public.fingerprint}"
                        + (f" with id {args.grant}" if args.grant else ""))
-    if len(found) > 1:
-        ids = ", ".join(r["id"] for r, _ in found)
-        raise PqcfsError(f"identity {public.fingerprint} holds {len(found)} grants in this vault; "
-                         f"choose one with --grant ID ({ids})")
-    return found[0][0]
+    return [r for r, _ in found]
 
 
 def prepare(args) -> grantee.GranteeSession:
+    """Every grant of this identity (or the one --grant names), each a top-level directory
+    named by its label; a grant that is refused (expired, revoked, forged) is left out with
+    a warning, and only when none is left does the mount fail."""
     header = vault_mod.read_header(args.vault)[0]
     vault_id = header.vault_id
     public = _public(args)
-    record = _choose(args, header, public)
+    records = _choose(args, header, public)
     locations = options.replica_locations(args.vault, getattr(args, "backup", None), require_all=False)
     drives = [vault_mod.open_location(location) for location in locations]
     lock = VaultLock(drives)
@@ -59,26 +58,35 @@ def prepare(args) -> grantee.GranteeSession:
         try:
             identity = options.load_identity(args.identity, pw)
         except (WrongKey, DamagedStructure) as e:
-            host.record(vault_id.hex(), "grantee-unlock-failed", grant=record["id"], recipient=public.fingerprint,
-                        reason=type(e).__name__)
+            host.record(vault_id.hex(), "grantee-unlock-failed", recipient=public.fingerprint, reason=type(e).__name__)
             raise
         owner = bytes.fromhex(args.owner) if args.owner else None
-        try:
-            opened = sharing.open_grant(drives[0], record, vault_id, identity, owner)
-            first = grantee.pin_owner(vault_id, opened.grant.owner, owner)
-        except (GrantRefused, DamagedStructure, DriveError) as e:
-            host.record(vault_id.hex(), "grantee-unlock-failed", grant=record["id"], recipient=public.fingerprint,
-                        reason=f"{type(e).__name__}: {e}")
-            raise
-        if first:
-            print(f"pqcfs: trusting the owner key {opened.grant.owner.hex()} of this vault from now on "
-                  "(compare it with the one the owner gave you)", file=sys.stderr)
-        read_only = args.ro or opened.grant.read_only
+        opened, refused = [], []
+        for record in records:
+            try:
+                o = sharing.open_grant(drives[0], record, vault_id, identity, owner)
+                if grantee.pin_owner(vault_id, o.grant.owner, owner):
+                    print(f"pqcfs: trusting the owner key {o.grant.owner.hex()} of this vault from now on "
+                          "(compare it with the one the owner gave you)", file=sys.stderr)
+                opened.append(o)
+            except (GrantRefused, DamagedStructure, DriveError) as e:
+                host.record(vault_id.hex(), "grantee-unlock-failed", grant=record["id"],
+                            recipient=public.fingerprint, reason=f"{type(e).__name__}: {e}")
+                refused.append((record, e))
+        if not opened:
+            raise refused[0][1]
+        for record, e in refused:
+            print(f"pqcfs: warning: grant {record['id']} left out: {e}", file=sys.stderr)
+        read_only = args.ro or any(o.grant.read_only for o in opened)
+        if read_only and not args.ro and not all(o.grant.read_only for o in opened):
+            print("pqcfs: warning: some of these grants are read-only, so the mount is; mount a read-write "
+                  "grant alone (--grant ID) to change it", file=sys.stderr)
         if not read_only:
             _check_writable(header, locations, drives)
         writable = [d for d in drives if not d.read_only]
-        grantee.record(writable, opened, vault_id, "grantee-unlock", recipient=public.fingerprint,
-                       rights=grants.RIGHTS[opened.grant.rights], read_only=read_only)
+        for o in opened:
+            grantee.record(writable, o, vault_id, "grantee-unlock", recipient=public.fingerprint,
+                           rights=grants.RIGHTS[o.grant.rights], read_only=read_only)
         gv = grantee.GranteeVault(header, locations, opened, drives, extra={"lock": lock})
         return grantee.GranteeSession(gv, args.mountpoint, read_only=read_only)
     except BaseException:

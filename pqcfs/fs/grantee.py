@@ -20,7 +20,7 @@ from pqcfs.audit import log as audit_log
 from pqcfs.audit.writer import now
 from pqcfs.crypto.kdf import LABEL_GRANTEE_AUDIT, LABEL_GRANTEE_INTENT, hkdf
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
-from pqcfs.format import grants, vault_header
+from pqcfs.format import vault_header
 from pqcfs.fs import session as session_mod
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.fs.operations import Operations
@@ -110,7 +110,7 @@ class GranteeVault:
     """What a mount session needs of a vault, for someone who holds no root key."""
     header: vault_header.VaultHeader
     locations: list[str]
-    opened: Opened
+    opened: list[Opened]     # the grants this session serves, one top-level directory each
     drives: list
     extra: dict = field(default_factory=dict)
     tables: bool = True
@@ -123,21 +123,40 @@ class GranteeVault:
             drive.close()
 
 
+def shares(opened: list[Opened]) -> list[tuple[bytes, object, str]]:
+    """(name, keys, c_path) of each granted directory: its label, made unique."""
+    out, taken = [], set()
+    for o in opened:
+        name = o.label
+        if name in taken:
+            name = f"{o.label} ({o.grant.grant_id.hex()[:8]})"
+        taken.add(name)
+        out.append((name.encode(), o.keys, o.c_path))
+    return out
+
+
 class GranteeSession(session_mod.Session):
-    """A session over the granted directory: read-only, or read-write with a write-intent
-    log of the grant's own (`pqcfs.intent.<grant id>`, keyed from the subtree key) that a
-    crash leaves behind for the next session, the grantee's or the owner's, to repair."""
+    """A session over the granted directories: read-only, or read-write with a
+    write-intent log of the session's own, named after and keyed from its first grant
+    (`pqcfs.intent.<grant id>`), which a crash leaves behind for the next session, the
+    grantee's or the owner's, to repair."""
 
     def __init__(self, vault: "GranteeVault", mountpoint: str, read_only: bool):
         super().__init__(vault, mountpoint, read_only=read_only)
         self.services = False    # the control socket and rejoin need the root key
         self.opened = vault.opened
-        self.events = 0
+        self.logged = self.opened[0]
+
+    def _fs(self, replicas, **kw) -> VaultFS:
+        return VaultFS(replicas, self.opened[0].keys, self.vault.header.block_size, tables=True,
+                       shares=shares(self.opened), **kw)
 
     def prepare(self, progress_factory=None):
         if not self.read_only:
-            recover(self.vault.drives, self.opened.keys, self.opened.c_path, self.opened.grant.grant_id,
-                    self.vault.header.block_size)
+            for o in self.opened:
+                if any(drive.exists(intent_name(o.grant.grant_id)) for drive in self.vault.drives):
+                    recover(self.vault.drives, o.keys.key, o.grant.grant_id, self.vault.header.block_size,
+                            self._fs(ReplicaSet(self.vault.drives), read_only=True))
         return None
 
     def build(self) -> Operations:
@@ -145,19 +164,19 @@ class GranteeSession(session_mod.Session):
         self.replicas = ReplicaSet(self.drives, on_failure=self._replica_failed)
         healthy = lambda: self.replicas.healthy  # noqa: E731
         if not self.read_only:
-            self.intent = intent_mod.IntentLog(self.drives, healthy, intent_key(self.opened.keys.key,
-                                                                                self.opened.grant.grant_id),
-                                               name=intent_name(self.opened.grant.grant_id))
+            grant_id = self.logged.grant.grant_id
+            self.intent = intent_mod.IntentLog(self.drives, healthy, intent_key(self.logged.keys.key, grant_id),
+                                               name=intent_name(grant_id))
             self.intent.clear()
             self.replicas.before_sync = self.intent.sync
-        vfs = VaultFS(self.replicas, self.opened.keys, self.vault.header.block_size, read_only=self.read_only,
-                      on_event=self.event, intent=self.intent, tables=True, root_c_path=self.opened.c_path)
-        self.ops = Operations(vfs)
+        self.ops = Operations(self._fs(self.replicas, read_only=self.read_only, on_event=self.event,
+                                       intent=self.intent))
         return self.ops
 
     def event(self, event: str, **details) -> None:
         drives = [self.vault.drives[n] for n in self.replicas.healthy] if self.replicas else self.vault.drives
-        record([d for d in drives if not d.read_only], self.opened, self.vault.header.vault_id, event, **details)
+        for o in self.opened:
+            record([d for d in drives if not d.read_only], o, self.vault.header.vault_id, event, **details)
 
     def _replica_failed(self, n: int, error: BaseException) -> None:
         # The failed drive misses what comes next: the intent log stays on the others at
@@ -184,7 +203,7 @@ class GranteeSession(session_mod.Session):
             if not self.replicas.failed:
                 for drive in self.vault.drives:
                     try:
-                        drive.unlink(intent_name(self.opened.grant.grant_id))
+                        drive.unlink(intent_name(self.logged.grant.grant_id))
                     except FileNotFoundError:
                         pass
 
@@ -214,17 +233,16 @@ def unclean(drives: list) -> list[bytes]:
     return sorted(g for g in found if len(g) == 16)
 
 
-def recover(drives: list, keys, c_path: str, grant_id: bytes, block_size: int, owner_vfs=None) -> None:
-    """Repair what a crashed read-write session of this grant may have left half done
-    (the grantee's next session, or the owner's mount); the caller makes sure every
-    replica is present: the log is the only record of what a missing one lacks."""
+def recover(drives: list, subtree_key: bytes, grant_id: bytes, block_size: int, vfs) -> None:
+    """Repair what a crashed read-write session left half done, from the intent log it
+    kept under this grant's name (the grantee's next session, or the owner's mount, with
+    vfs its view of the tree); the caller makes sure every replica is present: the log is
+    the only record of what a missing one lacks."""
     from pqcfs.fs import recovery
     name = intent_name(grant_id)
     if not any(drive.exists(name) for drive in drives):
         return
-    intents = intent_mod.read(drives, intent_key(keys.key, grant_id), name)
-    vfs = owner_vfs or VaultFS(ReplicaSet(drives), keys, block_size, read_only=True, tables=True,
-                               root_c_path=c_path)
+    intents = intent_mod.read(drives, intent_key(subtree_key, grant_id), name)
     if intents is None:
         repaired = recovery.recover(vfs, drives[0], drives[1:], block_size)
     else:
@@ -236,7 +254,3 @@ def recover(drives: list, keys, c_path: str, grant_id: bytes, block_size: int, o
             drive.unlink(name)
         except FileNotFoundError:
             pass
-
-
-def label_of(opened: Opened) -> str:
-    return f"{opened.label} ({grants.RIGHTS[opened.grant.rights]})"

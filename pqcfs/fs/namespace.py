@@ -34,6 +34,7 @@ class NamespaceOps:
     def _touch(self, *dirs: Node) -> None:
         """Note the directories an operation changes (and the shared store, which links,
         unlinks and renames of hard-linked files may change) before changing them."""
+        self._check_namespace(*dirs)
         for d in dirs:
             self.intent.note(DIRECTORY, d.c_path)
             d.listing = None
@@ -121,6 +122,7 @@ class NamespaceOps:
             raise FsError(errno.EPERM)
         if node.unlinked:
             raise FsError(errno.ENOENT)
+        self._check_namespace(node.parent or dir_node, dir_node)
         disk_name = self._prepare_name(dir_node, p_name)
         if not node.shared:
             self._share(node)

@@ -51,12 +51,16 @@ class KeyResolver:
         parts = rel.split("/")
         if parts[0] == SHARED_DIR:
             return self._shared_keys(parts[1]) if len(parts) == 2 else None
-        node = self.vfs.inodes.root
-        if node.disk_name:   # a grantee's tree starts at the shared directory
-            prefix = node.disk_name.split("/")
-            if parts[:len(prefix)] != prefix or len(parts) == len(prefix):
-                return None
-            parts = parts[len(prefix):]
+        root = self.vfs.inodes.root
+        # A grantee's tree starts at the shared directories, deep in tree/.
+        starts = list(root.children.values()) if self.vfs.shares is not None else [root]
+        for node in starts:
+            prefix = node.disk_name.split("/") if node.disk_name else []
+            if parts[:len(prefix)] == prefix and len(parts) > len(prefix):
+                parts = parts[len(prefix):]
+                break
+        else:
+            return None
         try:
             for i, disk_name in enumerate(parts):
                 if i == len(parts) - 1:
@@ -272,7 +276,7 @@ def settle_tables(vfs, drives: list[Drive], block_size: int, in_flux) -> int:
     from pqcfs.fs.vaultfs import VaultFS
     from pqcfs.store.replicas import ReplicaSet
     settled = VaultFS(ReplicaSet(drives), vfs.inodes.root.keys, block_size, tables=True,
-                      in_flux=in_flux, root_c_path=vfs.inodes.root.disk_name).settle_tree()
+                      in_flux=in_flux, root_c_path=vfs.inodes.root.disk_name, shares=vfs.shares).settle_tree()
     log.info("rebuilt %d directory table(s) from the drives", settled)
     return settled
 

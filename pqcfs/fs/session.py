@@ -209,8 +209,7 @@ class Session:
                 log.warning("an intent log of grant %s is left: the grant or its directory is gone", grant_id.hex())
                 continue
             node = sharing.resolve(vfs, path)
-            grantee.recover(self.vault.drives, node.keys, node.c_path, grant_id, self.vault.header.block_size,
-                            owner_vfs=vfs)
+            grantee.recover(self.vault.drives, node.keys.key, grant_id, self.vault.header.block_size, vfs)
             self.event("grantee-session-repaired", grant=grant_id.hex())
 
     def _replica_failed(self, n: int, error: BaseException) -> None:

@@ -284,7 +284,7 @@ class TableOps:
                 self._write_table(node)
         self._pending.clear()
         self.fold()
-        root_seq = self._table(self.inodes.root).seq
+        root_seq = 0 if self.shares is not None else self._table(self.inodes.root).seq
         self.close_tables()
         return root_seq
 
@@ -310,7 +310,8 @@ class TableOps:
         while heap:
             _, _, node = heapq.heappop(heap)
             node = self._dir_nodes.get(node.keys.node_id) or node
-            if node.keys.node_id in done or node.parent is None or node.unlinked or node.table is None:
+            if node.keys.node_id in done or node.parent is None or node.unlinked or node.table is None \
+                    or (self.shares is not None and node.parent is self.inodes.root):
                 continue
             done.add(node.keys.node_id)
             parent = node.parent
@@ -556,7 +557,8 @@ class TableOps:
 
     def settle_tree(self) -> int:
         """Load (and so reconcile) the table of every directory in flux; returns how many."""
-        done, pending = 0, [self.inodes.root]
+        root = self.inodes.root
+        done, pending = 0, list(root.children.values()) if self.shares is not None else [root]
         while pending:
             dir_node = pending.pop()
             try:

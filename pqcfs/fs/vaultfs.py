@@ -23,6 +23,7 @@ from pqcfs.fs.common import Caller, FsError, full_c_name  # noqa: F401 - Caller,
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import InodeTable, Node, shared_path
 from pqcfs.fs.namespace import NamespaceOps
+from pqcfs.format.dir_table import Entry
 from pqcfs.fs.tables import FLAG_XATTRS, TableOps, now_ns
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.drive import UnsafeEntry
@@ -41,10 +42,13 @@ NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})   # one shared empty tab
 
 class VaultFS(NamespaceOps, TableOps):
     def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False,
-                 on_event=None, intent=None, tables: bool = False, in_flux=None, root_c_path: str = ""):
+                 on_event=None, intent=None, tables: bool = False, in_flux=None, root_c_path: str = "",
+                 shares: list[tuple[bytes, NodeKeys, str]] | None = None):
         """tables: format 2 (directory tables); in_flux: the directories a crashed session
         may have left mid-change, reconciled with the drives when first loaded; root_c_path:
-        where the root is inside tree/ (a grantee's shared directory; "" for the owner)."""
+        where the root is inside tree/ (one shared directory as the root); shares: a
+        grantee's view instead, (label, keys, c_path) of each granted directory, shown as
+        the entries of a root of pqcfs' own that holds nothing else and never changes."""
         self.replicas = replicas
         self.intent = intent or NoIntent()
         self.on_event = on_event or (lambda event, **details: None)
@@ -52,12 +56,59 @@ class VaultFS(NamespaceOps, TableOps):
         self.read_only = read_only
         self.heal_events = 0
         self._capacity: int | None = None     # bytes the smallest drive holds (EFBIG beyond)
+        self.shares = shares
+        if shares is not None:
+            self.inodes = InodeTable(self._share_root(shares))
+            self._init_tables(tables, in_flux)
+            self._add_shares(shares)
+            return
         meta = self._root_meta(root_keys, root_c_path)
         root = Node(ino=0, parent=None, p_name=b"", disk_name=root_c_path, keys=root_keys, meta=meta)
         self.inodes = InodeTable(root)
         self._init_tables(tables, in_flux)
         if tables:
             self._table(root)
+
+    # --- a grantee's root: one entry per granted directory ------------------------------
+
+    @staticmethod
+    def _share_root(shares) -> Node:
+        now = now_ns()
+        mode = stat.S_IFDIR | 0o555
+        # Its key opens nothing on the drives: the root is made here, not read.
+        keys = NodeKeys(node_header.new_node_id(), os.urandom(32))
+        root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=keys,
+                    meta=Meta(mode=mode, uid=os.getuid(), gid=os.getgid(), nlink=2 + len(shares)))
+        root.entry = Entry(node_id=keys.node_id, mode=mode, uid=root.meta.uid, gid=root.meta.gid,
+                           nlink=root.meta.nlink, atime=now, mtime=now, ctime=now, btime=now)
+        root.xattrs, root.overrides, root.subdirs = NO_XATTRS, {}, len(shares)
+        root.listing = [(label, c_path) for label, _, c_path in shares]
+        return root
+
+    def _add_shares(self, shares) -> None:
+        root = self.inodes.root
+        for label, keys, c_path in shares:
+            node = Node(ino=self.inodes.new_ino(), parent=root, p_name=label, disk_name=c_path, keys=keys,
+                        meta=Meta(mode=stat.S_IFDIR | 0o700, uid=0, gid=0), lookups=1)
+            self._table(node)     # its own attributes: its table's self record
+            self.inodes.add(node)
+
+    def share_of(self, node: Node) -> Node | None:
+        """The granted directory node is in (None: the grantee's root itself)."""
+        while node.parent is not None and node.parent.parent is not None:
+            node = node.parent
+        return node if node.parent is not None else None
+
+    def _check_namespace(self, *dirs: Node) -> None:
+        """A grantee's root holds the granted directories and nothing else: no entry is
+        made, removed or renamed in it, and nothing moves from one grant to another."""
+        if self.shares is None:
+            return
+        root = self.inodes.root
+        if any(d is root for d in dirs):
+            raise FsError(errno.EPERM)
+        if len({id(self.share_of(d)) for d in dirs}) > 1:
+            raise FsError(errno.EXDEV)
 
     def _root_meta(self, root_keys: NodeKeys, root_c_path: str) -> Meta:
         """The root directory's metadata; a root id file that fails on the primary heals
@@ -105,9 +156,11 @@ class VaultFS(NamespaceOps, TableOps):
         of its names has its own stub entry; node.c_path names only one of them)."""
         return self._join(dir_node.c_path, names.on_disk_name(full_c_name(dir_node, p_name)))
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, node: Node | None = None) -> None:
         if self.read_only:
             raise FsError(errno.EROFS)
+        if node is not None and self.shares is not None and node is self.inodes.root:
+            raise FsError(errno.EPERM)
 
     # --- overrides: keys of nodes moved here from another parent ----------------------
 
@@ -148,6 +201,8 @@ class VaultFS(NamespaceOps, TableOps):
         cached = dir_node.children.get(p_name)
         if cached is not None:
             return cached
+        if self.shares is not None and dir_node is self.inodes.root:
+            raise FsError(errno.ENOENT)
         if self.tables:
             return self._table_lookup(dir_node, p_name)
         disk_name = names.on_disk_name(full_c_name(dir_node, p_name))
@@ -370,12 +425,12 @@ class VaultFS(NamespaceOps, TableOps):
             self.replicas.utime(node.c_path, (st.st_atime_ns, st.st_mtime_ns))
 
     def set_mode(self, node: Node, mode: int) -> None:
-        self._check_writable()
+        self._check_writable(node)
         node.meta.mode = stat.S_IFMT(node.meta.mode) | stat.S_IMODE(mode)
         self._write_meta(node)
 
     def set_owner(self, node: Node, uid: int | None, gid: int | None) -> None:
-        self._check_writable()
+        self._check_writable(node)
         if uid is not None:
             node.meta.uid = uid
         if gid is not None:
@@ -383,7 +438,7 @@ class VaultFS(NamespaceOps, TableOps):
         self._write_meta(node)
 
     def set_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> None:
-        self._check_writable()
+        self._check_writable(node)
         if node.entry is not None:
             e = node.entry
             e.atime = e.atime if atime_ns is None else atime_ns
@@ -472,7 +527,7 @@ class VaultFS(NamespaceOps, TableOps):
             raise FsError(errno.EFBIG)
 
     def truncate(self, node: Node, size: int) -> None:
-        self._check_writable()
+        self._check_writable(node)
         if node.is_dir:
             raise FsError(errno.EISDIR)
         if size > self.size_of(node):
@@ -499,7 +554,7 @@ class VaultFS(NamespaceOps, TableOps):
         return node.xattrs
 
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
-        self._check_writable()
+        self._check_writable(node)
         self.intent.note(DIRECTORY, os.path.dirname(self._xattr_path(node)))
         table = dict(self.xattrs(node))
         if value is None:

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -117,11 +118,15 @@ def test_alice_shares_bob_mounts_exactly_the_subtree(tmp_path, fstype):
         proc = grantee_mount(v, bob_mnt, bob, bob_pass)
         assert "trusting the owner key" in proc.stderr
         try:
-            assert snapshot(bob_mnt) == expected
-            assert os.stat(f"{bob_mnt}/plan.txt").st_nlink == 2
-            for attempt in (lambda: open(f"{bob_mnt}/new", "w"), lambda: os.mkdir(f"{bob_mnt}/d"),
-                            lambda: os.unlink(f"{bob_mnt}/plan.txt"),
-                            lambda: os.rename(f"{bob_mnt}/plan.txt", f"{bob_mnt}/x")):
+            assert os.listdir(bob_mnt) == ["acme"]      # each grant a directory named by its label
+            shown = f"{bob_mnt}/acme"
+            assert snapshot(shown) == expected
+            assert os.stat(f"{shown}/plan.txt").st_nlink == 2
+            for attempt in (lambda: open(f"{shown}/new", "w"), lambda: os.mkdir(f"{shown}/d"),
+                            lambda: os.unlink(f"{shown}/plan.txt"), lambda: os.truncate(f"{shown}/plan.txt", 0),
+                            lambda: os.chmod(f"{shown}/plan.txt", 0o600),
+                            lambda: os.setxattr(f"{shown}/plan.txt", "user.x", b"1"),
+                            lambda: os.rename(f"{shown}/plan.txt", f"{shown}/x")):
                 with pytest.raises(OSError) as e:
                     attempt()
                 assert e.value.errno == errno.EROFS
@@ -208,7 +213,7 @@ def test_refused_grants_say_so_in_one_line(tmp_path):
             f.write("not it\n")
         one_line(grantee_mount(v, mnt, bob, wrong, check=False), 6)
         grantee_mount(v, mnt, bob, bob_pass)
-        assert os.listdir(mnt) == ["inner"]
+        assert os.listdir(mnt) == ["shared"] and os.listdir(f"{mnt}/shared") == ["inner"]
         umount(mnt)
 
         # Every flipped byte of the grant's blob is refused (a sample here: the unit tests
@@ -264,12 +269,13 @@ def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(
             one_line(proc, 7)
             assert "every drive of the vault" in proc.stderr
             drives.pqcfs("mount", v.primary, mnt, "--identity", bob, "--passfile", bob_pass, "--ro")
-            assert "plan.txt" in os.listdir(mnt)
+            assert "plan.txt" in os.listdir(f"{mnt}/acme")
             umount(mnt)
         finally:
             os.rename(hidden + ".away", hidden)
 
         grantee_mount(v, mnt, bob, bob_pass)
+        mnt_root, mnt = mnt, f"{mnt}/acme"
         try:
             with open(f"{mnt}/plan.txt", "a") as f:
                 f.write(" (bob was here)")
@@ -280,7 +286,7 @@ def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(
             os.unlink(f"{mnt}/to-plan")
             expected = snapshot(mnt)
         finally:
-            umount(mnt)
+            umount(mnt_root)
         assert not [n for n in os.listdir(v.primary) if n.startswith("pqcfs.intent.")]   # ended cleanly
 
         v.mount()
@@ -295,18 +301,19 @@ def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(
 
         # Bob's daemon killed after an fsync: the owner's next mount repairs from the grant's
         # intent log, and nothing fsynced is lost.
-        grantee_mount(v, mnt, bob, bob_pass)
+        grantee_mount(v, mnt_root, bob, bob_pass)
         with open(f"{mnt}/bobs/fsynced.bin", "wb") as f:
             f.write(b"kept" * 10_000)
             f.flush()
             os.fsync(f.fileno())
-        os.kill(daemon_pid(mnt), signal.SIGKILL)
+        pid = daemon_pid(mnt_root)
+        os.kill(pid, signal.SIGKILL)
         for _ in range(100):
-            if not os.path.exists(f"/proc/{daemon_pid(mnt)}"):
+            if not os.path.exists(f"/proc/{pid}"):
                 break
             time.sleep(0.05)
-        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
-        os.unlink(session_mod.runtime_file(mnt))
+        subprocess.run(["fusermount3", "-u", "-z", mnt_root], capture_output=True)
+        os.unlink(session_mod.runtime_file(mnt_root))
         assert [n for n in os.listdir(v.primary) if n.startswith("pqcfs.intent.")]
         v.mount()
         try:
@@ -417,7 +424,7 @@ def test_revoke_rekeys_the_subtree_and_keeps_the_other_grant(tmp_path, fstype):
         # Carol's grant was re-wrapped: she still mounts it, read-write.
         grantee_mount(v, mnt, carol, carol_pass, "--grant", carol_grant)
         try:
-            assert snapshot(mnt) == snapshot_of(before, "projects/acme")
+            assert snapshot(f"{mnt}/acme") == snapshot_of(before, "projects/acme")
         finally:
             umount(mnt)
 
@@ -502,7 +509,7 @@ def test_revoke_killed_at_random_points_is_finished_by_the_next_run(tmp_path, se
         os.mkdir(mnt)
         grantee_mount(v, mnt, carol, carol_pass)
         try:
-            assert snapshot(mnt) == snapshot_of(before, "projects/acme")
+            assert snapshot(f"{mnt}/acme") == snapshot_of(before, "projects/acme")
         finally:
             umount(mnt)
 
@@ -582,3 +589,48 @@ def test_export_makes_a_vault_only_the_recipient_opens(tmp_path):
         # Nothing of the rest went along: the new vault's tree holds the subtree only.
         dirs = sum(len(d) for _, d, _ in os.walk(os.path.join(dest[0], "tree")))
         assert dirs == 2    # sub/ and h.links/ (the hard-linked plan.txt)
+
+
+def test_several_grants_are_directories_of_one_mount(tmp_path):
+    work = str(tmp_path)
+    with drives.standin_vault(work, ("ext4", 64), ("ext4", 64)) as v:
+        v.mount()
+        populate(v.mountpoint)
+        v.umount()
+        bob, bob_pass = make_identity(work, "bob")
+        owner(v, "share", "projects/acme", "--to", bob + ".pub", "--label", "acme")
+        other = owner(v, "share", "projects/other", "--to", bob + ".pub", "--label", "from alice").stdout.strip()
+        mnt = os.path.join(work, "bob-mnt")
+        os.mkdir(mnt)
+        grantee_mount(v, mnt, bob, bob_pass)
+        try:
+            assert sorted(os.listdir(mnt)) == ["acme", "from alice"]
+            assert os.listdir(f"{mnt}/from alice") == ["secret.txt"]
+            assert stat.S_IMODE(os.stat(mnt).st_mode) == 0o555 and os.stat(mnt).st_nlink == 4
+            # The root holds the grants and nothing else; nothing moves between grants.
+            for attempt, code in ((lambda: os.mkdir(f"{mnt}/new"), errno.EPERM),
+                                  (lambda: open(f"{mnt}/file", "w"), errno.EPERM),
+                                  (lambda: os.rename(f"{mnt}/acme", f"{mnt}/renamed"), errno.EPERM),
+                                  (lambda: os.rmdir(f"{mnt}/acme"), errno.EPERM),
+                                  (lambda: os.rename(f"{mnt}/acme/plan.txt", f"{mnt}/from alice/x"), errno.EXDEV),
+                                  (lambda: os.link(f"{mnt}/acme/plan.txt", f"{mnt}/from alice/x"), errno.EXDEV)):
+                with pytest.raises(OSError) as e:
+                    attempt()
+                assert e.value.errno == code, (e.value, code)
+            assert not os.path.exists(f"{mnt}/nothing")
+            with open(f"{mnt}/from alice/reply.txt", "w") as f:
+                f.write("thanks")
+        finally:
+            umount(mnt)
+        # --grant mounts one of them.
+        grantee_mount(v, mnt, bob, bob_pass, "--grant", other[:8])
+        try:
+            assert os.listdir(mnt) == ["from alice"]
+        finally:
+            umount(mnt)
+        v.mount()
+        try:
+            with open(f"{v.mountpoint}/projects/other/reply.txt") as f:
+                assert f.read() == "thanks"
+        finally:
+            v.umount()
