@@ -126,6 +126,13 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=N
             copier = Copier(vfs, vfs, progress)
             copier.tree(source, copier.mkdir(source, parent, temp))
             result.bytes, result.files = copier.bytes, copier.files
+        except (OSError, PqcfsError) as e:
+            # A full drive (say): the copy goes, the directory and the grant stay as they
+            # were, and the revoke can be run again once there is room.
+            _remove_quietly(vfs, parent, temp)
+            raise RevokeIncomplete(f"the re-key of {result.path} did not finish ({e}); the grant is still in "
+                                   "force. Free space (the re-key needs room for a second copy of the directory) "
+                                   "and run `pqcfs revoke VAULT --resume`", e) from e
         finally:
             if progress:
                 progress.close()
@@ -197,6 +204,22 @@ def _archive_grantee_logs(vault, node, event) -> None:
                   intact=verdict.intact, reason=verdict.reason, kept_as=kept,
                   head=verdict.last_mac.hex() if verdict.last_mac else None,
                   events=[e.get("event") for e in events][-50:])
+
+
+class RevokeIncomplete(PqcfsError):
+    """A re-key that stopped (a full drive); the grant stays, the revoke can run again."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.cause = cause
+
+
+def _remove_quietly(vfs, parent, p_name: bytes) -> None:
+    try:
+        if _exists(vfs, parent, p_name):
+            remove_tree(vfs, parent, p_name)
+    except (OSError, PqcfsError) as e:
+        log.warning("the unfinished copy could not be removed yet (%s); the next revoke removes it", e)
 
 
 def _exists(vfs, parent, p_name: bytes) -> bool:

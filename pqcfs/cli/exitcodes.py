@@ -1,5 +1,7 @@
 """Exit codes. Scripts rely on these: never renumber, only add (docs/cli.md lists them)."""
 
+import errno
+
 from pqcfs import errors
 
 OK = 0
@@ -35,6 +37,9 @@ _BY_EXCEPTION = [
 
 
 def for_exception(exc: BaseException) -> int:
+    exc = getattr(exc, "cause", None) or exc     # an error that wraps the one that decides
+    if getattr(exc, "errno", None) == errno.ENOSPC:     # an OSError, or a file system error
+        return NO_SPACE
     for cls, code in _BY_EXCEPTION:
         if isinstance(exc, cls):
             return code

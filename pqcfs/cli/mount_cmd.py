@@ -68,7 +68,11 @@ def run_mount(args) -> int:
     cut_short = revoke.pending(vault.header.grants)
     if cut_short is not None and not args.ro:
         print(f"pqcfs: finishing the revoke of grant {cut_short['id']}, which was cut short", file=sys.stderr)
-        share_cmd.finish(vault, argparse.Namespace(json=False), cut_short)
+        try:
+            share_cmd.finish(vault, argparse.Namespace(json=False), cut_short)
+        except revoke.RevokeIncomplete as e:
+            # The vault is whole (the grant still in force): mounting it is not refused.
+            print(f"pqcfs: warning: {e}", file=sys.stderr)
     session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files,
                                   accept_older=args.accept_older)
     session.lock()
