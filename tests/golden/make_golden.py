@@ -1,6 +1,10 @@
 """Make the golden vault of the current format version (run once per format version).
 
     .venv/bin/python tests/golden/make_golden.py tests/golden/v2
+    .venv/bin/python tests/golden/make_golden.py tests/golden/v2-grants --grants
+
+(--grants: the same vault plus two grants of `docs` to a golden identity, whose file and
+passphrase are checked in too.)
 
 The result is checked in with its passphrase and recovery code (expected.json) and must
 open with every later version of pqcfs (tests/golden/test_golden.py).
@@ -13,9 +17,12 @@ import os
 import stat
 import sys
 
+from pqcfs import sharing
 from pqcfs import vault as vault_mod
 from pqcfs.crypto.kdf import FLOOR, SALT_LEN, Argon2Params
-from pqcfs.format import slots
+from pqcfs.format import grants, slots
+from pqcfs.format import identity as identity_fmt
+from pqcfs.format.identity import Identity
 from pqcfs.fs.vaultfs import Caller, VaultFS
 from pqcfs.store.replicas import ReplicaSet
 
@@ -24,7 +31,28 @@ ME = Caller(uid=1000, gid=1000)
 LONG = "Länger Name " * 16  # 209 bytes in UTF-8: a long name
 
 
-def main(out: str) -> None:
+IDENTITY_PASSPHRASE = "golden identity passphrase v1"
+
+
+def add_grants(out: str, vault, expected: dict) -> None:
+    """Two grants of docs/ to one identity: read-only with an expiry far ahead, and
+    read-write without one."""
+    kdf = Argon2Params(FLOOR["memory_kib"], FLOOR["iterations"], FLOOR["lanes"], os.urandom(SALT_LEN))
+    ident = Identity.generate()
+    with open(os.path.join(out, "identity.json"), "wb") as f:
+        f.write(identity_fmt.encode_file(ident, IDENTITY_PASSPHRASE.encode(), kdf))
+    made = []
+    for label, read_only, expires in (("golden docs", True, 4_102_444_800), ("docs, writable", False, 0)):
+        grant = sharing.share(vault, "docs", ident.public, read_only=read_only, label=label, expires=expires)
+        made.append({"id": grant.grant_id.hex(), "label": label, "read_only": read_only, "expires": expires,
+                     "path": "/docs"})
+    expected["grants"] = {"identity": "identity.json", "passphrase": IDENTITY_PASSPHRASE,
+                          "recipient": ident.public.fingerprint,
+                          "owner": grants.fingerprint(grants.owner_public(vault.root_key)).hex(),
+                          "granted": made, "reads": {"blocks.bin": "pattern", "moved/inside.txt": "moved with its key\n"}}
+
+
+def main(out: str, with_grants: bool = False) -> None:
     primary, backup = os.path.join(out, "primary"), os.path.join(out, "backup")
     os.makedirs(primary)
     os.makedirs(backup)
@@ -65,10 +93,12 @@ def main(out: str) -> None:
         "xattrs": {"hello.txt": {"user.colour": "blue"}, "docs/hello-link.txt": {"user.colour": "blue"}},
         "hard_links": [["hello.txt", "docs/hello-link.txt"]],
         "modes": {"docs": 0o750, "docs/blocks.bin": 0o600, "fifo": 0o640}, "uid": 1000, "gid": 1000}
+    if with_grants:
+        add_grants(out, vault, expected)
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1, ensure_ascii=False)
         f.write("\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], with_grants="--grants" in sys.argv[2:])

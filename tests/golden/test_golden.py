@@ -7,10 +7,13 @@ import stat
 
 import pytest
 
-from pqcfs import fsck, upgrade
+from pqcfs import fsck, sharing, upgrade
 from pqcfs import vault as vault_mod
+from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
+from pqcfs.fs import grantee
 from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import ReplicaSet
 from pqcfs.vault import Credentials
 
@@ -100,3 +103,43 @@ def test_golden_vault_refuses_wrong_passphrase(golden):
     root, _ = golden
     with pytest.raises(vault_mod.WrongKey):
         vault_mod.unlock([str(root / "primary")], Credentials(passphrase=b"not it"))
+
+
+GRANTED = [v for v in VERSIONS if "grants" in json.loads((HERE / v / "expected.json").read_text())]
+
+
+@pytest.mark.parametrize("version", GRANTED)
+def test_golden_grants_open_for_owner_and_recipient(version, tmp_path, monkeypatch):
+    monkeypatch.delenv("PQCFS_INSECURE_FAST_KDF", raising=False)
+    shutil.copytree(HERE / version, tmp_path / version)
+    root = tmp_path / version
+    exp = json.loads((root / "expected.json").read_text())
+    g = exp["grants"]
+    locations = [str(root / "primary"), str(root / "backup")]
+    # The owner lists them, with the path as it is now.
+    vault = vault_mod.unlock(locations, Credentials(passphrase=exp["passphrase"].encode()))
+    views = {v.grant_id: v for v in sharing.list_grants(vault, refresh=False)}
+    assert set(views) == {x["id"] for x in g["granted"]}
+    for x in g["granted"]:
+        v = views[x["id"]]
+        assert (v.path, v.label, v.recipient, v.rights == "read-only", v.expires) == \
+            (x["path"], x["label"], g["recipient"], x["read_only"], x["expires"])
+    vault.close()
+    # The recipient opens them with the identity alone (no root key), checked against
+    # the owner key, and reads through the granted directories.
+    identity = identity_fmt.decode_file((root / g["identity"]).read_bytes(), g["passphrase"].encode())
+    header = vault_mod.read_header(locations[0])[0]
+    found = sharing.grants_for(header.grants, identity.public)
+    assert len(found) == len(g["granted"])
+    with Drive(locations[0]) as drive:
+        opened = [sharing.open_grant(drive, record, header.vault_id, identity, bytes.fromhex(g["owner"]))
+                  for record, _ in found]
+    assert {o.label for o in opened} == {x["label"] for x in g["granted"]}
+    with Drive(locations[0]) as primary, Drive(locations[1]) as backup:
+        fs = VaultFS(ReplicaSet([primary, backup]), opened[0].keys, header.block_size, read_only=True,
+                     tables=True, shares=grantee.shares(opened))
+        for o in opened:
+            docs = fs.lookup(fs.inodes.root, o.label.encode())
+            assert fs.read_all(fs.lookup(docs, b"blocks.bin")) == bytes(range(256)) * 40
+            moved = fs.lookup(fs.lookup(docs, b"moved"), b"inside.txt")
+            assert fs.read_all(moved) == g["reads"]["moved/inside.txt"].encode()
