@@ -229,6 +229,9 @@ def grants_for(records: list[dict], recipient: PublicIdentity) -> list[tuple[dic
 
 
 def open_grant(drive: Drive, record: dict, vault_id: bytes, identity: Identity, owner: bytes | None) -> Opened:
+    if "rekey" in record:
+        # A revoke of it was cut short: what the grant's key opens is about to be deleted.
+        raise GrantRefused(f"grant {record['id']} is being revoked")
     parsed = grants.verify(unb64(record["blob"]), vault_id, owner)
     grants.check_time(parsed.grant)
     key, label = grants.open_key(parsed, identity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import sys
@@ -17,47 +18,47 @@ from pqcfs.format import grants
 from pqcfs.format.identity import PUB_PREFIX, PublicIdentity
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("share", help="grant a directory of the vault to another person's identity")
+@contextlib.contextmanager
+def _command(sub, name: str, helptext: str, run, json_help: str = "print the result as JSON", drives=False):
+    """A command that the owner runs on a vault (unlock and replica options included);
+    its own arguments go between VAULT and the options."""
+    p = sub.add_parser(name, help=helptext)
     p.add_argument("vault", help="the primary replica (the owner unlocks it)")
-    p.add_argument("path", help="the directory inside the vault to share, e.g. projects/acme")
-    p.add_argument("--to", required=True, metavar="KEY",
-                   help="the recipient: a public-key file, or the string `pqcfs identity export` prints")
-    p.add_argument("--read-only", action="store_true", help="the recipient may read, not change")
-    p.add_argument("--expires", metavar="DATE",
-                   help="YYYY-MM-DD[THH:MM] (UTC) or Nd (N days from now); advisory offline, see docs/sharing.md")
-    p.add_argument("--label", help="the name the recipient's mount shows (default: the directory's name)")
-    p.add_argument("--json", action="store_true", help="print the grant as JSON")
+    p.set_defaults(func=run)
+    yield p
+    p.add_argument("--json", action="store_true", help=json_help)
     options.add_unlock_options(p)
     options.add_replica_options(p)
-    p.set_defaults(func=run_share)
-    g = sub.add_parser("grants", help="list the vault's grants (the owner unlocks)")
-    g.add_argument("vault", help="the primary replica")
-    g.add_argument("--json", action="store_true", help="print the grants as JSON")
-    options.add_unlock_options(g)
-    options.add_replica_options(g)
-    g.set_defaults(func=run_grants)
-    r = sub.add_parser("revoke", help="remove a grant and re-key its directory (resumable)")
-    r.add_argument("vault", help="the primary replica")
-    r.add_argument("grant", nargs="?", help="the grant id (or its first characters), as `pqcfs grants` lists it")
-    r.add_argument("--resume", action="store_true", help="finish a revoke that was cut short")
-    r.add_argument("--json", action="store_true", help="print what was done as JSON")
-    options.add_unlock_options(r)
-    options.add_replica_options(r)
-    options.add_drive_options(r)
-    r.set_defaults(func=run_revoke)
-    e = sub.add_parser("export", help="copy a directory into a new vault that only the recipient's identity opens")
-    e.add_argument("vault", help="the primary replica of the vault to copy from (the owner unlocks it)")
-    e.add_argument("path", help="the directory inside the vault to copy, e.g. projects/acme")
-    e.add_argument("dest", nargs="+", metavar="DEST",
-                   help="where the new vault goes: its primary, then optionally its backup (empty drives)")
-    e.add_argument("--to", required=True, metavar="KEY",
+    if drives:
+        options.add_drive_options(p)
+
+
+def _to(p) -> None:
+    p.add_argument("--to", required=True, metavar="KEY",
                    help="the recipient: a public-key file, or the string `pqcfs identity export` prints")
-    e.add_argument("--json", action="store_true", help="print what was done as JSON")
-    options.add_unlock_options(e)
-    options.add_replica_options(e)
-    options.add_drive_options(e)
-    e.set_defaults(func=run_export)
+
+
+def add_parser(sub) -> None:
+    with _command(sub, "share", "grant a directory of the vault to another person's identity", run_share,
+                       "print the grant as JSON") as p:
+        p.add_argument("path", help="the directory inside the vault to share, e.g. projects/acme")
+        _to(p)
+        p.add_argument("--read-only", action="store_true", help="the recipient may read, not change")
+        p.add_argument("--expires", metavar="DATE",
+                       help="YYYY-MM-DD[THH:MM] (UTC) or Nd (N days from now); advisory offline, see docs/sharing.md")
+        p.add_argument("--label", help="the name the recipient's mount shows (default: the directory's name)")
+    with _command(sub, "grants", "list the vault's grants", run_grants, "print the grants as JSON"):
+        pass
+    with _command(sub, "revoke", "remove a grant and re-key its directory (resumable)", run_revoke,
+                       "print what was done as JSON", drives=True) as p:
+        p.add_argument("grant", nargs="?", help="the grant id (or its first characters), as `pqcfs grants` lists it")
+        p.add_argument("--resume", action="store_true", help="finish a revoke that was cut short")
+    with _command(sub, "export", "copy a directory into a new vault that only the recipient's identity opens",
+                       run_export, "print what was done as JSON", drives=True) as p:
+        p.add_argument("path", help="the directory inside the vault to copy, e.g. projects/acme")
+        p.add_argument("dest", nargs="+", metavar="DEST",
+                       help="where the new vault goes: its primary, then optionally its backup (empty drives)")
+        _to(p)
 
 
 def recipient(text: str) -> PublicIdentity:

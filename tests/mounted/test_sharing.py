@@ -1,6 +1,7 @@
 """Sharing through the real CLI on stand-in drives: Alice shares, Bob mounts, and what
 Bob's key material opens (only the granted subtree)."""
 
+import contextlib
 import errno
 import json
 import os
@@ -19,7 +20,7 @@ from pqcfs.audit import log as audit_log
 from pqcfs.crypto.keys import root_dir_keys
 from pqcfs.errors import CryptoError, PqcfsError
 from pqcfs.format import names, node_header
-from pqcfs.format.identity import decode_file
+from pqcfs.format.identity import PublicIdentity, decode_file
 from pqcfs.fs import grantee
 from pqcfs.fs import session as session_mod
 from pqcfs.store.drive import Drive
@@ -91,14 +92,24 @@ def snapshot(root):
     return out
 
 
+@contextlib.contextmanager
+def populated_vault(tmp_path, fstype="ext4", size=128, fill=None):
+    """A vault on two stand-in drives holding populate()'s tree (and fill's), unmounted."""
+    with drives.standin_vault(str(tmp_path), (fstype, size), (fstype, size)) as v:
+        v.mount()
+        if fill:
+            fill(v.mountpoint)
+        populate(v.mountpoint)
+        v.mount_tree = snapshot(v.mountpoint)
+        v.umount()
+        yield v
+
+
 @pytest.mark.parametrize("fstype", ["ext4", "exfat"])
 def test_alice_shares_bob_mounts_exactly_the_subtree(tmp_path, fstype):
     work = str(tmp_path)
-    with drives.standin_vault(work, (fstype, 128), (fstype, 128)) as v:
-        v.mount()
-        populate(v.mountpoint)
-        expected = snapshot(f"{v.mountpoint}/projects/acme")
-        v.umount()
+    with populated_vault(tmp_path, fstype) as v:
+        expected = snapshot_of(v.mount_tree, "projects/acme")
         bob, bob_pass = make_identity(work, "bob")
 
         share = owner(v, "share", "projects/acme", "--to", bob + ".pub", "--read-only", "--label", "acme")
@@ -206,6 +217,21 @@ def test_refused_grants_say_so_in_one_line(tmp_path):
         # No grant for Carol: a clear refusal.
         one_line(grantee_mount(v, mnt, carol, carol_pass, check=False), 6)
 
+        # A grant that has expired by the time Bob mounts is refused (and said so).
+        vault = vault_mod.unlock([v.primary, v.backup], vault_mod.Credentials(passphrase=drives.PASSPHRASE.encode()))
+        with open(bob + ".pub") as f:
+            sharing.share(vault, "shared", PublicIdentity.decode(f.read()), read_only=True,
+                          expires=int(time.time()) + 2)
+        vault.close()
+        time.sleep(2.5)
+        proc = grantee_mount(v, mnt, bob, bob_pass, check=False)
+        one_line(proc, 13)
+        assert "expired" in proc.stderr
+        vault = vault_mod.unlock([v.primary, v.backup], vault_mod.Credentials(passphrase=drives.PASSPHRASE.encode()))
+        vault.header.grants.clear()     # the owner takes it out again (without a re-key: the test's own shortcut)
+        vault.save_header()
+        vault.close()
+
         # A grant that expires in a day works today; Bob's wrong passphrase is refused.
         owner(v, "share", "shared", "--to", bob + ".pub", "--expires", "1d")
         wrong = os.path.join(work, "wrong")
@@ -251,10 +277,7 @@ def daemon_pid(mountpoint):
 @pytest.mark.parametrize("fstype", ["ext4", "exfat"])
 def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(tmp_path, fstype):
     work = str(tmp_path)
-    with drives.standin_vault(work, (fstype, 128), (fstype, 128)) as v:
-        v.mount()
-        populate(v.mountpoint)
-        v.umount()
+    with populated_vault(tmp_path, fstype) as v:
         bob, bob_pass = make_identity(work, "bob")
         owner(v, "share", "projects/acme", "--to", bob + ".pub", "--label", "acme")
         mnt = os.path.join(work, "bob-mnt")
@@ -328,6 +351,19 @@ def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(
         assert "grantee-session-repaired" in events
 
 
+def owner_sees(v, before, check=lambda root: None):
+    """The owner's mount holds exactly the tree snapshot `before` (and passes check), and
+    fsck finds nothing wrong."""
+    v.mount()
+    try:
+        assert snapshot(v.mountpoint) == before
+        assert check(v.mountpoint) is not False
+    finally:
+        v.umount()
+    fsck = owner(v, "fsck", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
 def every_ciphertext_under(location, c_path):
     """(relative path, bytes) of every file under the subtree's ciphertext directory."""
     base = os.path.join(location, "tree", c_path)
@@ -392,15 +428,10 @@ def test_revoke_rekeys_the_subtree_and_keeps_the_other_grant(tmp_path, fstype):
         assert [g["id"] for g in listed] == [carol_grant]
 
         # Alice's data is what it was, byte for byte (xattrs too), and fsck is clean.
-        v.mount()
-        try:
-            assert snapshot(v.mountpoint) == before
-            assert os.getxattr(f"{v.mountpoint}/projects/acme/plan.txt", "user.tag") == b"important"
-            assert os.stat(f"{v.mountpoint}/projects/acme/plan.txt").st_nlink == 2
-        finally:
-            v.umount()
-        fsck = owner(v, "fsck", check=False)
-        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        def plan_kept(root):
+            assert os.getxattr(f"{root}/projects/acme/plan.txt", "user.tag") == b"important"
+            assert os.stat(f"{root}/projects/acme/plan.txt").st_nlink == 2
+        owner_sees(v, before, plan_kept)
 
         # Bob: no grant any more; his old key opens nothing under the directory on
         # either drive, and his old grant, rolled back into the header, opens nothing.
@@ -497,14 +528,7 @@ def test_revoke_killed_at_random_points_is_finished_by_the_next_run(tmp_path, se
         listed = json.loads(owner(v, "grants", "--json").stdout)["grants"]
         assert [g["id"] for g in listed] == [carol_grant], (kills, listed)
         assert kills >= 1, "no kill landed: the revoke ran faster than the kill points"
-        v.mount()
-        try:
-            assert snapshot(v.mountpoint) == before
-            assert not [n for n in os.listdir(f"{v.mountpoint}/projects") if n.startswith(".pqcfs")]
-        finally:
-            v.umount()
-        fsck = owner(v, "fsck", check=False)
-        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        owner_sees(v, before, lambda root: not [n for n in os.listdir(f"{root}/projects") if n.startswith(".pqcfs")])
         mnt = os.path.join(work, "carol-mnt")
         os.mkdir(mnt)
         grantee_mount(v, mnt, carol, carol_pass)
@@ -634,3 +658,25 @@ def test_several_grants_are_directories_of_one_mount(tmp_path):
                 assert f.read() == "thanks"
         finally:
             v.umount()
+
+
+def test_revoke_on_a_drive_too_full_for_the_copy_keeps_everything(tmp_path):
+    def fill(root):
+        big_subtree(root, files=40, size=1 << 20)     # 40 MiB under acme: no room for a second copy
+    with populated_vault(tmp_path, "ext4", 64, fill) as v:
+        bob, bob_pass = make_identity(str(tmp_path), "bob")
+        grant = owner(v, "share", "projects/acme", "--to", bob + ".pub").stdout.strip()
+        proc = owner(v, "revoke", grant, "--allow-fixed", check=False)
+        one_line(proc, 9)
+        assert "still in force" in proc.stderr
+        # The grant stands, the partial copy is gone, the owner's data is whole, and the
+        # next mount (which tries to finish the revoke) still mounts.
+        assert [g["id"] for g in json.loads(owner(v, "grants", "--json").stdout)["grants"]] == [grant]
+        owner_sees(v, v.mount_tree)
+        mnt = os.path.join(str(tmp_path), "bob-mnt")
+        os.mkdir(mnt)
+        grantee_mount(v, mnt, bob, bob_pass)
+        try:
+            assert "f000" in os.listdir(f"{mnt}/acme/data")
+        finally:
+            umount(mnt)
