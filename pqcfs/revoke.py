@@ -128,11 +128,16 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=N
             result.bytes, result.files = copier.bytes, copier.files
         except (OSError, PqcfsError) as e:
             # A full drive (say): the copy goes, the directory and the grant stay as they
-            # were, and the revoke can be run again once there is room.
-            _remove_quietly(vfs, parent, temp)
+            # were (the revoke did not happen), and it can be run again once there is room.
+            if _remove_quietly(vfs, parent, temp):
+                del record["rekey"]
+                save_header()
+                again = f"`pqcfs revoke VAULT {record['id']}` again"
+            else:
+                again = "`pqcfs revoke VAULT --resume`"
             raise RevokeIncomplete(f"the re-key of {result.path} did not finish ({e}); the grant is still in "
                                    "force. Free space (the re-key needs room for a second copy of the directory) "
-                                   "and run `pqcfs revoke VAULT --resume`", e) from e
+                                   f"and run {again}", e) from e
         finally:
             if progress:
                 progress.close()
@@ -214,12 +219,15 @@ class RevokeIncomplete(PqcfsError):
         self.cause = cause
 
 
-def _remove_quietly(vfs, parent, p_name: bytes) -> None:
+def _remove_quietly(vfs, parent, p_name: bytes) -> bool:
+    """Remove an unfinished copy; False when it (or part of it) is still there."""
     try:
         if _exists(vfs, parent, p_name):
             remove_tree(vfs, parent, p_name)
+        return True
     except (OSError, PqcfsError) as e:
         log.warning("the unfinished copy could not be removed yet (%s); the next revoke removes it", e)
+        return False
 
 
 def _exists(vfs, parent, p_name: bytes) -> bool:

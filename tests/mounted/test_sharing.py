@@ -92,10 +92,17 @@ def snapshot(root):
     return out
 
 
+# Each test runs on a pair of stand-in drives; the pairs mix ext4 and exFAT so that each
+# file system is the primary in some tests and the backup in others (USB sticks ship
+# with exFAT), at the cost of one vault per test rather than one per file system.
+EXFAT_PRIMARY = (("exfat", "ext4"),)
+EXT4_PRIMARY = (("ext4", "exfat"),)
+
+
 @contextlib.contextmanager
-def populated_vault(tmp_path, fstype="ext4", size=128, fill=None):
+def populated_vault(tmp_path, fstypes=("ext4", "ext4"), size=128, fill=None):
     """A vault on two stand-in drives holding populate()'s tree (and fill's), unmounted."""
-    with drives.standin_vault(str(tmp_path), (fstype, size), (fstype, size)) as v:
+    with drives.standin_vault(str(tmp_path), (fstypes[0], size), (fstypes[1], size)) as v:
         v.mount()
         if fill:
             fill(v.mountpoint)
@@ -105,10 +112,10 @@ def populated_vault(tmp_path, fstype="ext4", size=128, fill=None):
         yield v
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
-def test_alice_shares_bob_mounts_exactly_the_subtree(tmp_path, fstype):
+@pytest.mark.parametrize("fstypes", EXFAT_PRIMARY)
+def test_alice_shares_bob_mounts_exactly_the_subtree(tmp_path, fstypes):
     work = str(tmp_path)
-    with populated_vault(tmp_path, fstype) as v:
+    with populated_vault(tmp_path, fstypes) as v:
         expected = snapshot_of(v.mount_tree, "projects/acme")
         bob, bob_pass = make_identity(work, "bob")
 
@@ -248,7 +255,7 @@ def test_refused_grants_say_so_in_one_line(tmp_path):
             original = f.read()
         header = vault_mod.read_header(v.primary)[0]
         blob = header.grants[0]["blob"]
-        for at in (3, 40, 120, len(blob) // 2, len(blob) - 3):
+        for at in (40, len(blob) // 2, len(blob) - 3):
             flipped = blob[:at] + ("A" if blob[at] != "A" else "B") + blob[at + 1:]
             data = original.replace(blob.encode(), flipped.encode())
             for location in (v.primary, v.backup):
@@ -274,10 +281,10 @@ def daemon_pid(mountpoint):
         return json.load(f)["pid"]
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
-def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(tmp_path, fstype):
+@pytest.mark.parametrize("fstypes", EXT4_PRIMARY)
+def test_read_write_grant_bob_edits_alice_sees_and_a_killed_session_is_repaired(tmp_path, fstypes):
     work = str(tmp_path)
-    with populated_vault(tmp_path, fstype) as v:
+    with populated_vault(tmp_path, fstypes) as v:
         bob, bob_pass = make_identity(work, "bob")
         owner(v, "share", "projects/acme", "--to", bob + ".pub", "--label", "acme")
         mnt = os.path.join(work, "bob-mnt")
@@ -397,10 +404,10 @@ def assert_key_opens_nothing(location, c_path, old_keys):
     assert checked >= 5
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
-def test_revoke_rekeys_the_subtree_and_keeps_the_other_grant(tmp_path, fstype):
+@pytest.mark.parametrize("fstypes", EXFAT_PRIMARY)
+def test_revoke_rekeys_the_subtree_and_keeps_the_other_grant(tmp_path, fstypes):
     work = str(tmp_path)
-    with drives.standin_vault(work, (fstype, 128), (fstype, 128)) as v:
+    with drives.standin_vault(work, (fstypes[0], 128), (fstypes[1], 128)) as v:
         v.mount()
         populate(v.mountpoint)
         os.setxattr(f"{v.mountpoint}/projects/acme/plan.txt", "user.tag", b"important")
@@ -484,7 +491,7 @@ def start_revoke(v, grant):
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
 
-KILL_SEEDS = int(os.environ.get("PQCFS_REVOKE_KILL_SEEDS", "3"))
+KILL_SEEDS = int(os.environ.get("PQCFS_REVOKE_KILL_SEEDS", "2"))
 
 
 @pytest.mark.parametrize("seed", range(KILL_SEEDS))
@@ -663,7 +670,7 @@ def test_several_grants_are_directories_of_one_mount(tmp_path):
 def test_revoke_on_a_drive_too_full_for_the_copy_keeps_everything(tmp_path):
     def fill(root):
         big_subtree(root, files=40, size=1 << 20)     # 40 MiB under acme: no room for a second copy
-    with populated_vault(tmp_path, "ext4", 64, fill) as v:
+    with populated_vault(tmp_path, ("ext4", "ext4"), 64, fill) as v:
         bob, bob_pass = make_identity(str(tmp_path), "bob")
         grant = owner(v, "share", "projects/acme", "--to", bob + ".pub").stdout.strip()
         proc = owner(v, "revoke", grant, "--allow-fixed", check=False)
