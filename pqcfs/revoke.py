@@ -121,7 +121,9 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=N
             remove_tree(vfs, parent, temp)        # a copy cut short: start it again
         source = vfs.lookup(parent, name)
         total_bytes, total_files = sharing.tree_size(vfs, source)
-        progress = progress_factory(f"re-key {result.path}", total_bytes, total_files) if progress_factory else None
+        bar = progress_factory(f"re-key {result.path}", total_bytes, total_files) if progress_factory else None
+        progress = AuditedProgress(bar, total_bytes, lambda percent, done: event(
+            "revoke-progress", grant=record["id"], step="copying", percent=percent, bytes=done))
         try:
             copier = Copier(vfs, vfs, progress)
             copier.tree(source, copier.mkdir(source, parent, temp))
@@ -139,8 +141,8 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=N
                                    "force. Free space (the re-key needs room for a second copy of the directory) "
                                    f"and run {again}", e) from e
         finally:
-            if progress:
-                progress.close()
+            if bar:
+                bar.close()
         vfs.rename(parent, name, parent, temp, exchange=True)
         state["swapped"] = True
         record["rekey"] = _seal(vault.root_key, record, state)
@@ -209,6 +211,22 @@ def _archive_grantee_logs(vault, node, event) -> None:
                   intact=verdict.intact, reason=verdict.reason, kept_as=kept,
                   head=verdict.last_mac.hex() if verdict.last_mac else None,
                   events=[e.get("event") for e in events][-50:])
+
+
+class AuditedProgress:
+    """The progress bar, and an audit record at each quarter of the bytes copied."""
+
+    def __init__(self, bar, total: int, record):
+        self.bar, self.total, self.record = bar, max(total, 1), record
+        self.done, self.next_quarter = 0, 1
+
+    def __call__(self, amount: int, files: int = 0) -> None:
+        if self.bar:
+            self.bar(amount, files=files)
+        self.done += amount
+        while self.next_quarter < 4 and self.done * 4 >= self.total * self.next_quarter:
+            self.record(25 * self.next_quarter, self.done)
+            self.next_quarter += 1
 
 
 class RevokeIncomplete(PqcfsError):

@@ -233,11 +233,16 @@ def open_grant(drive: Drive, record: dict, vault_id: bytes, identity: Identity, 
         # A revoke of it was cut short: what the grant's key opens is about to be deleted.
         raise GrantRefused(f"grant {record['id']} is being revoked")
     parsed = grants.verify(unb64(record["blob"]), vault_id, owner)
-    grants.check_time(parsed.grant)
     key, label = grants.open_key(parsed, identity)
     keys = NodeKeys(parsed.grant.node_id, key)
     c_path = locate(drive, keys, record["locator"])
-    return Opened(parsed.grant, label, keys, c_path, parsed.owner_pk)
+    opened = Opened(parsed.grant, label, keys, c_path, parsed.owner_pk)
+    try:
+        grants.check_time(parsed.grant)
+    except GrantRefused as e:
+        e.opened = opened     # the key opened: the refusal can go into the grant's own log
+        raise
+    return opened
 
 
 def _names_node(drive: Drive, c_path: str, node_id: bytes) -> bool:

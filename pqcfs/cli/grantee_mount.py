@@ -72,6 +72,9 @@ def prepare(args) -> grantee.GranteeSession:
             except (GrantRefused, DamagedStructure, DriveError) as e:
                 host.record(vault_id.hex(), "grantee-unlock-failed", grant=record["id"],
                             recipient=public.fingerprint, reason=f"{type(e).__name__}: {e}")
+                if getattr(e, "opened", None) is not None:    # expired or not yet valid: the key is known
+                    grantee.record([d for d in drives if not d.read_only], e.opened, vault_id,
+                                   "grantee-unlock-failed", recipient=public.fingerprint, reason=str(e))
                 refused.append((record, e))
         if not opened:
             raise refused[0][1]

@@ -234,6 +234,8 @@ def test_refused_grants_say_so_in_one_line(tmp_path):
         proc = grantee_mount(v, mnt, bob, bob_pass, check=False)
         one_line(proc, 13)
         assert "expired" in proc.stderr
+        # Bob's key opened the grant, so the refusal is in the grant's own log too.
+        assert "grantee-unlock-failed" in owner(v, "audit", "verify").stdout
         vault = vault_mod.unlock([v.primary, v.backup], vault_mod.Credentials(passphrase=drives.PASSPHRASE.encode()))
         vault.header.grants.clear()     # the owner takes it out again (without a re-key: the test's own shortcut)
         vault.save_header()
@@ -433,6 +435,10 @@ def test_revoke_rekeys_the_subtree_and_keeps_the_other_grant(tmp_path, fstypes):
 
         listed = json.loads(owner(v, "grants", "--json").stdout)["grants"]
         assert [g["id"] for g in listed] == [carol_grant]
+        events = owner(v, "audit", "show").stdout
+        for word in ("share", "revoke-started", "revoke-progress", "revoke"):
+            assert word in events
+        assert events.count("revoke-progress") >= 4     # each quarter of the copy, and its end
 
         # Alice's data is what it was, byte for byte (xattrs too), and fsck is clean.
         def plan_kept(root):
