@@ -38,6 +38,22 @@ install_python() {
   fi
 }
 
+# mount(8), Debian's mount.fuse3 (which runs `pqcfs SOURCE MOUNTPOINT -o OPTIONS` through
+# /bin/sh) and systemd look for helpers in the standard directories only: link ours there,
+# never over a file that is not one of our links.
+install_links() {
+  local target link
+  for pair in "pqcfs:/usr/bin/pqcfs" "mount.pqcfs:/usr/sbin/mount.pqcfs" \
+              "umount.fuse.pqcfs:/usr/sbin/umount.fuse.pqcfs"; do
+    target="$PWD/.venv/bin/${pair%%:*}"; link="${pair#*:}"
+    if [ -e "$link" ] && ! { [ -L "$link" ] && readlink "$link" | grep -q '/\.venv/bin/'; }; then
+      echo "==> $link exists and is not pqcfs' link; left alone" >&2
+      continue
+    fi
+    [ "$(readlink "$link" 2>/dev/null)" = "$target" ] || as_root ln -sfn "$target" "$link"
+  done
+}
+
 cmd="${1:-}"
 case "$cmd" in
   demo|test|bench) ;;
@@ -45,6 +61,7 @@ case "$cmd" in
 esac
 install_system
 install_python
+install_links
 shift
 case "$cmd" in
   demo)  exec .venv/bin/python examples/demo.py "$@" ;;

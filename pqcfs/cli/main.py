@@ -26,8 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if len(argv) >= 2 and not argv[0].startswith("-") and argv[0] not in _commands(parser):
+        # `pqcfs SOURCE MOUNTPOINT -o OPTIONS`: how mount.fuse3 runs a fuse.pqcfs mount.
+        from mounttool import helper
+        return helper.main(argv)
+    args = parser.parse_args(argv)
     # Warnings from inside (a quarantined entry, a healed copy) reach the user as one
     # prefixed line each; the mount daemon sets up its own log.
     logging.basicConfig(level=logging.WARNING, format="pqcfs: %(message)s")

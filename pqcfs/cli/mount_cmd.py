@@ -44,6 +44,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_mount)
     u = sub.add_parser("umount", help="unmount a vault and wait until it is written out")
     u.add_argument("mountpoint")
+    u.add_argument("-l", "--lazy", action="store_true",
+                   help="detach now even if busy; the vault is written out once the last file is closed")
     u.set_defaults(func=run_umount)
 
 
@@ -155,10 +157,16 @@ def run_umount(args) -> int:
               "(the next mount repairs the vault)", file=sys.stderr)
         return 0
     pid = mount.info["pid"]
-    proc = subprocess.run(["fusermount3", "-u", mount.mountpoint], capture_output=True, text=True)
+    proc = subprocess.run(["fusermount3", "-u", *(["-z"] if args.lazy else []), mount.mountpoint],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
-        hint = " (`fuser -vm MOUNTPOINT` shows who holds it)" if "busy" in proc.stderr else ""
+        hint = " (`fuser -vm MOUNTPOINT` shows who holds it; `pqcfs umount --lazy` detaches it now)" \
+            if "busy" in proc.stderr else ""
         raise MountError((proc.stderr.strip() or f"could not unmount {args.mountpoint}") + hint)
+    if args.lazy:
+        print(f"pqcfs: {mount.mountpoint} is detached; the vault is written out when the last open file "
+              f"closes (the daemon, pid {pid}, exits then)", file=sys.stderr)
+        return 0
     # Wait for the daemon to write the replica state, so the drives can be pulled after.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

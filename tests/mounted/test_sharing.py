@@ -126,9 +126,12 @@ def test_alice_shares_bob_mounts_exactly_the_subtree(tmp_path, fstypes):
         [g] = listed["grants"]
         assert (g["id"], g["path"], g["label"], g["rights"]) == (grant_id, "/projects/acme", "acme", "read-only")
 
-        # An ancestor renamed after the share: the grant still finds its directory.
+        # An ancestor renamed, and the directory itself moved to another parent (its key
+        # then travels as an override there): the grant still finds and opens it.
         v.mount()
         os.rename(f"{v.mountpoint}/projects", f"{v.mountpoint}/work")
+        os.mkdir(f"{v.mountpoint}/work/clients")
+        os.rename(f"{v.mountpoint}/work/acme", f"{v.mountpoint}/work/clients/acme")
         v.umount()
 
         bob_mnt = os.path.join(work, "bob-mnt")
@@ -153,7 +156,7 @@ def test_alice_shares_bob_mounts_exactly_the_subtree(tmp_path, fstypes):
 
         # The path the owner sees now, and a stale locator brought up to date.
         listed = json.loads(owner(v, "grants", "--json").stdout)
-        assert listed["grants"][0]["path"] == "/work/acme"
+        assert listed["grants"][0]["path"] == "/work/clients/acme"
 
         # Bob's grantee session is in the grant's own log, which the owner verifies.
         verify = owner(v, "audit", "verify")
