@@ -8,13 +8,13 @@ import os
 import sys
 
 from pqcfs import __version__, hygiene
-from pqcfs.cli import (audit_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd, keys_cmd, mount_cmd,
-                       share_cmd, status_cmd, sync_cmd, upgrade_cmd)
+from pqcfs.cli import (audit_cmd, automount_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd,
+                       keys_cmd, mount_cmd, share_cmd, status_cmd, sync_cmd, upgrade_cmd)
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
 
 COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd, status_cmd, sync_cmd, fsck_cmd, audit_cmd, upgrade_cmd,
-            share_cmd]
+            share_cmd, automount_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 
+from mounttool import sdnotify
 from pqcfs import hygiene, revoke
+from pqcfs import vault as vault_mod
+from pqcfs.audit import host
 from pqcfs.cli import grantee_mount, options, share_cmd
 from pqcfs.cli.progress import Progress
-from pqcfs.errors import MountError
+from pqcfs.errors import DriveError, MountError
 from pqcfs.fs import mounttable
 from pqcfs.fs import session as session_mod
 from pqcfs.store import devices
@@ -35,6 +38,12 @@ def add_parser(sub) -> None:
     p.add_argument("--grant", metavar="ID",
                    help="with --identity, when it holds several grants in this vault: the one to mount "
                    "(its id, or the first characters of it)")
+    p.add_argument("--wait-backup", type=float, default=0, metavar="SECONDS",
+                   help="wait up to SECONDS for the other replicas to appear before mounting degraded "
+                   "(automount: the backup is often plugged in a moment after the primary)")
+    p.add_argument("--vault-id", metavar="HEX",
+                   help="refuse the location unless it holds this vault (automount: a drive's file system "
+                   "UUID only triggers the mount; anyone can give a stick that UUID)")
     p.add_argument("--owner", metavar="FINGERPRINT",
                    help="with --identity: the owner key the grant must be signed by (as `pqcfs share` "
                    "printed it); else the first one seen is remembered and any other refused")
@@ -49,6 +58,27 @@ def add_parser(sub) -> None:
     u.set_defaults(func=run_umount)
 
 
+def _check_vault_id(location: str, expected: str) -> None:
+    found = vault_mod.read_header(location)[0].vault_id.hex()
+    if found != expected.lower():
+        host.record(expected.lower(), "wrong-drive", location=location, holds=found)
+        raise DriveError(f"{location} holds vault {found}, not {expected}: refused (a drive that only carries "
+                         "the expected file system UUID)")
+
+
+def _wait_for_replicas(primary: str, seconds: float) -> None:
+    """Until every replica the header names is found, or seconds have passed."""
+    header = vault_mod.read_header(primary)[0]
+    deadline, said = time.monotonic() + seconds, False
+    while len(options.replica_locations(primary, None, require_all=False)) < len(header.replicas):
+        if time.monotonic() >= deadline:
+            return     # the mount goes on degraded, and says so
+        if not said:
+            print(f"pqcfs: waiting up to {seconds:.0f} s for the backup", file=sys.stderr)
+            said = True
+        time.sleep(0.5)
+
+
 def _split_options(values: list[str]) -> list[str]:
     return [o for v in values for o in v.split(",") if o]
 
@@ -61,6 +91,10 @@ def run_mount(args) -> int:
         print(f"pqcfs: {dead.mountpoint} held the dead mount of a crashed daemon; detached it",
               file=sys.stderr)
     session_mod.check_mountpoint(args.mountpoint)
+    if args.vault_id:
+        _check_vault_id(args.vault, args.vault_id)
+    if args.wait_backup > 0 and not args.backup:
+        _wait_for_replicas(args.vault, args.wait_backup)
     if args.identity and grantee_mount.is_grantee(args):
         return _serve(grantee_mount.prepare(args), args)
     vault = options.unlock(args, require_all=False, audit=not args.ro)
@@ -95,7 +129,9 @@ def _serve(session, args) -> int:
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:
         logging.basicConfig(level=level, format="pqcfs: %(message)s", force=True)
-        session.serve(extra)
+        # Under systemd (Type=notify): ready once the mount answers, stopping when it ends.
+        session.serve(extra, lambda: sdnotify.notify("READY=1", f"STATUS=mounted at {session.mountpoint}"))
+        sdnotify.notify("STOPPING=1")
         return 0
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -136,6 +172,16 @@ def _serve(session, args) -> int:
     os._exit(code)
 
 
+def _alive(pid: int) -> bool:
+    """The daemon still runs: it exists and has not exited (a zombie has, and waits only
+    for its parent, say a service manager or a shell, to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def _leave_out_read_only(vault, read_only: bool) -> None:
     """A read-only backup (write-protected, or a file system that gave up) makes a
     degraded mount, not a refused one (a read-only primary was refused at unlock)."""
@@ -169,12 +215,8 @@ def run_umount(args) -> int:
         return 0
     # Wait for the daemon to write the replica state, so the drives can be pulled after.
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
-    else:
+    if _alive(pid):
         print(f"pqcfs: daemon {pid} is still finishing", file=sys.stderr)
     return 0

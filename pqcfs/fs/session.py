@@ -331,8 +331,7 @@ class Session:
             self._finish()
             raise MountError(f"mounting {self.mountpoint} failed: {e}") from None
         self.write_runtime()
-        if ready:
-            ready()
+        self._ready = ready
         try:
             trio.run(self._main)
         finally:
@@ -344,9 +343,16 @@ class Session:
             self._remove_runtime()
             self.unlock()
 
+    async def _announce_ready(self) -> None:
+        # Ready means answering: a stat of the mountpoint is a request this loop serves.
+        await trio.to_thread.run_sync(os.stat, self.mountpoint)
+        self._ready()
+
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery.cancel_scope)
+            if getattr(self, "_ready", None):
+                nursery.start_soon(self._announce_ready)
             if self.services:
                 nursery.start_soon(control.serve, self, control.socket_path(self.runtime_path))
                 interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))

@@ -1,0 +1,160 @@
+"""pqcfs automount enable|disable|status: the udev rule and systemd units of a vault."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from mounttool import units
+from pqcfs import vault as vault_mod
+from pqcfs.cli import options
+from pqcfs.errors import PqcfsError
+from pqcfs.fs import mounttable
+from pqcfs.store import devices
+from pqcfs.store.atomic import write_atomic
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("automount", help="mount a vault when its drives are plugged in (udev + systemd)")
+    asub = p.add_subparsers(dest="automount_cmd", required=True, metavar="enable|disable|status")
+    en = asub.add_parser("enable", help="write the udev rule and systemd units of a vault")
+    en.add_argument("vault", help="the vault's primary replica (plugged in; no unlock needed)")
+    en.add_argument("--at", required=True, metavar="MOUNTPOINT", help="where the vault is mounted")
+    en.add_argument("--unlock", choices=units.UNLOCK, default="ask",
+                    help="ask: systemd-ask-password (default); identity: an identity file and its passphrase "
+                    "(asked); passfile: a root-only file holding the passphrase")
+    en.add_argument("--passfile", metavar="FILE", help="with --unlock passfile: the file")
+    en.add_argument("--identity-file", metavar="FILE", help="with --unlock identity: the identity file")
+    en.add_argument("--wait-backup", type=int, default=30, metavar="SECONDS",
+                    help="how long to wait for the backup before mounting degraded (default 30)")
+    en.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT]",
+                    help="FUSE options for the mount, e.g. allow_other")
+    en.add_argument("--root", default="/", metavar="DIR", help="write under DIR instead of / (packaging, tests)")
+    en.add_argument("--json", action="store_true", help="print the files written as JSON")
+    dis = asub.add_parser("disable", help="remove the udev rule and systemd units of a vault")
+    dis.add_argument("vault_id", help="the vault id (as `pqcfs automount status` lists it)")
+    dis.add_argument("--root", default="/", metavar="DIR", help="remove under DIR instead of /")
+    st = asub.add_parser("status", help="the vaults set up for automount, their drives and mounts")
+    st.add_argument("--root", default="/", metavar="DIR", help="read under DIR instead of /")
+    st.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=run)
+
+
+def _fs_type(fs_uuid: str | None) -> str:
+    """What the drive's mount unit says in Type= (exFAT goes through exfat-fuse on a kernel
+    without an exfat driver)."""
+    if not fs_uuid:
+        return "auto"
+    proc = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", "-t", f"UUID={fs_uuid}"], capture_output=True,
+                          text=True)
+    fs_type = proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout.split() else "auto"
+    if fs_type == "exfat":
+        with open("/proc/filesystems") as f:
+            if "exfat" not in f.read().split():
+                return "exfat-fuse"
+    return fs_type
+
+
+def spec_for(args) -> units.AutomountSpec:
+    header = vault_mod.read_header(args.vault)[0]
+    drives = []
+    for r in header.replicas:
+        if not r.get("fs_uuid"):
+            raise PqcfsError(f"the {r['role']} replica has no file system UUID in the vault header (made on a plain "
+                             "directory?): automount needs drives")
+        drives.append(units.DriveSpec(r["role"], r["fs_uuid"], r.get("subpath") or ".", _fs_type(r["fs_uuid"])))
+    if not any(d.role == "primary" for d in drives):
+        raise PqcfsError("the vault header names no primary replica")
+    if args.unlock == "passfile" and not args.passfile:
+        raise PqcfsError("--unlock passfile needs --passfile FILE")
+    if args.unlock == "identity" and not args.identity_file:
+        raise PqcfsError("--unlock identity needs --identity-file FILE")
+    mountpoint = os.path.abspath(args.at)
+    return units.AutomountSpec(header.vault_id.hex(), mountpoint, drives, args.unlock,
+                               os.path.abspath(args.passfile) if args.passfile else None,
+                               os.path.abspath(args.identity_file) if args.identity_file else None,
+                               args.wait_backup, options_list(args.fuse_options))
+
+
+def options_list(values: list[str]) -> list[str]:
+    return [o for v in values for o in v.split(",") if o]
+
+
+def _manifest(root: str, vault_id: str) -> str:
+    return os.path.join(root, units.CONFIG_DIR, f"{vault_id}.json")
+
+
+def _reload(root: str) -> list[str]:
+    """Tell systemd and udev (only for the real root, and only where they run)."""
+    if os.path.realpath(root) != "/":
+        return []
+    notes = []
+    for cmd in (["systemctl", "daemon-reload"], ["udevadm", "control", "--reload"]):
+        if shutil.which(cmd[0]) is None:
+            notes.append(f"{cmd[0]} is not installed: reload it yourself")
+            continue
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            notes.append(f"`{' '.join(cmd)}` failed: {proc.stderr.strip() or proc.returncode}")
+    return notes
+
+
+def run(args) -> int:
+    if args.automount_cmd == "enable":
+        spec = spec_for(args)
+        written = []
+        for rel, text in units.files(spec).items():
+            path = os.path.join(args.root, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomic(path, text.encode())
+            written.append(path)
+        manifest = {"format": 1, "spec": dataclasses.asdict(spec), "files": sorted(units.files(spec))}
+        os.makedirs(os.path.dirname(_manifest(args.root, spec.vault_id)), mode=0o700, exist_ok=True)
+        write_atomic(_manifest(args.root, spec.vault_id), json.dumps(manifest, indent=1).encode())
+        for note in _reload(args.root):
+            print(f"pqcfs: warning: {note}", file=sys.stderr)
+        options.emit(args, {"vault_id": spec.vault_id, "files": written},
+                     f"automount of vault {spec.vault_id} at {spec.mountpoint}: wrote\n  " + "\n  ".join(written))
+        return 0
+    if args.automount_cmd == "disable":
+        path = _manifest(args.root, args.vault_id.lower())
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            raise PqcfsError(f"vault {args.vault_id} is not set up for automount ({path} is missing)") from None
+        for rel in manifest["files"]:
+            try:
+                os.unlink(os.path.join(args.root, rel))
+            except FileNotFoundError:
+                pass
+        os.unlink(path)
+        for note in _reload(args.root):
+            print(f"pqcfs: warning: {note}", file=sys.stderr)
+        print(f"automount of vault {args.vault_id} removed ({len(manifest['files'])} files)")
+        return 0
+    return _status(args)
+
+
+def _status(args) -> int:
+    folder = os.path.join(args.root, units.CONFIG_DIR)
+    rows = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            spec = json.load(f)["spec"]
+        drives = [{"role": d["role"], "fs_uuid": d["fs_uuid"], "plugged_in": bool(devices.find_by_uuid(d["fs_uuid"]))}
+                  for d in spec["drives"]]
+        mount = mounttable.find(spec["mountpoint"])
+        rows.append({"vault_id": spec["vault_id"], "mountpoint": spec["mountpoint"], "unlock": spec["unlock"],
+                     "mounted": mount is not None and not mount.dead, "drives": drives})
+    lines = [f"{r['vault_id']}  {r['mountpoint']}  {'mounted' if r['mounted'] else 'not mounted'}  unlock {r['unlock']}  "
+             + ", ".join(f"{d['role']} {d['fs_uuid']} {'plugged in' if d['plugged_in'] else 'absent'}"
+                         for d in r["drives"]) for r in rows] or ["no vault is set up for automount"]
+    options.emit(args, {"vaults": rows}, "\n".join(lines))
+    return 0

@@ -1,0 +1,166 @@
+"""`pqcfs automount`: the generated units pass `systemd-analyze verify`, and what the
+service runs (its ExecStart and ExecStop, words as systemd splits them) mounts the vault,
+says READY=1 only once the mount answers, refuses a drive that only carries the UUID, and
+unmounts cleanly. There is no systemd PID 1 here: the drives' mount units are stood in
+for by bind mounts at the paths they would mount."""
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mounttool import units
+from tests.mounted import drives
+
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
+
+
+def enable(v, root, *extra):
+    return json.loads(drives.pqcfs("automount", "enable", v.primary, "--at", v.mountpoint, "--root", str(root),
+                                   "--json", *extra).stdout)
+
+
+def read(path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def unit_value(text: str, key: str) -> str:
+    return next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith(key + "="))
+
+
+def systemd_words(command: str) -> list[str]:
+    """ExecStart= split into words: double quotes group, `%%` and `$$` are literal."""
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(command)]
+
+
+@pytest.mark.parametrize("unlock", ["ask", "passfile", "identity"])
+def test_generated_units_verify_and_name_the_right_drives(tmp_path, unlock):
+    with drives.standin_vault(str(tmp_path), ("ext4", 32), ("exfat", 32)) as v:
+        extra = {"ask": [], "passfile": ["--passfile", v.passfile],
+                 "identity": ["--identity-file", "/root/id.json"]}[unlock]
+        doc = enable(v, tmp_path / "root", "--unlock", unlock, *extra, "-o", "allow_other")
+        header = json.loads(drives.pqcfs("info", v.primary, "--json").stdout)
+        vault_id = doc["vault_id"]
+        unit_files = [f for f in doc["files"] if f.endswith((".service", ".mount"))]
+        assert len(unit_files) == 3
+        proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *unit_files], capture_output=True, text=True)
+        assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+        # Unit names are what systemd-escape makes of the paths.
+        for f in unit_files:
+            if f.endswith(".mount"):
+                text = read(f)
+                where = unit_value(text, "Where")
+                escaped = subprocess.run(["systemd-escape", "--path", "--suffix=mount", where], capture_output=True,
+                                         text=True).stdout.strip()
+                assert os.path.basename(f) == escaped
+        rule = next(f for f in doc["files"] if f.endswith(".rules"))
+        text = read(rule)
+        uuids = [r["fs_uuid"] for r in header["replicas"]]
+        assert all(f'ENV{{ID_FS_UUID}}=="{u}"' in text for u in uuids)
+        assert f'ENV{{SYSTEMD_WANTS}}+="pqcfs-{vault_id}.service"' in text
+        status = json.loads(drives.pqcfs("automount", "status", "--root", str(tmp_path / "root"), "--json").stdout)
+        assert [r["vault_id"] for r in status["vaults"]] == [vault_id]
+        assert all(d["plugged_in"] for d in status["vaults"][0]["drives"])
+        drives.pqcfs("automount", "disable", vault_id, "--root", str(tmp_path / "root"))
+        assert not any(os.path.exists(f) for f in doc["files"])
+
+
+class NotifySocket:
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+
+    def wait_for(self, field: str, timeout: float, proc) -> list[str]:
+        deadline, got = time.monotonic() + timeout, []
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                got += self.sock.recv(4096).decode().split("\n")
+            except socket.timeout:
+                continue
+            if field in got:
+                return got
+        return got
+
+    def drain(self) -> list[str]:
+        got = []
+        while True:
+            try:
+                got += self.sock.recv(4096).decode().split("\n")
+            except socket.timeout:
+                return got
+
+    def close(self):
+        self.sock.close()
+
+
+def bind_drive(location: str, fs_uuid: str) -> str:
+    """What the drive's mount unit does (the drive's file system at /run/pqcfs/drives/UUID)."""
+    where = f"{units.DRIVES_DIR}/{fs_uuid}"
+    os.makedirs(where, exist_ok=True)
+    drives.run("mount", "--bind", location, where)
+    return where
+
+
+def test_the_service_commands_mount_on_insert_refuse_a_copied_uuid_and_unmount_cleanly(tmp_path):
+    work = str(tmp_path)
+    with drives.standin_vault(work, ("ext4", 48), ("ext4", 48)) as v:
+        v.mount()
+        with open(os.path.join(v.mountpoint, "hello"), "w") as f:
+            f.write("plugged in")
+        v.umount()
+        doc = enable(v, tmp_path / "root", "--unlock", "passfile", "--passfile", v.passfile, "--wait-backup", "5")
+        service = read(next(f for f in doc["files"] if f.endswith(".service")))
+        start, stop = systemd_words(unit_value(service, "ExecStart")), systemd_words(unit_value(service, "ExecStop"))
+        header = json.loads(drives.pqcfs("info", v.primary, "--json").stdout)
+        uuid = {r["role"]: r["fs_uuid"] for r in header["replicas"]}
+        binds = []
+        notify = NotifySocket(os.path.join(work, "notify"))
+        env = dict(os.environ, NOTIFY_SOCKET=notify.path)
+        try:
+            # Insert: the primary's mount unit has run; the service starts and is ready
+            # once the vault answers; the backup (already there) is taken in.
+            binds.append(bind_drive(v.primary, uuid["primary"]))
+            binds.append(bind_drive(v.backup, uuid["backup"]))
+            assert start[0] == "/usr/bin/pqcfs"
+            proc = subprocess.Popen([sys.executable, "-m", "pqcfs", *start[1:], "--allow-fixed"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            got = notify.wait_for("READY=1", 60, proc)
+            assert "READY=1" in got, proc.stderr.read().decode() if proc.poll() is not None else got
+            with open(os.path.join(v.mountpoint, "hello")) as f:
+                assert f.read() == "plugged in"
+            status = json.loads(drives.pqcfs("status", v.mountpoint, "--json", check=False).stdout)
+            assert status["mounts"][0]["missing"] == [] and not status["mounts"][0]["failed"]
+            # Stop (removal of the primary, shutdown, or `systemctl stop`): ExecStop.
+            assert subprocess.run([sys.executable, "-m", "pqcfs", *stop[1:]], capture_output=True).returncode == 0
+            assert proc.wait(timeout=60) == 0
+            proc.stdout.close()
+            proc.stderr.close()
+            assert "STOPPING=1" in notify.drain()
+            replicas = json.loads(drives.pqcfs("status", v.primary, "--json").stdout)["replicas"]
+            assert all(r["clean"] for r in replicas)
+            for where in reversed(binds):
+                drives.unmount(where)
+            binds.clear()
+
+            # A stick that only copies the primary's UUID (another vault at that path).
+            other = os.path.join(work, "other")
+            os.mkdir(other)
+            drives.pqcfs("init", other, "--passfile", v.passfile, "--allow-fixed")
+            binds.append(bind_drive(other, uuid["primary"]))
+            proc = subprocess.run([sys.executable, "-m", "pqcfs", *start[1:], "--allow-fixed"], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 7 and "refused" in proc.stderr, proc.stderr
+            assert not drives.is_mounted(v.mountpoint)
+        finally:
+            notify.close()
+            v.umount()
+            for where in reversed(binds):
+                drives.unmount(where)
