@@ -151,6 +151,23 @@ def share(vault, p_path: str, recipient: PublicIdentity, *, read_only: bool, lab
     return grant
 
 
+def revoke_resurrected(vault, writable: bool) -> list[str]:
+    """Grants the header lists as live that this machine saw revoked: the drives hold an
+    older copy of the header (rolled back). They are made tombstones again (when the
+    command may write); their keys open nothing any more either way (the revoke re-keyed
+    the directory)."""
+    from pqcfs.store import seen
+    gone = seen.revoked(vault.header.vault_id, vault.root_key)
+    back = [r for r in vault.header.grants if "blob" in r and r["id"] in gone]
+    if back and writable:
+        for record in back:
+            vault.header.grants[vault.header.grants.index(record)] = {
+                "id": record["id"], "node": record["node"], "generation": record["generation"] + 1,
+                "revoked": int(time.time())}
+        vault.save_header()
+    return [r["id"] for r in back]
+
+
 @dataclass
 class GrantView:
     grant_id: str

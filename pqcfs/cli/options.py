@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from pqcfs import sharing
 from pqcfs import vault as vault_mod
 from pqcfs.cli import secrets
 from pqcfs.audit import host
@@ -143,6 +144,12 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
                    replicas=len(locations))
         for replica_id in vault.refresh_replica_hints():
             log.append("replica-moved", replica=replica_id)
+        back = sharing.revoke_resurrected(vault, writable=True)
+        if back:
+            log.append("rolled-back-grants-revoked", grants=back)
+            print(f"pqcfs: warning: the vault header lists {len(back)} grant(s) this machine saw revoked "
+                  f"({', '.join(back)}): the drives hold an older copy of the header; revoked again",
+                  file=sys.stderr)
         vault.extra["audit"] = log
         vault.extra["identity"] = creds.identity
         args.audit_log = log

@@ -283,7 +283,8 @@ class Session:
             vault_mod.write_state(drive, state, self.vault.root_key)
         if root_seq and healthy:
             try:
-                seen.record(self.vault.header.vault_id, self.vault.root_key, root_seq, state.lineage)
+                seen.record(self.vault.header.vault_id, self.vault.root_key, root_seq, state.lineage,
+                            [r["id"] for r in self.vault.header.grants if "revoked" in r])
             except OSError as e:
                 log.warning("could not record the vault's state on this machine (%s)", e)
 

@@ -3,7 +3,8 @@ the root directory table's sequence number at the last unmount. Drives that come
 holding an older root table have been rolled back as a whole (both drives alike), which
 nothing on the drives themselves can show.
 
-  <state dir>/<vault id hex>.seen = JSON {"format": 1, "root_seq": N, "lineage": [...]} "\\n" hex(HMAC) "\\n"
+  <state dir>/<vault id hex>.seen = JSON {"format": 1, "root_seq": N, "lineage": [...], "revoked": [grant ids]}
+                                    "\\n" hex(HMAC) "\\n"
 
 The lineage (the replica state's, authenticated there) tells a rollback (the drives'
 session is an earlier one of the recorded history) from a split (the drives were used
@@ -45,26 +46,38 @@ def _mac(root_key: bytes, body: bytes) -> str:
     return hmac.new(hkdf(root_key, LABEL_SEEN), body, hashlib.sha256).hexdigest()
 
 
-def read(vault_id: bytes, root_key: bytes) -> tuple[int, list[str]]:
-    """The newest root sequence number this machine has seen, and the lineage (session
-    ids, newest last) of the state that had it; (0, []) when never mounted here."""
+def _load(vault_id: bytes, root_key: bytes) -> dict:
     try:
         with open(_path(vault_id), "rb") as f:
             data = f.read(CAP + 1)
     except FileNotFoundError:
-        return 0, []
+        return {"root_seq": 0, "lineage": [], "revoked": []}
     try:
         body, mac, rest = data.split(b"\n")
         if rest or not hmac.compare_digest(_mac(root_key, body).encode(), mac):
             raise ValueError("MAC")
         record = json.loads(body)
-        lineage = record["lineage"]
-        if not (isinstance(lineage, list) and all(isinstance(x, str) for x in lineage)):
-            raise TypeError("lineage")
-        return int(record["root_seq"]), lineage
+        record["root_seq"] = int(record["root_seq"])
+        record.setdefault("revoked", [])
+        for key in ("lineage", "revoked"):
+            if not (isinstance(record[key], list) and all(isinstance(x, str) for x in record[key])):
+                raise TypeError(key)
+        return record
     except (ValueError, KeyError, TypeError):
         raise DamagedStructure(f"this machine's record of the vault ({_path(vault_id)}) is damaged; "
                                "remove it to accept the drives as they are") from None
+
+
+def read(vault_id: bytes, root_key: bytes) -> tuple[int, list[str]]:
+    """The newest root sequence number this machine has seen, and the lineage (session
+    ids, newest last) of the state that had it; (0, []) when never mounted here."""
+    record = _load(vault_id, root_key)
+    return record["root_seq"], record["lineage"]
+
+
+def revoked(vault_id: bytes, root_key: bytes) -> set[str]:
+    """Ids of the grants this machine has seen revoked."""
+    return set(_load(vault_id, root_key)["revoked"])
 
 
 def check(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str]) -> None:
@@ -86,7 +99,16 @@ def check(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str]) -
                          f"(or remove {_path(vault_id)})")
 
 
-def record(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str]) -> None:
+def record(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str],
+           revoked_grants: list[str] = ()) -> None:
+    """Write the record; the grants seen revoked accumulate (a header rolled back to an
+    older copy must not bring one back on this machine)."""
+    try:
+        gone = revoked(vault_id, root_key)
+    except DamagedStructure:
+        gone = set()
+    gone |= set(revoked_grants)
     os.makedirs(state_dir(), mode=0o700, exist_ok=True)
-    body = json.dumps({"format": 1, "root_seq": root_seq, "lineage": lineage[-256:]}, sort_keys=True).encode()
+    body = json.dumps({"format": 1, "root_seq": root_seq, "lineage": lineage[-256:],
+                       "revoked": sorted(gone)[-4096:]}, sort_keys=True).encode()
     write_atomic(_path(vault_id), body + b"\n" + _mac(root_key, body).encode() + b"\n")
