@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config exfatprogs exfat-fuse gocryptfs e2fsprogs util-linux procps
-              python3 python3-venv python3-dev gcc)
+              python3 python3-venv python3-dev gcc udev systemd)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -20,7 +20,16 @@ install_system() {
   if [ ${#missing[@]} -gt 0 ]; then
     echo "==> installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
+    # udev's tools check the generated rules (udevadm test); its daemon must not start
+    # here: a policy-rc.d that refuses every service start, only for this install.
+    local policy_made=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+      as_root chmod 755 /usr/sbin/policy-rc.d
+      policy_made=1
+    fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ "$policy_made" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
   fi
 }
 

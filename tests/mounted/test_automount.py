@@ -4,9 +4,11 @@ says READY=1 only once the mount answers, refuses a drive that only carries the 
 unmounts cleanly. There is no systemd PID 1 here: the drives' mount units are stood in
 for by bind mounts at the paths they would mount."""
 
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -164,3 +166,48 @@ def test_the_service_commands_mount_on_insert_refuse_a_copied_uuid_and_unmount_c
             v.umount()
             for where in reversed(binds):
                 drives.unmount(where)
+
+
+@contextlib.contextmanager
+def udev_rules_installed(rule_file: str):
+    """The rule where `udevadm test` reads rules (/run/udev/rules.d), and everything
+    `udevadm test` leaves behind (its database under /run/udev, the links under
+    /dev/disk it makes, which no udev daemon keeps up to date here) removed after."""
+    made = [p for p in ("/run/udev", "/dev/disk") if not os.path.exists(p)]
+    before = set(os.listdir("/dev/disk/by-uuid")) if os.path.isdir("/dev/disk/by-uuid") else set()
+    os.makedirs("/run/udev/rules.d", exist_ok=True)
+    target = os.path.join("/run/udev/rules.d", os.path.basename(rule_file))
+    shutil.copy(rule_file, target)
+    try:
+        yield
+    finally:
+        os.unlink(target)
+        for p in made:
+            shutil.rmtree(p, ignore_errors=True)
+        if os.path.isdir("/dev/disk/by-uuid"):
+            for name in set(os.listdir("/dev/disk/by-uuid")) - before:
+                os.unlink(os.path.join("/dev/disk/by-uuid", name))
+
+
+def udev_wants(device: str) -> list[str]:
+    proc = subprocess.run(["udevadm", "test", "--action=add", f"/sys/class/block/{os.path.basename(device)}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    return [w for line in out.splitlines() if line.startswith("SYSTEMD_WANTS=") for w in line.split("=", 1)[1].split()]
+
+
+def test_the_udev_rule_pulls_the_service_only_for_the_vaults_drives(tmp_path):
+    assert shutil.which("udevadm"), "udev's tools are missing: `bash scripts/dev.sh test` installs them"
+    with drives.standin_vault(str(tmp_path), ("ext4", 32), ("exfat", 32)) as v, \
+            drives.loop_drive(str(tmp_path), "stranger", "ext4", 32) as (_, stranger_image):
+        doc = enable(v, tmp_path / "root")
+        vault_id = doc["vault_id"]
+        rule = next(f for f in doc["files"] if f.endswith(".rules"))
+        backup_unit = next(os.path.basename(f) for f in doc["files"]
+                           if f.endswith(".mount") and "backup drive" in read(f))
+        loops = [drives.run("losetup", "-j", image).stdout.split(":")[0] for image in (*v.images, stranger_image)]
+        with udev_rules_installed(rule):
+            assert f"pqcfs-{vault_id}.service" in udev_wants(loops[0])            # the primary
+            assert backup_unit in udev_wants(loops[1])                            # the backup: its mount
+            assert not [w for w in udev_wants(loops[2]) if "pqcfs" in w]          # any other drive
