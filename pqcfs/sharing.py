@@ -226,7 +226,6 @@ class Opened:
     label: str
     keys: NodeKeys
     c_path: str          # the subtree's ciphertext directory, relative to tree/
-    owner_pk: bytes
 
 
 def grants_for(records: list[dict], recipient: PublicIdentity) -> list[tuple[dict, grants.Parsed]]:
@@ -253,7 +252,7 @@ def open_grant(drive: Drive, record: dict, vault_id: bytes, identity: Identity, 
     key, label = grants.open_key(parsed, identity)
     keys = NodeKeys(parsed.grant.node_id, key)
     c_path = locate(drive, keys, record["locator"])
-    opened = Opened(parsed.grant, label, keys, c_path, parsed.owner_pk)
+    opened = Opened(parsed.grant, label, keys, c_path)
     try:
         grants.check_time(parsed.grant)
     except GrantRefused as e:

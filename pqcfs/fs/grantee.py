@@ -113,14 +113,6 @@ class GranteeVault:
     opened: list[Opened]     # the grants this session serves, one top-level directory each
     drives: list
     extra: dict = field(default_factory=dict)
-    tables: bool = True
-
-    def drive(self, location: str):
-        return self.drives[self.locations.index(location)]
-
-    def close(self) -> None:
-        for drive in self.drives:
-            drive.close()
 
 
 def shares(opened: list[Opened]) -> list[tuple[bytes, object, str]]:
