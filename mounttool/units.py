@@ -21,7 +21,7 @@ DRIVES_DIR = "/run/pqcfs/drives"
 UNIT_DIR = "etc/systemd/system"
 RULES_DIR = "etc/udev/rules.d"
 CONFIG_DIR = "etc/pqcfs/automount"
-UNLOCK = ("ask", "identity", "passfile")
+UNLOCK = ("ask", "host-key", "identity", "passfile")
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
 
 
@@ -116,6 +116,8 @@ def _unlock_words(spec: AutomountSpec) -> list[str]:
                         f"'Passphrase for the pqcfs vault {spec.vault_id[:8]} ({spec.mountpoint})'"]
     if spec.unlock == "passfile":
         return ["--passfile", spec.passfile or ""]
+    if spec.unlock == "host-key":
+        return ["--host-key"]
     if spec.unlock == "identity":
         return ["--identity", spec.identity or "", *ask]
     return ask

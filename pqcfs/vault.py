@@ -37,6 +37,7 @@ class Credentials:
     passphrase: bytes | None = None
     recovery_code: bytes | None = None
     identity: Identity | None = None
+    host: bool = False       # this machine's host keys (store/hostkeys.py)
 
 
 def _now() -> str:
@@ -266,14 +267,32 @@ class UnlockedVault:
         self.save_header()
         return slot_id
 
+    def add_host(self, label: str = "") -> tuple[int, str, str]:
+        """A slot that this machine opens unattended: (slot id, key id, how the secret is kept)."""
+        from pqcfs.store import hostkeys
+        key_id, secret, kept = hostkeys.create(self.header.vault_id.hex())
+        slot_id = self.header.next_slot_id()
+        self.header.slots.append(slots.host_slot(slot_id, self.root_key, self.header.vault_id, secret, key_id,
+                                                 label or os.uname().nodename))
+        try:
+            self.save_header()
+        except BaseException:
+            hostkeys.remove(self.header.vault_id.hex(), key_id)
+            raise
+        return slot_id, key_id, kept
+
     def remove_slot(self, slot_id: int) -> None:
         remaining = [s for s in self.header.slots if s["id"] != slot_id]
         if len(remaining) == len(self.header.slots):
             raise PqcfsError(f"there is no key slot {slot_id}")
         if not any(s["type"] in (slots.PASSPHRASE, slots.IDENTITY) for s in remaining):
             raise PqcfsError("refusing to remove the last passphrase or identity slot")
+        gone = next(s for s in self.header.slots if s["id"] == slot_id)
         self.header.slots = remaining
         self.save_header()
+        if gone["type"] == slots.HOST:    # the machine's copy of the secret goes too, where it is this one
+            from pqcfs.store import hostkeys
+            hostkeys.remove(self.header.vault_id.hex(), gone["key_id"])
 
     def change_passphrase(self, slot_id: int, passphrase: bytes, kdf: Argon2Params | None = None) -> None:
         for n, slot in enumerate(self.header.slots):
@@ -304,9 +323,28 @@ def _try_slot(slot: dict, vault_id: bytes, creds: Credentials) -> bytes | None:
         if (slot["type"] == slots.IDENTITY and creds.identity is not None
                 and slot.get("recipient") == creds.identity.public.fingerprint):
             return slots.open_identity_slot(slot, vault_id, creds.identity.kem_seed)
+        if slot["type"] == slots.HOST and creds.host:
+            secret = _host_secret(vault_id, slot)
+            return None if secret is None else slots.open_host_slot(slot, vault_id, secret)
+    except HostKeyRefused:
+        raise
     except (PqcfsError, KeyError, TypeError, ValueError):
         return None
     return None
+
+
+class HostKeyRefused(PqcfsError):
+    """This machine's own host-key file is unsafe (readable by others): said, not skipped."""
+
+
+def _host_secret(vault_id: bytes, slot: dict) -> bytes | None:
+    from pqcfs.store import hostkeys
+    try:
+        return hostkeys.load(vault_id.hex(), slot["key_id"])
+    except DamagedStructure:
+        return None       # a malformed key id in the slot: that slot does not open
+    except PqcfsError as e:
+        raise HostKeyRefused(str(e)) from None
 
 
 def _candidates(header: vault_header.VaultHeader, creds: Credentials, slot_id: int | None) -> list[dict]:
@@ -332,6 +370,9 @@ def unlock(locations: list[str], creds: Credentials, slot: int | None = None) ->
         vault = UnlockedVault(header, root_key, list(locations), slot_id=candidate["id"])
         _check_replica_headers(vault, signed)
         return vault
+    if creds.host:
+        raise WrongKey("this machine holds no host key of this vault (`pqcfs keys add VAULT --host` makes one; "
+                       "removing its slot revokes it)")
     raise WrongKey("no key slot opens with that key (wrong passphrase, recovery code or identity)")
 
 

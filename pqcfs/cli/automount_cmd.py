@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
     en.add_argument("vault", help="the vault's primary replica (plugged in; no unlock needed)")
     en.add_argument("--at", required=True, metavar="MOUNTPOINT", help="where the vault is mounted")
     en.add_argument("--unlock", choices=units.UNLOCK, default="ask",
-                    help="ask: systemd-ask-password (default); identity: an identity file and its passphrase "
-                    "(asked); passfile: a root-only file holding the passphrase")
+                    help="ask: systemd-ask-password (default); host-key: this machine's host key, unattended "
+                    "(`pqcfs keys add VAULT --host` first); identity: an identity file and its passphrase (asked); "
+                    "passfile: a root-only file holding the passphrase")
     en.add_argument("--passfile", metavar="FILE", help="with --unlock passfile: the file")
     en.add_argument("--identity-file", metavar="FILE", help="with --unlock identity: the identity file")
     en.add_argument("--wait-backup", type=int, default=30, metavar="SECONDS",

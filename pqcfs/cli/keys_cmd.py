@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     what.add_argument("--passphrase", action="store_true", help="add a passphrase slot")
     what.add_argument("--public-key", metavar="PUBFILE", help="add a slot for this identity's public key")
     what.add_argument("--recovery-code", action="store_true", help="add a new recovery code (printed once)")
+    what.add_argument("--host", action="store_true",
+                      help="add a host key: this machine unlocks the vault unattended (automount); the secret "
+                      "stays root-only here (sealed with the TPM2 when there is one); removing the slot revokes it")
     add.add_argument("--new-passfile", metavar="FILE", help="the new passphrase (else asked for)")
     add.add_argument("--label", default="", help="a label for an identity slot")
     add.add_argument("--json", action="store_true")
@@ -59,7 +62,7 @@ def run(args) -> int:
         return 0
     vault = options.unlock(args)
     if args.keys_cmd == "remove":
-        vault.remove_slot(args.slot)
+        vault.remove_slot(args.slot)   # a host key's secret on this machine goes with it
         vault.extra["audit"].append("key-slot-removed", slot=args.slot)
         print(f"removed key slot {args.slot}")
         return 0
@@ -74,6 +77,12 @@ def run(args) -> int:
         vault.extra["audit"].append("key-slot-added", slot=slot_id, slot_type="identity",
                                     recipient=public.fingerprint)
         options.emit(args, {"slot": slot_id}, f"added identity slot {slot_id} for {public.fingerprint}")
+    elif args.host:
+        slot_id, key_id, kept = vault.add_host(args.label)
+        vault.extra["audit"].append("key-slot-added", slot=slot_id, slot_type="host", key_id=key_id)
+        options.emit(args, {"slot": slot_id, "key_id": key_id},
+                     f"added host-key slot {slot_id}: this machine unlocks the vault with --host-key; the secret is "
+                     f"{kept}")
     else:
         slot_id, code = vault.add_recovery()
         vault.extra["audit"].append("key-slot-added", slot=slot_id, slot_type="recovery")

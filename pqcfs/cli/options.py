@@ -40,6 +40,8 @@ def add_unlock_options(p: argparse.ArgumentParser, slot_option: bool = True) -> 
                        help="unlock with an identity (default: %(const)s); the passphrase is the identity's")
     group.add_argument("--recovery", action="store_true", help="unlock with the recovery code (asked for)")
     group.add_argument("--recovery-code-file", metavar="FILE", help="unlock with the recovery code in FILE")
+    group.add_argument("--host-key", action="store_true",
+                       help="unlock with this machine's host key, unattended (a slot made by `keys add --host`)")
     if slot_option:
         p.add_argument("--slot", dest="unlock_slot", type=int, metavar="N",
                        help="try only key slot N (by default at most 4 passphrase slots are tried)")
@@ -66,6 +68,8 @@ def load_identity(path: str, passphrase: bytes) -> identity_fmt.Identity:
 
 
 def credentials(args) -> Credentials:
+    if getattr(args, "host_key", False):
+        return Credentials(host=True)
     if getattr(args, "identity", None):
         pw = secrets.passphrase(args.passfile, args.extpass, f"Passphrase for identity {args.identity}")
         return Credentials(identity=load_identity(args.identity, pw))

@@ -26,6 +26,7 @@ LABEL_STATE_MAC = b"pqcfs state mac v1"    # HMAC-SHA256 over replica state
 LABEL_AUDIT = b"pqcfs audit v1"            # audit log chain key (reserved)
 LABEL_SLOT_KEM = b"pqcfs slot kem v1"      # identity slot KEK from the KEM secret
 LABEL_SLOT_RECOVERY = b"pqcfs slot recovery v1"  # recovery-code slot KEK
+LABEL_SLOT_HOST = b"pqcfs slot host v1"    # host-key slot KEK (a secret kept on one machine)
 LABEL_INTENT = b"pqcfs intent v1"          # HMAC-SHA256 over write-intent records
 LABEL_SLOT_COMMIT = b"pqcfs slot commit v1"  # key-commitment value of a key slot
 LABEL_CHANGES = b"pqcfs changes v1"        # HMAC chain over the change journal

@@ -7,6 +7,8 @@ commit  = HKDF(KEK, info = "pqcfs slot commit v1" || aad)   (hex; checked in con
   passphrase: KEK = Argon2id(passphrase, params stored in the slot)
   recovery:   KEK = HKDF(code, salt=vault_id, info="pqcfs slot recovery v1")
   identity:   (ss, kem_ct) = Encap(suite, pk); KEK = HKDF(ss, salt=vault_id, info="pqcfs slot kem v1")
+  host:       KEK = HKDF(host secret (32 random bytes kept on one machine), salt=vault_id,
+              info="pqcfs slot host v1"); the slot names the secret by key_id (8 random bytes, hex)
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import os
 import struct
 
 from pqcfs.crypto import aead, kem
-from pqcfs.crypto.kdf import LABEL_SLOT_COMMIT, LABEL_SLOT_KEM, LABEL_SLOT_RECOVERY, Argon2Params, argon2id, hkdf
+from pqcfs.crypto.kdf import (LABEL_SLOT_COMMIT, LABEL_SLOT_HOST, LABEL_SLOT_KEM, LABEL_SLOT_RECOVERY, Argon2Params,
+                              argon2id, hkdf)
 from pqcfs.errors import CryptoError, DamagedStructure
 
-PASSPHRASE, RECOVERY, IDENTITY = "passphrase", "recovery", "identity"
-SLOT_TYPES = (PASSPHRASE, RECOVERY, IDENTITY)
+PASSPHRASE, RECOVERY, IDENTITY, HOST = "passphrase", "recovery", "identity", "host"
+SLOT_TYPES = (PASSPHRASE, RECOVERY, IDENTITY, HOST)
+HOST_SECRET_LEN = 32
 RECOVERY_CODE_LEN = 20  # 160 bits, shown as 32 base32 characters
 
 
@@ -111,9 +115,21 @@ def open_identity_slot(slot: dict, vault_id: bytes, kem_seed: bytes) -> bytes:
     return _unwrap(hkdf(ss, LABEL_SLOT_KEM, salt=vault_id), slot, vault_id)
 
 
+def host_slot(slot_id: int, root_key: bytes, vault_id: bytes, secret: bytes, key_id: str, label: str) -> dict:
+    kek = hkdf(secret, LABEL_SLOT_HOST, salt=vault_id)
+    return {"id": slot_id, "type": HOST, "key_id": key_id, "label": label, **_wrap(kek, root_key, vault_id, slot_id, HOST)}
+
+
+def open_host_slot(slot: dict, vault_id: bytes, secret: bytes) -> bytes:
+    if len(secret) != HOST_SECRET_LEN:
+        raise CryptoError("a host key has the wrong length")
+    return _unwrap(hkdf(secret, LABEL_SLOT_HOST, salt=vault_id), slot, vault_id)
+
+
 MAX_SLOTS = 32
 _FIELDS = {PASSPHRASE: {"kdf": dict}, RECOVERY: {},
-           IDENTITY: {"suite": str, "recipient": str, "kem_ct": str, "label": str}}
+           IDENTITY: {"suite": str, "recipient": str, "kem_ct": str, "label": str},
+           HOST: {"key_id": str, "label": str}}
 
 
 def check_shape(slot) -> None:
@@ -132,4 +148,6 @@ def describe(slot: dict) -> str:
         return f"passphrase (argon2id m={k.get('memory_kib')} KiB t={k.get('iterations')} p={k.get('lanes')})"
     if slot["type"] == IDENTITY:
         return f"identity {slot['recipient']} ({slot['suite']}) {slot.get('label', '')}".rstrip()
+    if slot["type"] == HOST:
+        return f"host key {slot['key_id']} {slot.get('label', '')}".rstrip()
     return "recovery code"

@@ -140,3 +140,31 @@ def test_a_format_1_vault_is_upgraded_only_when_asked(tmp_path):
     r = pqcfs("upgrade", str(a), "--passfile", str(pw))
     assert r.returncode == 0 and "already format 2" in r.stdout
     assert pqcfs("fsck", str(a), "--passfile", str(pw)).returncode == 0
+
+
+def test_a_host_key_unlocks_unattended_until_its_slot_is_removed(cli_vault, tmp_path):
+    a, b, pw, tmp, _ = cli_vault
+    state = tmp_path / "state"
+    env = {"PQCFS_STATE_DIR": str(state)}
+    vault = [str(a), "--backup", str(b)]
+    r = pqcfs("keys", "add", *vault, "--host", "--label", "this box", "--passfile", str(pw), "--json", env_extra=env)
+    assert r.returncode == 0, r.stderr
+    key_id = re.search(r'"key_id": "([0-9a-f]+)"', r.stdout).group(1)
+    [secret] = list((state / "host-keys").iterdir())
+    assert key_id in secret.name and (secret.stat().st_mode & 0o777) == 0o600 and secret.stat().st_size == 32
+    slots = pqcfs("keys", "list", str(a)).stdout
+    assert f"host key {key_id} this box" in slots
+    # No passphrase anywhere: the machine's host key opens the vault.
+    assert pqcfs("fsck", *vault, "--host-key", env_extra=env).returncode == 0
+    # Another machine (another state directory) holds no host key of it.
+    other = pqcfs("fsck", *vault, "--host-key", env_extra={"PQCFS_STATE_DIR": str(tmp_path / "elsewhere")})
+    assert other.returncode == exitcodes.WRONG_KEY and "host key" in other.stderr
+    # A secret others can read is refused, not used.
+    secret.chmod(0o644)
+    assert pqcfs("fsck", *vault, "--host-key", env_extra=env).returncode == exitcodes.ERROR
+    secret.chmod(0o600)
+    # Removing the slot revokes the machine: its secret is gone, and so is the way in.
+    slot = re.search(r"(\d+): host key", slots).group(1)
+    assert pqcfs("keys", "remove", *vault, slot, "--passfile", str(pw), env_extra=env).returncode == 0
+    assert not secret.exists()
+    assert pqcfs("fsck", *vault, "--host-key", env_extra=env).returncode == exitcodes.WRONG_KEY

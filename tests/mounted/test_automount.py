@@ -41,10 +41,10 @@ def systemd_words(command: str) -> list[str]:
     return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(command)]
 
 
-@pytest.mark.parametrize("unlock", ["ask", "passfile", "identity"])
+@pytest.mark.parametrize("unlock", ["ask", "passfile", "identity", "host-key"])
 def test_generated_units_verify_and_name_the_right_drives(tmp_path, unlock):
     with drives.standin_vault(str(tmp_path), ("ext4", 32), ("exfat", 32)) as v:
-        extra = {"ask": [], "passfile": ["--passfile", v.passfile],
+        extra = {"ask": [], "passfile": ["--passfile", v.passfile], "host-key": [],
                  "identity": ["--identity-file", "/root/id.json"]}[unlock]
         doc = enable(v, tmp_path / "root", "--unlock", unlock, *extra, "-o", "allow_other")
         header = json.loads(drives.pqcfs("info", v.primary, "--json").stdout)
