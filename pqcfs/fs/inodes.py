@@ -91,8 +91,6 @@ class Node:
         while node.parent is not None:
             parts.append(node.disk_name)
             node = node.parent
-        if node.disk_name:     # a grantee's root: the shared directory, deep in tree/
-            parts.append(node.disk_name)
         return "/".join(reversed(parts))
 
 

@@ -55,7 +55,7 @@ class KeyResolver:
         # A grantee's tree starts at the shared directories, deep in tree/.
         starts = list(root.children.values()) if self.vfs.shares is not None else [root]
         for node in starts:
-            prefix = node.disk_name.split("/") if node.disk_name else []
+            prefix = node.disk_name.split("/") if node.disk_name else []   # a granted directory's c_path
             if parts[:len(prefix)] == prefix and len(parts) > len(prefix):
                 parts = parts[len(prefix):]
                 break
@@ -276,7 +276,7 @@ def settle_tables(vfs, drives: list[Drive], block_size: int, in_flux) -> int:
     from pqcfs.fs.vaultfs import VaultFS
     from pqcfs.store.replicas import ReplicaSet
     settled = VaultFS(ReplicaSet(drives), vfs.inodes.root.keys, block_size, tables=True,
-                      in_flux=in_flux, root_c_path=vfs.inodes.root.disk_name, shares=vfs.shares).settle_tree()
+                      in_flux=in_flux, shares=vfs.shares).settle_tree()
     log.info("rebuilt %d directory table(s) from the drives", settled)
     return settled
 

@@ -80,6 +80,7 @@ class Session:
         self.missing: list[str] = []
         self.session_id = ""
         self.services = not read_only   # online sync and rejoin (they need the root key)
+        self._ready = None              # told once the mount answers (serve sets it)
 
     def lock(self) -> None:
         if self.vault.extra.get("lock") is None:   # the CLI took it before unlocking
@@ -352,7 +353,7 @@ class Session:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery.cancel_scope)
-            if getattr(self, "_ready", None):
+            if self._ready:
                 nursery.start_soon(self._announce_ready)
             if self.services:
                 nursery.start_soon(control.serve, self, control.socket_path(self.runtime_path))

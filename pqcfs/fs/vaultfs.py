@@ -42,12 +42,11 @@ NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})   # one shared empty tab
 
 class VaultFS(NamespaceOps, TableOps):
     def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False,
-                 on_event=None, intent=None, tables: bool = False, in_flux=None, root_c_path: str = "",
+                 on_event=None, intent=None, tables: bool = False, in_flux=None,
                  shares: list[tuple[bytes, NodeKeys, str]] | None = None):
         """tables: format 2 (directory tables); in_flux: the directories a crashed session
-        may have left mid-change, reconciled with the drives when first loaded; root_c_path:
-        where the root is inside tree/ (one shared directory as the root); shares: a
-        grantee's view instead, (label, keys, c_path) of each granted directory, shown as
+        may have left mid-change, reconciled with the drives when first loaded; shares: a
+        grantee's view instead of the vault's root: (label, keys, c_path) of each granted directory, shown as
         the entries of a root of pqcfs' own that holds nothing else and never changes."""
         self.replicas = replicas
         self.intent = intent or NoIntent()
@@ -62,8 +61,8 @@ class VaultFS(NamespaceOps, TableOps):
             self._init_tables(tables, in_flux)
             self._add_shares(shares)
             return
-        meta = self._root_meta(root_keys, root_c_path)
-        root = Node(ino=0, parent=None, p_name=b"", disk_name=root_c_path, keys=root_keys, meta=meta)
+        meta = self._root_meta(root_keys)
+        root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=meta)
         self.inodes = InodeTable(root)
         self._init_tables(tables, in_flux)
         if tables:
@@ -110,15 +109,14 @@ class VaultFS(NamespaceOps, TableOps):
         if len({id(self.share_of(d)) for d in dirs}) > 1:
             raise FsError(errno.EXDEV)
 
-    def _root_meta(self, root_keys: NodeKeys, root_c_path: str) -> Meta:
+    def _root_meta(self, root_keys: NodeKeys) -> Meta:
         """The root directory's metadata; a root id file that fails on the primary heals
         from a replica where it authenticates, like every other header."""
         error: Exception | None = None
         first = self.replicas.first
         for replica in self.replicas.healthy:
             try:
-                data = self.replicas.read_file(self._join(root_c_path, names.DIR_ID_NAME), replica=replica,
-                                               cap=HEADER_LEN)
+                data = self.replicas.read_file(names.DIR_ID_NAME, replica=replica, cap=HEADER_LEN)
                 if node_header.parse_prefix(data, MAGIC_DIR) != root_keys.node_id:
                     raise DamagedStructure("the root directory id file belongs to another directory")
                 meta = node_header.open_meta(root_keys.meta_key, data)
@@ -126,8 +124,8 @@ class VaultFS(NamespaceOps, TableOps):
                 error = error or e
                 continue
             if replica != first and not self.read_only:
-                self.replicas.copy_one(replica, first, self._join(root_c_path, names.DIR_ID_NAME))
-                self._heal_event("root directory id", self._join(root_c_path, names.DIR_ID_NAME), replica)
+                self.replicas.copy_one(replica, first, names.DIR_ID_NAME)
+                self._heal_event("root directory id", names.DIR_ID_NAME, replica)
             return meta
         raise DamagedStructure(f"the root directory fails authentication on every replica ({error})")
 
