@@ -96,26 +96,24 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=N
     start = time.monotonic()
     result = Result(record["id"], None)
     if "rekey" not in record:
-        path = sharing.path_of(vfs, bytes.fromhex(record["node"]))
-        if path is None:
+        node = sharing.find_dir(vfs, bytes.fromhex(record["node"]))
+        if node is None:
             # The directory is gone: nothing holds the old key's ciphertext any more.
             _finish_records(vault, record, None, [], save_header)
             event("revoke", grant=record["id"], rekeyed=False, reason="directory deleted")
             return result
-        node = sharing.resolve(vfs, path)
         _archive_grantee_logs(vault, node, event)
         state = {"parent": node.parent.keys.node_id.hex(), "name": node.p_name.hex(),
                  "temp": (TEMP_PREFIX + record["id"][:16]).encode().hex(), "swapped": False}
         record["rekey"] = _seal(vault.root_key, record, state)
         save_header()
-        event("revoke-started", grant=record["id"], path=path)
+        event("revoke-started", grant=record["id"], path=sharing.p_path(node))
     state = _open(vault.root_key, record)
-    parent_path = sharing.path_of(vfs, bytes.fromhex(state["parent"]))
-    if parent_path is None:
+    parent = sharing.find_dir(vfs, bytes.fromhex(state["parent"]))
+    if parent is None:
         raise DamagedStructure("the directory being re-keyed lost its parent; run `pqcfs fsck`")
-    parent = sharing.resolve(vfs, parent_path)
     name, temp = bytes.fromhex(state["name"]), bytes.fromhex(state["temp"])
-    result.path = (parent_path.rstrip("/") + "/" + name.decode("utf-8", "replace"))
+    result.path = sharing.p_path(parent).rstrip("/") + "/" + name.decode("utf-8", "replace")
     if not state["swapped"]:
         if _exists(vfs, parent, temp):
             remove_tree(vfs, parent, temp)        # a copy cut short: start it again

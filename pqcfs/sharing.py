@@ -23,6 +23,7 @@ import base64
 import binascii
 import errno
 import json
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -102,21 +103,29 @@ def resolve(vfs, p_path: str):
     return node
 
 
-def path_of(vfs, node_id: bytes) -> str | None:
-    """Where the directory with node_id is now, as the owner sees it (None: gone)."""
-    queue = deque([(vfs.inodes.root, "")])
+def find_dir(vfs, node_id: bytes):
+    """The directory with node_id, wherever it is now (None: gone)."""
+    queue = deque([vfs.inodes.root])
     while queue:
-        dir_node, p_path = queue.popleft()
+        dir_node = queue.popleft()
         if dir_node.keys.node_id == node_id:
-            return p_path or "/"
-        table = vfs._table(dir_node)
-        for p_name, entry in list(table.by_name.items()):
-            if entry.mode >> 12 == 0o04:   # a directory
+            return dir_node
+        for p_name, entry in list(vfs._table(dir_node).by_name.items()):
+            if stat.S_ISDIR(entry.mode):
                 try:
-                    queue.append((vfs.lookup(dir_node, p_name), f"{p_path}/{p_name.decode(errors='replace')}"))
+                    queue.append(vfs.lookup(dir_node, p_name))
                 except (FsError, PqcfsError):
                     continue
     return None
+
+
+def p_path(node) -> str:
+    """The path of a node as the owner sees it (for people: undecodable bytes replaced)."""
+    parts = []
+    while node.parent is not None:
+        parts.append(node.p_name.decode("utf-8", "replace"))
+        node = node.parent
+    return "/" + "/".join(reversed(parts))
 
 
 def locator(node) -> list[str]:
@@ -197,12 +206,10 @@ def list_grants(vault, refresh: bool = True) -> list[GrantView]:
             continue
         parsed = grants.verify(unb64(record["blob"]), vault.header.vault_id, owner)
         g = parsed.grant
-        path = path_of(vfs, g.node_id)
-        if path is not None and refresh:
-            fresh = locator(resolve(vfs, path))
-            if fresh != record["locator"]:
-                record["locator"], changed = fresh, True
-        views.append(GrantView(g.grant_id.hex(), path, open_note(vault.root_key, record).get("label", "?"),
+        node = find_dir(vfs, g.node_id)
+        if node is not None and refresh and locator(node) != record["locator"]:
+            record["locator"], changed = locator(node), True
+        views.append(GrantView(g.grant_id.hex(), p_path(node) if node is not None else None, open_note(vault.root_key, record).get("label", "?"),
                                g.recipient.hex(), grants.RIGHTS[g.rights], g.expires, g.created, g.generation))
     if changed:
         vault.save_header()

@@ -133,10 +133,10 @@ def _verify_grantee_logs(vault) -> list[dict]:
     for record in vault.header.grants:
         if "blob" not in record:
             continue
-        path = sharing.path_of(vfs, bytes.fromhex(record["node"]))
-        if path is None:
+        node = sharing.find_dir(vfs, bytes.fromhex(record["node"]))
+        if node is None:
             continue
-        key = sharing.resolve(vfs, path).keys.key
+        key = node.keys.key
         for location in vault.locations:
             verdict, events = grantee.verify_log(vault.drive(location), key, bytes.fromhex(record["id"]),
                                                  vault.header.vault_id)

@@ -205,11 +205,10 @@ class Session:
         vfs = sharing.owner_tree(self.vault)
         for grant_id in pending:
             record = next((r for r in self.vault.header.grants if r["id"] == grant_id.hex() and "blob" in r), None)
-            path = sharing.path_of(vfs, bytes.fromhex(record["node"])) if record else None
-            if path is None:
+            node = sharing.find_dir(vfs, bytes.fromhex(record["node"])) if record else None
+            if node is None:
                 log.warning("an intent log of grant %s is left: the grant or its directory is gone", grant_id.hex())
                 continue
-            node = sharing.resolve(vfs, path)
             grantee.recover(self.vault.drives, node.keys.key, grant_id, self.vault.header.block_size, vfs)
             self.event("grantee-session-repaired", grant=grant_id.hex())
 
