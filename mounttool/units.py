@@ -22,6 +22,7 @@ UNIT_DIR = "etc/systemd/system"
 RULES_DIR = "etc/udev/rules.d"
 CONFIG_DIR = "etc/pqcfs/automount"
 UNLOCK = ("ask", "host-key", "identity", "passfile")
+ASK_TIMEOUT = 120    # seconds systemd-ask-password waits for each try
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
 
 
@@ -51,6 +52,7 @@ class AutomountSpec:
     identity: str | None = None
     wait_backup: int = 30
     fuse_options: list[str] = field(default_factory=list)
+    user: str | None = None     # the mount belongs to this user (None: root's)
 
     @property
     def primary(self) -> DriveSpec:
@@ -112,7 +114,7 @@ TimeoutSec=60
 
 
 def _unlock_words(spec: AutomountSpec) -> list[str]:
-    ask = ["--extpass", f"systemd-ask-password --timeout=120 --id=pqcfs:{spec.vault_id} "
+    ask = ["--extpass", f"systemd-ask-password --timeout={ASK_TIMEOUT} --id=pqcfs:{spec.vault_id} "
                         f"'Passphrase for the pqcfs vault {spec.vault_id[:8]} ({spec.mountpoint})'"]
     if spec.unlock == "passfile":
         return ["--passfile", spec.passfile or ""]
@@ -126,9 +128,18 @@ def _unlock_words(spec: AutomountSpec) -> list[str]:
 def exec_start(spec: AutomountSpec) -> list[str]:
     words = [PQCFS, "mount", spec.primary.location, spec.mountpoint, "--foreground", "--vault-id", spec.vault_id,
              "--wait-backup", str(spec.wait_backup), *_unlock_words(spec)]
+    if spec.user:
+        words += ["--user", spec.user]
     if spec.fuse_options:
         words += ["-o", ",".join(spec.fuse_options)]
     return words
+
+
+def start_timeout(spec: AutomountSpec) -> int:
+    """The backup's wait, every passphrase try (`pqcfs mount` asks up to three times) and
+    a sync of the backup at mount."""
+    tries = 3 if spec.unlock in ("ask", "identity") else 0
+    return spec.wait_backup + tries * ASK_TIMEOUT + 180
 
 
 def service_unit(spec: AutomountSpec) -> str:
@@ -149,7 +160,7 @@ Type=notify
 NotifyAccess=main
 ExecStart={" ".join(_word(w) for w in exec_start(spec))}
 ExecStop={_word(PQCFS)} umount {_word(spec.mountpoint)}
-TimeoutStartSec={spec.wait_backup + 180}
+TimeoutStartSec={start_timeout(spec)}
 TimeoutStopSec=300
 KillMode=mixed
 """

@@ -31,7 +31,30 @@ class Plan:
     unclean: bool = False                   # some present replica was not cleanly unmounted
 
 
+def newest_first(vault: vault_mod.UnlockedVault) -> str | None:
+    """A replica that is newer than the primary (it was used without it: the primary was
+    pulled and came back) is put first, to serve and be the source the primary is
+    brought up to date from: the primary's state is an ancestor of the newer one, so
+    nothing is lost. Replicas that both changed without each other are a split brain and
+    are never chosen between here. Done before anything is appended (the audit log
+    continues the newest chain). Returns the location moved first, if any."""
+    states = {loc: vault_mod.read_state(vault.drive(loc), vault.root_key) for loc in vault.locations}
+    newer = [loc for loc in vault.locations[1:] if rs.compare(states[vault.locations[0]], states[loc]) == rs.NEWER]
+    if not newer:
+        return None
+    newest = newer[0]
+    for loc in newer[1:]:
+        if rs.compare(states[newest], states[loc]) == rs.NEWER:
+            newest = loc
+    log.warning("the replica at %s is newer than the primary %s (it was used without it): it serves, and the "
+                "primary is brought up to date from it", newest, vault.locations[0])
+    vault.locations.remove(newest)
+    vault.locations.insert(0, newest)
+    return newest
+
+
 def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaState]]:
+    newest_first(vault)
     states = {loc: vault_mod.read_state(vault.drive(loc), vault.root_key) for loc in vault.locations}
     primary = vault.locations[0]
     ref = states[primary]
@@ -43,10 +66,6 @@ def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaStat
             p.unclean |= not states[loc].clean
         elif relation == rs.STALE:
             p.stale.append(loc)
-        elif relation == rs.NEWER:
-            raise DriveError(f"the replica at {loc} is newer than the primary {primary}: it was used "
-                             "without it. Mount that one as the primary, or bring the primary up to "
-                             f"date with `pqcfs sync {loc} --backup {primary}`")
         else:
             raise DriveError(f"{primary} and {loc} were both changed without each other (split brain); "
                              "nothing was touched. Choose the one to keep and run "

@@ -14,6 +14,7 @@ from pqcfs import vault as vault_mod
 from pqcfs.cli import options
 from pqcfs.errors import PqcfsError
 from pqcfs.fs import mounttable
+from pqcfs.fs.owner import MountOwner
 from pqcfs.store import devices
 from pqcfs.store.atomic import write_atomic
 
@@ -30,6 +31,9 @@ def add_parser(sub) -> None:
                     "passfile: a root-only file holding the passphrase")
     en.add_argument("--passfile", metavar="FILE", help="with --unlock passfile: the file")
     en.add_argument("--identity-file", metavar="FILE", help="with --unlock identity: the identity file")
+    en.add_argument("--user", metavar="NAME",
+                    help="the mount belongs to user NAME: only NAME sees inside it (their file manager shows it), "
+                    "and failures also reach NAME's journal")
     en.add_argument("--wait-backup", type=int, default=30, metavar="SECONDS",
                     help="how long to wait for the backup before mounting degraded (default 30)")
     en.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT]",
@@ -75,10 +79,11 @@ def spec_for(args) -> units.AutomountSpec:
     if args.unlock == "identity" and not args.identity_file:
         raise PqcfsError("--unlock identity needs --identity-file FILE")
     mountpoint = os.path.abspath(args.at)
+    user = MountOwner.lookup(args.user).name if args.user else None
     return units.AutomountSpec(header.vault_id.hex(), mountpoint, drives, args.unlock,
                                os.path.abspath(args.passfile) if args.passfile else None,
                                os.path.abspath(args.identity_file) if args.identity_file else None,
-                               args.wait_backup, options_list(args.fuse_options))
+                               args.wait_backup, options_list(args.fuse_options), user)
 
 
 def options_list(values: list[str]) -> list[str]:
@@ -153,8 +158,10 @@ def _status(args) -> int:
                   for d in spec["drives"]]
         mount = mounttable.find(spec["mountpoint"])
         rows.append({"vault_id": spec["vault_id"], "mountpoint": spec["mountpoint"], "unlock": spec["unlock"],
+                     "user": spec.get("user"),
                      "mounted": mount is not None and not mount.dead, "drives": drives})
     lines = [f"{r['vault_id']}  {r['mountpoint']}  {'mounted' if r['mounted'] else 'not mounted'}  unlock {r['unlock']}  "
+             + (f"for {r['user']}  " if r["user"] else "")
              + ", ".join(f"{d['role']} {d['fs_uuid']} {'plugged in' if d['plugged_in'] else 'absent'}"
                          for d in r["drives"]) for r in rows] or ["no vault is set up for automount"]
     options.emit(args, {"vaults": rows}, "\n".join(lines))

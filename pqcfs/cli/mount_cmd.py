@@ -9,15 +9,16 @@ import subprocess
 import sys
 import time
 
-from mounttool import sdnotify
+from mounttool import journal, sdnotify
 from pqcfs import hygiene, revoke
 from pqcfs import vault as vault_mod
 from pqcfs.audit import host
 from pqcfs.cli import grantee_mount, options, share_cmd
 from pqcfs.cli.progress import Progress
-from pqcfs.errors import DriveError, MountError
+from pqcfs.errors import DriveError, MountError, PqcfsError
 from pqcfs.fs import mounttable
 from pqcfs.fs import session as session_mod
+from pqcfs.fs.owner import MountOwner
 from pqcfs.store import devices
 
 
@@ -47,6 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--owner", metavar="FINGERPRINT",
                    help="with --identity: the owner key the grant must be signed by (as `pqcfs share` "
                    "printed it); else the first one seen is remembered and any other refused")
+    p.add_argument("--user", metavar="NAME",
+                   help="root only: the mount belongs to user NAME (only NAME can enter it, a vault made by root "
+                   "gives NAME its top directory, a missing mountpoint is made for NAME, and messages also go to "
+                   "NAME's journal); automount for a desktop user")
     options.add_unlock_options(p)
     options.add_replica_options(p)
     options.add_drive_options(p)
@@ -84,6 +89,25 @@ def _split_options(values: list[str]) -> list[str]:
 
 
 def run_mount(args) -> int:
+    if not args.user:
+        return _mount(args, None)
+    if os.geteuid() != 0:
+        raise MountError("--user needs root: the daemon reads the drives as root and gives the mount to the user")
+    owner = MountOwner.lookup(args.user)
+    user_journal = journal.UserJournal(owner.uid, owner.gid, args.vault_id)
+    stderr, sys.stderr = sys.stderr, user_journal.tee(sys.stderr)
+    try:
+        return _mount(args, owner)
+    except (PqcfsError, OSError) as e:
+        user_journal.send(f"pqcfs: mounting {args.vault} at {args.mountpoint} failed: {e}", journal.ERR)
+        raise
+    finally:
+        sys.stderr = stderr
+
+
+def _mount(args, owner: MountOwner | None) -> int:
+    if owner is not None:
+        owner.make_mountpoint(args.mountpoint)
     dead = mounttable.find(args.mountpoint)
     if dead is not None and dead.dead:
         # A crashed daemon's mount is in the way: every access to it fails (ENOTCONN).
@@ -96,7 +120,9 @@ def run_mount(args) -> int:
     if args.wait_backup > 0 and not args.backup:
         _wait_for_replicas(args.vault, args.wait_backup)
     if args.identity and grantee_mount.is_grantee(args):
-        return _serve(grantee_mount.prepare(args), args)
+        session = grantee_mount.prepare(args)
+        session.owner = owner
+        return _serve(session, args)
     vault = options.unlock(args, require_all=False, audit=not args.ro)
     args.audit_log = None   # the daemon owns the log from here on
     devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
@@ -110,7 +136,7 @@ def run_mount(args) -> int:
             # The vault is whole (the grant still in force): mounting it is not refused.
             print(f"pqcfs: warning: {e}", file=sys.stderr)
     session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files,
-                                  accept_older=args.accept_older)
+                                  accept_older=args.accept_older, owner=owner)
     session.lock()
     try:
         plan = session.prepare(Progress)
@@ -151,6 +177,9 @@ def _serve(session, args) -> int:
     os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
     logging.basicConfig(level=level, filename=log_path, force=True,
                         format="%(asctime)s pqcfs[%(process)d]: %(message)s")
+    if session.owner is not None:
+        logging.getLogger().addHandler(journal.UserJournal(session.owner.uid, session.owner.gid,
+                                                           session.vault.header.vault_id.hex()).handler())
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

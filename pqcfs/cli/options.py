@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from pqcfs import sharing
+from pqcfs import mirror, sharing
 from pqcfs import vault as vault_mod
 from pqcfs.cli import secrets
 from pqcfs.audit import host
@@ -80,6 +80,27 @@ def credentials(args) -> Credentials:
     return Credentials(passphrase=secrets.passphrase(args.passfile, args.extpass, "Vault passphrase"))
 
 
+def _asks(args) -> bool:
+    """The secret comes from a person (a prompt or an asking program such as
+    systemd-ask-password), who may mistype: then a wrong one is asked again."""
+    return not (getattr(args, "host_key", False) or getattr(args, "recovery_code_file", None)
+                or getattr(args, "passfile", None))
+
+
+def _unlock_tries(args, locations: list[str], vault_id: str | None):
+    tries = secrets.TRIES if _asks(args) else 1
+    for n in range(1, tries + 1):
+        try:
+            creds = credentials(args)
+            return creds, vault_mod.unlock(locations, creds, slot=getattr(args, "unlock_slot", None))
+        except WrongKey as e:
+            if n == tries:
+                raise
+            # Every failed attempt is recorded, not only the last one.
+            host.record(vault_id, "unlock-failed", command=args.command, reason="WrongKey")
+            print(f"pqcfs: {e}; try {n + 1} of {tries}", file=sys.stderr)
+
+
 def replica_locations(primary: str, backup: str | None, require_all: bool) -> list[str]:
     """The primary plus every other replica the header names that can be found."""
     header, _, _ = vault_mod.read_header(primary)
@@ -124,8 +145,7 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         if audit:
             lock = VaultLock(list(drives.values()))
             lock.acquire()
-        creds = credentials(args)
-        vault = vault_mod.unlock(locations, creds, slot=getattr(args, "unlock_slot", None))
+        creds, vault = _unlock_tries(args, locations, vault_id)
     except (WrongKey, DriveError, DamagedStructure) as e:
         host.record(vault_id, "unlock-failed", command=args.command, reason=type(e).__name__)
         if lock is not None:
@@ -137,6 +157,8 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         raise
     vault.adopt_drives(drives)
     vault.extra["lock"] = lock
+    if audit:
+        mirror.newest_first(vault)
     args.unlocked = vault
     if audit:
         log = AuditLog(vault)

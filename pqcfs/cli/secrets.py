@@ -14,6 +14,9 @@ import sys
 from pqcfs.errors import PqcfsError
 
 
+TRIES = 3
+
+
 class SecretError(PqcfsError):
     pass
 
@@ -44,12 +47,18 @@ def from_program(command: str) -> bytes:
 def prompt(label: str, confirm: bool) -> bytes:
     if not sys.stdin.isatty():
         raise SecretError(f"{label}: no terminal to ask on; use --passfile or --extpass")
-    first = getpass.getpass(f"{label}: ").encode()
-    if not first:
-        raise SecretError("empty passphrase")
-    if confirm and getpass.getpass(f"{label} (again): ").encode() != first:
-        raise SecretError("the passphrases did not match")
-    return first
+    for n in range(1, TRIES + 1):
+        first = getpass.getpass(f"{label}: ").encode()
+        if not first:
+            problem = "the passphrase is empty"
+        elif confirm and getpass.getpass(f"{label} (again): ").encode() != first:
+            problem = "the passphrases did not match"
+        else:
+            return first
+        if n == TRIES:
+            raise SecretError(problem)
+        print(f"pqcfs: {problem}; try {n + 1} of {TRIES}", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def passphrase(passfile: str | None, extpass: str | None, label: str, confirm: bool = False) -> bytes:

@@ -3,6 +3,8 @@ or one vault's replica states. Exit 12 (DEGRADED) when anything shown is not hea
 
 from __future__ import annotations
 
+import os
+
 from pqcfs import vault as vault_mod
 from pqcfs.cli import exitcodes, options
 from pqcfs.errors import PqcfsError
@@ -47,10 +49,13 @@ def vault_status(primary: str) -> dict:
     mounts = [m for m in mounted() if m.get("vault_id") == header.vault_id.hex()]
     replicas = []
     for r in header.replicas:
-        hint = r.get("path_hint")
-        entry = {"id": r["id"], "role": r["role"], "path": hint, "present": False}
+        # Where it is plugged in now (the place it was last seen, else found by its file
+        # system's UUID), else where it was last seen.
+        here = primary if r["id"] == ref.replica_id else \
+            vault_mod.find_replica(r, header.vault_id, os.path.realpath(primary))
+        entry = {"id": r["id"], "role": r["role"], "path": here or r.get("path_hint"), "present": False}
         try:
-            state = vault_mod.read_state(hint, None) if hint else None
+            state = vault_mod.read_state(here, None) if here else None
         except PqcfsError:
             state = None
         if state is not None and state.replica_id == r["id"]:

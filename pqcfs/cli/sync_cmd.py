@@ -91,8 +91,6 @@ def run(args) -> int:
         relation = rs.compare(source, vault_mod.read_state(vault.drive(location), vault.root_key))
         if relation == rs.SAME:
             continue
-        if relation == rs.NEWER:
-            raise DriveError(f"{location} is newer than {vault.locations[0]}; run the sync from it instead")
         if relation == rs.DIVERGED and not args.overwrite_diverged:
             raise DriveError(f"{vault.locations[0]} and {location} diverged (split brain); nothing was "
                              "touched. --overwrite-diverged keeps VAULT and discards the other's changes")

@@ -165,6 +165,12 @@ class GranteeSession(session_mod.Session):
                                        intent=self.intent))
         return self.ops
 
+    def _give_top_directory(self, vfs: VaultFS) -> None:
+        # The root of a grantee's mount is pqcfs' own and nothing on the drives.
+        root = vfs.inodes.root
+        root.meta.uid = root.entry.uid = self.owner.uid
+        root.meta.gid = root.entry.gid = self.owner.gid
+
     def event(self, event: str, **details) -> None:
         drives = [self.vault.drives[n] for n in self.replicas.healthy] if self.replicas else self.vault.drives
         for o in self.opened:

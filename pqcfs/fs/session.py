@@ -7,6 +7,7 @@ lets `pqcfs umount` and `pqcfs status` find the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from pqcfs.fs import control
 from pqcfs.fs import recovery
 from pqcfs.fs import rejoin as rejoin_mod
 from pqcfs.fs.operations import Operations
+from pqcfs.fs.owner import MountOwner
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
 from pqcfs.store import changes as changes_mod
@@ -59,8 +61,9 @@ def check_mountpoint(mountpoint: str) -> None:
 
 class Session:
     def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False,
-                 audit_files: bool = False, accept_older: bool = False):
+                 audit_files: bool = False, accept_older: bool = False, owner: MountOwner | None = None):
         self.vault = vault
+        self.owner = owner                 # the user the mount belongs to (None: whoever mounts)
         self.accept_older = accept_older   # mount drives older than this machine has seen
         self.audit = vault.extra.get("audit")
         self.audit_files = audit_files
@@ -326,8 +329,11 @@ class Session:
     def serve(self, extra_options: list[str], ready=None) -> None:
         """Mount and serve until unmounted or signalled; ready() runs once mounted."""
         ops = self.build()
+        if self.owner is not None:
+            self._give_top_directory(ops.vfs)
         try:
-            pyfuse3.init(ops, self.mountpoint, self.fuse_options(extra_options))
+            with self.owner.real_ids() if self.owner else contextlib.nullcontext():
+                pyfuse3.init(ops, self.mountpoint, self.fuse_options(extra_options))
         except RuntimeError as e:
             self._finish()
             raise MountError(f"mounting {self.mountpoint} failed: {e}") from None
@@ -346,8 +352,18 @@ class Session:
 
     async def _announce_ready(self) -> None:
         # Ready means answering: a stat of the mountpoint is a request this loop serves.
-        await trio.to_thread.run_sync(os.stat, self.mountpoint)
+        await trio.to_thread.run_sync(self.owner.stat_as if self.owner else os.stat, self.mountpoint)
         self._ready()
+
+    def _give_top_directory(self, vfs: VaultFS) -> None:
+        """A vault made by root (`sudo pqcfs init`) has a top directory only root may
+        write, and root can not even enter a mount that belongs to a user: it is given to
+        the user the mount is for, once. A top directory someone else owns is theirs."""
+        root = vfs.inodes.root
+        if root.meta.uid != 0 or self.read_only:
+            return
+        vfs.set_owner(root, self.owner.uid, self.owner.gid)
+        self.event("top-directory-given", user=self.owner.name, uid=self.owner.uid)
 
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:

@@ -168,3 +168,29 @@ def test_a_host_key_unlocks_unattended_until_its_slot_is_removed(cli_vault, tmp_
     assert pqcfs("keys", "remove", *vault, slot, "--passfile", str(pw), env_extra=env).returncode == 0
     assert not secret.exists()
     assert pqcfs("fsck", *vault, "--host-key", env_extra=env).returncode == exitcodes.WRONG_KEY
+
+
+def test_a_mistyped_passphrase_is_asked_again_three_times_and_each_try_is_audited(cli_vault):
+    """An asking program (systemd-ask-password for automount) gets three tries; every
+    wrong one is recorded (host log first, adopted into the vault's log at the next unlock)."""
+    a, b, pw, tmp, _ = cli_vault
+    counter = tmp / "asked"
+    ask = tmp / "ask.sh"
+    ask.write_text(f"#!/bin/sh\nn=$(cat {counter} 2>/dev/null || echo 0)\necho $((n + 1)) > {counter}\n"
+                   f'if [ "$n" -lt 2 ]; then echo mistyped; else cat {pw}; fi\n')
+    ask.chmod(0o755)
+    state = {"PQCFS_STATE_DIR": str(tmp / "state")}
+    r = pqcfs("sync", str(a), "--extpass", str(ask), env_extra=state)
+    assert r.returncode == 0, r.stderr
+    assert counter.read_text().strip() == "3"
+    assert "try 2 of 3" in r.stderr and "try 3 of 3" in r.stderr
+    shown = pqcfs("audit", "show", str(a), "--passfile", str(pw), env_extra=state).stdout
+    assert shown.count("host-unlock-failed") == 2, shown
+    counter.unlink()
+    always_wrong = pqcfs("audit", "verify", str(a), "--extpass", "echo wrong", env_extra=state)
+    assert always_wrong.returncode == exitcodes.WRONG_KEY
+    assert always_wrong.stderr.count("try ") == 2
+    # A passfile is not a person: one try.
+    (tmp / "bad").write_text("wrong\n")
+    once = pqcfs("audit", "verify", str(a), "--passfile", str(tmp / "bad"), env_extra=state)
+    assert once.returncode == exitcodes.WRONG_KEY and "try " not in once.stderr

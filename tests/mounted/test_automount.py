@@ -7,9 +7,11 @@ for by bind mounts at the paths they would mount."""
 import contextlib
 import json
 import os
+import pwd
 import shlex
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -211,3 +213,164 @@ def test_the_udev_rule_pulls_the_service_only_for_the_vaults_drives(tmp_path):
             assert f"pqcfs-{vault_id}.service" in udev_wants(loops[0])            # the primary
             assert backup_unit in udev_wants(loops[1])                            # the backup: its mount
             assert not [w for w in udev_wants(loops[2]) if "pqcfs" in w]          # any other drive
+
+
+@contextlib.contextmanager
+def system_users(*names):
+    """Users made for the test only (no home, no login), removed after."""
+    made = []
+    try:
+        for name in names:
+            subprocess.run(["userdel", name], capture_output=True)     # left over by a killed run
+            drives.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name)
+            made.append(name)
+        yield [pwd.getpwnam(n) for n in names]
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], capture_output=True)
+
+
+class JournalSocket:
+    """Where journald listens, stood in for: each entry with the credentials it came with."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.entries: list[tuple[int, dict]] = []
+
+    def receive(self) -> list[tuple[int, dict]]:
+        while True:
+            try:
+                data, ancdata, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(12))
+            except socket.timeout:
+                return self.entries
+            uid = next(struct.unpack("iII", d)[1] for level, kind, d in ancdata
+                       if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.entries.append((uid, fields))
+
+    def close(self):
+        self.sock.close()
+
+
+def unit_mount(loop: str, fs: str, fs_uuid: str) -> str:
+    """What a drive's generated .mount unit does when the drive appears."""
+    where = f"{units.DRIVES_DIR}/{fs_uuid}"
+    os.makedirs(where, exist_ok=True)
+    if fs == "exfat":
+        drives.run("mount.exfat-fuse", loop, where)
+    else:
+        drives.run("mount", "-o", "nosuid,nodev,noexec", loop, where)
+    return where
+
+
+def as_user(user, *cmd):
+    return subprocess.run(cmd, user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_users_vault_mounts_degraded_takes_the_backup_later_and_survives_the_primary_pulled(tmp_path):
+    """The whole life of an automount for a desktop user, with what the units run: the
+    primary plugged in alone mounts degraded after the bounded wait (and says so in the
+    user's journal); only that user can enter the mount; the backup plugged in later is
+    synced and mirrored to; the primary pulled stops the service (BindsTo its device):
+    nothing written is lost, the backup is left clean, and once the primary is back both
+    check clean."""
+    with drives.workdir() as w, drives.standin_vault(w, ("exfat", 64), ("ext4", 64)) as v, \
+            system_users("pqcfs-t-alice", "pqcfs-t-bob") as (alice, bob):
+        v.mount()
+        with open(os.path.join(v.mountpoint, "hello"), "w") as f:
+            f.write("made before")
+        v.umount()
+        media = os.path.join(w, "media")
+        os.mkdir(media, 0o755)
+        mountpoint = os.path.join(media, "Vault")     # missing: made for alice by the mount
+        doc = json.loads(drives.pqcfs("automount", "enable", v.primary, "--at", mountpoint, "--root",
+                                      str(tmp_path / "root"), "--json", "--unlock", "passfile", "--passfile",
+                                      v.passfile, "--wait-backup", "2", "--user", alice.pw_name).stdout)
+        service = read(next(f for f in doc["files"] if f.endswith(".service")))
+        start, stop = systemd_words(unit_value(service, "ExecStart")), systemd_words(unit_value(service, "ExecStop"))
+        assert start[start.index("--user") + 1] == alice.pw_name
+        header = json.loads(drives.pqcfs("info", v.primary, "--json").stdout)
+        uuid = {r["role"]: r["fs_uuid"] for r in header["replicas"]}
+        loops = [drives.run("losetup", "-j", image).stdout.split(":")[0] for image in v.images]
+        drives.unmount(v.primary)           # both drives unplugged
+        drives.unmount(v.backup)
+        notify, journal = NotifySocket(os.path.join(w, "notify")), JournalSocket(os.path.join(w, "journal"))
+        env = dict(os.environ, NOTIFY_SOCKET=notify.path, PQCFS_JOURNAL_SOCKET=journal.path,
+                   PQCFS_REJOIN_INTERVAL="0.5")
+        mounted, new_loops, proc = [], [], None
+        try:
+            # The primary alone: mounted after the bounded wait, degraded, and it says so.
+            mounted.append(unit_mount(loops[0], "exfat", uuid["primary"]))
+            began = time.monotonic()
+            proc = subprocess.Popen([sys.executable, "-m", "pqcfs", *start[1:], "--allow-fixed"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            got = notify.wait_for("READY=1", 60, proc)
+            assert "READY=1" in got, proc.stderr.read().decode() if proc.poll() is not None else got
+            assert time.monotonic() - began >= 2
+            degraded = [f for uid, f in journal.receive() if "DEGRADED" in f["MESSAGE"]]
+            assert degraded and all(uid == alice.pw_uid for uid, f in journal.entries)
+            assert degraded[0]["PRIORITY"] == "4" and degraded[0]["SYSLOG_IDENTIFIER"] == "pqcfs"
+
+            # Alice's mount: hers to read and write; bob and root see nothing inside.
+            assert as_user(alice, "cat", f"{mountpoint}/hello").stdout == "made before"
+            assert as_user(alice, "sh", "-c", f"echo by alice > {mountpoint}/mine").returncode == 0
+            assert as_user(alice, "stat", "-c", "%u", mountpoint).stdout.strip() == str(alice.pw_uid)
+            assert "Permission denied" in as_user(bob, "ls", mountpoint).stderr
+            with pytest.raises(PermissionError):
+                os.listdir(mountpoint)
+
+            # The backup plugged in later: its mount unit runs, the daemon takes it in.
+            mounted.append(unit_mount(loops[1], "ext4", uuid["backup"]))
+            deadline = time.monotonic() + 60
+            while json.loads(drives.pqcfs("status", mountpoint, "--json", check=False).stdout)["mounts"][0]["missing"]:
+                assert time.monotonic() < deadline, "the backup plugged in later was never taken in"
+                time.sleep(0.5)
+            assert as_user(alice, "sh", "-c", f"echo mirrored > {mountpoint}/after && sync {mountpoint}/after"
+                           ).returncode == 0
+
+            # The primary pulled: the backup serves, then the service is stopped (ExecStop).
+            drives.run("pkill", "-KILL", "-f", f"mount.exfat-fuse {loops[0]} ")
+            time.sleep(0.3)
+            assert as_user(alice, "sh", "-c", f"echo pulled > {mountpoint}/while-pulled").returncode == 0
+            assert subprocess.run([sys.executable, "-m", "pqcfs", *stop[1:]], capture_output=True).returncode == 0
+            assert proc.wait(timeout=60) == 0
+            assert "STOPPING=1" in notify.drain()
+            assert not drives.is_mounted(mountpoint)
+            status = drives.pqcfs("status", mounted[1], "--json", check=False)
+            replicas = {r["role"]: r for r in json.loads(status.stdout)["replicas"]}
+            assert status.returncode == 12 and not replicas["primary"]["present"], status.stdout   # pulled
+            assert replicas["backup"]["clean"] and replicas["backup"]["path"] == mounted[1], status.stdout
+
+            # The primary back (a new device, checked, as a re-plugged stick): brought up
+            # to date at the next mount; nothing is lost and both check clean.
+            drives.unmount(mounted[0])
+            drives.run("blockdev", "--flushbufs", loops[0], check=False)
+            new_loops.append(drives.run("losetup", "--find", "--show", v.images[0]).stdout.strip())
+            drives.run("fsck.exfat", "-y", new_loops[0], check=False)
+            drives.run("mount.exfat-fuse", new_loops[0], mounted[0])
+            drives.pqcfs("mount", mounted[0], v.mountpoint, "--passfile", v.passfile, "--allow-fixed")
+            for name, text in [("hello", "made before"), ("mine", "by alice\n"), ("after", "mirrored\n"),
+                               ("while-pulled", "pulled\n")]:
+                with open(os.path.join(v.mountpoint, name)) as f:
+                    assert f.read() == text
+            v.umount()
+            assert drives.pqcfs("fsck", mounted[0], "--passfile", v.passfile).returncode == 0
+            assert drives.pqcfs("audit", "verify", mounted[0], "--passfile", v.passfile).returncode == 0
+        finally:
+            if proc is not None and proc.poll() is None:
+                subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+                proc.wait(timeout=60)
+            if proc is not None:
+                proc.stderr.close()
+            notify.close()
+            journal.close()
+            v.umount()
+            for where in reversed(mounted):
+                drives.unmount(where)
+            for loop in new_loops:
+                drives.run("losetup", "-d", loop, check=False)

@@ -1,0 +1,63 @@
+"""A mount that belongs to one user (`pqcfs mount --user NAME`, automount for a desktop).
+
+The daemon runs as root (it reads the drives), but the FUSE mount is the user's: the
+kernel lets only that user into it (not other users, not root; that is FUSE without
+allow_other), so the user's file manager shows it and nobody else sees inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import subprocess
+from dataclasses import dataclass
+
+from pqcfs.errors import MountError
+
+
+@dataclass(frozen=True)
+class MountOwner:
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def lookup(cls, name: str) -> "MountOwner":
+        try:
+            entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        except KeyError:
+            raise MountError(f"there is no user {name!r} on this machine") from None
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+    @contextlib.contextmanager
+    def real_ids(self):
+        """libfuse gives the kernel getuid()/getgid() as the mount's owner. Only the real
+        ids change; the effective ids stay root's, so the mount itself is still allowed and
+        the daemon keeps its rights. Restored at once."""
+        os.setresgid(self.gid, 0, 0)
+        os.setresuid(self.uid, 0, 0)
+        try:
+            yield
+        finally:
+            os.setresuid(0, 0, 0)
+            os.setresgid(0, 0, 0)
+
+    def make_mountpoint(self, path: str) -> None:
+        """Create a missing mountpoint for the user (automount: /media/NAME/Vault); the
+        parent must exist. An existing one is left as it is."""
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            raise MountError(f"cannot create the mountpoint {path}: its parent does not exist") from None
+        os.chown(path, self.uid, self.gid)
+
+    def stat_as(self, path: str) -> None:
+        """A stat of path by the user. Ready means the mount answers; only its owner's
+        requests reach the daemon, so the check must be the owner's."""
+        proc = subprocess.run(["stat", "--format=%i", "--", path], user=self.uid, group=self.gid, extra_groups=[],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise MountError(f"the mount does not answer its owner {self.name}: {proc.stderr.strip()}")
