@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 
+from pqcfs import userdirs
 from pqcfs.audit.writer import now
 
 
 def path() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "pqcfs", "host-audit.jsonl")
+    return os.path.join(userdirs.state_dir(), "host-audit.jsonl")
 
 
 def record(vault_id: str | None, event: str, **details) -> None:

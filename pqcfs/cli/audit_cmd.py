@@ -14,20 +14,20 @@ from pqcfs.format.identity import PublicIdentity
 
 def add_parser(sub) -> None:
     p = sub.add_parser("audit", help="show and verify the vault's tamper-evident audit log")
-    asub = p.add_subparsers(dest="audit_cmd", required=True)
+    asub = p.add_subparsers(dest="audit_cmd", required=True, metavar="show|verify|checkpoint")
     show = asub.add_parser("show", help="decrypt and list audit records")
-    show.add_argument("vault")
-    show.add_argument("--since", metavar="ISO-TIME")
-    show.add_argument("--until", metavar="ISO-TIME")
+    show.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
+    show.add_argument("--since", metavar="ISO-TIME", help="only records at or after this time, e.g. 2026-11-01 or 2026-11-01T12:00")
+    show.add_argument("--until", metavar="ISO-TIME", help="only records before this time")
     show.add_argument("--event", action="append", help="only these events (repeatable)")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     verify = asub.add_parser("verify", help="check the chain on every replica (exit 0 intact, 10 broken)")
-    verify.add_argument("vault")
+    verify.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
     verify.add_argument("--public-key", metavar="PUBFILE",
                         help="verify without the vault key, up to the last checkpoint signed by this identity")
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     cp = asub.add_parser("checkpoint", help="sign the log so far with your identity (needs --identity)")
-    cp.add_argument("vault")
+    cp.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
     for q in (show, verify, cp):
         options.add_unlock_options(q)
         options.add_replica_options(q)

@@ -9,9 +9,9 @@ from pqcfs.cli.progress import Progress
 
 def add_parser(sub) -> None:
     p = sub.add_parser("fsck", help="authenticate everything on every replica, compare them, repair")
-    p.add_argument("vault")
+    p.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
     p.add_argument("--repair", action="store_true", help="repair damaged copies from a good replica")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     options.add_unlock_options(p)
     options.add_replica_options(p)
     p.set_defaults(func=run)

@@ -14,17 +14,18 @@ from pqcfs.store.atomic import write_atomic
 
 def add_parser(sub) -> None:
     p = sub.add_parser("identity", help="create and show your identity (hybrid KEM + ML-DSA key pair)")
-    isub = p.add_subparsers(dest="identity_cmd", required=True)
+    isub = p.add_subparsers(dest="identity_cmd", required=True, metavar="new|show|export")
     new = isub.add_parser("new", help="create a passphrase-protected identity")
     new.add_argument("--file", default=None, help="where to store it (default: %s)" % options.default_identity_path())
-    new.add_argument("--suite", default=kem.DEFAULT_SUITE, choices=sorted(kem.SUITES))
+    new.add_argument("--suite", default=kem.DEFAULT_SUITE, choices=sorted(kem.SUITES),
+                     help="the hybrid KEM of the identity key (default: %(default)s)")
     new.add_argument("--force", action="store_true", help="overwrite an existing identity")
     options.add_secret_options(new)
     for name, helptext in (("show", "show the public key and fingerprint"),
                            ("export", "write the public key to a file (or stdout) to hand to others")):
         q = isub.add_parser(name, help=helptext)
         q.add_argument("--file", default=None, help="the identity file")
-        q.add_argument("--json", action="store_true")
+        q.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
         if name == "export":
             q.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=run)

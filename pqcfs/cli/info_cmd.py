@@ -11,8 +11,8 @@ from pqcfs.format import slots
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="show a vault's format, suite, KDF, key slots and replicas (no unlock)")
-    p.add_argument("vault")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     p.set_defaults(func=run)
 
 

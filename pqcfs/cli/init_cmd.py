@@ -31,11 +31,14 @@ def kdf_from_args(args) -> Argon2Params:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("init", help="create a vault on a primary and backup drive")
-    p.add_argument("primary")
-    p.add_argument("backups", nargs="*", metavar="BACKUP")
-    p.add_argument("--suite", default=kem.DEFAULT_SUITE, choices=sorted(kem.SUITES))
+    p.add_argument("primary", help="where the primary replica goes: an empty directory on the first drive, e.g. /media/usb1")
+    p.add_argument("backups", nargs="*", metavar="BACKUP",
+                   help="where the backup replica goes: an empty directory on a second drive (required unless --single)")
+    p.add_argument("--suite", default=kem.DEFAULT_SUITE, choices=sorted(kem.SUITES),
+                   help="the hybrid KEM that wraps the root key (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=vault_mod.DEFAULT_BLOCK_SIZE,
-                   choices=(4096, 8192, 16384, 32768, 65536))
+                   choices=(4096, 8192, 16384, 32768, 65536),
+                   help="bytes of plaintext per encrypted block (default: %(default)s; larger suits big files)")
     p.add_argument("--owner", metavar="PUBFILE", help="also add an identity slot for this public key")
     p.add_argument("--format", type=int, default=vault_header.VERSION, choices=sorted(vault_header.READABLE_VERSIONS),
                    help=f"on-disk format (default {vault_header.VERSION}; 1 opens with older pqcfs, without "

@@ -11,17 +11,17 @@ from pqcfs.format.identity import PublicIdentity
 
 
 def _common(p, slot_option: bool = True) -> None:
-    p.add_argument("vault")
+    p.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
     options.add_unlock_options(p, slot_option)
     options.add_replica_options(p)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("keys", help="list, add and remove key slots")
-    ksub = p.add_subparsers(dest="keys_cmd", required=True)
+    ksub = p.add_subparsers(dest="keys_cmd", required=True, metavar="list|add|remove")
     ls = ksub.add_parser("list", help="list key slots (no unlock needed)")
-    ls.add_argument("vault")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
+    ls.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     add = ksub.add_parser("add", help="add a passphrase, identity or recovery-code slot")
     _common(add)
     what = add.add_mutually_exclusive_group(required=True)
@@ -33,11 +33,11 @@ def add_parser(sub) -> None:
                       "stays root-only here (sealed with the TPM2 when there is one); removing the slot revokes it")
     add.add_argument("--new-passfile", metavar="FILE", help="the new passphrase (else asked for)")
     add.add_argument("--label", default="", help="a label for an identity slot")
-    add.add_argument("--json", action="store_true")
+    add.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     add_kdf_options(add)
     rm = ksub.add_parser("remove", help="remove a key slot")
     _common(rm)
-    rm.add_argument("slot", type=int)
+    rm.add_argument("slot", type=int, help="the slot number, as `pqcfs keys list` shows it")
     p.set_defaults(func=run)
 
     pw = sub.add_parser("passwd", help="change a passphrase (the slot that unlocks, or --slot)")
@@ -49,9 +49,7 @@ def add_parser(sub) -> None:
 
 
 def _new_passphrase(args) -> bytes:
-    if args.new_passfile:
-        return secrets.from_file(args.new_passfile)
-    return secrets.prompt("New passphrase", confirm=True)
+    return secrets.new_passphrase(args.new_passfile, "New passphrase")
 
 
 def run(args) -> int:

@@ -17,10 +17,34 @@ COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd, status_cmd, s
             share_cmd, automount_cmd]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pqcfs", description="Post-quantum encrypted, mirrored file system.")
+EPILOG = "Exit codes: see EXIT STATUS in `man pqcfs`, or docs/cli.md. Documentation: docs/ in the pqcfs sources."
+
+
+class Parser(argparse.ArgumentParser):
+    """Every help page ends by saying where the exit codes are; a mistake is reported by the
+    (sub)command it was made in, with that command's usage, as one `pqcfs:` line."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("epilog", EPILOG)
+        super().__init__(*args, **kw)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            # A command of its own: its mistake, its usage (not the top level's).
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        where = self.prog.removeprefix("pqcfs").strip()
+        self.exit(exitcodes.USAGE, f"pqcfs: {where + ': ' if where else ''}{message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="pqcfs", description="Post-quantum encrypted, mirrored file system.")
     parser.add_argument("--version", action="version", version=f"pqcfs {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from mounttool import journal, sdnotify
 from pqcfs import hygiene, revoke
 from pqcfs import vault as vault_mod
 from pqcfs.audit import host
-from pqcfs.cli import grantee_mount, options, share_cmd
+from pqcfs.cli import exitcodes, grantee_mount, options, share_cmd
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError, MountError, PqcfsError
 from pqcfs.fs import mounttable
@@ -25,7 +26,7 @@ from pqcfs.store import devices
 def add_parser(sub) -> None:
     p = sub.add_parser("mount", help="mount a vault (returns once the mount is ready)")
     p.add_argument("vault", help="the primary replica")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", help="an empty directory where the vault appears")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--ro", action="store_true", help="mount read-only")
     p.add_argument("--accept-older", action="store_true",
@@ -57,7 +58,7 @@ def add_parser(sub) -> None:
     options.add_drive_options(p)
     p.set_defaults(func=run_mount)
     u = sub.add_parser("umount", help="unmount a vault and wait until it is written out")
-    u.add_argument("mountpoint")
+    u.add_argument("mountpoint", help="where the vault is mounted")
     u.add_argument("-l", "--lazy", action="store_true",
                    help="detach now even if busy; the vault is written out once the last file is closed")
     u.set_defaults(func=run_umount)
@@ -158,7 +159,9 @@ def _serve(session, args) -> int:
         # Under systemd (Type=notify): ready once the mount answers, stopping when it ends.
         session.serve(extra, lambda: sdnotify.notify("READY=1", f"STATUS=mounted at {session.mountpoint}"))
         sdnotify.notify("STOPPING=1")
-        return 0
+        # Ctrl-C ends a foreground mount cleanly, and says so as every interrupted command
+        # does; SIGTERM (a service stopping) is a normal end.
+        return exitcodes.INTERRUPTED if session.stopped_by == signal.SIGINT else 0
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:

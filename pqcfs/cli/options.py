@@ -12,7 +12,7 @@ from pqcfs import vault as vault_mod
 from pqcfs.cli import secrets
 from pqcfs.audit import host
 from pqcfs.audit.writer import AuditLog
-from pqcfs.errors import DamagedStructure, DriveError, PqcfsError, WrongKey
+from pqcfs.errors import DamagedStructure, DriveError, MountError, PqcfsError, WrongKey
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
 from pqcfs.store.lock import VaultLock
@@ -101,6 +101,16 @@ def _unlock_tries(args, locations: list[str], vault_id: str | None):
             print(f"pqcfs: {e}; try {n + 1} of {tries}", file=sys.stderr)
 
 
+def _in_use(vault_id: str | None, why: str) -> str:
+    """Where the vault is mounted, when a mount of this machine holds it."""
+    from pqcfs.fs import mounttable    # the mount machinery, only when it is needed
+    for mount in mounttable.listing():
+        if mount.info and mount.info.get("vault_id") == vault_id and mount.alive:
+            return (f"the vault is mounted at {mount.mountpoint} (daemon pid {mount.info.get('pid')}); "
+                    f"`pqcfs umount {mount.mountpoint}` first")
+    return why
+
+
 def replica_locations(primary: str, backup: str | None, require_all: bool) -> list[str]:
     """The primary plus every other replica the header names that can be found."""
     header, _, _ = vault_mod.read_header(primary)
@@ -144,7 +154,10 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
             raise DriveError(f"the primary {locations[0]} is read-only (write-protected?){hint}")
         if audit:
             lock = VaultLock(list(drives.values()))
-            lock.acquire()
+            try:
+                lock.acquire()
+            except MountError as e:
+                raise MountError(_in_use(vault_id, str(e))) from None
         creds, vault = _unlock_tries(args, locations, vault_id)
     except (WrongKey, DriveError, DamagedStructure) as e:
         host.record(vault_id, "unlock-failed", command=args.command, reason=type(e).__name__)
@@ -157,6 +170,10 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         raise
     vault.adopt_drives(drives)
     vault.extra["lock"] = lock
+    if not audit:
+        # A command that only reads does not write the vault's log (a mount may own it):
+        # its unlock goes to the host log, adopted into the vault's at the next unlock that writes.
+        host.record(vault_id, "unlock", command=args.command, slot=vault.slot_id)
     if audit:
         mirror.newest_first(vault)
     args.unlocked = vault

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("vault", help="the replica to copy from (normally the primary)")
     p.add_argument("--overwrite-diverged", action="store_true",
                    help="after a split brain: make the other replicas copies of VAULT, discarding their changes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     options.add_unlock_options(p)
     options.add_replica_options(p)
     p.set_defaults(func=run)

@@ -10,8 +10,8 @@ from pqcfs.format import vault_header
 def add_parser(sub) -> None:
     p = sub.add_parser("upgrade", help=f"convert a vault to format {vault_header.VERSION} in place, on every "
                        "replica (older pqcfs versions can not open it afterwards)")
-    p.add_argument("vault")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     options.add_unlock_options(p)
     options.add_replica_options(p)
     p.set_defaults(func=run)

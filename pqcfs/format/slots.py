@@ -18,15 +18,17 @@ import hmac
 import os
 import struct
 
+import blake3
+
 from pqcfs.crypto import aead, kem
 from pqcfs.crypto.kdf import (LABEL_SLOT_COMMIT, LABEL_SLOT_HOST, LABEL_SLOT_KEM, LABEL_SLOT_RECOVERY, Argon2Params,
                               argon2id, hkdf)
-from pqcfs.errors import CryptoError, DamagedStructure
+from pqcfs.errors import CryptoError, DamagedStructure, WrongKey
 
 PASSPHRASE, RECOVERY, IDENTITY, HOST = "passphrase", "recovery", "identity", "host"
 SLOT_TYPES = (PASSPHRASE, RECOVERY, IDENTITY, HOST)
 HOST_SECRET_LEN = 32
-RECOVERY_CODE_LEN = 20  # 160 bits, shown as 32 base32 characters
+RECOVERY_CODE_LEN = 20  # 160 bits, shown as 32 base32 characters (and 8 check characters)
 
 
 def _aad(vault_id: bytes, slot_id: int, slot_type: str) -> bytes:
@@ -72,19 +74,43 @@ def new_recovery_code() -> bytes:
     return os.urandom(RECOVERY_CODE_LEN)
 
 
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_GROUP = 4          # data characters per group; printed codes add one check character
+
+
+def _check_char(index: int, group: str) -> str:
+    # One character per group, from a hash of the group and its place: a typo (or two
+    # groups swapped) is caught, and the message can say which group it is in.
+    return _B32[blake3.blake3(b"pqcfs recovery group v1" + bytes([index]) + group.encode()).digest()[0] % 32]
+
+
 def format_recovery_code(code: bytes) -> str:
+    """Eight groups of four base32 characters (the 160-bit code) and a check character
+    each: ABCDx-EFGHy-..."""
     text = base64.b32encode(code).decode()
-    return "-".join(text[i:i + 4] for i in range(0, len(text), 4))
+    groups = [text[i:i + _GROUP] for i in range(0, len(text), _GROUP)]
+    return "-".join(g + _check_char(n, g) for n, g in enumerate(groups))
 
 
 def parse_recovery_code(text: str) -> bytes:
-    cleaned = "".join(ch for ch in text.upper() if ch.isalnum())
+    """The code's bytes; WrongKey naming the group with a typo. Codes printed before the
+    check characters (eight groups of four) are accepted as they are."""
+    groups = ["".join(ch for ch in g.upper() if ch.isalnum()) for g in text.replace(" ", "-").split("-")]
+    groups = [g for g in groups if g]
+    if len(groups) == 8 and all(len(g) == _GROUP + 1 for g in groups):
+        for n, g in enumerate(groups):
+            if _check_char(n, g[:_GROUP]) != g[_GROUP]:
+                raise WrongKey(f"group {n + 1} of the recovery code ({g}) has a typo")
+        cleaned = "".join(g[:_GROUP] for g in groups)
+    else:
+        cleaned = "".join(groups)
     try:
         code = base64.b32decode(cleaned)
     except ValueError:
-        raise CryptoError("that is not a recovery code") from None
+        raise WrongKey("that is not a recovery code (eight groups like ABCD2-EFGH7-…, letters and digits 2-7)") \
+            from None
     if len(code) != RECOVERY_CODE_LEN:
-        raise CryptoError("that is not a recovery code")
+        raise WrongKey("that is not a recovery code (eight groups like ABCD2-EFGH7-…, letters and digits 2-7)")
     return code
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from pqcfs import userdirs
 from pqcfs.audit import log as audit_log
 from pqcfs.audit.writer import now
 from pqcfs.crypto.kdf import LABEL_GRANTEE_AUDIT, LABEL_GRANTEE_INTENT, hkdf
@@ -27,7 +28,6 @@ from pqcfs.fs.operations import Operations
 from pqcfs.sharing import Opened
 from pqcfs.store.replicas import ReplicaSet
 from pqcfs.store import intent as intent_mod
-from pqcfs.store import seen
 
 log = logging.getLogger(__name__)
 AUDIT_PREFIX = "pqcfs.audit."
@@ -87,7 +87,7 @@ def pin_owner(vault_id: bytes, owner: bytes, expected: bytes | None) -> bool:
         if expected != owner:
             raise GrantRefused(f"the grants are signed by {owner.hex()}, not by the owner key {expected.hex()} "
                                "you named")
-    path = os.path.join(seen.state_dir(), f"{vault_id.hex()}.owner")
+    path = os.path.join(userdirs.state_dir(), f"{vault_id.hex()}.owner")
     try:
         with open(path) as f:
             pinned = bytes.fromhex(f.read(64).strip())

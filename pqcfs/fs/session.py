@@ -1,7 +1,7 @@
 """A mount session: lock the replicas, mark them in use, serve, and mark them clean.
 
 The lock (flock on pqcfs.lock in every replica, store/lock.py) is what makes "already
-mounted" an error instead of two daemons writing the same ciphertext. The runtime file under /run/pqcfs
+mounted" an error instead of two daemons writing the same ciphertext. The runtime file (pqcfs.userdirs.runtime_dir())
 lets `pqcfs umount` and `pqcfs status` find the daemon.
 """
 
@@ -17,7 +17,7 @@ import signal
 import pyfuse3
 import trio
 
-from pqcfs import mirror
+from pqcfs import mirror, userdirs
 from pqcfs import vault as vault_mod
 from pqcfs.errors import MountError, PqcfsError, RolledBack
 from pqcfs.fs import control
@@ -35,7 +35,6 @@ from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
 AUDIT_FILE = "pqcfs.audit"
-RUNTIME_DIR = os.environ.get("PQCFS_RUNTIME_DIR", "/run/pqcfs")
 
 
 def canonical_mountpoint(mountpoint: str) -> str:
@@ -47,7 +46,7 @@ def canonical_mountpoint(mountpoint: str) -> str:
 
 def runtime_file(mountpoint: str) -> str:
     digest = hashlib.sha256(canonical_mountpoint(mountpoint).encode()).hexdigest()[:16]
-    return os.path.join(RUNTIME_DIR, f"mount-{digest}.json")
+    return os.path.join(userdirs.runtime_dir(), f"mount-{digest}.json")
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -84,6 +83,7 @@ class Session:
         self.session_id = ""
         self.services = not read_only   # online sync and rejoin (they need the root key)
         self._ready = None              # told once the mount answers (serve sets it)
+        self.stopped_by: int | None = None   # the signal that ended the session, if one did
 
     def lock(self) -> None:
         if self.vault.extra.get("lock") is None:   # the CLI took it before unlocking
@@ -383,11 +383,12 @@ class Session:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
+                self.stopped_by = signum
                 pyfuse3.terminate()
                 return
 
     def write_runtime(self) -> None:
-        os.makedirs(RUNTIME_DIR, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(self.runtime_path), mode=0o700, exist_ok=True)
         failed = [os.path.abspath(self.vault.locations[n]) for n in sorted(self.replicas.failed)] if self.replicas else []
         write_atomic(self.runtime_path, json.dumps({
             "pid": os.getpid(), "mountpoint": self.mountpoint,

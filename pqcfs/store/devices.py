@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from pqcfs.errors import DriveError
+from pqcfs.errors import DriveError, NotAVault
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def _fs_uuid(device: str | None) -> str | None:
 def inspect(path: str) -> DriveInfo:
     real = os.path.realpath(path)
     if not os.path.isdir(real):
-        raise DriveError(f"{path}: no such directory (is the drive plugged in and mounted?)")
+        # The same error (and exit code) as any command given a location that is not there.
+        raise NotAVault(f"{path}: no such directory (is the drive plugged in and mounted?)")
     part = _mount_of(real)
     device = part.device if part else None
     if part and part.fstype == "fuseblk" or (device and not device.startswith("/dev/")):

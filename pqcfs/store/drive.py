@@ -80,6 +80,22 @@ class Drive:
         self.root_fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: OrderedDict[str, int] = OrderedDict()
         self._depth = 0
+        # root working on a user's vault (a sync, fsck or automount): what it creates is
+        # given to the owner of the vault's directory, or the user could no longer write
+        # their own vault (a root-owned 0600 pqcfs.state, lock file or table).
+        st = os.fstat(self.root_fd)
+        self.owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None
+
+    def _give(self, fd: int | None = None, name: str | None = None, dir_fd: int | None = None) -> None:
+        if self.owner is None:
+            return
+        try:
+            if fd is not None:
+                os.fchown(fd, *self.owner)
+            else:
+                os.chown(name, *self.owner, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            pass     # a file system without owners (exFAT): nothing to give
 
     def __repr__(self) -> str:
         return f"Drive({self.location!r})"
@@ -241,10 +257,12 @@ class Drive:
                 raise NoSpace(f"no space left on {self.location}") from None
             raise
         # Checked again on the descriptor: the entry may have changed between the two calls.
-        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
-            mode_now = os.fstat(file_fd).st_mode
+        st_now = os.fstat(file_fd)
+        if not stat.S_ISREG(st_now.st_mode):
             os.close(file_fd)
-            self._refuse(rel, "a regular file", mode_now)
+            self._refuse(rel, "a regular file", st_now.st_mode)
+        if flags & os.O_CREAT and self.owner is not None and st_now.st_uid != self.owner[0]:
+            self._give(file_fd)
         return file_fd
 
     @_operation
@@ -288,6 +306,7 @@ class Drive:
         try:
             file_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=fd)
             try:
+                self._give(file_fd)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(file_fd, view):]
@@ -320,6 +339,7 @@ class Drive:
             tmp = TEMP_PREFIX + os.urandom(6).hex()
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=fd)
             try:
+                self._give(out)
                 offset = 0
                 while True:
                     chunk = os.pread(src_fd, 1 << 20, offset)
@@ -355,6 +375,7 @@ class Drive:
     def mkdir(self, rel: str, mode: int = 0o700) -> None:
         fd, name = self._at(rel)
         os.mkdir(name, mode, dir_fd=fd)
+        self._give(name=name, dir_fd=fd)
 
     @_operation
     def unlink(self, rel: str) -> None:

@@ -5,7 +5,7 @@ can unlock a vault unattended (automount). Removing the slot revokes the machine
                                                    (when the machine has one)
   <state dir>/host-keys/<vault id>-<key id>.key    else: the 32 bytes, mode 0600
 
-The state directory is /var/lib/pqcfs for root (see store/seen.py).
+The state directory is pqcfs.userdirs.state_dir() (/var/lib/pqcfs for root).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import os
 import stat
 import subprocess
 
+from pqcfs import userdirs
 from pqcfs.errors import DamagedStructure, PqcfsError
 from pqcfs.format.slots import HOST_SECRET_LEN
-from pqcfs.store import seen
 
 
 def directory() -> str:
-    return os.path.join(seen.state_dir(), "host-keys")
+    return os.path.join(userdirs.state_dir(), "host-keys")
 
 
 def _base(vault_id: str, key_id: str) -> str:

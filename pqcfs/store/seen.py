@@ -11,8 +11,7 @@ session is an earlier one of the recorded history) from a split (the drives were
 apart on this machine: another branch, which the replicas' lineages already handle).
 
 The HMAC (key from the vault's root key) makes a damaged or forged record an error, not
-a silent pass. The state directory is /var/lib/pqcfs for root, else
-$XDG_STATE_HOME/pqcfs (~/.local/state/pqcfs); PQCFS_STATE_DIR overrides both.
+a silent pass. The state directory is pqcfs.userdirs.state_dir().
 """
 
 from __future__ import annotations
@@ -24,22 +23,14 @@ import os
 
 from pqcfs.crypto.kdf import LABEL_SEEN, hkdf
 from pqcfs.errors import DamagedStructure, RolledBack
+from pqcfs import userdirs
 from pqcfs.store.atomic import write_atomic
 
 CAP = 4096
 
 
-def state_dir() -> str:
-    if os.environ.get("PQCFS_STATE_DIR"):
-        return os.environ["PQCFS_STATE_DIR"]
-    if os.geteuid() == 0:
-        return "/var/lib/pqcfs"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "pqcfs")
-
-
 def _path(vault_id: bytes) -> str:
-    return os.path.join(state_dir(), vault_id.hex() + ".seen")
+    return os.path.join(userdirs.state_dir(), vault_id.hex() + ".seen")
 
 
 def _mac(root_key: bytes, body: bytes) -> str:
@@ -108,7 +99,7 @@ def record(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str],
     except DamagedStructure:
         gone = set()
     gone |= set(revoked_grants)
-    os.makedirs(state_dir(), mode=0o700, exist_ok=True)
+    os.makedirs(userdirs.state_dir(), mode=0o700, exist_ok=True)
     body = json.dumps({"format": 1, "root_seq": root_seq, "lineage": lineage[-256:],
                        "revoked": sorted(gone)[-4096:]}, sort_keys=True).encode()
     write_atomic(_path(vault_id), body + b"\n" + _mac(root_key, body).encode() + b"\n")

@@ -1,5 +1,6 @@
 """Vault header, key slots, wrong keys, tampering, identities."""
 
+import base64
 import os
 import pathlib
 
@@ -140,3 +141,35 @@ def test_recovery_code_format():
     code = slots.new_recovery_code()
     shown = slots.format_recovery_code(code)
     assert slots.parse_recovery_code(shown.lower().replace("-", " ")) == code
+    groups = shown.split("-")
+    assert len(groups) == 8 and all(len(g) == 5 for g in groups)
+
+
+def test_a_recovery_code_typo_names_its_group_and_old_codes_still_parse():
+    code = bytes(range(20))
+    groups = slots.format_recovery_code(code).split("-")
+    missed = []
+    for n in range(8):
+        for pos in range(5):
+            for wrong in "AQ7":
+                typo = list(groups)
+                if typo[n][pos] == wrong:
+                    continue
+                typo[n] = typo[n][:pos] + wrong + typo[n][pos + 1:]
+                try:
+                    slots.parse_recovery_code("-".join(typo))
+                    missed.append((n, pos))
+                except WrongKey as e:
+                    assert f"group {n + 1} " in str(e)
+    # One check character per group: a substitution slips through about 1 time in 32,
+    # never one in the check character itself.
+    assert all(pos < 4 for _, pos in missed) and len(missed) <= 12, missed
+    swapped = list(groups)
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    with pytest.raises(WrongKey, match="group 3"):
+        slots.parse_recovery_code("-".join(swapped))
+    # A code printed before the check characters: eight groups of four, no check.
+    old = base64.b32encode(code).decode()
+    assert slots.parse_recovery_code("-".join(old[i:i + 4] for i in range(0, 32, 4))) == code
+    with pytest.raises(WrongKey, match="not a recovery code"):
+        slots.parse_recovery_code("ABCD-EFGH")

@@ -1,0 +1,34 @@
+"""Where pqcfs keeps its own files on this machine, per user.
+
+root: /var/lib/pqcfs (state) and /run/pqcfs (runtime: mounts' runtime files, control
+sockets, daemon logs). Anyone else: $XDG_STATE_HOME/pqcfs (~/.local/state/pqcfs) and
+$XDG_RUNTIME_DIR/pqcfs (/run/user/UID/pqcfs). PQCFS_STATE_DIR and PQCFS_RUNTIME_DIR
+override both (tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pqcfs.errors import PqcfsError
+
+
+def state_dir() -> str:
+    if os.environ.get("PQCFS_STATE_DIR"):
+        return os.environ["PQCFS_STATE_DIR"]
+    if os.geteuid() == 0:
+        return "/var/lib/pqcfs"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "pqcfs")
+
+
+def runtime_dir() -> str:
+    if os.environ.get("PQCFS_RUNTIME_DIR"):
+        return os.environ["PQCFS_RUNTIME_DIR"]
+    if os.geteuid() == 0:
+        return "/run/pqcfs"
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    if not os.path.isdir(base):
+        raise PqcfsError(f"there is no runtime directory for this user ({base} is missing; a login session makes "
+                         "it, or set XDG_RUNTIME_DIR to a private directory)")
+    return os.path.join(base, "pqcfs")
