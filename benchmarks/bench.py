@@ -98,7 +98,8 @@ def pqcfs(work, replicas):
         os.mkdir(mnt)
         env = {**os.environ, "PQCFS_INSECURE_FAST_KDF": "1"}
         py = [sys.executable, "-m", "pqcfs"]
-        sh(*py, "init", *locs, "--passfile", passfile, "--allow-fixed", env=env, cwd=REPO)
+        sh(*py, "init", *locs, "--passfile", passfile, "--allow-fixed", *(["--single"] if replicas == 1 else []),
+           env=env, cwd=REPO)
         sh(*py, "mount", locs[0], mnt, "--passfile", passfile, "--allow-fixed", env=env, cwd=REPO)
         try:
             yield mnt

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +28,14 @@ TREE_DIR = "tree"
 DEFAULT_BLOCK_SIZE = 4096
 ROOT_KEY_LEN = 32
 # Entries a fresh file system may already hold; anything else means "not empty".
-IGNORABLE = {"lost+found", "System Volume Information", ".Trash-0", "$RECYCLE.BIN"}
+# What file systems and desktops put on a fresh drive (fsck, Windows, the trash of GNOME
+# and KDE, macOS' Finder, Spotlight and fseventsd): a drive holding only these is empty.
+IGNORABLE = {"lost+found", "System Volume Information", "$RECYCLE.BIN", ".Trashes", ".DS_Store", ".Spotlight-V100",
+             ".fseventsd", ".TemporaryItems", ".apdisk", "desktop.ini"}
+
+
+def ignorable(name: str) -> bool:
+    return name in IGNORABLE or bool(re.fullmatch(r"\.Trash-\d+", name)) or name.startswith("._")
 
 
 @dataclass
@@ -100,9 +108,10 @@ def _check_empty(location: str) -> None:
         raise NotAVault(f"{location}: no such directory")
     if os.path.lexists(os.path.join(location, vault_header.FILE_NAME)):
         raise PqcfsError(f"{location} already holds a pqcfs vault")
-    extra = set(os.listdir(location)) - IGNORABLE
+    extra = sorted(name for name in os.listdir(location) if not ignorable(name))
     if extra:
-        raise PqcfsError(f"{location} is not empty ({len(extra)} entries); init needs an empty drive or directory")
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise PqcfsError(f"{location} is not empty (it holds {shown}); init needs an empty drive or directory")
 
 
 def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params | None = None,
@@ -138,6 +147,9 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
         header.replicas.append({"id": os.urandom(8).hex(), "role": "primary" if n == 0 else "backup",
                                 "fs_uuid": info.fs_uuid if info else None, "subpath": subpath,
                                 "path_hint": os.path.realpath(location)})
+        if info is not None and not info.removable:
+            # Chosen at init (--allow-fixed): remembered, so no later command asks again.
+            header.replicas[-1]["fixed"] = True
     vault = UnlockedVault(header, root_key, list(locations), slot_id=1)
     root_id = node_header.new_node_id()
     root_keys = root_dir_keys(root_key, root_id)

@@ -38,28 +38,43 @@ install_python() {
     echo "==> creating .venv"
     python3 -m venv .venv
   fi
-  if ! .venv/bin/python -c "import pqcfs, pyfuse3, kyber_py, pytest" 2>/dev/null \
+  if ! .venv/bin/python -c "import pqcfs, pyfuse3, kyber_py, pytest, shtab, argparse_manpage" 2>/dev/null \
      || [ pyproject.toml -nt .venv/.installed ]; then
     echo "==> installing pqcfs into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[test]'
+    .venv/bin/pip install -q -e '.[test,man]'
     touch .venv/.installed
   fi
+}
+
+# The man page and bash/zsh completions, generated from the parser into the virtual
+# environment (never into the source tree) and linked where man, bash-completion and zsh look.
+install_docs() {
+  .venv/bin/python -m pqcfs.devtools.manpage .venv/share/pqcfs >/dev/null
+  link_ours "$PWD/.venv/share/pqcfs/man1/pqcfs.1" /usr/local/share/man/man1/pqcfs.1
+  link_ours "$PWD/.venv/share/pqcfs/bash-completion/pqcfs" /usr/share/bash-completion/completions/pqcfs
+  link_ours "$PWD/.venv/share/pqcfs/zsh/_pqcfs" /usr/local/share/zsh/site-functions/_pqcfs
+}
+
+# link_ours TARGET LINK: a symlink, never over a file that is not one of our links.
+link_ours() {
+  local target="$1" link="$2"
+  if [ -e "$link" ] && ! { [ -L "$link" ] && readlink "$link" | grep -q '/\.venv/'; }; then
+    echo "==> $link exists and is not pqcfs' link; left alone" >&2
+    return 0
+  fi
+  as_root mkdir -p "$(dirname "$link")"
+  [ "$(readlink "$link" 2>/dev/null)" = "$target" ] || as_root ln -sfn "$target" "$link"
 }
 
 # mount(8), Debian's mount.fuse3 (which runs `pqcfs SOURCE MOUNTPOINT -o OPTIONS` through
 # /bin/sh) and systemd look for helpers in the standard directories only: link ours there,
 # never over a file that is not one of our links.
 install_links() {
-  local target link
+  local pair
   for pair in "pqcfs:/usr/bin/pqcfs" "mount.pqcfs:/usr/sbin/mount.pqcfs" \
               "umount.fuse.pqcfs:/usr/sbin/umount.fuse.pqcfs"; do
-    target="$PWD/.venv/bin/${pair%%:*}"; link="${pair#*:}"
-    if [ -e "$link" ] && ! { [ -L "$link" ] && readlink "$link" | grep -q '/\.venv/bin/'; }; then
-      echo "==> $link exists and is not pqcfs' link; left alone" >&2
-      continue
-    fi
-    [ "$(readlink "$link" 2>/dev/null)" = "$target" ] || as_root ln -sfn "$target" "$link"
+    link_ours "$PWD/.venv/bin/${pair%%:*}" "${pair#*:}"
   done
 }
 
@@ -71,6 +86,7 @@ esac
 install_system
 install_python
 install_links
+install_docs
 shift
 case "$cmd" in
   demo)  exec .venv/bin/python examples/demo.py "$@" ;;

@@ -14,10 +14,12 @@ from pqcfs.format.identity import PublicIdentity
 
 def add_parser(sub) -> None:
     p = sub.add_parser("audit", help="show and verify the vault's tamper-evident audit log")
-    asub = p.add_subparsers(dest="audit_cmd", required=True, metavar="show|verify|checkpoint")
+    asub = p.add_subparsers(dest="audit_cmd", required=True, metavar="show|verify|checkpoint",
+                            help="what to do with the log")
     show = asub.add_parser("show", help="decrypt and list audit records")
     show.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
-    show.add_argument("--since", metavar="ISO-TIME", help="only records at or after this time, e.g. 2026-11-01 or 2026-11-01T12:00")
+    show.add_argument("--since", metavar="ISO-TIME",
+                      help="only records at or after this time, e.g. 2026-11-01 or 2026-11-01T12:00")
     show.add_argument("--until", metavar="ISO-TIME", help="only records before this time")
     show.add_argument("--event", action="append", help="only these events (repeatable)")
     show.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")

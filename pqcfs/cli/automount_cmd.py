@@ -21,7 +21,7 @@ from pqcfs.store.atomic import write_atomic
 
 def add_parser(sub) -> None:
     p = sub.add_parser("automount", help="mount a vault when its drives are plugged in (udev + systemd)")
-    asub = p.add_subparsers(dest="automount_cmd", required=True, metavar="enable|disable|status")
+    asub = p.add_subparsers(dest="automount_cmd", required=True, metavar="enable|disable|status", help="what to do")
     en = asub.add_parser("enable", help="write the udev rule and systemd units of a vault")
     en.add_argument("vault", help="the vault's primary replica (plugged in; no unlock needed)")
     en.add_argument("--at", required=True, metavar="MOUNTPOINT", help="where the vault is mounted")

@@ -21,6 +21,26 @@ GRANT = 13           # a grant refused: expired, not yet valid, forged, revoked 
 NO_SUCH_PATH = 14    # a path inside the vault does not exist, or is not a directory
 INTERRUPTED = 130    # Ctrl-C
 
+# What each code means, for the man page and `--help` (docs/cli.md has the same table).
+MEANINGS = {
+    OK: "success",
+    ERROR: "any other error",
+    USAGE: "bad command line",
+    NOT_A_VAULT: "the location is missing or holds no pqcfs vault",
+    UNSUPPORTED: "a newer or unknown format version or feature",
+    DAMAGED: "a header or state file is damaged or failed authentication",
+    WRONG_KEY: "wrong passphrase, recovery code or identity",
+    DRIVE: "a drive is missing, not removable, or two replicas are on one drive",
+    MOUNT: "the mountpoint is missing, not empty or busy, or the vault is in use",
+    NO_SPACE: "a drive is full",
+    CRYPTO: "file system data failed authentication (corruption or tampering)",
+    PARAMETERS: "KDF parameters outside the accepted range",
+    DEGRADED: "status: a vault runs degraded, a replica is missing or stale, or a mount is dead",
+    GRANT: "a grant refused: expired, not yet valid, forged, revoked or for another identity",
+    NO_SUCH_PATH: "a path inside the vault does not exist, or is not a directory",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
 _BY_EXCEPTION = [
     (errors.WrongKey, WRONG_KEY),
     (errors.NotAVault, NOT_A_VAULT),

@@ -14,7 +14,8 @@ from pqcfs.store.atomic import write_atomic
 
 def add_parser(sub) -> None:
     p = sub.add_parser("identity", help="create and show your identity (hybrid KEM + ML-DSA key pair)")
-    isub = p.add_subparsers(dest="identity_cmd", required=True, metavar="new|show|export")
+    isub = p.add_subparsers(dest="identity_cmd", required=True, metavar="new|show|export",
+                            help="what to do with your identity")
     new = isub.add_parser("new", help="create a passphrase-protected identity")
     new.add_argument("--file", default=None, help="where to store it (default: %s)" % options.default_identity_path())
     new.add_argument("--suite", default=kem.DEFAULT_SUITE, choices=sorted(kem.SUITES),

@@ -9,6 +9,7 @@ from pqcfs.audit.writer import AuditLog
 from pqcfs.cli import options, secrets
 from pqcfs.crypto import kem
 from pqcfs.crypto.kdf import SALT_LEN, Argon2Params, calibrate
+from pqcfs.errors import DriveError, PqcfsError
 from pqcfs.format import slots, vault_header
 from pqcfs.format.identity import PublicIdentity
 from pqcfs.store import devices
@@ -31,9 +32,10 @@ def kdf_from_args(args) -> Argon2Params:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("init", help="create a vault on a primary and backup drive")
-    p.add_argument("primary", help="where the primary replica goes: an empty directory on the first drive, e.g. /media/usb1")
+    p.add_argument("primary",
+                   help="where the primary replica goes: an empty directory on the first drive, e.g. /media/usb1")
     p.add_argument("backups", nargs="*", metavar="BACKUP",
-                   help="where the backup replica goes: an empty directory on a second drive (required unless --single)")
+                   help="where the backup replica goes: an empty directory on a second drive")
     p.add_argument("--suite", default=kem.DEFAULT_SUITE, choices=sorted(kem.SUITES),
                    help="the hybrid KEM that wraps the root key (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=vault_mod.DEFAULT_BLOCK_SIZE,
@@ -43,6 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument("--format", type=int, default=vault_header.VERSION, choices=sorted(vault_header.READABLE_VERSIONS),
                    help=f"on-disk format (default {vault_header.VERSION}; 1 opens with older pqcfs, without "
                    "directory tables; `pqcfs upgrade` converts it later)")
+    p.add_argument("--single", action="store_true",
+                   help="a vault on one drive only, without a backup (status says so); else BACKUP is required")
     p.add_argument("--json", action="store_true", help="print the result (with the recovery code) as JSON")
     options.add_secret_options(p)
     options.add_drive_options(p)
@@ -53,6 +57,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     locations = [args.primary, *args.backups]
     infos = devices.check_locations(locations, args.allow_fixed, args.allow_same_device)
+    if len(locations) == 1 and not args.single:
+        raise DriveError(f"only one location given: a vault is mirrored to a backup drive (`pqcfs init {args.primary} "
+                         "BACKUP`); --single makes a vault on one drive, with no copy if it fails")
+    if len(locations) > 1 and args.single:
+        raise PqcfsError("--single is for a vault on one drive, but a backup was given too")
     owner = None
     if args.owner:
         with open(args.owner) as f:

@@ -18,7 +18,8 @@ def _common(p, slot_option: bool = True) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("keys", help="list, add and remove key slots")
-    ksub = p.add_subparsers(dest="keys_cmd", required=True, metavar="list|add|remove")
+    ksub = p.add_subparsers(dest="keys_cmd", required=True, metavar="list|add|remove",
+                            help="what to do with the key slots")
     ls = ksub.add_parser("list", help="list key slots (no unlock needed)")
     ls.add_argument("vault", help="the vault: where its primary (or any) replica is, e.g. /media/usb1")
     ls.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")

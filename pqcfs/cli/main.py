@@ -44,7 +44,8 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     parser = Parser(prog="pqcfs", description="Post-quantum encrypted, mirrored file system.")
     parser.add_argument("--version", action="version", version=f"pqcfs {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="the command (`pqcfs COMMAND --help` explains each)")
     for module in COMMANDS:
         module.add_parser(sub)
     return parser

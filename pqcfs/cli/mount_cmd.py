@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import psutil
 
 from mounttool import journal, sdnotify
 from pqcfs import hygiene, revoke
@@ -21,6 +24,9 @@ from pqcfs.fs import mounttable
 from pqcfs.fs import session as session_mod
 from pqcfs.fs.owner import MountOwner
 from pqcfs.store import devices
+
+
+LOG_BYTES, LOG_KEEP = 1 << 20, 2     # a daemon log rotates at 1 MiB and keeps two old ones
 
 
 def add_parser(sub) -> None:
@@ -126,7 +132,7 @@ def _mount(args, owner: MountOwner | None) -> int:
         return _serve(session, args)
     vault = options.unlock(args, require_all=False, audit=not args.ro)
     args.audit_log = None   # the daemon owns the log from here on
-    devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
+    devices.check_locations(vault.locations, options.allow_fixed(args, vault.header), args.allow_same_device)
     _leave_out_read_only(vault, args.ro)
     cut_short = revoke.pending(vault.header.grants)
     if cut_short is not None and not args.ro:
@@ -176,10 +182,12 @@ def _serve(session, args) -> int:
     os.close(read_end)
     os.setsid()
     hygiene.harden()   # memory locks are not inherited across fork
-    log_path = session.runtime_path[:-5] + ".log"
-    os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
-    logging.basicConfig(level=level, filename=log_path, force=True,
-                        format="%(asctime)s pqcfs[%(process)d]: %(message)s")
+    session.log_path = session.runtime_path[:-5] + ".log"
+    os.makedirs(os.path.dirname(session.log_path), mode=0o700, exist_ok=True)
+    # One log per mountpoint, kept across mounts, rotated so it never grows without bound.
+    handler = logging.handlers.RotatingFileHandler(session.log_path, maxBytes=LOG_BYTES, backupCount=LOG_KEEP)
+    handler.setFormatter(logging.Formatter("%(asctime)s pqcfs[%(process)d]: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     if session.owner is not None:
         logging.getLogger().addHandler(journal.UserJournal(session.owner.uid, session.owner.gid,
                                                            session.vault.header.vault_id.hex()).handler())
@@ -214,6 +222,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def holding(mountpoint: str) -> list[tuple[int, str]]:
+    """The processes with a file open, a working directory or a root under mountpoint
+    (read from /proc, never through the mount itself)."""
+    inside = lambda path: path == mountpoint or path.startswith(mountpoint.rstrip("/") + "/")  # noqa: E731
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            paths = [proc.cwd(), *(f.path for f in proc.open_files())]
+            if any(inside(p) for p in paths):
+                found.append((proc.info["pid"], proc.info["name"]))
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 def _leave_out_read_only(vault, read_only: bool) -> None:
     """A read-only backup (write-protected, or a file system that gave up) makes a
     degraded mount, not a refused one (a read-only primary was refused at unlock)."""
@@ -238,9 +261,13 @@ def run_umount(args) -> int:
     proc = subprocess.run(["fusermount3", "-u", *(["-z"] if args.lazy else []), mount.mountpoint],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        hint = " (`fuser -vm MOUNTPOINT` shows who holds it; `pqcfs umount --lazy` detaches it now)" \
-            if "busy" in proc.stderr else ""
-        raise MountError((proc.stderr.strip() or f"could not unmount {args.mountpoint}") + hint)
+        if "busy" in proc.stderr:
+            holders = ", ".join(f"{name} (pid {pid})" for pid, name in holding(mount.mountpoint)) or \
+                "no process this user can see"
+            raise MountError(f"{mount.mountpoint} is busy: held by {holders}; close those files (or leave that "
+                             "directory), or `pqcfs umount --lazy` detaches it now and writes the vault out "
+                             "when the last file closes")
+        raise MountError(proc.stderr.strip().removeprefix("fusermount3: ") or f"could not unmount {args.mountpoint}")
     if args.lazy:
         print(f"pqcfs: {mount.mountpoint} is detached; the vault is written out when the last open file "
               f"closes (the daemon, pid {pid}, exits then)", file=sys.stderr)

@@ -49,9 +49,17 @@ def add_unlock_options(p: argparse.ArgumentParser, slot_option: bool = True) -> 
 
 def add_replica_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backup", metavar="PATH", help="the backup replica (default: found from the vault header)")
+    add_drive_options(p)
+
+
+def allow_fixed(args, header) -> bool:
+    """--allow-fixed given now, or chosen at init (the header remembers fixed drives)."""
+    return bool(getattr(args, "allow_fixed", False) or any(r.get("fixed") for r in header.replicas))
 
 
 def add_drive_options(p: argparse.ArgumentParser) -> None:
+    if "--allow-fixed" in p._option_string_actions:
+        return      # every command that takes a vault accepts them once
     p.add_argument("--allow-fixed", action="store_true",
                    help="allow locations that are not on removable drives (internal disks, tests)")
     p.add_argument("--allow-same-device", action="store_true",

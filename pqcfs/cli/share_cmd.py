@@ -133,7 +133,7 @@ def run_revoke(args) -> int:
     if not args.grant and not args.resume:
         raise PqcfsError("name the grant to revoke (`pqcfs grants VAULT` lists them), or --resume")
     vault = options.unlock(args, require_all=False)
-    devices.check_locations(vault.locations, args.allow_fixed, args.allow_same_device)
+    devices.check_locations(vault.locations, options.allow_fixed(args, vault.header), args.allow_same_device)
     cut_short = revoke.pending(vault.header.grants)
     if cut_short is not None:
         if args.grant and not cut_short["id"].startswith(args.grant.lower()):

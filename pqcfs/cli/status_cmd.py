@@ -40,7 +40,14 @@ def _mount_text(m: dict) -> str:
     text = f"{m['mountpoint']}: vault {m['vault_id']} {m['health'].upper()}"
     if m["health"] == "degraded":
         text += f" (missing: {', '.join(m['missing']) or '-'}; failed: {', '.join(m['failed']) or '-'})"
-    return text + "".join(f"\n  replica {loc}" for loc in m["replicas"])
+    if m.get("single"):
+        text += " (no backup: a single-drive vault)"
+    text += "".join(f"\n  replica {loc}" for loc in m["replicas"])
+    if m.get("user"):
+        text += f"\n  belongs to {m['user']}"
+    if m.get("log"):
+        text += f"\n  daemon log {m['log']}"
+    return text
 
 
 def vault_status(primary: str) -> dict:
@@ -64,7 +71,7 @@ def vault_status(primary: str) -> dict:
         replicas.append(entry)
     pending = [r["id"] for r in replicas if r.get("relation") == rs.STALE] + list(ref.missing)
     return {"vault_id": header.vault_id.hex(), "replicas": replicas, "pending_sync": sorted(set(pending)),
-            "mounted_at": [m["mountpoint"] for m in mounts]}
+            "mounted_at": [m["mountpoint"] for m in mounts], "backup": len(replicas) > 1}
 
 
 def run(args) -> int:
@@ -83,6 +90,8 @@ def run(args) -> int:
                     "clean" if r["clean"] else "not cleanly unmounted")
                 state = f"generation {r['generation']}, {use}, {r['relation']}"
             lines.append(f"  {r['id']} {r['role']:<7} {r['path']}: {state}")
+        if len(doc["replicas"]) == 1:
+            lines.append("  no backup: a single-drive vault (made with --single)")
         lines.append(f"  pending sync: {', '.join(doc['pending_sync']) or 'none'}")
         options.emit(args, doc, "\n".join(lines))
         healthy = all(r["present"] for r in doc["replicas"]) and not doc["pending_sync"]

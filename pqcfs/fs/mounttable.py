@@ -42,14 +42,19 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def kernel_mounts() -> list[str]:
+def kernel_mounts() -> list[tuple[str, int | None]]:
+    """(mountpoint, owner uid) of every pqcfs mount; the owner is FUSE's user_id= (the
+    user the kernel lets in)."""
     found = []
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 before, _, after = line.partition(" - ")
-                if after.split(" ", 1)[0] == FSTYPE:
-                    found.append(_unescape(before.split(" ")[4]))
+                fields = after.split()
+                if fields and fields[0] == FSTYPE:
+                    opts = dict(o.partition("=")[::2] for o in (fields[2] if len(fields) > 2 else "").split(","))
+                    uid = int(opts["user_id"]) if opts.get("user_id", "").isdigit() else None
+                    found.append((_unescape(before.split(" ")[4]), uid))
     except OSError:
         pass
     return found
@@ -67,19 +72,32 @@ def _alive(pid) -> bool:
         return True
 
 
-def runtime_info(mountpoint: str) -> dict | None:
-    try:
-        with open(session_mod.runtime_file(mountpoint)) as f:
-            info = json.load(f)
-        return info if isinstance(info, dict) else None
-    except (OSError, ValueError):
-        return None
+def runtime_info(mountpoint: str, owner: int | None = None) -> dict | None:
+    """The daemon's runtime file: in this user's runtime directory, or (for root) in the
+    one of the user who mounted it themselves."""
+    paths = [session_mod.runtime_file(mountpoint)]
+    if os.geteuid() == 0 and owner:
+        paths.append(os.path.join(f"/run/user/{owner}/pqcfs", os.path.basename(paths[0])))
+    for path in paths:
+        try:
+            with open(path) as f:
+                info = json.load(f)
+            if isinstance(info, dict):
+                return info
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def listing() -> list[Mount]:
+    """This user's pqcfs mounts (root: everyone's). Another user's mount is none of an
+    ordinary user's business, and its runtime file is not theirs to read."""
     out = []
-    for mountpoint in kernel_mounts():
-        info = runtime_info(mountpoint)
+    me = os.geteuid()
+    for mountpoint, owner in kernel_mounts():
+        if me != 0 and owner != me:
+            continue
+        info = runtime_info(mountpoint, owner)
         out.append(Mount(mountpoint, info, bool(info) and _alive(info.get("pid"))))
     return out
 

@@ -61,3 +61,57 @@ class MountOwner:
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise MountError(f"the mount does not answer its owner {self.name}: {proc.stderr.strip()}")
+
+    def runtime_dir_fd(self) -> int | None:
+        """The user's own pqcfs runtime directory (/run/user/UID/pqcfs), opened without
+        following links and checked to be theirs: root writes there for the user (`pqcfs
+        status` as the user reads it), and the user controls that path. None without a
+        login session's runtime directory."""
+        try:
+            base = os.open(f"/run/user/{self.uid}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            try:
+                os.mkdir("pqcfs", 0o700, dir_fd=base)
+                os.chown("pqcfs", self.uid, self.gid, dir_fd=base, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            fd = os.open("pqcfs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=base)
+        except OSError:
+            return None
+        finally:
+            os.close(base)
+        if os.fstat(fd).st_uid != self.uid:
+            os.close(fd)
+            return None
+        return fd
+
+    def write_runtime(self, name: str, data: bytes) -> None:
+        fd = self.runtime_dir_fd()
+        if fd is None:
+            return
+        tmp = f".{name}.{os.getpid()}"
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+            try:
+                os.fchown(out, self.uid, self.gid)
+                os.write(out, data)
+            finally:
+                os.close(out)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError:
+            pass     # the user's view of the mount; the mount itself does not depend on it
+        finally:
+            os.close(fd)
+
+    def remove_runtime(self, name: str) -> None:
+        fd = self.runtime_dir_fd()
+        if fd is None:
+            return
+        try:
+            os.unlink(name, dir_fd=fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

@@ -84,6 +84,7 @@ class Session:
         self.services = not read_only   # online sync and rejoin (they need the root key)
         self._ready = None              # told once the mount answers (serve sets it)
         self.stopped_by: int | None = None   # the signal that ended the session, if one did
+        self.log_path: str | None = None     # the daemon's log file (None: standard error)
 
     def lock(self) -> None:
         if self.vault.extra.get("lock") is None:   # the CLI took it before unlocking
@@ -390,17 +391,23 @@ class Session:
     def write_runtime(self) -> None:
         os.makedirs(os.path.dirname(self.runtime_path), mode=0o700, exist_ok=True)
         failed = [os.path.abspath(self.vault.locations[n]) for n in sorted(self.replicas.failed)] if self.replicas else []
-        write_atomic(self.runtime_path, json.dumps({
+        data = json.dumps({
             "pid": os.getpid(), "mountpoint": self.mountpoint,
             "replicas": [os.path.abspath(location) for location in self.vault.locations],
             "failed": failed, "missing": self.missing, "vault_id": self.vault.header.vault_id.hex(),
-            "read_only": self.read_only}).encode(), sync=False)
+            "read_only": self.read_only, "single": len(self.vault.header.replicas) == 1,
+            "log": self.log_path, "user": self.owner.name if self.owner else None}).encode()
+        write_atomic(self.runtime_path, data, sync=False)
+        if self.owner is not None:
+            self.owner.write_runtime(os.path.basename(self.runtime_path), data)
 
     def _remove_runtime(self) -> None:
         try:
             os.unlink(self.runtime_path)
         except FileNotFoundError:
             pass
+        if self.owner is not None:
+            self.owner.remove_runtime(os.path.basename(self.runtime_path))
 
 
 class OfflineSession(Session):

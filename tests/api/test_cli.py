@@ -1,5 +1,7 @@
 """The CLI as a user runs it: documented exit codes, clear messages, never a traceback."""
 
+import argparse
+import json
 import os
 import pathlib
 import re
@@ -195,3 +197,100 @@ def test_a_mistyped_passphrase_is_asked_again_three_times_and_each_try_is_audite
     (tmp / "bad").write_text("wrong\n")
     once = pqcfs("audit", "verify", str(a), "--passfile", str(tmp / "bad"), env_extra=state)
     assert once.returncode == exitcodes.WRONG_KEY and "try " not in once.stderr
+
+
+def _parsers(parser, path=("pqcfs",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, path + (name,))
+
+
+def test_every_argument_has_help_and_every_page_says_where_the_exit_codes_are():
+    from pqcfs.cli.main import EPILOG, build_parser
+    for path, parser in _parsers(build_parser()):
+        assert parser.epilog == EPILOG, path
+        for action in parser._actions:
+            if not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                assert action.help, f"{' '.join(path)} {action.option_strings or action.dest} has no help text"
+
+
+def test_mistakes_are_reported_by_their_own_command():
+    r = pqcfs("mount", "--foo", "a", "b")
+    assert r.returncode == exitcodes.USAGE
+    assert r.stderr.startswith("usage: pqcfs mount") and "pqcfs: mount: unrecognized arguments: --foo" in r.stderr
+    r = pqcfs("keys")
+    assert r.returncode == exitcodes.USAGE and "pqcfs: keys: the following arguments are required: list|add|remove" \
+        in r.stderr
+    r = pqcfs("init", "/x", "--extpass", "false", "--allow-fixed")
+    assert r.returncode == exitcodes.NOT_A_VAULT      # the location first, before any secret is asked
+    every_line = [line for line in r.stderr.splitlines() if line]
+    assert every_line and all(line.startswith("pqcfs: ") for line in every_line), r.stderr
+
+
+def test_extpass_failures_are_told_in_words(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for command, said in [("false", "the extpass program false failed (exit status 1)"),
+                          ("no-such-program-here", "the extpass program no-such-program-here was not found"),
+                          ("'unclosed", "--extpass 'unclosed: No closing quotation")]:
+        r = pqcfs("init", str(a), str(b), "--extpass", command, "--allow-fixed", "--allow-same-device")
+        assert r.returncode == exitcodes.ERROR and f"pqcfs: {said}" in r.stderr and "[" not in r.stderr, r.stderr
+
+
+def test_the_man_page_and_completions_come_from_the_parser(tmp_path):
+    from pqcfs.devtools import manpage
+    from pqcfs.cli.main import COMMANDS, build_parser
+    written = manpage.write_all(str(tmp_path))
+    page = (tmp_path / "man1" / "pqcfs.1").read_text()
+    commands = [name for path, _ in _parsers(build_parser()) if len(path) == 2 for name in path[1:]]
+    assert len(commands) >= len(COMMANDS)
+    for name in commands:
+        assert f"pqcfs {name}" in page, name
+    for code, meaning in exitcodes.MEANINGS.items():
+        assert f".B {code}\n" in page and manpage._roff(meaning) in page, code
+    rendered = subprocess.run(["man", "-l", str(tmp_path / "man1" / "pqcfs.1")], capture_output=True, text=True,
+                              env={**os.environ, "MANWIDTH": "100"})
+    assert rendered.returncode == 0 and "EXIT STATUS" in rendered.stdout and "SEE ALSO" in rendered.stdout
+    bash = (tmp_path / "bash-completion" / "pqcfs").read_text()
+    assert subprocess.run(["bash", "-n", str(tmp_path / "bash-completion" / "pqcfs")]).returncode == 0
+    assert all(name in bash for name in commands) and "--passfile" in bash
+    assert (tmp_path / "zsh" / "_pqcfs").read_text().startswith("#compdef pqcfs")
+    assert len(written) == 3
+
+
+def test_init_wants_a_backup_or_single_and_ignores_what_desktops_leave(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("a long enough passphrase for pqcfs tests\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for junk in (".Trash-1000", ".Spotlight-V100", ".fseventsd", "lost+found"):
+        (a / junk).mkdir()
+    (a / ".DS_Store").write_bytes(b"\0")
+    r = pqcfs("init", str(a), "--passfile", str(pw), "--allow-fixed")
+    assert r.returncode == exitcodes.DRIVE and "--single" in r.stderr and "BACKUP" in r.stderr
+    r = pqcfs("init", str(a), "--passfile", str(pw), "--allow-fixed", "--single")
+    assert r.returncode == 0, r.stderr
+    status = pqcfs("status", str(a), "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["backup"] is False
+    assert "no backup" in pqcfs("status", str(a)).stdout
+    # Remembered at init: the fixed disk is not questioned again, and every command takes the flag.
+    assert json.loads(pqcfs("info", str(a), "--json").stdout)["replicas"][0]["fixed"] is True
+    assert pqcfs("fsck", str(a), "--passfile", str(pw), "--allow-fixed").returncode == 0
+    (b / "notes.txt").write_text("mine")
+    (b / ".Trash-1000").mkdir()
+    r = pqcfs("init", str(b), "--passfile", str(pw), "--allow-fixed", "--single")
+    assert r.returncode == exitcodes.ERROR and "it holds notes.txt" in r.stderr and "Trash" not in r.stderr
+
+
+def test_a_weak_new_passphrase_gets_an_estimate(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (tmp_path / "weak").write_text("abc123\n")
+    r = pqcfs("init", str(a), str(b), "--passfile", str(tmp_path / "weak"), "--allow-fixed", "--allow-same-device")
+    assert r.returncode == 0
+    assert "pqcfs: warning: this passphrase is weak" in r.stderr and "Argon2id" in r.stderr
+    (tmp_path / "strong").write_text("tangerine orbit cathedral wobbly 93 saxophone\n")
+    r = pqcfs("passwd", str(a), "--passfile", str(tmp_path / "weak"), "--new-passfile", str(tmp_path / "strong"))
+    assert r.returncode == 0 and "weak" not in r.stderr, r.stderr

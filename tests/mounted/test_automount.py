@@ -157,7 +157,7 @@ def test_the_service_commands_mount_on_insert_refuse_a_copied_uuid_and_unmount_c
             # A stick that only copies the primary's UUID (another vault at that path).
             other = os.path.join(work, "other")
             os.mkdir(other)
-            drives.pqcfs("init", other, "--passfile", v.passfile, "--allow-fixed")
+            drives.pqcfs("init", other, "--passfile", v.passfile, "--allow-fixed", "--single")
             binds.append(bind_drive(other, uuid["primary"]))
             proc = subprocess.run([sys.executable, "-m", "pqcfs", *start[1:], "--allow-fixed"], env=env,
                                   capture_output=True, text=True, timeout=60)

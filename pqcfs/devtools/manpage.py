@@ -1,0 +1,74 @@
+"""The man page and shell completions, generated from the command-line parser itself
+(argparse-manpage and shtab), so they never disagree with `--help`.
+
+    python -m pqcfs.devtools.manpage OUTDIR
+
+writes OUTDIR/man1/pqcfs.1, OUTDIR/bash-completion/pqcfs and OUTDIR/zsh/_pqcfs
+(`bash scripts/dev.sh` does, into the virtual environment, and links them where man,
+bash-completion and zsh look).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pqcfs import __version__
+from pqcfs.cli import exitcodes
+from pqcfs.cli.main import build_parser
+
+DESCRIPTION = """pqcfs keeps a vault of files encrypted on two removable drives, a primary and a backup,
+mirrored and crash-safe. Mount it and use it with any program. Every name, content,
+symlink target and extended attribute is ciphertext on the drives. The root key is
+wrapped with a hybrid post-quantum KEM (ML-KEM + X25519). A tamper-evident audit log
+records what happened. A directory can be shared with another person's identity without
+sharing the rest.
+
+Each command has its own help: pqcfs COMMAND --help."""
+
+
+def _roff(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("-", "\\-")
+
+
+def manpage() -> str:
+    from argparse_manpage.manpage import Manpage
+    parser = build_parser()
+    page = Manpage(parser)
+    page.source = f"pqcfs {__version__}"
+    page.manual = "pqcfs manual"
+    page.description = "post-quantum encrypted, mirrored file system on USB drives"
+    page.add_section("description", "=", _roff(DESCRIPTION).replace("\n\n", "\n.PP\n"))
+    rows = "".join(f".TP\n.B {code}\n{_roff(text)}\n" for code, text in sorted(exitcodes.MEANINGS.items()))
+    page.add_section("exit status", "=", rows.rstrip("\n"))
+    page.add_section("files", "=", _roff(
+        "/var/lib/pqcfs (root) or ~/.local/state/pqcfs: this machine's state (host log, rollback records, "
+        "host keys). /run/pqcfs (root) or $XDG_RUNTIME_DIR/pqcfs: each mount's runtime file, control socket "
+        "and daemon log. ~/.config/pqcfs/identity.json: your identity."))
+    page.add_section("see also", "=", _roff(
+        "The pqcfs documentation (docs/ in its sources): cli.md (every command and exit code), format.md, "
+        "security.md, mirroring.md, sharing.md, automount.md, audit.md. mount(8), fusermount3(1)."))
+    return str(page)
+
+
+def completion(shell: str) -> str:
+    import shtab
+    return shtab.complete(build_parser(), shell=shell)
+
+
+def write_all(outdir: str) -> list[str]:
+    written = []
+    for rel, text in (("man1/pqcfs.1", manpage()), ("bash-completion/pqcfs", completion("bash")),
+                      ("zsh/_pqcfs", completion("zsh"))):
+        path = os.path.join(outdir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m pqcfs.devtools.manpage OUTDIR")
+    print("\n".join(write_all(sys.argv[1])))
