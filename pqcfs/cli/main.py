@@ -9,7 +9,7 @@ import sys
 
 from pqcfs import __version__, hygiene
 from pqcfs.cli import (audit_cmd, automount_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd,
-                       keys_cmd, mount_cmd, share_cmd, status_cmd, sync_cmd, upgrade_cmd)
+                       keys_cmd, mount_cmd, progress, share_cmd, status_cmd, sync_cmd, upgrade_cmd)
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
 
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Warnings from inside (a quarantined entry, a healed copy) reach the user as one
     # prefixed line each; the mount daemon sets up its own log.
-    logging.basicConfig(level=logging.WARNING, format="pqcfs: %(message)s")
+    handler = progress.LineHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pqcfs: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     hygiene.harden()
     hygiene.warn_if_insecure()
     try:

@@ -20,7 +20,7 @@ from pqcfs.audit import host
 from pqcfs.cli import exitcodes, grantee_mount, options, share_cmd
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError, MountError, PqcfsError
-from pqcfs.fs import mounttable
+from pqcfs.fs import fuseenv, mounttable
 from pqcfs.fs import session as session_mod
 from pqcfs.fs.owner import MountOwner
 from pqcfs.store import devices
@@ -113,6 +113,7 @@ def run_mount(args) -> int:
 
 
 def _mount(args, owner: MountOwner | None) -> int:
+    fuseenv.check_usable()      # before a passphrase is asked or a drive is marked in use
     if owner is not None:
         owner.make_mountpoint(args.mountpoint)
     dead = mounttable.find(args.mountpoint)

@@ -3,11 +3,13 @@ bytes, and files when a total is known, with an estimate of the time left."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 
 class Progress:
+    shown: "Progress | None" = None     # the bar on the screen now, if one is
     def __init__(self, label: str, total: int, unit: str = "MiB", scale: int = 1 << 20, files: int = 0):
         self.label, self.total, self.unit, self.scale = label, max(total, 1), unit, scale
         self.files_total = files
@@ -29,6 +31,16 @@ class Progress:
                              f"{self.done / self.scale:.1f}/{self.total / self.scale:.1f} {self.unit}"
                              f"{counts} {self._eta(frac, now)}\x1b[K")
             sys.stderr.flush()
+            Progress.shown = self
+
+    @classmethod
+    def clear_line(cls) -> None:
+        """Before any other line is written: the bar's line is wiped (it is drawn again at its
+        next step), so a warning never lands at the end of a half-drawn bar."""
+        if cls.shown is not None:
+            sys.stderr.write("\r\x1b[K")
+            cls.shown._drawn = 0.0
+            cls.shown = None
 
     def _eta(self, frac: float, now: float) -> str:
         elapsed = now - self._start
@@ -40,3 +52,13 @@ class Progress:
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
+        if Progress.shown is self:
+            Progress.shown = None
+
+
+class LineHandler(logging.StreamHandler):
+    """Warnings from inside a command, each on a line of its own, also while a bar is drawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        Progress.clear_line()
+        super().emit(record)

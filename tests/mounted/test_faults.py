@@ -257,10 +257,15 @@ def test_rolled_back_replica_is_never_trusted_over_the_newer_one(plain_vault, tm
     vault.umount()
     shutil.rmtree(vault.backup)
     shutil.copytree(snapshot, vault.backup)   # the backup is rolled back
-    # As the primary, the old copy is refused; as the backup, it is brought up to date.
+    # Even named as the primary, the old copy does not serve: the newer replica does, and
+    # the old one is brought up to date from it (with a warning that says so).
     rolled = drives.pqcfs("mount", vault.backup, vault.mountpoint, "--passfile", vault.passfile,
-                          "--backup", vault.primary, "--allow-fixed", "--allow-same-device", check=False)
-    assert rolled.returncode == 7 and "newer" in rolled.stderr
+                          "--backup", vault.primary, "--allow-fixed", "--allow-same-device")
+    assert "newer" in rolled.stderr and "brought up to date" in rolled.stderr
+    with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
+        assert f.read() == b"version 2"
+    vault.umount()
+    assert trees_identical(vault)
     vault.mount()
     with open(os.path.join(vault.mountpoint, "doc"), "rb") as f:
         assert f.read() == b"version 2"
