@@ -258,7 +258,7 @@ def run_umount(args) -> int:
         print(f"pqcfs: the daemon of {mount.mountpoint} had died; its dead mount is detached now "
               "(the next mount repairs the vault)", file=sys.stderr)
         return 0
-    pid = mount.info["pid"]
+    pid = (mount.info or {}).get("pid")     # None: another user's own mount (root unmounts it)
     proc = subprocess.run(["fusermount3", "-u", *(["-z"] if args.lazy else []), mount.mountpoint],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -275,8 +275,8 @@ def run_umount(args) -> int:
         return 0
     # Wait for the daemon to write the replica state, so the drives can be pulled after.
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _alive(pid):
+    while pid and time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
-    if _alive(pid):
+    if pid and _alive(pid):
         print(f"pqcfs: daemon {pid} is still finishing", file=sys.stderr)
     return 0

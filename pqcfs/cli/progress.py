@@ -27,7 +27,7 @@ class Progress:
             frac = min(self.done / self.total, 1.0)
             bar = "#" * int(frac * 30)
             counts = f" {self.files_done}/{self.files_total} files" if self.files_total else ""
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:4.0%} "
+            sys.stderr.write(f"\rpqcfs: {self.label} [{bar:<30}] {frac:4.0%} "
                              f"{self.done / self.scale:.1f}/{self.total / self.scale:.1f} {self.unit}"
                              f"{counts} {self._eta(frac, now)}\x1b[K")
             sys.stderr.flush()

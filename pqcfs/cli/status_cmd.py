@@ -4,6 +4,7 @@ or one vault's replica states. Exit 12 (DEGRADED) when anything shown is not hea
 from __future__ import annotations
 
 import os
+import pwd
 
 from pqcfs import vault as vault_mod
 from pqcfs.cli import exitcodes, options
@@ -25,9 +26,19 @@ def _describe(mount: mounttable.Mount) -> dict:
     if mount.dead:
         return {"mountpoint": mount.mountpoint, "health": "dead", "pid": (mount.info or {}).get("pid"),
                 "hint": f"the daemon is gone; `pqcfs umount {mount.mountpoint}` detaches the mount"}
+    if mount.foreign:
+        return {"mountpoint": mount.mountpoint, "health": "foreign", "uid": mount.owner,
+                "hint": f"mounted by user {_user(mount.owner)}; `pqcfs status` as that user tells more"}
     info = dict(mount.info)
     info["health"] = "degraded" if info.get("failed") or info.get("missing") else "healthy"
     return info
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def mounted() -> list[dict]:
@@ -37,6 +48,8 @@ def mounted() -> list[dict]:
 def _mount_text(m: dict) -> str:
     if m["health"] == "dead":
         return f"{m['mountpoint']}: DEAD ({m['hint']})"
+    if m["health"] == "foreign":
+        return f"{m['mountpoint']}: {m['hint']}"
     text = f"{m['mountpoint']}: vault {m['vault_id']} {m['health'].upper()}"
     if m["health"] == "degraded":
         text += f" (missing: {', '.join(m['missing']) or '-'}; failed: {', '.join(m['failed']) or '-'})"
@@ -98,4 +111,4 @@ def run(args) -> int:
         return exitcodes.OK if healthy else exitcodes.DEGRADED
     mounts = [_describe(mount)] if mount else mounted()
     options.emit(args, {"mounts": mounts}, "\n".join(_mount_text(m) for m in mounts) or "no pqcfs vault is mounted")
-    return exitcodes.OK if all(m["health"] == "healthy" for m in mounts) else exitcodes.DEGRADED
+    return exitcodes.OK if all(m["health"] in ("healthy", "foreign") for m in mounts) else exitcodes.DEGRADED

@@ -23,6 +23,13 @@ class Mount:
     mountpoint: str
     info: dict | None      # the daemon's runtime file, when it has one
     alive: bool            # the daemon still runs
+    owner: int | None = None   # the uid FUSE lets in
+
+    @property
+    def foreign(self) -> bool:
+        """Another user's own mount (root sees it; its runtime file is in that user's
+        runtime directory, out of reach): alive as far as anyone here can tell."""
+        return self.info is None and self.owner is not None and self.owner != os.geteuid()
 
     @property
     def dead(self) -> bool:
@@ -98,7 +105,9 @@ def listing() -> list[Mount]:
         if me != 0 and owner != me:
             continue
         info = runtime_info(mountpoint, owner)
-        out.append(Mount(mountpoint, info, bool(info) and _alive(info.get("pid"))))
+        mount = Mount(mountpoint, info, bool(info) and _alive(info.get("pid")), owner)
+        mount.alive = mount.alive or mount.foreign
+        out.append(mount)
     return out
 
 

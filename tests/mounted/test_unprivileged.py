@@ -96,6 +96,10 @@ def test_an_ordinary_user_mounts_their_vault_and_root_leaves_it_theirs():
             assert status["mounts"][0]["health"] == "healthy"
             log = status["mounts"][0]["log"]
             assert log.startswith(os.path.join(run, "pqcfs") + "/") and os.stat(log).st_uid == carol.pw_uid
+            # root sees carol's mount as hers, not as a dead one to clean up.
+            seen_by_root = drives.pqcfs("status", mnt, "--json", check=False)
+            assert seen_by_root.returncode == 0, seen_by_root.stdout
+            assert json.loads(seen_by_root.stdout)["mounts"][0]["health"] == "foreign"
             runtime = os.listdir(os.path.join(run, "pqcfs"))
             assert any(n.endswith(".json") for n in runtime) and any(n.endswith(".sock") for n in runtime)
             # The vault is in use: said at once, with where, before any passphrase.
