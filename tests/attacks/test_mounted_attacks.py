@@ -26,7 +26,8 @@ def test_writing_commands_refuse_or_go_through_the_daemon_while_mounted_and_the_
                   "--backup", v.backup],
                  ["fsck", v.primary, *base]):
         proc = drives.pqcfs(*args, check=False)
-        assert proc.returncode == exitcodes.MOUNT and "in use" in proc.stderr, (args, proc.stderr)
+        # Said at once (before any secret is asked for), with where the vault is mounted.
+        assert proc.returncode == exitcodes.MOUNT and f"mounted at {v.mountpoint}" in proc.stderr, (args, proc.stderr)
     # sync is the one that goes through: to the daemon, which holds the lock and the key.
     sync = drives.pqcfs("sync", v.primary, *base, check=False)
     assert sync.returncode == 0 and "has all its replicas" in sync.stdout, sync.stderr

@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -105,3 +107,42 @@ def test_df_shows_the_fullest_replica():
         vault.mount()
         mounted, backup = os.statvfs(vault.mountpoint), os.statvfs(vault.backup)
         assert mounted.f_bavail * mounted.f_frsize == backup.f_bavail * backup.f_frsize
+
+
+def test_a_busy_umount_names_who_holds_it_and_ctrl_c_of_a_foreground_mount_exits_130(plain_vault):
+    vault = plain_vault
+    proc = subprocess.Popen([sys.executable, "-m", "pqcfs", "mount", vault.primary, vault.mountpoint, "-f",
+                             "--passfile", vault.passfile, "--allow-fixed", "--allow-same-device"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(300):
+            if drives.is_mounted(vault.mountpoint) and os.path.exists(session_mod.runtime_file(vault.mountpoint)):
+                break
+            time.sleep(0.1)
+        with open(os.path.join(vault.mountpoint, "f"), "w") as f:
+            f.write("x")
+        holder = subprocess.Popen(["sleep", "60"], cwd=vault.mountpoint)
+        try:
+            busy = drives.pqcfs("umount", vault.mountpoint, check=False)
+            one_line_error(busy, 8)
+            assert f"sleep (pid {holder.pid})" in busy.stderr and "--lazy" in busy.stderr, busy.stderr
+        finally:
+            holder.kill()
+            holder.wait()
+        status = drives.pqcfs("status", vault.mountpoint, check=False).stdout
+        assert "daemon log" not in status      # in the foreground the log is standard error
+        proc.send_signal(signal.SIGINT)          # Ctrl-C in the terminal that runs it
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert not drives.is_mounted(vault.mountpoint)
+    replicas = json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)["replicas"]
+    assert all(r["clean"] for r in replicas)
+    # The background daemon's log: where status says, in the runtime directory.
+    assert mount(vault, vault.mountpoint).returncode == 0
+    shown = json.loads(drives.pqcfs("status", vault.mountpoint, "--json").stdout)["mounts"][0]["log"]
+    assert shown == session_mod.runtime_file(vault.mountpoint)[:-5] + ".log" and os.path.exists(shown)
+    vault.umount()
