@@ -10,6 +10,14 @@ if "PQCFS_STATE_DIR" not in os.environ:
     import tempfile
     os.environ["PQCFS_STATE_DIR"] = tempfile.mkdtemp(prefix="pqcfs-seen-")
     atexit.register(shutil.rmtree, os.environ["PQCFS_STATE_DIR"], ignore_errors=True)
+# Mount daemons' runtime files, sockets and logs likewise, not /run/pqcfs (a run that is
+# killed leaves them in /tmp, not in the machine's runtime directory).
+if "PQCFS_RUNTIME_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    os.environ["PQCFS_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pqcfs-run-")
+    atexit.register(shutil.rmtree, os.environ["PQCFS_RUNTIME_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

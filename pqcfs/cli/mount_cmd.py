@@ -122,6 +122,7 @@ def _mount(args, owner: MountOwner | None) -> int:
         mounttable.clean_dead(dead)
         print(f"pqcfs: {dead.mountpoint} held the dead mount of a crashed daemon; detached it",
               file=sys.stderr)
+    mounttable.prune_runtime()
     session_mod.check_mountpoint(args.mountpoint)
     if args.vault_id:
         _check_vault_id(args.vault, args.vault_id)
@@ -186,7 +187,7 @@ def _serve(session, args) -> int:
     session.log_path = session.runtime_path[:-5] + ".log"
     os.makedirs(os.path.dirname(session.log_path), mode=0o700, exist_ok=True)
     # One log per mountpoint, kept across mounts, rotated so it never grows without bound.
-    handler = logging.handlers.RotatingFileHandler(session.log_path, maxBytes=LOG_BYTES, backupCount=LOG_KEEP)
+    handler = _PrivateLog(session.log_path, maxBytes=LOG_BYTES, backupCount=LOG_KEEP)
     handler.setFormatter(logging.Formatter("%(asctime)s pqcfs[%(process)d]: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if session.owner is not None:
@@ -210,7 +211,32 @@ def _serve(session, args) -> int:
             pass
         logging.getLogger(__name__).exception("mount failed: %s", e)
         code = 1
+    if code == 0 and not handler.said_something:
+        # A session with nothing to tell leaves no log behind (runtime directories would
+        # otherwise fill with one log per mountpoint ever used).
+        handler.close()
+        for path in [session.log_path] + [f"{session.log_path}.{n}" for n in range(1, LOG_KEEP + 1)]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
     os._exit(code)
+
+
+class _PrivateLog(logging.handlers.RotatingFileHandler):
+    """The daemon's log, 0600 like everything else in the runtime directory (also each
+    file a rotation starts)."""
+
+    said_something = False    # a warning or worse was logged: the log is kept after the mount
+
+    def _open(self):
+        return open(os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                    encoding=self.encoding)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.said_something = True
+        super().emit(record)
 
 
 def _alive(pid: int) -> bool:

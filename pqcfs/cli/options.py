@@ -178,12 +178,12 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         raise
     vault.adopt_drives(drives)
     vault.extra["lock"] = lock
-    if not audit:
+    if audit:
+        mirror.newest_first(vault)
+    else:
         # A command that only reads does not write the vault's log (a mount may own it):
         # its unlock goes to the host log, adopted into the vault's at the next unlock that writes.
         host.record(vault_id, "unlock", command=args.command, slot=vault.slot_id)
-    if audit:
-        mirror.newest_first(vault)
     args.unlocked = vault
     if audit:
         log = AuditLog(vault)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 
+from pqcfs import userdirs
+from pqcfs.errors import PqcfsError
 from pqcfs.fs import session as session_mod
 
 FSTYPE = "fuse.pqcfs"
@@ -81,10 +84,18 @@ def _alive(pid) -> bool:
 
 def runtime_info(mountpoint: str, owner: int | None = None) -> dict | None:
     """The daemon's runtime file: in this user's runtime directory, or (for root) in the
-    one of the user who mounted it themselves."""
-    paths = [session_mod.runtime_file(mountpoint)]
+    one of the user who mounted it themselves, or (for a user) the copy root's daemon
+    left them."""
+    name = os.path.basename(session_mod.runtime_file(mountpoint, base=""))
+    try:
+        paths = [session_mod.runtime_file(mountpoint)]
+    except PqcfsError:
+        paths = []     # no runtime directory of this user's own (no login session)
     if os.geteuid() == 0 and owner:
-        paths.append(os.path.join(f"/run/user/{owner}/pqcfs", os.path.basename(paths[0])))
+        paths.append(os.path.join(f"/run/user/{owner}/pqcfs", name))
+    elif os.geteuid() != 0:
+        # A mount root made for this user (`mount --user`) leaves them a copy.
+        paths.append(os.path.join(userdirs.shared_runtime_dir(os.geteuid()), name))
     for path in paths:
         try:
             with open(path) as f:
@@ -123,5 +134,36 @@ def clean_dead(mount: Mount) -> None:
     subprocess.run(["fusermount3", "-u", "-z", mount.mountpoint], capture_output=True)
     try:
         os.unlink(session_mod.runtime_file(mount.mountpoint))
-    except OSError:
+    except (OSError, PqcfsError):
         pass
+
+
+LOG_DAYS = 14     # a daemon log that said something is kept this long after its mount ended
+
+
+def prune_runtime() -> int:
+    """Forget what ended mounts left in this user's runtime directory: runtime files and
+    sockets of daemons that are gone (killed, or the machine's /run survived them) and
+    logs older than LOG_DAYS. Returns how many files went."""
+    try:
+        folder = userdirs.runtime_dir()
+        names = os.listdir(folder)
+    except (OSError, PqcfsError):
+        return 0
+    live = {session_mod.runtime_file(m.mountpoint) for m in listing() if m.alive}
+    stems = {n.split(".", 1)[0] for n in names if n.startswith("mount-")}
+    now, gone = time.time(), 0
+    for stem in stems:
+        runtime = os.path.join(folder, stem + ".json")
+        if runtime in live:
+            continue
+        for name in (n for n in names if n.split(".", 1)[0] == stem):
+            path = os.path.join(folder, name)
+            try:
+                old = now - os.lstat(path).st_mtime > LOG_DAYS * 86400
+                if not name.startswith(stem + ".log") or old:
+                    os.unlink(path)
+                    gone += 1
+            except OSError:
+                continue
+    return gone

@@ -13,6 +13,7 @@ import pwd
 import subprocess
 from dataclasses import dataclass
 
+from pqcfs import userdirs
 from pqcfs.errors import MountError
 
 
@@ -63,21 +64,33 @@ class MountOwner:
             raise MountError(f"the mount does not answer its owner {self.name}: {proc.stderr.strip()}")
 
     def runtime_dir_fd(self) -> int | None:
-        """The user's own pqcfs runtime directory (/run/user/UID/pqcfs), opened without
-        following links and checked to be theirs: root writes there for the user (`pqcfs
-        status` as the user reads it), and the user controls that path. None without a
-        login session's runtime directory."""
+        """The user's copy of the mount's runtime file goes to their login session's
+        runtime directory (/run/user/UID/pqcfs), else to /run/pqcfs/users/UID, so that
+        `pqcfs status` and `umount` as the user find the mount. The last directory is the
+        user's and they control what is in it: opened without following links and
+        checked to be theirs before root writes there."""
         try:
             base = os.open(f"/run/user/{self.uid}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
-            return None
+            shared = userdirs.shared_runtime_dir(self.uid)
+            try:
+                # Root's: traverse-only for others, so a user reaches only their own below.
+                os.makedirs(os.path.dirname(shared), mode=0o711, exist_ok=True)
+                for path in (userdirs.ROOT_RUNTIME, os.path.dirname(shared)):
+                    os.chmod(path, 0o711)
+                base = os.open(os.path.dirname(shared), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError:
+                return None
+            name = str(self.uid)
+        else:
+            name = "pqcfs"
         try:
             try:
-                os.mkdir("pqcfs", 0o700, dir_fd=base)
-                os.chown("pqcfs", self.uid, self.gid, dir_fd=base, follow_symlinks=False)
+                os.mkdir(name, 0o700, dir_fd=base)
+                os.chown(name, self.uid, self.gid, dir_fd=base, follow_symlinks=False)
             except FileExistsError:
                 pass
-            fd = os.open("pqcfs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=base)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=base)
         except OSError:
             return None
         finally:

@@ -1,8 +1,8 @@
 """A mount session: lock the replicas, mark them in use, serve, and mark them clean.
 
 The lock (flock on pqcfs.lock in every replica, store/lock.py) is what makes "already
-mounted" an error instead of two daemons writing the same ciphertext. The runtime file (pqcfs.userdirs.runtime_dir())
-lets `pqcfs umount` and `pqcfs status` find the daemon.
+mounted" an error instead of two daemons writing the same ciphertext. The runtime file
+(in userdirs.runtime_dir()) lets `pqcfs umount` and `pqcfs status` find the daemon.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ def canonical_mountpoint(mountpoint: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def runtime_file(mountpoint: str) -> str:
+def runtime_file(mountpoint: str, base: str | None = None) -> str:
+    """Where the daemon of mountpoint keeps its runtime file (in base, by default this
+    user's runtime directory)."""
     digest = hashlib.sha256(canonical_mountpoint(mountpoint).encode()).hexdigest()[:16]
-    return os.path.join(userdirs.runtime_dir(), f"mount-{digest}.json")
+    return os.path.join(userdirs.runtime_dir() if base is None else base, f"mount-{digest}.json")
 
 
 def check_mountpoint(mountpoint: str) -> None:

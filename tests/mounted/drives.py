@@ -28,12 +28,12 @@ def pqcfs(*args, check=True, timeout=120):
 class Vault:
     """A vault on two stand-in drives, created through the CLI like a user would."""
 
-    def __init__(self, workdir: str, primary: str, backup: str):
-        self.workdir, self.primary, self.backup = workdir, primary, backup
-        self.passfile = os.path.join(workdir, "passphrase")
+    def __init__(self, work: str, primary: str, backup: str):
+        self.workdir, self.primary, self.backup = work, primary, backup
+        self.passfile = os.path.join(work, "passphrase")
         with open(self.passfile, "w") as f:
             f.write(PASSPHRASE + "\n")
-        self.mountpoint = os.path.join(workdir, "mnt")
+        self.mountpoint = os.path.join(work, "mnt")
         self.mount_flags: list[str] = []   # e.g. --allow-same-device for plain directories
         os.makedirs(self.mountpoint, exist_ok=True)
 
@@ -60,10 +60,10 @@ def is_mounted(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def mounted_vault(workdir: str, fstype: str, size_mb: int = 512):
-    with loop_drive(workdir, "primary", fstype, size_mb) as (primary, pimg), \
-         loop_drive(workdir, "backup", fstype, size_mb) as (backup, bimg):
-        vault = Vault(workdir, primary, backup)
+def mounted_vault(work: str, fstype: str, size_mb: int = 512):
+    with loop_drive(work, "primary", fstype, size_mb) as (primary, pimg), \
+         loop_drive(work, "backup", fstype, size_mb) as (backup, bimg):
+        vault = Vault(work, primary, backup)
         vault.images = (pimg, bimg)
         vault.fstype = fstype
         vault.init()

@@ -7,7 +7,6 @@ for by bind mounts at the paths they would mount."""
 import contextlib
 import json
 import os
-import pwd
 import shlex
 import shutil
 import socket
@@ -19,7 +18,7 @@ import time
 import pytest
 
 from mounttool import units
-from tests.mounted import drives
+from tests.mounted import drives, users
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 
@@ -105,6 +104,13 @@ class NotifySocket:
         self.sock.close()
 
 
+def unplug(where: str) -> None:
+    """What systemd does when a drive's mount unit stops: unmount, and the directory goes."""
+    drives.unmount(where)
+    with contextlib.suppress(OSError):
+        os.rmdir(where)
+
+
 def bind_drive(location: str, fs_uuid: str) -> str:
     """What the drive's mount unit does (the drive's file system at /run/pqcfs/drives/UUID)."""
     where = f"{units.DRIVES_DIR}/{fs_uuid}"
@@ -151,7 +157,7 @@ def test_the_service_commands_mount_on_insert_refuse_a_copied_uuid_and_unmount_c
             replicas = json.loads(drives.pqcfs("status", v.primary, "--json").stdout)["replicas"]
             assert all(r["clean"] for r in replicas)
             for where in reversed(binds):
-                drives.unmount(where)
+                unplug(where)
             binds.clear()
 
             # A stick that only copies the primary's UUID (another vault at that path).
@@ -167,7 +173,7 @@ def test_the_service_commands_mount_on_insert_refuse_a_copied_uuid_and_unmount_c
             notify.close()
             v.umount()
             for where in reversed(binds):
-                drives.unmount(where)
+                unplug(where)
 
 
 @contextlib.contextmanager
@@ -213,21 +219,6 @@ def test_the_udev_rule_pulls_the_service_only_for_the_vaults_drives(tmp_path):
             assert f"pqcfs-{vault_id}.service" in udev_wants(loops[0])            # the primary
             assert backup_unit in udev_wants(loops[1])                            # the backup: its mount
             assert not [w for w in udev_wants(loops[2]) if "pqcfs" in w]          # any other drive
-
-
-@contextlib.contextmanager
-def system_users(*names):
-    """Users made for the test only (no home, no login), removed after."""
-    made = []
-    try:
-        for name in names:
-            subprocess.run(["userdel", name], capture_output=True)     # left over by a killed run
-            drives.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name)
-            made.append(name)
-        yield [pwd.getpwnam(n) for n in names]
-    finally:
-        for name in made:
-            subprocess.run(["userdel", name], capture_output=True)
 
 
 class JournalSocket:
@@ -280,7 +271,7 @@ def test_a_users_vault_mounts_degraded_takes_the_backup_later_and_survives_the_p
     nothing written is lost, the backup is left clean, and once the primary is back both
     check clean."""
     with drives.workdir() as w, drives.standin_vault(w, ("exfat", 64), ("ext4", 64)) as v, \
-            system_users("pqcfs-t-alice", "pqcfs-t-bob") as (alice, bob):
+            users.made_users("pqcfs-t-alice", "pqcfs-t-bob") as (alice, bob):
         v.mount()
         with open(os.path.join(v.mountpoint, "hello"), "w") as f:
             f.write("made before")
@@ -323,6 +314,12 @@ def test_a_users_vault_mounts_degraded_takes_the_backup_later_and_survives_the_p
             assert "Permission denied" in as_user(bob, "ls", mountpoint).stderr
             with pytest.raises(PermissionError):
                 os.listdir(mountpoint)
+            # Alice's own `pqcfs status` finds it (no login session here: the copy of the
+            # runtime file root's daemon left her under /run/pqcfs/users), bob's does not.
+            hers = json.loads(users.pqcfs_as(alice, "status", "--json", check=False).stdout)["mounts"]
+            assert [(m["mountpoint"], m["health"], m["user"]) for m in hers] == [(mountpoint, "degraded",
+                                                                                  alice.pw_name)]
+            assert json.loads(users.pqcfs_as(bob, "status", "--json").stdout)["mounts"] == []
 
             # The backup plugged in later: its mount unit runs, the daemon takes it in.
             mounted.append(unit_mount(loops[1], "ext4", uuid["backup"]))
@@ -369,8 +366,9 @@ def test_a_users_vault_mounts_degraded_takes_the_backup_later_and_survives_the_p
                 proc.stderr.close()
             notify.close()
             journal.close()
+            shutil.rmtree(os.path.join("/run/pqcfs/users", str(alice.pw_uid)), ignore_errors=True)
             v.umount()
             for where in reversed(mounted):
-                drives.unmount(where)
+                unplug(where)
             for loop in new_loops:
                 drives.run("losetup", "-d", loop, check=False)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -141,8 +142,22 @@ def test_a_busy_umount_names_who_holds_it_and_ctrl_c_of_a_foreground_mount_exits
     assert not drives.is_mounted(vault.mountpoint)
     replicas = json.loads(drives.pqcfs("status", vault.primary, "--json").stdout)["replicas"]
     assert all(r["clean"] for r in replicas)
+    # What ended mounts left in the runtime directory is forgotten at the next mount: the
+    # runtime file and socket of a daemon that is gone, a log older than two weeks.
+    folder = os.path.dirname(session_mod.runtime_file(vault.mountpoint))
+    stale = {f"mount-{'0' * 16}.json": json.dumps({"pid": 999999999, "mountpoint": "/nowhere"}),
+             f"mount-{'0' * 16}.sock": "", f"mount-{'1' * 16}.log": "old", f"mount-{'2' * 16}.log": "recent"}
+    for name, text in stale.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+    weeks_ago = time.time() - 15 * 86400
+    os.utime(os.path.join(folder, f"mount-{'1' * 16}.log"), (weeks_ago, weeks_ago))
     # The background daemon's log: where status says, in the runtime directory.
     assert mount(vault, vault.mountpoint).returncode == 0
+    left = set(os.listdir(folder))
+    assert not left & set(stale) - {f"mount-{'2' * 16}.log"} and f"mount-{'2' * 16}.log" in left
     shown = json.loads(drives.pqcfs("status", vault.mountpoint, "--json").stdout)["mounts"][0]["log"]
     assert shown == session_mod.runtime_file(vault.mountpoint)[:-5] + ".log" and os.path.exists(shown)
+    assert stat.S_IMODE(os.stat(shown).st_mode) == 0o600
     vault.umount()
+    assert not os.path.exists(shown)      # a session with nothing to tell leaves no log

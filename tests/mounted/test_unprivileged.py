@@ -6,60 +6,22 @@ why before asking for anything, and leaves the vault clean."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import pathlib
-import pwd
 import stat
 import subprocess
-import sys
 
 import pytest
 
-from tests.mounted import drives
+from tests.mounted import drives, users
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 
-REPO = str(pathlib.Path(__file__).resolve().parents[2])
-# The project's interpreter may live where an ordinary user can not run it (pyenv under
-# /root); Debian's python3 is the same minor version and reads the same packages.
-SYSTEM_PYTHON = "/usr/bin/python3"
-SITE = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
 USER = "pqcfs-t-carol"
 
 
-@contextlib.contextmanager
-def ordinary_user(home: str):
-    subprocess.run(["userdel", USER], capture_output=True)       # left over by a killed run
-    drives.run("useradd", "--home-dir", home, "--create-home", "--shell", "/bin/sh", USER)
-    entry = pwd.getpwnam(USER)
-    opened = []                # directories on the way to the code, made traversable for the test only
-    try:
-        for top in (REPO, SITE):
-            path = os.path.dirname(top)
-            while path != "/":
-                mode = stat.S_IMODE(os.stat(path).st_mode)
-                if not mode & stat.S_IXOTH:
-                    os.chmod(path, mode | stat.S_IXOTH)
-                    opened.append((path, mode))
-                path = os.path.dirname(path)
-        yield entry
-    finally:
-        for path, mode in reversed(opened):
-            os.chmod(path, mode)
-        subprocess.run(["userdel", "--remove", USER], capture_output=True)
-
-
-def as_user(user, home: str, *args, check=True, extra_env=None):
-    env = {"HOME": home, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": f"{REPO}:{SITE}",
-           "XDG_RUNTIME_DIR": os.path.join(home, "run"), "PQCFS_INSECURE_FAST_KDF": "1", **(extra_env or {})}
-    proc = subprocess.run([SYSTEM_PYTHON, "-m", "pqcfs", *args], user=user.pw_uid, group=user.pw_gid,
-                          extra_groups=[], env=env, capture_output=True, text=True, timeout=120, cwd=home,
-                          stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"pqcfs {' '.join(args)} as {user.pw_name} failed ({proc.returncode}): {proc.stderr}")
-    return proc
+def as_user(user, home: str, *args, check=True):
+    return users.pqcfs_as(user, *args, check=check, runtime=os.path.join(home, "run"), cwd=home)
 
 
 def owners(path: str) -> set[int]:
@@ -71,7 +33,7 @@ def owners(path: str) -> set[int]:
 
 
 def test_an_ordinary_user_mounts_their_vault_and_root_leaves_it_theirs():
-    with drives.workdir() as w, ordinary_user(os.path.join(w, "home")) as carol:
+    with drives.workdir() as w, users.made_users(USER, home_base=w) as (carol,):
         home = carol.pw_dir
         run = os.path.join(home, "run")
         os.mkdir(run, 0o700)
