@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 
@@ -94,3 +95,33 @@ def test_an_ordinary_user_mounts_their_vault_and_root_leaves_it_theirs():
         finally:
             if drives.is_mounted(mnt):
                 subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+
+
+def test_a_mount_root_makes_for_a_user_is_theirs_to_see_and_unmount():
+    """`pqcfs mount --user` (automount for a desktop user), without a login session's
+    runtime directory: the user's own `status` finds the mount and their `umount` ends it
+    cleanly; root's top directory is given to them once."""
+    with drives.workdir() as w, users.made_users("pqcfs-t-dave") as (dave,):
+        a, b = os.path.join(w, "a"), os.path.join(w, "b")
+        os.mkdir(a), os.mkdir(b)
+        v = drives.Vault(w, a, b)
+        v.init("--allow-same-device")
+        mnt = os.path.join(w, "dave-vault")                      # made by the mount, for dave
+        drives.pqcfs("mount", a, mnt, "--passfile", v.passfile, "--allow-same-device", "--user", dave.pw_name)
+        try:
+            assert drives.is_mounted(mnt)
+            made = subprocess.run(["sh", "-c", f"echo mine > {mnt}/note && stat -c %u {mnt}"], user=dave.pw_uid,
+                                  group=dave.pw_gid, capture_output=True, text=True)
+            assert made.stdout.strip() == str(dave.pw_uid), made.stderr
+            status = json.loads(users.pqcfs_as(dave, "status", "--json").stdout)["mounts"]
+            assert [(m["mountpoint"], m["health"], m["user"]) for m in status] == [(mnt, "healthy", dave.pw_name)]
+            users.pqcfs_as(dave, "umount", mnt)
+            assert not drives.is_mounted(mnt)
+        finally:
+            if drives.is_mounted(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+            shutil.rmtree(os.path.join("/run/pqcfs/users", str(dave.pw_uid)), ignore_errors=True)
+        replicas = json.loads(drives.pqcfs("status", a, "--json").stdout)["replicas"]
+        assert all(r["clean"] for r in replicas)
+        shown = drives.pqcfs("audit", "show", a, "--passfile", v.passfile).stdout
+        assert "top-directory-given" in shown and dave.pw_name in shown
