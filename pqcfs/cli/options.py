@@ -61,7 +61,8 @@ def add_drive_options(p: argparse.ArgumentParser) -> None:
     if "--allow-fixed" in p._option_string_actions:
         return      # every command that takes a vault accepts them once
     p.add_argument("--allow-fixed", action="store_true",
-                   help="allow locations that are not on removable drives (internal disks, tests)")
+                   help="allow locations that are not on removable drives (internal disks, tests); init "
+                   "remembers the choice, so later commands need it only for drives not chosen then")
     p.add_argument("--allow-same-device", action="store_true",
                    help="allow replicas on the same device (tests only: a mirror on one drive protects nothing)")
 

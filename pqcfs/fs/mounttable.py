@@ -98,9 +98,10 @@ def runtime_info(mountpoint: str, owner: int | None = None) -> dict | None:
         paths.append(os.path.join(userdirs.shared_runtime_dir(os.geteuid()), name))
     for path in paths:
         try:
-            with open(path) as f:
-                info = json.load(f)
-            if isinstance(info, dict):
+            # A user's directory may hold anything: never follow a link from there.
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+                info = json.loads(f.read(1 << 16))
+            if isinstance(info, dict) and info.get("mountpoint") == session_mod.canonical_mountpoint(mountpoint):
                 return info
         except (OSError, ValueError):
             continue

@@ -53,7 +53,13 @@ class MountOwner:
             return
         except FileNotFoundError:
             raise MountError(f"cannot create the mountpoint {path}: its parent does not exist") from None
-        os.chown(path, self.uid, self.gid)
+        # Through a descriptor of the directory just made: the parent may be the user's,
+        # and a path swapped for a link in between must not make root chown its target.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, self.uid, self.gid)
+        finally:
+            os.close(fd)
 
     def stat_as(self, path: str) -> None:
         """A stat of path by the user. Ready means the mount answers; only its owner's

@@ -10,5 +10,5 @@ from pqcfs.store.drive import Drive
 
 def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
     directory, name = os.path.split(os.path.abspath(path))
-    with Drive(directory) as drive:
+    with Drive(directory, host=True) as drive:
         drive.write_atomic(name, data, sync)

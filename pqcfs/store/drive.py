@@ -75,7 +75,8 @@ def _operation(fn):
 class Drive:
     """One replica location. Paths are relative to it and use '/' ('' is the location)."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, host: bool = False):
+        """host: a directory of this machine's own (store/atomic.py), not a replica."""
         self.location = location
         self.root_fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: OrderedDict[str, int] = OrderedDict()
@@ -84,7 +85,7 @@ class Drive:
         # given to the owner of the vault's directory, or the user could no longer write
         # their own vault (a root-owned 0600 pqcfs.state, lock file or table).
         st = os.fstat(self.root_fd)
-        self.owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None
+        self.owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 and not host else None
 
     def _give(self, fd: int | None = None, name: str | None = None, dir_fd: int | None = None) -> None:
         if self.owner is None:
