@@ -14,6 +14,7 @@ The UUID only triggers: `--vault-id` makes the vault header decide.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 PQCFS = "/usr/bin/pqcfs"
@@ -24,6 +25,18 @@ CONFIG_DIR = "etc/pqcfs/automount"
 UNLOCK = ("ask", "host-key", "identity", "passfile")
 ASK_TIMEOUT = 120    # seconds systemd-ask-password waits for each try
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
+# What may reach a rule or a unit. A file system UUID is letters, digits and dashes (as
+# udev's by-uuid links and blkid print them); a vault id is 32 hex digits; a user name is
+# what useradd accepts; a path is printable (no newline starts a new directive), absolute
+# and without `..`. Whatever wrote the description, nothing else gets through.
+FS_UUID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
+VAULT_ID = re.compile(r"[0-9a-f]{32}")
+USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?")
+FUSE_OPTION = re.compile(r"[A-Za-z0-9_.=/-]{1,128}")
+
+
+class UnsafeValue(ValueError):
+    """A value that has no safe spelling in a udev rule or a systemd unit."""
 
 
 @dataclass
@@ -57,6 +70,40 @@ class AutomountSpec:
     @property
     def primary(self) -> DriveSpec:
         return next(d for d in self.drives if d.role == "primary")
+
+
+def _path_ok(path: str | None, absolute: bool = True) -> bool:
+    return (path is not None and 0 < len(path) <= 4096 and path.isprintable()
+            and path.startswith("/") == absolute and ".." not in path.split("/"))
+
+
+def check(spec: AutomountSpec) -> None:
+    """Refuse a description with any value outside its grammar (UnsafeValue names it)."""
+    problems = []
+    if not VAULT_ID.fullmatch(spec.vault_id):
+        problems.append("vault id")
+    if not _path_ok(spec.mountpoint):
+        problems.append("mountpoint")
+    for d in spec.drives:
+        if d.role not in ("primary", "backup") or not FS_UUID.fullmatch(d.fs_uuid):
+            problems.append(f"file system UUID of the {d.role!r} drive")
+        if d.subpath not in ("", ".") and not _path_ok(d.subpath, absolute=False):
+            problems.append(f"path inside the {d.role!r} drive")
+        if not re.fullmatch(r"[a-z0-9.-]{1,32}", d.fs_type):
+            problems.append(f"file system type of the {d.role!r} drive")
+    if spec.unlock not in UNLOCK:
+        problems.append("unlock method")
+    for name, path in (("passfile", spec.passfile), ("identity file", spec.identity)):
+        if path is not None and not _path_ok(path):
+            problems.append(name)
+    if spec.user is not None and not USER.fullmatch(spec.user):
+        problems.append("user name")
+    if not all(FUSE_OPTION.fullmatch(o) for o in spec.fuse_options):
+        problems.append("FUSE option")
+    if not 0 <= spec.wait_backup <= 86400:
+        problems.append("backup wait")
+    if problems:
+        raise UnsafeValue("refused to write units with an unsafe " + ", ".join(problems))
 
 
 def escape_path(path: str) -> str:
@@ -179,6 +226,7 @@ def udev_rule(spec: AutomountSpec) -> str:
 
 def files(spec: AutomountSpec) -> dict[str, str]:
     """Relative path (under the root directory) -> contents of every file to write."""
+    check(spec)
     out = {f"{UNIT_DIR}/{service_name(spec)}": service_unit(spec),
            f"{RULES_DIR}/90-pqcfs-{spec.vault_id}.rules": udev_rule(spec)}
     for d in spec.drives:

@@ -13,6 +13,7 @@ from mounttool import units
 from pqcfs import vault as vault_mod
 from pqcfs.cli import options
 from pqcfs.errors import PqcfsError
+from pqcfs.format import vault_header
 from pqcfs.fs import mounttable
 from pqcfs.fs.owner import MountOwner
 from pqcfs.store import devices
@@ -64,26 +65,61 @@ def _fs_type(fs_uuid: str | None) -> str:
     return fs_type
 
 
+def _primary_drive(location: str, header) -> units.DriveSpec:
+    """The primary as the kernel sees it: the file system UUID of the block device the
+    location lives on and the location's path inside it. The header (unauthenticated
+    without an unlock) only has to agree."""
+    info = devices.inspect(location)
+    if not info.fs_uuid or not info.mountpoint:
+        raise PqcfsError(f"{location} is not on a drive with a file system UUID: automount needs drives")
+    if not vault_header.is_fs_uuid(info.fs_uuid):
+        raise PqcfsError(f"the drive of {location} has a file system UUID udev can not match safely "
+                         f"({info.fs_uuid!r})")
+    named = next((r for r in header.replicas if r["role"] == "primary"), None)
+    if named is None or named.get("fs_uuid") != info.fs_uuid:
+        raise PqcfsError(f"{location} is not the vault's primary drive (its header names another); give the "
+                         "primary's location")
+    subpath = os.path.relpath(info.path, info.mountpoint)
+    return units.DriveSpec("primary", info.fs_uuid, subpath, _fs_type(info.fs_uuid))
+
+
+def _backup_drive(replica: dict, vault_id: bytes, primary: str) -> units.DriveSpec:
+    """A backup named by the header is written into a rule only once the kernel shows a
+    plugged-in file system with that UUID holding this same vault."""
+    fs_uuid = replica.get("fs_uuid")
+    if not vault_header.is_fs_uuid(fs_uuid):
+        raise PqcfsError(f"the {replica['role']} replica has no file system UUID in the vault header (made on a "
+                         "plain directory?): automount needs drives")
+    location = vault_mod.find_replica(replica, vault_id, exclude=os.path.realpath(primary))
+    if location is None:
+        raise PqcfsError(f"the backup drive (file system UUID {fs_uuid}) is not plugged in: plug in both drives "
+                         "to set up automount, so that what the units name is checked on the drives themselves")
+    seen = devices.inspect(location).fs_uuid
+    if seen != fs_uuid:
+        raise PqcfsError(f"the backup at {location} is on a drive with file system UUID {seen}, not the {fs_uuid} "
+                         "its vault header names: refused (a changed header, or a reformatted drive)")
+    return units.DriveSpec(replica["role"], fs_uuid, replica.get("subpath") or ".", _fs_type(fs_uuid))
+
+
 def spec_for(args) -> units.AutomountSpec:
     header = vault_mod.read_header(args.vault)[0]
-    drives = []
-    for r in header.replicas:
-        if not r.get("fs_uuid"):
-            raise PqcfsError(f"the {r['role']} replica has no file system UUID in the vault header (made on a plain "
-                             "directory?): automount needs drives")
-        drives.append(units.DriveSpec(r["role"], r["fs_uuid"], r.get("subpath") or ".", _fs_type(r["fs_uuid"])))
-    if not any(d.role == "primary" for d in drives):
-        raise PqcfsError("the vault header names no primary replica")
+    drives = [_primary_drive(args.vault, header)]
+    drives += [_backup_drive(r, header.vault_id, args.vault) for r in header.replicas if r["role"] != "primary"]
     if args.unlock == "passfile" and not args.passfile:
         raise PqcfsError("--unlock passfile needs --passfile FILE")
     if args.unlock == "identity" and not args.identity_file:
         raise PqcfsError("--unlock identity needs --identity-file FILE")
     mountpoint = os.path.abspath(args.at)
     user = MountOwner.lookup(args.user).name if args.user else None
-    return units.AutomountSpec(header.vault_id.hex(), mountpoint, drives, args.unlock,
+    spec = units.AutomountSpec(header.vault_id.hex(), mountpoint, drives, args.unlock,
                                os.path.abspath(args.passfile) if args.passfile else None,
                                os.path.abspath(args.identity_file) if args.identity_file else None,
                                args.wait_backup, options_list(args.fuse_options), user)
+    try:
+        units.check(spec)
+    except units.UnsafeValue as e:
+        raise PqcfsError(str(e)) from None
+    return spec
 
 
 def options_list(values: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -126,6 +127,37 @@ def _check_shape(header: VaultHeader) -> None:
         if not (isinstance(r, dict) and isinstance(r.get("id"), str) and isinstance(r.get("role"), str)
                 and all(isinstance(r.get(k), (str, type(None))) for k in ("fs_uuid", "subpath", "path_hint"))):
             raise DamagedStructure("vault header lists a malformed replica")
+        check_replica_fields(r)
+
+
+# A file system UUID as udev and blkid print them (ext4 8-4-4-4-12 hex, exFAT/vfat
+# XXXX-XXXX, NTFS 16 hex): letters, digits and dashes only, so it can never carry a quote,
+# a newline or an assignment into a udev rule or a unit, whoever wrote the header.
+FS_UUID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
+MAX_PATH = 4096
+
+
+def is_fs_uuid(value: object) -> bool:
+    return isinstance(value, str) and FS_UUID.fullmatch(value) is not None
+
+
+def is_clean_path(value: str) -> bool:
+    """Bounded, and printable throughout: no control character (a newline ends a line of a
+    unit, a rule or fstab), no line separator, no lone surrogate (bytes that are not UTF-8)."""
+    return len(value) <= MAX_PATH and value.isprintable()
+
+
+def check_replica_fields(r: dict) -> None:
+    """The replica fields the header carries unauthenticated until unlock (automount,
+    finding a backup): refused unless they match their grammar."""
+    if r.get("fs_uuid") is not None and not is_fs_uuid(r["fs_uuid"]):
+        raise DamagedStructure("vault header names a replica by an impossible file system UUID")
+    sub = r.get("subpath")
+    if sub is not None and (not is_clean_path(sub) or sub.startswith("/") or ".." in sub.split("/")):
+        raise DamagedStructure("vault header names a replica by an impossible path inside its drive")
+    hint = r.get("path_hint")
+    if hint is not None and (not is_clean_path(hint) or not hint.startswith("/")):
+        raise DamagedStructure("vault header names a replica by an impossible path")
 
 
 def verify_mac(signed: bytes, mac: bytes, root_key: bytes) -> bool:

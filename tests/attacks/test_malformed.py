@@ -9,10 +9,8 @@ import os
 import random
 import shutil
 import stat
-import struct
 import time
 
-import blake3
 import pytest
 
 from pqcfs import vault as vault_mod
@@ -20,30 +18,16 @@ from pqcfs.cli import exitcodes
 from pqcfs.cli import main as cli_main
 from pqcfs.crypto import kdf
 from pqcfs.errors import DamagedStructure, PqcfsError, WrongKey
-from pqcfs.format import names, vault_header
+from pqcfs.format import names
 from pqcfs.fs.common import Caller
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.replicas import ReplicaSet
+from tests.attacks.forge import forge_header
 from tests.conftest import PASSPHRASE
 
 FUZZ_CASES = int(os.environ.get("PQCFS_FUZZ_CASES", "120"))
 DOCUMENTED = {v for k, v in vars(exitcodes).items() if k.isupper() and isinstance(v, int)}
 ME = Caller(uid=1000, gid=1000)
-
-
-def forge_header(location: str, mutate) -> None:
-    """What an attacker can do without the key: rewrite the body and its (unkeyed)
-    checksum; the MAC stays the old one and fails only after a slot opened."""
-    path = os.path.join(location, vault_header.FILE_NAME)
-    with open(path, "rb") as f:
-        data = f.read()
-    _, version, length = struct.unpack_from(">8sHI", data)
-    body = json.loads(data[14:14 + length])
-    mutate(body)
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    signed = data[:8] + struct.pack(">HI", version, len(raw)) + raw
-    with open(path, "wb") as f:
-        f.write(signed + blake3.blake3(signed).digest() + data[-32:])
 
 
 def creds(passphrase=PASSPHRASE):
