@@ -23,6 +23,7 @@ from pqcfs.crypto.kdf import LABEL_GRANTEE_AUDIT, LABEL_GRANTEE_INTENT, hkdf
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import vault_header
 from pqcfs.fs import session as session_mod
+from pqcfs.fs.inodes import SHARED_DIR
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.fs.operations import Operations
 from pqcfs.sharing import Opened
@@ -147,8 +148,12 @@ class GranteeSession(session_mod.Session):
         if not self.read_only:
             for o in self.opened:
                 if any(drive.exists(intent_name(o.grant.grant_id)) for drive in self.vault.drives):
-                    recover(self.vault.drives, o.keys.key, o.grant.grant_id, self.vault.header.block_size,
-                            self._fs(ReplicaSet(self.vault.drives), read_only=True))
+                    problem = recover(self.vault.drives, o.keys.key, o.grant.grant_id, o.c_path,
+                                      self.vault.header.block_size,
+                                      self._fs(ReplicaSet(self.vault.drives), read_only=True))
+                    if problem is not None:
+                        record(self.vault.drives, o, self.vault.header.vault_id, "intent-log-set-aside",
+                               reason=problem)
         return None
 
     def build(self) -> Operations:
@@ -231,20 +236,60 @@ def unclean(drives: list) -> list[bytes]:
     return sorted(g for g in found if len(g) == 16)
 
 
-def recover(drives: list, subtree_key: bytes, grant_id: bytes, block_size: int, vfs) -> None:
+INTENT_CAP = 16 << 20    # a grantee's intent log: refused unread above this size
+
+
+def set_aside(drives: list, grant_id: bytes, problem: str) -> None:
+    """A grantee's intent log that is not acted on goes to pqcfs.quarantine/ (evidence),
+    so it is reported once and never steers a later mount."""
+    name = intent_name(grant_id)
+    log.warning("the intent log of grant %s is set aside, not acted on: %s", grant_id.hex(), problem)
+    for drive in drives:
+        try:
+            if drive.exists(name):
+                drive.quarantine(name, f"a grantee's intent log that is not acted on ({problem})")
+        except (OSError, PqcfsError) as e:
+            log.warning("could not set aside %s on %s: %s", name, drive.location, e)
+
+
+def _within(rel: str, c_path: str) -> bool:
+    # The shared store holds hard-linked files (a grantee's links inside the grant too).
+    return rel in (c_path, SHARED_DIR) or rel.startswith((c_path + "/", SHARED_DIR + "/"))
+
+
+def recover(drives: list, subtree_key: bytes, grant_id: bytes, c_path: str, block_size: int, vfs) -> str | None:
     """Repair what a crashed read-write session left half done, from the intent log it
     kept under this grant's name (the grantee's next session, or the owner's mount, with
     vfs its view of the tree); the caller makes sure every replica is present: the log is
-    the only record of what a missing one lacks."""
+    the only record of what a missing one lacks.
+
+    The log is a grantee's writing, so it steers nothing it does not vouch for: every line
+    must authenticate under the grant's intent key, name a path inside the granted
+    directory (c_path) and the log must fit its cap. Anything else (empty, junk, too big,
+    a path outside) is set aside in pqcfs.quarantine/ and nothing is repaired or rebuilt.
+    Returns None when repaired, else why the log was set aside."""
     from pqcfs.fs import recovery
     name = intent_name(grant_id)
-    if not any(drive.exists(name) for drive in drives):
-        return
-    intents = intent_mod.read(drives, intent_key(subtree_key, grant_id), name)
-    if intents is None:
-        repaired = recovery.recover(vfs, drives[0], drives[1:], block_size)
-    else:
-        repaired = recovery.recover_intents(vfs, drives[0], drives[1:], intents, block_size)
+    key = intent_key(subtree_key, grant_id)
+    intents: set[tuple[str, str]] = set()
+    problem = None
+    for drive in drives:
+        try:
+            found, _live = intent_mod.read_strict(drive, key, name, INTENT_CAP)
+        except FileNotFoundError:
+            continue
+        except (intent_mod.Untrusted, OSError, PqcfsError) as e:
+            problem = str(e)
+            break
+        outside = [rel for _, rel in found if not _within(rel, c_path)]
+        if outside:
+            problem = f"it names {len(outside)} path(s) outside the granted directory"
+            break
+        intents |= found
+    if problem is not None:
+        set_aside(drives, grant_id, problem)
+        return problem
+    repaired = recovery.recover_intents(vfs, drives[0], drives[1:], intents, block_size)
     log.warning("repaired after a grantee session of grant %s that did not end cleanly (%d blocks)",
                 grant_id.hex(), repaired)
     for drive in drives:
@@ -252,3 +297,4 @@ def recover(drives: list, subtree_key: bytes, grant_id: bytes, block_size: int, 
             drive.unlink(name)
         except FileNotFoundError:
             pass
+    return None

@@ -200,6 +200,7 @@ class Session:
         repaired here with the subtree key derived from the tree, once every replica is
         present (until then the log is kept: it is what the missing one lacks)."""
         from pqcfs import sharing
+        from pqcfs.format import grants
         from pqcfs.fs import grantee
         pending = grantee.unclean(self.vault.drives)
         if not pending:
@@ -215,8 +216,17 @@ class Session:
             if node is None:
                 log.warning("an intent log of grant %s is left: the grant or its directory is gone", grant_id.hex())
                 continue
-            grantee.recover(self.vault.drives, node.keys.key, grant_id, self.vault.header.block_size, vfs)
-            self.event("grantee-session-repaired", grant=grant_id.hex())
+            if grants.parse(sharing.unb64(record["blob"])).grant.read_only:
+                # A read-only grant's session writes no intent log: this one was planted.
+                problem = "the grant is read-only"
+                grantee.set_aside(self.vault.drives, grant_id, problem)
+            else:
+                problem = grantee.recover(self.vault.drives, node.keys.key, grant_id, node.c_path,
+                                          self.vault.header.block_size, vfs)
+            if problem is None:
+                self.event("grantee-session-repaired", grant=grant_id.hex())
+            else:
+                self.event("grantee-intent-set-aside", grant=grant_id.hex(), reason=problem)
 
     def _replica_failed(self, n: int, error: BaseException) -> None:
         """A replica dropped out while mounted: the serving replica's history moves on

@@ -104,13 +104,49 @@ def _boot_line(key: bytes, drive: Drive) -> bytes:
 
 
 def _lines(data: bytes, key: bytes):
-    """(kind, path, authentic) of every non-empty line of a log."""
-    for line in data.decode("utf-8", "surrogateescape").splitlines():
-        if not line:
+    """(kind, path, authentic) of every non-empty line of a log, one at a time (a log of
+    junk costs one MAC before its reader gives up, not one per line and a copy of it all)."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        raw, start = data[start:end], end + 1
+        if not raw:
             continue
+        line = raw.decode("utf-8", "surrogateescape")
         kind, _, rest = line.partition(" ")
         rel, _, mac = rest.rpartition(" ")
         yield kind, rel, hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _mac(key, kind, rel).encode())
+
+
+class Untrusted(Exception):
+    """A log that can not be acted on (the message says why)."""
+
+
+def read_strict(drive: Drive, key: bytes, name: str, cap: int) -> tuple[set[tuple[str, str]], bool]:
+    """A log written by a less trusted party (a grantee): (records, live) when every line
+    authenticates and the log starts with its session line; live says the log was written
+    under the drive's present page cache. Untrusted when it is too big (checked before
+    reading), empty, or has any line that does not authenticate: such a log is reported
+    and set aside by the caller, never acted on."""
+    data = drive.read(name, cap)
+    found, live, first = set(), False, True
+    identity = devices.mount_identity(drive.root_fd, drive.location)
+    for kind, rel, authentic in _lines(data, key):
+        if not authentic:
+            raise Untrusted("a line fails authentication")
+        if kind == BOOT:
+            live |= bool(identity) and rel == identity
+        elif first:
+            raise Untrusted("it does not start with its session line")
+        elif kind in (FILE, DIRECTORY) and ".." not in rel.split("/"):
+            found.add((kind, rel))
+        else:
+            raise Untrusted("it holds a record of unknown kind")
+        first = False
+    if first:
+        raise Untrusted("it is empty")
+    return found, live
 
 
 def read(drives: list[Drive], key: bytes, name: str = FILE_NAME) -> set[tuple[str, str]] | None:
@@ -130,6 +166,7 @@ def read(drives: list[Drive], key: bytes, name: str = FILE_NAME) -> set[tuple[st
         for kind, rel, authentic in _lines(data, key):
             if not authentic:
                 forged += 1
+                break          # the log is not trusted as a whole: no need to read on
             elif kind == BOOT:
                 live |= bool(identity) and rel == identity
             elif kind in (FILE, DIRECTORY) and ".." not in rel.split("/"):
@@ -137,7 +174,7 @@ def read(drives: list[Drive], key: bytes, name: str = FILE_NAME) -> set[tuple[st
             else:
                 forged += 1
     if forged:
-        log.warning("%d intent record(s) fail authentication; comparing the replicas in full", forged)
+        log.warning("an intent log holds a record that fails authentication; comparing the replicas in full")
         return None
     if any_log and not live:
         log.warning("the intent logs were written before the drives were last mounted (a power loss, a "

@@ -40,9 +40,9 @@ class Vault:
     def init(self, *extra):
         return pqcfs("init", self.primary, self.backup, "--passfile", self.passfile, "--allow-fixed", *extra)
 
-    def mount(self, *extra):
+    def mount(self, *extra, timeout=120):
         return pqcfs("mount", self.primary, self.mountpoint, "--passfile", self.passfile,
-                     "--backup", self.backup, "--allow-fixed", *self.mount_flags, *extra)
+                     "--backup", self.backup, "--allow-fixed", *self.mount_flags, *extra, timeout=timeout)
 
     def umount(self):
         """Unmount, even a mount whose daemon died (stat on it fails with ENOTCONN)."""
