@@ -215,6 +215,26 @@ def _apply(table: DirTable | None, dir_id: bytes, payload: bytes) -> DirTable:
     return table
 
 
+HEAD_LEN = PREFIX_LEN + _LEN.size
+
+
+def first_record_end(head: bytes) -> int:
+    """Where a table file's first record (its snapshot) ends, from its first HEAD_LEN
+    bytes: a reader authenticates that much before it reads the rest, so a file of junk
+    costs one bounded record, whatever size it claims."""
+    if len(head) < HEAD_LEN:
+        raise DamagedStructure("directory table is truncated")
+    magic, version, _ = _PREFIX.unpack_from(head)
+    if magic != MAGIC:
+        raise DamagedStructure("directory table has a wrong magic")
+    if version != VERSION:
+        raise UnsupportedVersion(f"directory table version {version} is not supported")
+    (length,) = _LEN.unpack_from(head, PREFIX_LEN)
+    if length < aead.OVERHEAD or length > MAX_RECORD:
+        raise DamagedStructure("directory table record has an impossible length")
+    return HEAD_LEN + length
+
+
 def decode(key: bytes, dir_id: bytes, data: bytes, tolerate_torn_tail: bool = False) -> DirTable:
     """The table a file holds. A record that fails authentication, anywhere, is damage;
     with tolerate_torn_tail (after a crash, for a directory the intent log names) an

@@ -86,13 +86,12 @@ class TableOps:
         first, error, table = self.replicas.first, None, None
         for replica in self.replicas.healthy:
             try:
-                data = self.replicas.read_file(path, replica=replica, cap=TABLE_FILE_CAP)
-                table = dir_table.decode(dir_node.keys.meta_key, dir_node.keys.node_id, data,
-                                         tolerate_torn_tail=flux)
+                table = self._read_dir_table(path, replica, dir_node, flux)
             except DAMAGE as e:
                 if replica == first and drive_failed(e):
                     self.replicas.survives(first, e)
-                error = error or e
+                # The message only: a traceback would keep the frames, and what they read, alive.
+                error = error or str(e)
                 continue
             if replica != first and first not in self.replicas.failed and not self.read_only:
                 self.replicas.copy_one(replica, first, path)
@@ -107,6 +106,19 @@ class TableOps:
         else:
             self._check_listing(dir_node, table)
         return table
+
+    def _read_dir_table(self, path: str, replica: int, dir_node: Node, flux: bool) -> DirTable:
+        """The snapshot authenticates before anything past it is read; most tables (a
+        compacted one, a new directory's) are nothing else and are read in two preads."""
+        key, dir_id = dir_node.keys.meta_key, dir_node.keys.node_id
+        end = dir_table.first_record_end(self.replicas.read_file(path, dir_table.HEAD_LEN, replica=replica))
+        head = self.replicas.read_file(path, end + 1, replica=replica)
+        table = dir_table.decode(key, dir_id, head[:end], tolerate_torn_tail=flux)
+        if len(head) <= end:
+            return table
+        del head
+        data = self.replicas.read_file(path, replica=replica, cap=TABLE_FILE_CAP)
+        return dir_table.decode(key, dir_id, data, tolerate_torn_tail=flux)
 
     def _check_rollback(self, dir_node: Node, table: DirTable, least_seq: int) -> None:
         if table.seq < least_seq:

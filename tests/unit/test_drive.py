@@ -72,12 +72,18 @@ def test_fifos_and_devices_are_refused_without_blocking(host):
 
 def test_whole_file_reads_are_capped(host):
     _, location = host
+    data = os.urandom(10 << 20)
     with open(location / "tree" / "big", "wb") as f:
+        f.write(data)
+    with open(location / "tree" / "sparse", "wb") as f:
         f.truncate(10 << 20)
     with Drive(str(location)) as d:
-        assert len(d.read("tree/big", 10 << 20)) == 10 << 20
+        assert d.read("tree/big", 10 << 20) == data
         with pytest.raises(UnsafeEntry, match="more than"):
             d.read("tree/big", 1 << 20)
+        # Holes cost a drive nothing and a reader their size: refused before reading.
+        with pytest.raises(UnsafeEntry, match="sparse"):
+            d.read("tree/sparse", 10 << 20)
 
 
 def test_paths_beyond_path_max(tmp_path):
