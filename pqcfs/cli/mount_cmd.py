@@ -22,7 +22,7 @@ from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError, MountError, PqcfsError
 from pqcfs.fs import fuseenv, mounttable
 from pqcfs.fs import session as session_mod
-from pqcfs.fs.owner import MountOwner
+from pqcfs.fs.owner import MountOwner, open_no_links
 from pqcfs.store import devices
 
 
@@ -114,8 +114,11 @@ def run_mount(args) -> int:
 
 def _mount(args, owner: MountOwner | None) -> int:
     fuseenv.check_usable()      # before a passphrase is asked or a drive is marked in use
+    mount_fd = None
     if owner is not None:
         owner.make_mountpoint(args.mountpoint)
+        # Held from here to the mount: the mount goes through it, not through the path.
+        mount_fd = open_no_links(args.mountpoint)
     dead = mounttable.find(args.mountpoint)
     if dead is not None and dead.dead:
         # A crashed daemon's mount is in the way: every access to it fails (ENOTCONN).
@@ -131,6 +134,7 @@ def _mount(args, owner: MountOwner | None) -> int:
     if args.identity and grantee_mount.is_grantee(args):
         session = grantee_mount.prepare(args)
         session.owner = owner
+        session.mount_fd = mount_fd
         return _serve(session, args)
     vault = options.unlock(args, require_all=False, audit=not args.ro)
     args.audit_log = None   # the daemon owns the log from here on
@@ -146,6 +150,7 @@ def _mount(args, owner: MountOwner | None) -> int:
             print(f"pqcfs: warning: {e}", file=sys.stderr)
     session = session_mod.Session(vault, args.mountpoint, read_only=args.ro, audit_files=args.audit_files,
                                   accept_older=args.accept_older, owner=owner)
+    session.mount_fd = mount_fd
     session.lock()
     try:
         plan = session.prepare(Progress)

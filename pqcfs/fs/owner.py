@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import stat
 import subprocess
 from dataclasses import dataclass
 
@@ -46,20 +47,24 @@ class MountOwner:
 
     def make_mountpoint(self, path: str) -> None:
         """Create a missing mountpoint for the user (automount: /media/NAME/Vault); the
-        parent must exist. An existing one is left as it is."""
+        parent must exist. An existing one is left as it is. The parent is reached without
+        following a link at any component: a user who can write /media/NAME could
+        otherwise make root create (and give them) a directory anywhere."""
+        parent_fd = open_no_links(os.path.dirname(os.path.abspath(path)))
+        name = os.path.basename(os.path.abspath(path))
         try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            return
-        except FileNotFoundError:
-            raise MountError(f"cannot create the mountpoint {path}: its parent does not exist") from None
-        # Through a descriptor of the directory just made: the parent may be the user's,
-        # and a path swapped for a link in between must not make root chown its target.
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            os.fchown(fd, self.uid, self.gid)
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            except FileExistsError:
+                return
+            # Through a descriptor of the directory just made, never through its path.
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+            try:
+                os.fchown(fd, self.uid, self.gid)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            os.close(parent_fd)
 
     def stat_as(self, path: str) -> None:
         """A stat of path by the user. Ready means the mount answers; only its owner's
@@ -134,3 +139,33 @@ class MountOwner:
             pass
         finally:
             os.close(fd)
+
+
+def open_no_links(path: str) -> int:
+    """An O_PATH descriptor of the directory path, walked from / one component at a time
+    without following a link at any of them (MountError names the link). A mount made
+    through /proc/self/fd/N of it lands on that directory even if a path component is
+    swapped for a link in between."""
+    path = os.path.abspath(path)
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    walked = ""
+    try:
+        for part in [p for p in path.split("/") if p]:
+            walked += "/" + part
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise MountError(f"{walked} does not exist") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise MountError(f"{walked} is a symbolic link: give the mountpoint's real path (a mount for a "
+                                 "user never follows links, which the user could point anywhere)")
+            try:
+                child = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except (NotADirectoryError, OSError) as e:
+                raise MountError(f"{walked} is not a directory ({e.strerror})") from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

@@ -74,6 +74,9 @@ class Session:
         # Resolved now: once mounted, any lookup under the mountpoint would wait for this
         # very process to answer, before it serves.
         self.runtime_path = runtime_file(self.mountpoint)
+        # A mount for a user goes through a descriptor of the mountpoint, walked without
+        # following links (owner.open_no_links): the user may swap a path component.
+        self.mount_fd: int | None = None
         self.replicas: ReplicaSet | None = None
         self.intent: intent_mod.IntentLog | None = None
         self.changes: changes_mod.ChangeJournal | None = None
@@ -346,7 +349,13 @@ class Session:
             self._give_top_directory(ops.vfs)
         try:
             with self.owner.real_ids() if self.owner else contextlib.nullcontext():
-                pyfuse3.init(ops, self.mountpoint, self.fuse_options(extra_options))
+                target = self.mountpoint if self.mount_fd is None else f"/proc/self/fd/{self.mount_fd}"
+                try:
+                    pyfuse3.init(ops, target, self.fuse_options(extra_options))
+                finally:
+                    if self.mount_fd is not None:
+                        os.close(self.mount_fd)
+                        self.mount_fd = None
         except RuntimeError as e:
             self._finish()
             raise MountError(f"mounting {self.mountpoint} failed: {e}") from None
