@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pqcfs import vault as vault_mod
 from pqcfs.errors import DriveError, PqcfsError
+from pqcfs.format import slots
 from pqcfs.fs.tables import ALL
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.replicas import ReplicaSet
@@ -26,6 +27,14 @@ def upgrade(vault: vault_mod.UnlockedVault) -> int:
     if not all(s.clean for s in states) or len({(s.generation, tuple(s.lineage)) for s in states}) != 1:
         raise DriveError("the replicas are not all current and cleanly unmounted: mount the vault with every "
                          "drive (or run `pqcfs sync`) and unmount it first")
+    uncommitted = [s for s in vault.header.slots if "commit" not in s]
+    if uncommitted:
+        # The slot that unlocked got its commitment at unlock: keep it for next time.
+        vault.save_header()
+        raise PqcfsError("format 2 requires key commitment, which these key slots predate: "
+                         + ", ".join(f"slot {s['id']} ({slots.describe(s)})" for s in uncommitted)
+                         + "; unlock once with each (e.g. `pqcfs upgrade VAULT --recovery`), which adds it, or "
+                         "remove it (`pqcfs keys remove`), then upgrade again")
     vfs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, tables=True,
                   in_flux=ALL)
     built = vfs.settle_tree()

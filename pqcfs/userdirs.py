@@ -23,6 +23,20 @@ def state_dir() -> str:
     return os.path.join(base, "pqcfs")
 
 
+def open_private(path: str, mode: str = "w"):
+    """A file of ours under a state or runtime directory, 0600 whatever the umask (and made
+    0600 if an older pqcfs left it readable): it names vaults, grants and what failed."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, mode)
+
+
 ROOT_RUNTIME = "/run/pqcfs"
 
 

@@ -17,8 +17,7 @@ def path() -> str:
 
 def record(vault_id: str | None, event: str, **details) -> None:
     try:
-        os.makedirs(os.path.dirname(path()), mode=0o700, exist_ok=True)
-        with open(path(), "a") as f:
+        with userdirs.open_private(path(), "a") as f:
             f.write(json.dumps({"time": now(), "vault_id": vault_id, "event": event, **details}) + "\n")
     except OSError:
         pass  # the host log is best effort; the command's own error still reaches the user
@@ -35,7 +34,7 @@ def take(vault_id: str) -> list[dict]:
     if mine:
         rest = [e for e in lines if e.get("vault_id") != vault_id]
         tmp = path() + ".tmp"
-        with open(tmp, "w") as f:
+        with userdirs.open_private(tmp) as f:
             f.writelines(json.dumps(e) + "\n" for e in rest)
         os.replace(tmp, path())
     return mine

@@ -3,7 +3,8 @@
 wrapped = nonce || AES-256-GCM(KEK, root_key, aad = "pqcfs slot v1" || vault_id || u32be(id) || type)
 commit  = HKDF(KEK, info = "pqcfs slot commit v1" || aad)   (hex; checked in constant time before
           the AEAD: AES-GCM is not key-committing, so without it one ciphertext could be made to
-          open under two passphrases; slots written before it existed have none)
+          open under two passphrases; format 1 slots written before it existed may have none,
+          every format 2 slot has one)
   passphrase: KEK = Argon2id(passphrase, params stored in the slot)
   recovery:   KEK = HKDF(code, salt=vault_id, info="pqcfs slot recovery v1")
   identity:   (ss, kem_ct) = Encap(suite, pk); KEK = HKDF(ss, salt=vault_id, info="pqcfs slot kem v1")
@@ -55,7 +56,13 @@ def _unwrap(kek: bytes, slot: dict, vault_id: bytes) -> bytes:
         raise DamagedStructure(f"key slot {slot.get('id')} is malformed") from None
     if commit is not None and not hmac.compare_digest(commit.encode(), _commit(kek, aad).encode()):
         raise CryptoError("key slot does not open with this key")
-    return aead.open_sealed(kek, wrapped, aad)
+    root_key = aead.open_sealed(kek, wrapped, aad)
+    if commit is None:
+        # A format 1 slot from before commitment: it gets one now that its key is known,
+        # kept in memory and written with the header by the owner's next save (format 2
+        # requires it; `pqcfs upgrade` saves it even when it refuses to upgrade).
+        slot["commit"] = _commit(kek, aad)
+    return root_key
 
 
 def passphrase_slot(slot_id: int, root_key: bytes, vault_id: bytes, passphrase: bytes,

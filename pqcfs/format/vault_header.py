@@ -116,6 +116,10 @@ def _check_shape(header: VaultHeader) -> None:
         raise DamagedStructure(f"vault header has {len(header.slots)} key slots (at most {slots.MAX_SLOTS})")
     for slot in header.slots:
         slots.check_shape(slot)
+        if header.version >= 2 and "commit" not in slot:
+            # Stripping it would let a slot made to open under two keys through.
+            raise DamagedStructure(f"key slot {slot['id']} has no key commitment, which format 2 requires "
+                                   "(removed without the key)")
     if len({s["id"] for s in header.slots}) != len(header.slots):
         raise DamagedStructure("vault header has two key slots with one id")
     if not (isinstance(header.suite, str) and isinstance(header.created, str)

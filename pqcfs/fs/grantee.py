@@ -93,8 +93,7 @@ def pin_owner(vault_id: bytes, owner: bytes, expected: bytes | None) -> bool:
         with open(path) as f:
             pinned = bytes.fromhex(f.read(64).strip())
     except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path, "w") as f:
+        with userdirs.open_private(path) as f:
             f.write(owner.hex() + "\n")
         return expected is None
     except ValueError:

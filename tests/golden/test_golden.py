@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from pqcfs import fsck, sharing, upgrade
+from pqcfs.errors import PqcfsError
 from pqcfs import vault as vault_mod
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
@@ -82,9 +83,15 @@ def test_a_format_1_vault_upgrades_in_place_and_reads_the_same(tmp_path, monkeyp
     shutil.copytree(HERE / "v1", root)
     exp = json.loads((root / "expected.json").read_text())
     locations = [str(root / "primary"), str(root / "backup")]
-    vault = vault_mod.unlock(locations, Credentials(passphrase=exp["passphrase"].encode()))
     # Nothing a format 1 vault holds is rewritten: only tables are added, and the header.
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "pqcfs.vault"}
+    # Format 2 requires key commitment, which v1's slots predate: each slot gets it when it
+    # opens, and the upgrade waits until every slot has it.
+    vault = vault_mod.unlock(locations, Credentials(passphrase=exp["passphrase"].encode()))
+    with pytest.raises(PqcfsError, match="slot 2 \\(recovery code\\)"):
+        upgrade.upgrade(vault)
+    vault.close()
+    vault = vault_mod.unlock(locations, Credentials(recovery_code=slots.parse_recovery_code(exp["recovery_code"])))
     assert upgrade.upgrade(vault) == 3      # the root, docs and docs/moved
     assert upgrade.upgrade(vault) == 0      # once is enough
     vault.close()
