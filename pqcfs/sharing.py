@@ -119,6 +119,25 @@ def find_dir(vfs, node_id: bytes):
     return None
 
 
+def find_granted(vfs, record: dict):
+    """A grant's directory in the owner's tree: where its locator points when the node
+    there is the grant's, else found by walking the tree (find_dir). None: gone."""
+    node_id = bytes.fromhex(record["node"])
+    node = vfs.inodes.root
+    try:
+        for disk_name in record.get("locator") or []:
+            entry = vfs._table(node).entries.get(disk_name)
+            if entry is None or not stat.S_ISDIR(entry.mode):
+                node = None
+                break
+            node = vfs.lookup(node, entry.p_name)
+    except (FsError, PqcfsError, OSError):
+        node = None
+    if node is not None and node.keys.node_id == node_id:
+        return node
+    return find_dir(vfs, node_id)
+
+
 def p_path(node) -> str:
     """The path of a node as the owner sees it (for people: undecodable bytes replaced)."""
     parts = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from pqcfs import vault as vault_mod
-from pqcfs import sharing
+from pqcfs import grantee_log, sharing
 from pqcfs.audit import log as audit_log
 from pqcfs.fs import grantee
 from pqcfs.cli import exitcodes, options
@@ -76,7 +76,7 @@ def run(args) -> int:
                  for r in results]
         if not consistent:
             lines.append("the replicas' logs disagree (one is not a prefix of the other)")
-        granted = _verify_grantee_logs(vault)
+        granted = _verify_grantee_logs(vault, _tampered_grantee_logs(keys, vid, logs[0]))
         for g in granted:
             lines.append(f"grant {g['grant']} on {g['replica']}: {g['records']} records, "
                          + (f"intact ({', '.join(g['events']) or 'no sessions'})" if g["intact"]
@@ -125,12 +125,34 @@ def _verify_public(args) -> int:
     return exitcodes.OK if v.intact else exitcodes.CRYPTO
 
 
-def _verify_grantee_logs(vault) -> list[dict]:
+def _tampered_grantee_logs(keys, vault_id: bytes, data: bytes) -> list[dict]:
+    """What earlier unlocks recorded in the owner's log about grantee logs that lost or
+    changed records (the recipient holds their log's key; the owner's log keeps the proof)."""
+    try:
+        records = audit_log.parse(data)
+    except audit_log.Malformed as e:
+        records = audit_log.parse(data[:audit_log.offset_of(data, e.index)])
+    out = []
+    for r in records:
+        if r.kind != 0:
+            continue
+        try:
+            event = audit_log.decrypt(keys, vault_id, r)
+        except PqcfsError:
+            continue
+        if event.get("event") == "grantee-log-tampered":
+            out.append(event)
+    return out
+
+
+def _verify_grantee_logs(vault, recorded: list[dict]) -> list[dict]:
     """Each live grant's own log (what its recipient did), with the subtree key the owner
-    derives from the tree."""
+    derives from the tree, checked against the heads the owner saw (recorded: what
+    earlier unlocks found tampered)."""
     if not vault.tables or not any("blob" in r for r in vault.header.grants):
         return []
     vfs = sharing.owner_tree(vault)
+    now_found = grantee_log.adopt_logs(vault)
     out = []
     for record in vault.header.grants:
         if "blob" not in record:
@@ -142,7 +164,15 @@ def _verify_grantee_logs(vault) -> list[dict]:
         for location in vault.locations:
             verdict, events = grantee.verify_log(vault.drive(location), key, bytes.fromhex(record["id"]),
                                                  vault.header.vault_id)
+            # What this unlock found against the heads the owner saw before (deleted,
+            # truncated or rewritten by the recipient, who holds the log's key).
+            replica_id = vault_mod.read_state(vault.drive(location), vault.root_key).replica_id
+            tampered = [p for p in [*now_found, *recorded] if p["grant"] == record["id"]
+                         and p["replica"] == replica_id]
+            reason = verdict.reason if not tampered else (
+                f"{tampered[0]['reason']}: the owner had seen {tampered[0]['seen_records']} record(s), "
+                f"{tampered[0]['records_now']} now")
             out.append({"grant": record["id"], "replica": location, "records": verdict.records,
-                        "intact": verdict.intact, "reason": verdict.reason,
+                        "intact": verdict.intact and not tampered, "reason": reason,
                         "events": sorted({e.get("event", "?") for e in events})})
     return out

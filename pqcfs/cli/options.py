@@ -15,6 +15,7 @@ from pqcfs.audit.writer import AuditLog
 from pqcfs.errors import DamagedStructure, DriveError, MountError, PqcfsError, WrongKey
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
+from pqcfs import grantee_log
 from pqcfs.store.lock import VaultLock
 from pqcfs.vault import Credentials
 
@@ -191,6 +192,12 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         for event in host.take(vault.header.vault_id.hex()):
             event.pop("vault_id", None)
             log.append("host-" + event.pop("event"), **event)
+        try:
+            vault.extra["grantee_log_problems"] = grantee_log.adopt_logs(vault, log.append)
+        except (OSError, PqcfsError) as e:
+            # A recipient's log never stops the owner: said, recorded, and the command goes on.
+            log.append("grantee-logs-unreadable", error=str(e))
+            print(f"pqcfs: warning: the grantees' logs could not be read ({e})", file=sys.stderr)
         slot = next(s for s in vault.header.slots if s["id"] == vault.slot_id)
         log.append("unlock", command=args.command, slot=vault.slot_id, slot_type=slot["type"],
                    replicas=len(locations))

@@ -246,8 +246,25 @@ def decode(key: bytes, dir_id: bytes, data: bytes, tolerate_torn_tail: bool = Fa
         raise DamagedStructure("directory table has a wrong magic")
     if version != VERSION:
         raise UnsupportedVersion(f"directory table version {version} is not supported")
-    table: DirTable | None = None
-    off, seq, records, snapshot_bytes = PREFIX_LEN, first_seq, 0, 0
+    table, off, seq, records, snapshot_bytes = _records(key, dir_id, data, PREFIX_LEN, first_seq, None, 0,
+                                                         tolerate_torn_tail)
+    if table is None:
+        raise DamagedStructure("directory table holds no snapshot")
+    table.first_seq = first_seq
+    return _finish(table, seq, records, snapshot_bytes, off)
+
+
+def decode_more(key: bytes, table: DirTable, more: bytes, tolerate_torn_tail: bool = False) -> DirTable:
+    """The table with the records that follow what decode() read (its valid_len bytes):
+    a reader authenticates the snapshot alone before it reads the rest of the file."""
+    table, off, seq, records, _ = _records(key, table.dir_id, more, 0, table.seq + 1, table, table.records,
+                                           tolerate_torn_tail)
+    return _finish(table, seq, records, table.snapshot_bytes, table.valid_len + off)
+
+
+def _records(key: bytes, dir_id: bytes, data: bytes, off: int, seq: int, table: DirTable | None, records: int,
+             tolerate_torn_tail: bool):
+    snapshot_bytes = 0
     while off < len(data):
         if off + _LEN.size > len(data):
             if tolerate_torn_tail and table is not None:
@@ -273,12 +290,14 @@ def decode(key: bytes, dir_id: bytes, data: bytes, tolerate_torn_tail: bool = Fa
         records += 1
         seq += 1
         off = end
-    if table is None:
-        raise DamagedStructure("directory table holds no snapshot")
+    return table, off, seq, records, snapshot_bytes
+
+
+def _finish(table: DirTable, seq: int, records: int, snapshot_bytes: int, valid_len: int) -> DirTable:
     table.by_name = {e.p_name: e for e in table.entries.values()}
     if len(table.by_name) != len(table.entries):
         raise DamagedStructure("directory table names one plaintext name twice")
-    table.first_seq, table.seq, table.records = first_seq, seq - 1, records
-    table.snapshot_bytes, table.journal_bytes = snapshot_bytes, off - PREFIX_LEN - snapshot_bytes
-    table.valid_len = off
+    table.seq, table.records = seq - 1, records
+    table.snapshot_bytes, table.journal_bytes = snapshot_bytes, valid_len - PREFIX_LEN - snapshot_bytes
+    table.valid_len = valid_len
     return table

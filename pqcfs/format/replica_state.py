@@ -2,6 +2,8 @@
 
   canonical JSON {"format":1,"vault_id","replica_id","generation","clean","lineage",
   "missing","audit_head"} + "\n" + hex(HMAC-SHA256(state_mac_key, that JSON))
+  format 2 adds "grantee_heads": {grant id: {"seq", "mac"}}: the last record of each
+  grantee log on this replica that the owner has seen (written only when there is one).
 
 `generation` rises with every mount session that changes the replica; `lineage` lists
 the ids of the last sessions it took part in (newest last), so one replica is known to be
@@ -21,8 +23,10 @@ from pqcfs.crypto.kdf import LABEL_STATE_MAC, hkdf
 from pqcfs.errors import DamagedStructure, UnsupportedVersion
 
 FILE_NAME = "pqcfs.state"
-VERSION = 1
-READABLE_VERSIONS = {1}
+VERSION = 1                # written when there are no grantee heads (older pqcfs reads it)
+GRANTEE_HEADS_VERSION = 2  # written when there are
+READABLE_VERSIONS = {1, 2}
+MAX_GRANTEE_HEADS = 256
 MAX_FILE = 64 * 1024   # cap on the bytes read from a drive (256 lineage ids fit in ~10 KiB)
 
 
@@ -36,6 +40,9 @@ class ReplicaState:
     lineage: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     audit_head: dict | None = None   # {"seq", "mac"} of the last audit record written
+    # grant id -> {"seq", "mac"} of the last record of that grantee's log on this replica
+    # the owner has seen: a grantee (who holds the log's key) can append, never rewrite.
+    grantee_heads: dict | None = None
 
     LINEAGE_KEPT = 256
 
@@ -77,6 +84,14 @@ def _check_shape(state: ReplicaState) -> None:
         raise ValueError("wrong types")
     if head is not None:
         bytes.fromhex(head["mac"])
+    heads = state.grantee_heads
+    if heads is not None:
+        if not (isinstance(heads, dict) and len(heads) <= MAX_GRANTEE_HEADS and all(
+                isinstance(k, str) and isinstance(v, dict) and type(v.get("seq")) is int and v["seq"] >= 0
+                and isinstance(v.get("mac"), str) for k, v in heads.items())):
+            raise ValueError("wrong types")
+        for v in heads.values():
+            bytes.fromhex(v["mac"])
 
 
 def _mac(root_key: bytes, body: bytes) -> str:
@@ -84,7 +99,14 @@ def _mac(root_key: bytes, body: bytes) -> str:
 
 
 def encode(state: ReplicaState, root_key: bytes) -> bytes:
-    body = json.dumps(asdict(state), sort_keys=True, separators=(",", ":")).encode()
+    fields = asdict(state)
+    if state.grantee_heads:
+        fields["format"] = GRANTEE_HEADS_VERSION
+    else:
+        # What an older pqcfs reads: no field it does not know.
+        fields.pop("grantee_heads")
+        fields["format"] = VERSION
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return body + b"\n" + _mac(root_key, body).encode() + b"\n"
 
 

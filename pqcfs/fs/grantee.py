@@ -17,9 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from pqcfs import userdirs
-from pqcfs.audit import log as audit_log
-from pqcfs.audit.writer import now
-from pqcfs.crypto.kdf import LABEL_GRANTEE_AUDIT, LABEL_GRANTEE_INTENT, hkdf
+from pqcfs.crypto.kdf import LABEL_GRANTEE_INTENT, hkdf
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import vault_header
 from pqcfs.fs import session as session_mod
@@ -29,58 +27,10 @@ from pqcfs.fs.operations import Operations
 from pqcfs.sharing import Opened
 from pqcfs.store.replicas import ReplicaSet
 from pqcfs.store import intent as intent_mod
+# A grantee's own audit log lives with sharing (no pyfuse3): re-exported for the session.
+from pqcfs.grantee_log import AUDIT_PREFIX, audit_keys, audit_name, record, verify_log  # noqa: F401
 
 log = logging.getLogger(__name__)
-AUDIT_PREFIX = "pqcfs.audit."
-
-
-def audit_name(grant_id: bytes) -> str:
-    return AUDIT_PREFIX + grant_id.hex()
-
-
-def audit_keys(subtree_key: bytes, grant_id: bytes) -> audit_log.AuditKeys:
-    return audit_log.AuditKeys.from_root(hkdf(subtree_key, LABEL_GRANTEE_AUDIT, salt=grant_id))
-
-
-def record(drives: list, opened: Opened, vault_id: bytes, event: str, **details) -> None:
-    """Append one event to the grant's log on every drive that takes it. A log that does
-    not verify is set aside (quarantined, never deleted) and a new segment says so."""
-    keys = audit_keys(opened.keys.key, opened.grant.grant_id)
-    name = audit_name(opened.grant.grant_id)
-    payload = {"time": now(), "event": event, "grant": opened.grant.grant_id.hex(), **details}
-    for drive in drives:
-        try:
-            try:
-                data = drive.read(name, audit_log.MAX_FILE)
-            except FileNotFoundError:
-                data = b""
-            verdict = audit_log.verify(data, keys, vault_id, None)
-            if not verdict.intact:
-                kept = drive.quarantine(name, "damaged grantee audit log")
-                data = audit_log.encode_segment(keys, vault_id, {
-                    "time": now(), "reason": verdict.reason, "previous_bytes": len(data),
-                    "previous_blake3": None, "previous_head": None, "kept_as": kept})
-                drive.write_atomic(name, data)
-            records = audit_log.parse(data)
-            prev = records[-1].mac if records else audit_log.ZERO
-            drive.write_atomic(name, data + audit_log.encode_event(keys, vault_id, len(records), prev, payload))
-        except (OSError, PqcfsError) as e:
-            log.warning("could not record %s in the grant's audit log on %s: %s", event, drive.location, e)
-
-
-def verify_log(drive, opened_key: bytes, grant_id: bytes, vault_id: bytes) -> tuple[audit_log.Verdict, list[dict]]:
-    """The owner's check of a grantee log (its subtree key derived from the tree)."""
-    keys = audit_keys(opened_key, grant_id)
-    try:
-        data = drive.read(audit_name(grant_id), audit_log.MAX_FILE)
-    except FileNotFoundError:
-        return audit_log.Verdict(0, True, None, "no grantee sessions"), []
-    verdict = audit_log.verify(data, keys, vault_id, None)
-    intact = data if verdict.intact else data[:audit_log.offset_of(data, verdict.first_bad)]
-    events = [audit_log.decrypt(keys, vault_id, r) for r in audit_log.parse(intact) if r.kind == 0]
-    return verdict, events
-
-
 def pin_owner(vault_id: bytes, owner: bytes, expected: bytes | None) -> bool:
     """Trust on first use of the vault owner's signing key (or the one the user named).
     Returns True when this is the first time (the caller says so)."""
@@ -191,7 +141,7 @@ class GranteeSession(session_mod.Session):
 
     def _finish(self) -> None:
         if self.read_only:
-            self.event("grantee-unmount")
+            self.event("grantee-unmount", writes_refused=self.ops.vfs.refused_writes if getattr(self, "ops", None) else 0)
             return
         try:
             self.ops.vfs.settle()

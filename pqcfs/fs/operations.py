@@ -250,7 +250,7 @@ class Operations(pyfuse3.Operations):
             raise FsError(errno.EISDIR)
         writable = flags & (os.O_WRONLY | os.O_RDWR)
         if writable and self.vfs.read_only:
-            raise FsError(errno.EROFS)
+            self.vfs.refuse_write()
         self.vfs.open(node, bool(writable))
         if flags & os.O_ACCMODE != os.O_WRONLY:
             # The kernel serves cached pages without asking: an open for reading is the
@@ -278,7 +278,7 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def write(self, fh, off, buf):
         if self.vfs.read_only:
-            raise FsError(errno.EROFS)
+            self.vfs.refuse_write()
         node = self._node(fh)
         if off + len(buf) > node.handle.size:
             self.vfs.check_size(off + len(buf))

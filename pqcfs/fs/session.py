@@ -337,9 +337,11 @@ class Session:
     def fuse_options(self, extra: list[str]) -> set[str]:
         opts = set(pyfuse3.default_options)
         opts |= {"fsname=pqcfs", "subtype=pqcfs"}
-        if self.read_only:
-            opts.add("ro")
         opts |= set(extra)
+        if self.read_only:
+            # Read-only is not the mount options' to undo: "rw" among them is dropped.
+            opts.discard("rw")
+            opts.add("ro")
         return opts
 
     def serve(self, extra_options: list[str], ready=None) -> None:

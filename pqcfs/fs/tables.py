@@ -108,17 +108,17 @@ class TableOps:
         return table
 
     def _read_dir_table(self, path: str, replica: int, dir_node: Node, flux: bool) -> DirTable:
-        """The snapshot authenticates before anything past it is read; most tables (a
-        compacted one, a new directory's) are nothing else and are read in two preads."""
+        """The snapshot authenticates before anything past it is read (a file of junk costs
+        one bounded record, whatever it claims); each byte is read once."""
         key, dir_id = dir_node.keys.meta_key, dir_node.keys.node_id
-        end = dir_table.first_record_end(self.replicas.read_file(path, dir_table.HEAD_LEN, replica=replica))
-        head = self.replicas.read_file(path, end + 1, replica=replica)
-        table = dir_table.decode(key, dir_id, head[:end], tolerate_torn_tail=flux)
-        if len(head) <= end:
+        head, size = self.replicas.read_span(path, 0, dir_table.HEAD_LEN, TABLE_FILE_CAP, replica=replica)
+        end = dir_table.first_record_end(head)
+        first, size = self.replicas.read_span(path, 0, end, TABLE_FILE_CAP, replica=replica)
+        table = dir_table.decode(key, dir_id, first, tolerate_torn_tail=flux)
+        if size <= end:
             return table
-        del head
-        data = self.replicas.read_file(path, replica=replica, cap=TABLE_FILE_CAP)
-        return dir_table.decode(key, dir_id, data, tolerate_torn_tail=flux)
+        rest, _ = self.replicas.read_span(path, end, size - end, TABLE_FILE_CAP, replica=replica)
+        return dir_table.decode_more(key, table, rest, tolerate_torn_tail=flux)
 
     def _check_rollback(self, dir_node: Node, table: DirTable, least_seq: int) -> None:
         if table.seq < least_seq:

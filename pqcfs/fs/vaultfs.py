@@ -54,6 +54,7 @@ class VaultFS(NamespaceOps, TableOps):
         self.block_size = block_size
         self.read_only = read_only
         self.heal_events = 0
+        self.refused_writes = 0               # changes asked of a read-only session
         self._capacity: int | None = None     # bytes the smallest drive holds (EFBIG beyond)
         self.shares = shares
         if shares is not None:
@@ -154,9 +155,19 @@ class VaultFS(NamespaceOps, TableOps):
         of its names has its own stub entry; node.c_path names only one of them)."""
         return self._join(dir_node.c_path, names.on_disk_name(full_c_name(dir_node, p_name)))
 
+    def refuse_write(self) -> None:
+        """A change asked of a read-only session: refused here whatever the kernel let
+        through (a mount option, another program on /dev/fuse), and the first one of the
+        session recorded (a read-only recipient's goes into their grant's log, which the
+        owner's next unlock copies into the owner's)."""
+        self.refused_writes += 1
+        if self.refused_writes == 1:
+            self.on_event("write-refused", error="read-only")
+        raise FsError(errno.EROFS)
+
     def _check_writable(self, node: Node | None = None) -> None:
         if self.read_only:
-            raise FsError(errno.EROFS)
+            self.refuse_write()
         if node is not None and self.shares is not None and node is self.inodes.root:
             raise FsError(errno.EPERM)
 

@@ -270,6 +270,12 @@ class Drive:
     def read(self, rel: str, cap: int) -> bytes:
         """The whole regular file rel, refused when larger than cap bytes or sparse (a
         file whose size is mostly holes costs a drive nothing and a reader its size)."""
+        return self.read_span(rel, 0, cap + 1, cap=cap)[0]
+
+    @_operation
+    def read_span(self, rel: str, offset: int, length: int, cap: int) -> tuple[bytes, int]:
+        """(up to length bytes from offset, the file's size), from a regular file of at
+        most cap bytes that is not sparse; both are checked with fstat before a byte is read."""
         fd = self.open(rel)
         try:
             st = os.fstat(fd)
@@ -280,18 +286,19 @@ class Drive:
                 raise UnsafeEntry(f"{self.describe(rel)} is a sparse file of {st.st_size} bytes (refused)")
             # One buffer of the size fstat gave, filled in place: no chunks joined into a
             # second copy. A file that grows while read is refused; one that shrinks ends early.
-            buf = bytearray(st.st_size + 1)
+            want = max(0, min(length, st.st_size - offset))
+            buf = bytearray(want + (1 if offset + want == st.st_size else 0))
             view, got = memoryview(buf), 0
             while got < len(buf):
-                n = os.readv(fd, [view[got:got + (1 << 20)]])
+                n = os.preadv(fd, [view[got:got + (1 << 20)]], offset + got)
                 if not n:
                     break
                 got += n
             view.release()
-            if got > st.st_size:
+            if got > want:
                 raise UnsafeEntry(f"{self.describe(rel)} grows while read (refused)")
             del buf[got:]
-            return bytes(buf)
+            return bytes(buf), st.st_size
         finally:
             os.close(fd)
 

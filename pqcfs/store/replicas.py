@@ -172,6 +172,11 @@ class ReplicaSet:
             return self._read(replica, lambda d: d.read_at(self.rel(rel), size))
         return self._read(replica, lambda d: d.read(self.rel(rel), cap))
 
+    def read_span(self, rel: str, offset: int, length: int, cap: int,
+                  replica: int | None = None) -> tuple[bytes, int]:
+        """Part of a file and the file's size (Drive.read_span: size-capped, not sparse)."""
+        return self._read(replica, lambda d: d.read_span(self.rel(rel), offset, length, cap))
+
     def exists(self, rel: str, replica: int | None = None) -> bool:
         return self._read(replica, lambda d: d.exists(self.rel(rel)))
 

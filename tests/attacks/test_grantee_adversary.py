@@ -10,10 +10,14 @@ import os
 import pytest
 
 from pqcfs import sharing
+from pqcfs.cli import exitcodes, grantee_mount
+from pqcfs.cli import main as cli_main
 from pqcfs import vault as vault_mod
+from pqcfs.audit import log as audit_log
 from pqcfs.format import grants, names
 from pqcfs.format.identity import decode_file
 from pqcfs.fs import grantee
+from pqcfs.fs.common import Caller, FsError
 from pqcfs.store import intent as intent_mod
 from pqcfs.store.drive import QUARANTINE_DIR
 from tests.mounted import drives
@@ -107,3 +111,89 @@ def test_an_intent_log_naming_paths_outside_the_grant_is_set_aside(tmp_path):
         finally:
             v.umount()
         assert "grantee-intent-set-aside" in audit_events(v)
+
+
+def test_a_read_only_grantees_writes_are_refused_by_the_daemon_and_reach_the_owners_audit(tmp_path):
+    """The kernel keeps a read-only grant's mount read-only even with `-o rw`; writes that
+    reach the daemon anyway (another program on /dev/fuse, a mount option) are refused by
+    the daemon itself, and the refusal reaches the owner's audit log at the owner's next
+    unlock, with the recipient's sessions."""
+    work = str(tmp_path)
+    with populated_vault(tmp_path) as v:
+        grant_id, bob, bob_pass = share(v, work, "projects/acme", "--read-only")
+        mnt = os.path.join(work, "bob-mnt")
+        os.mkdir(mnt)
+        mount_args = ["mount", v.primary, mnt, "--identity", bob, "--passfile", bob_pass, "--backup", v.backup]
+        drives.pqcfs(*mount_args, "-o", "rw")
+        try:
+            with open("/proc/mounts") as f:
+                options = next(line.split()[3] for line in f if line.split()[1] == mnt)
+            assert "ro" in options.split(","), options
+            with pytest.raises(OSError) as e:
+                open(f"{mnt}/acme/plan.txt", "a").close()
+            assert e.value.errno == errno.EROFS
+        finally:
+            drives.pqcfs("umount", mnt)
+
+        # The daemon without a kernel in front of it: every change is refused by VaultFS.
+        session = grantee_mount.prepare(cli_main.build_parser().parse_args(mount_args))
+        try:
+            vfs = session.build().vfs
+            acme = vfs.lookup(vfs.inodes.root, b"acme")
+            plan = vfs.lookup(acme, b"plan.txt")
+            for change in (lambda: vfs.mkdir(acme, b"new", 0o755, Caller(0, 0)),
+                           lambda: vfs.unlink(acme, b"plan.txt"),
+                           lambda: vfs.truncate(plan, 0),
+                           lambda: vfs.set_xattr(plan, b"user.x", b"1")):
+                with pytest.raises(FsError) as e:
+                    change()
+                assert e.value.errno == errno.EROFS
+            session._finish()
+        finally:
+            session.unlock()
+        v.mount()
+        v.umount()
+        shown = json.loads(owner(v, "audit", "show", "--json").stdout)["records"]
+        mine = [r for r in shown if r.get("grant") == grant_id]
+        assert {"grantee-unlock", "grantee-write-refused", "grantee-unmount"} <= {r["event"] for r in mine}
+        assert max(r.get("writes_refused", 0) for r in mine if r["event"] == "grantee-unmount") == 4
+        # Seen once: the next unlock copies nothing again.
+        v.mount()
+        v.umount()
+        again = json.loads(owner(v, "audit", "show", "--json").stdout)["records"]
+        assert sum(r["event"] == "grantee-write-refused" for r in again) == 1, [r for r in again if r["event"].startswith("grantee")]
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_a_grantee_log_deleted_or_cut_after_the_owner_saw_it_is_reported(tmp_path, how):
+    work = str(tmp_path)
+    with populated_vault(tmp_path) as v:
+        grant_id, bob, bob_pass = share(v, work)
+        mnt = os.path.join(work, "bob-mnt")
+        os.mkdir(mnt)
+        for _ in range(2):
+            drives.pqcfs("mount", v.primary, mnt, "--identity", bob, "--passfile", bob_pass, "--backup", v.backup,
+                         "--ro")
+            drives.pqcfs("umount", mnt)
+        v.mount()                     # the owner sees the grantee's log (and records its head)
+        v.umount()
+        name = grantee.audit_name(bytes.fromhex(grant_id))
+        for location in (v.primary, v.backup):
+            path = os.path.join(location, name)
+            if how == "deleted":
+                os.unlink(path)
+            else:                     # the recipient's last session cut off (they hold the key)
+                with open(path, "rb") as f:
+                    data = f.read()
+                records = audit_log.parse(data)
+                with open(path, "wb") as f:
+                    f.write(data[:records[-1].offset])
+        verify = owner(v, "audit", "verify", check=False)
+        assert verify.returncode == exitcodes.CRYPTO, verify.stdout + verify.stderr
+        assert how in verify.stdout
+        v.mount()                     # a writing unlock records it in the owner's own log ...
+        v.umount()
+        events = audit_events(v)
+        assert "grantee-log-tampered" in events
+        verify = owner(v, "audit", "verify", check=False)   # ... where it stays reported
+        assert verify.returncode == exitcodes.CRYPTO and how in verify.stdout
