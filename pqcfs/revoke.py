@@ -24,18 +24,16 @@ head recorded in the owner's log, and the file is kept under a new name.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import time
 from dataclasses import dataclass
 
-from pqcfs import sharing
+from pqcfs import lineage, sharing
 from pqcfs.crypto import aead
 from pqcfs.errors import CryptoError, DamagedStructure, NoSuchPath, PqcfsError
 from pqcfs.format import grants
-from pqcfs.fs.common import FsError
-from pqcfs.fs.copier import Copier
+from pqcfs.fs.copier import Copier, exists as _exists, remove_tree
 from pqcfs.fs import grantee
 
 log = logging.getLogger(__name__)
@@ -102,6 +100,8 @@ def revoke(vault, vfs, record: dict, event, progress_factory=None, save_header=N
             _finish_records(vault, record, None, [], save_header)
             event("revoke", grant=record["id"], rekeyed=False, reason="directory deleted")
             return result
+        # Nodes that left the directory keep keys derived from the one being revoked.
+        lineage.rekey_escaped(vfs, node, event)
         _archive_grantee_logs(vault, node, event)
         state = {"parent": node.parent.keys.node_id.hex(), "name": node.p_name.hex(),
                  "temp": (TEMP_PREFIX + record["id"][:16]).encode().hex(), "swapped": False}
@@ -244,23 +244,3 @@ def _remove_quietly(vfs, parent, p_name: bytes) -> bool:
     except (OSError, PqcfsError) as e:
         log.warning("the unfinished copy could not be removed yet (%s); the next revoke removes it", e)
         return False
-
-
-def _exists(vfs, parent, p_name: bytes) -> bool:
-    try:
-        vfs.lookup(parent, p_name)
-        return True
-    except FsError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-
-
-def remove_tree(vfs, parent, p_name: bytes) -> None:
-    node = vfs.lookup(parent, p_name)
-    if node.is_dir:
-        for child, _ in vfs.listdir(node):
-            remove_tree(vfs, node, child)
-        vfs.rmdir(parent, p_name)
-    else:
-        vfs.unlink(parent, p_name)

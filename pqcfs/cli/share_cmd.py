@@ -8,7 +8,7 @@ import re
 import sys
 import time
 
-from pqcfs import revoke, sharing
+from pqcfs import lineage, revoke, sharing
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
 from pqcfs.fs import session as session_mod
@@ -99,6 +99,7 @@ def run_share(args) -> int:
     public = recipient(args.to)
     expires = parse_expiry(args.expires)
     vault = options.unlock(args)
+    _rekey_escaped(vault, args)
     grant = sharing.share(vault, args.path, public, read_only=args.read_only, label=args.label, expires=expires)
     owner = grants.fingerprint(grants.owner_public(vault.root_key)).hex()
     vault.extra["audit"].append("share", grant=grant.grant_id.hex(), path=args.path, recipient=public.fingerprint,
@@ -113,6 +114,28 @@ def run_share(args) -> int:
               f"{grant.label!r}, expires {_iso(expires)}); give them the owner key {owner} to check it",
               file=sys.stderr)
     return 0
+
+
+def _rekey_escaped(vault, args) -> None:
+    """Nodes that were moved out of the directory before it is shared still hold keys
+    derived from its key, which the grant hands over: re-keyed first, in a session of
+    their own (the mount's crash safety)."""
+    if not vault.tables:
+        return
+    vfs = sharing.owner_tree(vault)
+    if not lineage.escaped(vfs, sharing.resolve(vfs, args.path)):
+        return
+    log = args.audit_log
+    args.audit_log = None     # the session owns the audit log while it runs
+    session = session_mod.OfflineSession(vault, "share")
+    vfs, plan = session.start(Progress)
+    try:
+        count = lineage.rekey_escaped(vfs, sharing.resolve(vfs, args.path), session.event)
+    finally:
+        session.end()
+        args.audit_log = log
+    print(f"pqcfs: {count} entr(ies) moved out of {args.path} earlier still had keys derived from it: re-keyed "
+          "before sharing", file=sys.stderr)
 
 
 def run_grants(args) -> int:

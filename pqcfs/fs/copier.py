@@ -4,9 +4,10 @@ copy gets the target's crash safety and mirroring, and every byte read authentic
 
 from __future__ import annotations
 
+import errno
 import stat
 
-from pqcfs.fs.common import Caller
+from pqcfs.fs.common import Caller, FsError
 
 CHUNK = 1 << 20
 
@@ -84,3 +85,23 @@ class Copier:
         dst.set_owner(new, node.meta.uid, node.meta.gid)
         if node.entry is not None:
             dst.set_times(new, node.entry.atime, node.entry.mtime)
+
+
+def exists(vfs, parent, p_name: bytes) -> bool:
+    try:
+        vfs.lookup(parent, p_name)
+        return True
+    except FsError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+
+
+def remove_tree(vfs, parent, p_name: bytes) -> None:
+    node = vfs.lookup(parent, p_name)
+    if node.is_dir:
+        for child, _ in vfs.listdir(node):
+            remove_tree(vfs, node, child)
+        vfs.rmdir(parent, p_name)
+    else:
+        vfs.unlink(parent, p_name)

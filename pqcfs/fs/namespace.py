@@ -123,6 +123,8 @@ class NamespaceOps:
         if node.unlinked:
             raise FsError(errno.ENOENT)
         self._check_namespace(node.parent or dir_node, dir_node)
+        if node.parent is not None:
+            self._check_lineage(node.parent, dir_node)
         disk_name = self._prepare_name(dir_node, p_name)
         if not node.shared:
             self._share(node)
@@ -210,6 +212,25 @@ class NamespaceOps:
             self._dir_changed(dir_node, now_ns())
             self._append(dir_node, dels=[disk_name], self_changed=True)
 
+    # --- key lineage: nothing leaves a granted directory with its key ----------------
+
+    def _grant_roots_above(self, dir_node: Node) -> set[bytes]:
+        found, walk = set(), dir_node
+        while walk is not None:
+            if walk.keys.node_id in self.grant_roots:
+                found.add(walk.keys.node_id)
+            walk = walk.parent
+        return found
+
+    def _check_lineage(self, old_dir: Node, new_dir: Node) -> None:
+        """A node under a granted directory has a key its recipients can derive, and a move
+        keeps a node's key: moved (or linked) to a place outside that directory, it would
+        stay readable to them, and a revoke (which re-keys the directory) would not reach
+        it. Such a move is EXDEV: `mv` then copies, and the copy gets keys of its new place."""
+        if self.grant_roots and old_dir is not new_dir and \
+                not self._grant_roots_above(old_dir) <= self._grant_roots_above(new_dir):
+            raise FsError(errno.EXDEV)
+
     # --- rename ---------------------------------------------------------------------
 
     def _adopt(self, new_parent: Node, node: Node) -> None:
@@ -243,9 +264,11 @@ class NamespaceOps:
             target = None
         if target is node:
             return
+        self._check_lineage(old_dir, new_dir)
         if exchange:
             if target is None:
                 raise FsError(errno.ENOENT)
+            self._check_lineage(new_dir, old_dir)
             return self._exchange(old_dir, old_name, node, new_dir, new_name, target)
         if target is not None:
             if noreplace:

@@ -51,6 +51,11 @@ def runtime_file(mountpoint: str, base: str | None = None) -> str:
     return os.path.join(userdirs.runtime_dir() if base is None else base, f"mount-{digest}.json")
 
 
+def grant_roots(header) -> set[bytes]:
+    """Node ids of the directories the vault's live grants open."""
+    return {bytes.fromhex(r["node"]) for r in header.grants if "blob" in r}
+
+
 def check_mountpoint(mountpoint: str) -> None:
     if not os.path.isdir(mountpoint):
         raise MountError(f"mountpoint {mountpoint} does not exist or is not a directory")
@@ -324,6 +329,7 @@ class Session:
             self.replicas.before_sync = self._before_sync
         vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
                       read_only=self.read_only, on_event=self.event, intent=self.intent, tables=self.vault.tables)
+        vfs.grant_roots = grant_roots(self.vault.header)
         if self.audit is not None:
             self.audit.follow(healthy, self.drives)
         self.ops = Operations(vfs, audit_files=self.audit_files)

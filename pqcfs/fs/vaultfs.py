@@ -55,6 +55,9 @@ class VaultFS(NamespaceOps, TableOps):
         self.read_only = read_only
         self.heal_events = 0
         self.refused_writes = 0               # changes asked of a read-only session
+        # Node ids of the directories live grants open (the owner's view): nothing moves
+        # out of one with its key (namespace._check_lineage).
+        self.grant_roots: set[bytes] = set()
         self._capacity: int | None = None     # bytes the smallest drive holds (EFBIG beyond)
         self.shares = shares
         if shares is not None:

@@ -14,7 +14,9 @@ from pqcfs.cli import exitcodes, grantee_mount
 from pqcfs.cli import main as cli_main
 from pqcfs import vault as vault_mod
 from pqcfs.audit import log as audit_log
-from pqcfs.format import grants, names
+from pqcfs.crypto.keys import NodeKeys
+from pqcfs.errors import CryptoError
+from pqcfs.format import grants, names, node_header
 from pqcfs.format.identity import decode_file
 from pqcfs.fs import grantee
 from pqcfs.fs.common import Caller, FsError
@@ -197,3 +199,174 @@ def test_a_grantee_log_deleted_or_cut_after_the_owner_saw_it_is_reported(tmp_pat
         assert "grantee-log-tampered" in events
         verify = owner(v, "audit", "verify", check=False)   # ... where it stays reported
         assert verify.returncode == exitcodes.CRYPTO and how in verify.stdout
+
+
+# --- key lineage: nothing leaves a granted directory with a key the grantee can derive ---
+
+def header_of(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(node_header.HEADER_LEN)
+
+
+def derivable(subtree_keys, c_root: str) -> list:
+    """Every key a holder of subtree_keys derives for the directories under c_root (the
+    granted directory's ciphertext as it is now: what they see on the drive)."""
+    keys, stack = [subtree_keys], [(subtree_keys, c_root)]
+    while stack:
+        k, path = stack.pop()
+        for name in os.listdir(path):
+            child = os.path.join(path, name)
+            if names.is_entry(name) and os.path.isdir(child):
+                ck = k.child(header_of(os.path.join(child, names.DIR_ID_NAME))[8:24])
+                keys.append(ck)
+                stack.append((ck, child))
+    return keys
+
+
+def owner_c_path(v, p_path: str) -> str:
+    """Where p_path's ciphertext is, as the owner's keys find it."""
+    vault = vault_mod.unlock([v.primary, v.backup], vault_mod.Credentials(
+        passphrase=drives.PASSPHRASE.encode()))
+    try:
+        return sharing.resolve(sharing.owner_tree(vault), p_path).c_path
+    finally:
+        vault.close()
+
+
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def opens_any(keys, location_dir: str) -> list[str]:
+    """Ciphertext headers under location_dir that any of keys (or a child key of theirs) opens."""
+    opened = []
+    for dirpath, _, filenames in os.walk(location_dir):
+        for name in filenames:
+            if not (names.is_entry(name) or name == names.DIR_ID_NAME):
+                continue
+            data = header_of(os.path.join(dirpath, name))
+            if len(data) < node_header.HEADER_LEN or data[:4] not in (b"PQCF", b"PQCD", b"PQCL"):
+                continue
+            node_id = data[8:24]
+            for k in keys:
+                for candidate in (k, k.child(node_id)):
+                    try:
+                        node_header.open_meta(candidate.meta_key, data)
+                        opened.append(os.path.join(dirpath, name))
+                    except CryptoError:
+                        pass
+    return opened
+
+
+def test_nothing_moves_or_links_out_of_a_granted_directory_with_its_key(tmp_path):
+    """While acme is granted, a directory made in it can not be renamed out (EXDEV: `mv`
+    copies it, under keys of its new place) and a file can not be hard-linked out; after
+    the revoke, nothing written to the moved copy opens with any key Bob could derive."""
+    work = str(tmp_path)
+    with populated_vault(tmp_path) as v:
+        grant_id, bob, bob_pass = share(v, work)
+        key = subtree_key(v, grant_id, bob, bob_pass)
+        v.mount()
+        try:
+            acme, other = f"{v.mountpoint}/projects/acme", f"{v.mountpoint}/projects/other"
+            os.makedirs(f"{acme}/made-here")
+            with open(f"{acme}/made-here/f.txt", "w") as f:
+                f.write("made while shared")
+            with pytest.raises(OSError) as e:
+                os.rename(f"{acme}/made-here", f"{other}/made-here")
+            assert e.value.errno == errno.EXDEV
+            with pytest.raises(OSError) as e:
+                os.link(f"{acme}/plan.txt", f"{other}/plan-link.txt")
+            assert e.value.errno == errno.EXDEV
+            os.rename(f"{acme}/made-here", f"{acme}/renamed-inside")       # inside: a plain rename
+            drives.run("mv", f"{acme}/renamed-inside", f"{other}/moved")   # mv falls back to a copy
+            assert read_text(f"{other}/moved/f.txt") == "made while shared"
+        finally:
+            v.umount()
+        header = vault_mod.read_header(v.primary)[0]
+        acme_id = bytes.fromhex(next(r for r in header.grants if r["id"] == grant_id)["node"])
+        bob_keys = derivable(NodeKeys(acme_id, key), os.path.join(v.primary, "tree", owner_c_path(v, "/projects/acme")))
+        owner(v, "revoke", grant_id)
+        v.mount()
+        try:
+            with open(f"{v.mountpoint}/projects/other/moved/after.txt", "w") as f:
+                f.write("written after the revoke")
+        finally:
+            v.umount()
+        moved = os.path.join(v.primary, "tree", owner_c_path(v, "/projects/other/moved"))
+        assert opens_any(bob_keys, moved) == []
+
+
+def test_a_directory_moved_out_before_the_share_is_rekeyed_when_sharing(tmp_path):
+    """Moved out of acme before acme was shared, `esc` kept a key derived from acme's:
+    the share re-keys it first, so the grant's key derives nothing outside acme."""
+    work = str(tmp_path)
+    with populated_vault(tmp_path) as v:
+        v.mount()
+        try:
+            os.makedirs(f"{v.mountpoint}/projects/acme/esc/deeper")
+            with open(f"{v.mountpoint}/projects/acme/esc/deeper/secret.txt", "w") as f:
+                f.write("left acme long ago")
+            os.rename(f"{v.mountpoint}/projects/acme/esc", f"{v.mountpoint}/projects/other/esc")
+        finally:
+            v.umount()
+        before = header_of(os.path.join(v.primary, "tree", owner_c_path(v, "/projects/other/esc"),
+                                        names.DIR_ID_NAME))[8:24]
+        acme_c = os.path.join(v.primary, "tree", owner_c_path(v, "/projects/acme"))
+        bob, bob_pass = make_identity(work, "bob")
+        proc = owner(v, "share", "projects/acme", "--to", bob + ".pub", "--json")
+        assert "re-keyed before sharing" in proc.stderr, proc.stderr
+        grant_id = json.loads(proc.stdout)["grant"]
+        header = vault_mod.read_header(v.primary)[0]
+        acme_id = bytes.fromhex(next(r for r in header.grants if r["id"] == grant_id)["node"])
+        bob_keys = derivable(NodeKeys(acme_id, subtree_key(v, grant_id, bob, bob_pass)), acme_c)
+        esc = os.path.join(v.primary, "tree", owner_c_path(v, "/projects/other/esc"))
+        assert opens_any(bob_keys, esc) == []
+        assert header_of(os.path.join(esc, names.DIR_ID_NAME))[8:24] != before     # a new node, new keys
+        v.mount()
+        try:
+            assert read_text(f"{v.mountpoint}/projects/other/esc/deeper/secret.txt") == "left acme long ago"
+        finally:
+            v.umount()
+        assert "lineage-rekeyed" in audit_events(v)
+
+
+def test_revoke_reaches_a_directory_that_left_under_an_older_pqcfs(tmp_path):
+    """A vault where a directory left acme while it was granted (no EXDEV then): the
+    revoke finds it by its key and re-keys it too."""
+    from pqcfs.fs.session import Session
+    work = str(tmp_path)
+    with populated_vault(tmp_path) as v:
+        grant_id, bob, bob_pass = share(v, work)
+        vault = vault_mod.unlock([v.primary, v.backup], vault_mod.Credentials(passphrase=drives.PASSPHRASE.encode()))
+        s = Session(vault, os.path.join(work, "mnt"))
+        s.prepare()
+        vfs = s.build().vfs
+        try:
+            vfs.grant_roots = set()          # what an older pqcfs did: no lineage check
+            acme = sharing.resolve(vfs, "/projects/acme")
+            other = sharing.resolve(vfs, "/projects/other")
+            d = vfs.mkdir(acme, b"left", 0o755, Caller(0, 0))
+            vfs.create_file(d, b"old.txt", 0o100644, Caller(0, 0), content=b"before the move")
+            vfs.rename(acme, b"left", other, b"left")
+        finally:
+            s._finish()
+            vault.close()
+        header = vault_mod.read_header(v.primary)[0]
+        acme_id = bytes.fromhex(next(r for r in header.grants if r["id"] == grant_id)["node"])
+        acme_c = os.path.join(v.primary, "tree", owner_c_path(v, "/projects/acme"))
+        bob_keys = derivable(NodeKeys(acme_id, subtree_key(v, grant_id, bob, bob_pass)), acme_c)
+        left = os.path.join(v.primary, "tree", owner_c_path(v, "/projects/other/left"))
+        assert opens_any(bob_keys, left)         # the hole this closes: Bob's keys open it
+        owner(v, "revoke", grant_id)
+        v.mount()
+        try:
+            with open(f"{v.mountpoint}/projects/other/left/new.txt", "w") as f:
+                f.write("written after the revoke")
+            assert read_text(f"{v.mountpoint}/projects/other/left/old.txt") == "before the move"
+        finally:
+            v.umount()
+        left = os.path.join(v.primary, "tree", owner_c_path(v, "/projects/other/left"))
+        assert opens_any(bob_keys, left) == []
+        assert "lineage-rekeyed" in audit_events(v)
