@@ -218,17 +218,23 @@ def _apply(table: DirTable | None, dir_id: bytes, payload: bytes) -> DirTable:
 HEAD_LEN = PREFIX_LEN + _LEN.size
 
 
+def _check_prefix(data: bytes) -> int:
+    """The file's first sequence number, once its magic and version are ours."""
+    magic, version, first_seq = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise DamagedStructure("directory table has a wrong magic")
+    if version != VERSION:
+        raise UnsupportedVersion(f"directory table version {version} is not supported")
+    return first_seq
+
+
 def first_record_end(head: bytes) -> int:
     """Where a table file's first record (its snapshot) ends, from its first HEAD_LEN
     bytes: a reader authenticates that much before it reads the rest, so a file of junk
     costs one bounded record, whatever size it claims."""
     if len(head) < HEAD_LEN:
         raise DamagedStructure("directory table is truncated")
-    magic, version, _ = _PREFIX.unpack_from(head)
-    if magic != MAGIC:
-        raise DamagedStructure("directory table has a wrong magic")
-    if version != VERSION:
-        raise UnsupportedVersion(f"directory table version {version} is not supported")
+    _check_prefix(head)
     (length,) = _LEN.unpack_from(head, PREFIX_LEN)
     if length < aead.OVERHEAD or length > MAX_RECORD:
         raise DamagedStructure("directory table record has an impossible length")
@@ -241,11 +247,7 @@ def decode(key: bytes, dir_id: bytes, data: bytes, tolerate_torn_tail: bool = Fa
     incomplete last record is dropped instead, and valid_len says where the table ends."""
     if len(data) < PREFIX_LEN:
         raise DamagedStructure("directory table is truncated")
-    magic, version, first_seq = _PREFIX.unpack_from(data)
-    if magic != MAGIC:
-        raise DamagedStructure("directory table has a wrong magic")
-    if version != VERSION:
-        raise UnsupportedVersion(f"directory table version {version} is not supported")
+    first_seq = _check_prefix(data)
     table, off, seq, records, snapshot_bytes = _records(key, dir_id, data, PREFIX_LEN, first_seq, None, 0,
                                                          tolerate_torn_tail)
     if table is None:
