@@ -33,16 +33,22 @@ def _written(root) -> list[str]:
     return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
 
 
-@pytest.mark.parametrize("field,value", [("fs_uuid", INJECT_RULE), ("subpath", INJECT_UNIT),
-                                         ("path_hint", "/mnt/x\nExecStartPre=/bin/sh")])
-@pytest.mark.parametrize("role", ["primary", "backup"])
-def test_a_crafted_replica_field_is_refused_and_nothing_is_written(tmp_path, field, value, role):
+def test_a_crafted_replica_field_is_refused_and_nothing_is_written(tmp_path):
     with drives.standin_vault(str(tmp_path), ("ext4", 32), ("ext4", 32)) as v:
-        forge_header(v.primary, lambda body: _replica(body, role).__setitem__(field, value))
-        proc = _enable(v, tmp_path / "root")
-        assert proc.returncode == exitcodes.DAMAGED, proc.stderr
-        assert "impossible" in proc.stderr and "Traceback" not in proc.stderr
-        assert _written(tmp_path / "root") == []
+        path = os.path.join(v.primary, "pqcfs.vault")
+        with open(path, "rb") as f:
+            pristine = f.read()
+        for role in ("primary", "backup"):
+            for field, value in (("fs_uuid", INJECT_RULE), ("subpath", INJECT_UNIT),
+                                 ("path_hint", "/mnt/x\nExecStartPre=/bin/sh")):
+                forge_header(v.primary, lambda body: _replica(body, role).__setitem__(field, value))
+                root = tmp_path / f"root-{role}-{field}"
+                proc = _enable(v, root)
+                assert proc.returncode == exitcodes.DAMAGED, (role, field, proc.stderr)
+                assert "impossible" in proc.stderr and "Traceback" not in proc.stderr
+                assert _written(root) == []
+                with open(path, "wb") as f:
+                    f.write(pristine)
 
 
 def test_header_values_that_pass_the_grammar_still_do_not_steer_the_units(tmp_path):
