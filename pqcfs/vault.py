@@ -180,6 +180,8 @@ class UnlockedVault:
     slot_id: int
     extra: dict = field(default_factory=dict)
     _drives: dict = field(default_factory=dict, repr=False)
+    # (location, why) of each replica whose copy of the header did not decode or authenticate
+    damaged_headers: list = field(default_factory=list)
 
     @property
     def tables(self) -> bool:
@@ -231,6 +233,19 @@ class UnlockedVault:
             except (OSError, PqcfsError):
                 return []   # a read-only drive: the hint is a convenience, not worth failing for
         return moved
+
+    def heal_headers(self) -> list[tuple[str, str]]:
+        """Rewrite each damaged copy of the header with the authenticated one (the bad one
+        is kept in pqcfs.quarantine/ on its drive, never deleted); returns what was healed."""
+        healed, data = [], vault_header.encode(self.header, self.root_key)
+        for location, why in self.damaged_headers:
+            drive = self.drive(location)
+            if drive.kind(vault_header.FILE_NAME) == "file":
+                drive.quarantine(vault_header.FILE_NAME, f"a damaged vault header ({why})")
+            drive.write_atomic(vault_header.FILE_NAME, data)
+            healed.append((location, why))
+        self.damaged_headers = []
+        return healed
 
     def save_header(self, only: list[int] | None = None) -> None:
         """Write the header to every replica (only: to these replica indexes, a session's
@@ -372,24 +387,86 @@ def _candidates(header: vault_header.VaultHeader, creds: Credentials, slot_id: i
 
 
 def unlock(locations: list[str], creds: Credentials, slot: int | None = None) -> UnlockedVault:
-    header, signed, mac = read_header(locations[0])
-    for candidate in _candidates(header, creds, slot):
-        root_key = _try_slot(candidate, header.vault_id, creds)
-        if root_key is None:
-            continue
-        if len(root_key) != ROOT_KEY_LEN or not vault_header.verify_mac(signed, mac, root_key):
-            raise DamagedStructure("vault header failed authentication: it was modified without the key")
-        vault = UnlockedVault(header, root_key, list(locations), slot_id=candidate["id"])
-        _check_replica_headers(vault, signed)
-        return vault
-    if creds.host:
+    """The vault, unlocked through the first copy of its header that decodes and whose MAC
+    holds under the root key a slot of it gives (the primary's first; every replica keeps
+    the same header, so a damaged copy on one drive never locks the owner out). Copies
+    that fail are listed in vault.damaged_headers (location, why) for heal_headers()."""
+    copies, first_error = [], None
+    for location in locations:
+        try:
+            copies.append((location, read_header(location)))
+        except (DamagedStructure, NotAVault) as e:
+            first_error = first_error or e
+            copies.append((location, e))
+    readable = [(loc, c) for loc, c in copies if not isinstance(c, Exception)]
+    if not readable:
+        raise _named(locations[0], first_error)
+    damaged = [(loc, str(c)) for loc, c in copies if isinstance(c, Exception)]
+    opened_any, tamper, tried = False, None, []
+    for where, (header, signed, mac) in readable:
+        if any(signed == other for _, other, _ in tried):
+            continue      # the same copy: its slots were tried (a wrong passphrase costs one KDF run)
+        for candidate in _candidates(header, creds, slot):
+            root_key = _try_slot(candidate, header.vault_id, creds)
+            if root_key is None:
+                continue
+            opened_any = True
+            if len(root_key) != ROOT_KEY_LEN or not vault_header.verify_mac(signed, mac, root_key):
+                # Tampered (or damaged past its checksum): another drive's copy may hold.
+                tamper = tamper or DamagedStructure(f"the vault header on {where} failed authentication: it "
+                                                    "was modified without the key")
+                damaged.append((where, "failed authentication"))
+                break      # on the damaged list already: not one of the copies tried below
+            for earlier, earlier_signed, earlier_mac in tried:
+                # An earlier copy opened nothing. Authentic under this key, it is simply newer
+                # (this key's slot was removed there, say by `pqcfs passwd`): refused, never
+                # rolled back to. Not authentic: it was changed, and heals from this copy.
+                if vault_header.verify_mac(earlier_signed, earlier_mac, root_key):
+                    raise WrongKey("no key slot opens with that key (wrong passphrase, recovery code or identity)")
+                damaged.append((earlier, "changed without the key (no slot of it opens; another drive's copy does)"))
+            vault = UnlockedVault(header, root_key, list(locations), slot_id=candidate["id"])
+            vault.damaged_headers = damaged + _check_replica_headers(vault, where, [loc for loc, _ in damaged])
+            for location, _ in vault.damaged_headers:
+                _check_ours(vault, location)
+            return vault
+        if not any(loc == where for loc, _ in damaged):
+            tried.append((where, signed, mac))
+    if tamper is not None:
+        raise tamper
+    if creds.host and not opened_any:
         raise WrongKey("this machine holds no host key of this vault (`pqcfs keys add VAULT --host` makes one; "
                        "removing its slot revokes it)")
     raise WrongKey("no key slot opens with that key (wrong passphrase, recovery code or identity)")
 
 
+def _check_ours(vault: "UnlockedVault", location: str) -> None:
+    """A location whose header copy is bad is healed only when its replica state
+    authenticates under this vault's root key (it is one of ours, not another vault)."""
+    try:
+        state = read_state(location, vault.root_key)
+    except (OSError, PqcfsError):
+        raise DriveError(f"{location}: its vault header is damaged and its replica state does not authenticate "
+                         "under this vault's key (another vault, or damaged beyond repair)") from None
+    if state.vault_id != vault.header.vault_id.hex():
+        raise DriveError(f"{location} holds a different vault")
+
+
+def _named(location: str, error: Exception | None) -> Exception:
+    """The error of a header no drive has a good copy of, naming the drive."""
+    if isinstance(error, DamagedStructure) and location not in str(error):
+        return DamagedStructure(f"{location}: {error}")
+    return error or NotAVault(f"{location} holds no pqcfs vault")
+
+
 def same_vault(location: str, vault_id: bytes) -> None:
-    other, _, _ = read_header(location)
+    try:
+        other, _, _ = read_header(location)
+    except DamagedStructure:
+        # A damaged copy of the header: its replica state names the vault (checked with
+        # the root key at unlock, before the copy is healed from a good one).
+        if read_state(location, None).vault_id == vault_id.hex():
+            return
+        raise
     if other.vault_id != vault_id:
         raise DriveError(f"{location} holds a different vault")
 
@@ -414,11 +491,66 @@ def find_replica(replica: dict, vault_id: bytes, exclude: str) -> str | None:
     return None
 
 
-def _check_replica_headers(vault: UnlockedVault, signed: bytes) -> None:
-    for location in vault.locations[1:]:
-        other, other_signed, other_mac = read_header(location)
+def header_anywhere(location: str, backup: str | None = None):
+    """The header for finding a vault's replicas, before any unlock: the location's own
+    copy, or when that one is damaged, the copy of another replica of the same vault (the
+    --backup given, or a mounted drive holding a vault with the id the location's replica
+    state names). Unauthenticated, like every copy before unlock. Returns (header, where)."""
+    try:
+        return read_header(location)[0], location
+    except DamagedStructure as damage:
+        try:
+            vault_id = read_state(location, None).vault_id
+        except (OSError, PqcfsError):
+            raise _named(location, damage) from None
+        for other in ([backup] if backup else []) + _mounted_roots():
+            if os.path.realpath(other) == os.path.realpath(location):
+                continue
+            try:
+                header = read_header(other)[0]
+            except (OSError, PqcfsError):
+                continue
+            if header.vault_id.hex() == vault_id:
+                return header, other
+        raise DamagedStructure(f"the vault header on {location} is damaged ({damage}), and no other drive of the "
+                               "vault with a good copy is plugged in (plug in the backup, or give it with --backup)"
+                               ) from None
+
+
+def _mounted_roots(limit: int = 2000) -> list[str]:
+    """Where a replica may be: each mounted file system's root and its directories one
+    level down (bounded)."""
+    out = []
+    for mountpoint in devices.mountpoints():
+        out.append(mountpoint)
+        try:
+            with os.scandir(mountpoint) as it:
+                for entry in it:
+                    if len(out) >= limit:
+                        return out
+                    if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                        out.append(entry.path)
+        except OSError:
+            continue
+    return out
+
+
+def _check_replica_headers(vault: UnlockedVault, used: str, known: list[str]) -> list[tuple[str, str]]:
+    """The other replicas' copies of the header: a different vault is refused; a copy that
+    does not decode or authenticate is returned (location, why), to be healed."""
+    bad = []
+    for location in vault.locations:
+        if location == used or location in known:
+            continue
+        try:
+            other, other_signed, other_mac = read_header(location)
+        except (DamagedStructure, NotAVault) as e:
+            bad.append((location, str(e)))
+            continue
         if other.vault_id != vault.header.vault_id:
             raise DriveError(f"{location} holds a different vault")
         if not vault_header.verify_mac(other_signed, other_mac, vault.root_key):
-            raise DamagedStructure(f"vault header on {location} failed authentication")
+            bad.append((location, "failed authentication"))
+    return bad
+
 

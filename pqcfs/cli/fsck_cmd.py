@@ -18,11 +18,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    vault = options.unlock(args, require_all=False)   # takes the vault lock: fsck never races a mount
+    # Takes the vault lock (fsck never races a mount); a damaged header copy heals only with --repair.
+    vault = options.unlock(args, require_all=False, heal=args.repair)
     total = sum(mirror.totals(vault, loc)[0] for loc in vault.locations)
     progress = Progress("fsck", total)
     report = fsck.run(vault, repair=args.repair, progress=progress)
     progress.close()
+    for location, why in vault.extra.get("headers_healed", []):
+        report.problems.insert(0, fsck.Problem(location, "pqcfs.vault", f"vault header: {why}", repaired=True))
+    for location, why in vault.extra.get("damaged_headers", []):
+        report.problems.insert(0, fsck.Problem(location, "pqcfs.vault", f"vault header: {why}"))
     vault.extra["audit"].append(
         "fsck", clean=report.clean, problems=len(report.problems),
         repaired=sum(p.repaired for p in report.problems), differing_files=report.differing_files,

@@ -123,10 +123,11 @@ def _in_use(vault_id: str | None, why: str) -> str:
 
 def replica_locations(primary: str, backup: str | None, require_all: bool) -> list[str]:
     """The primary plus every other replica the header names that can be found."""
-    header, _, _ = vault_mod.read_header(primary)
+    header, where = vault_mod.header_anywhere(primary, backup)
     found = [primary]
     if backup:
-        vault_mod.same_vault(backup, header.vault_id)
+        if where != backup:
+            vault_mod.same_vault(backup, header.vault_id)
         return found + [backup]
     primary_real = os.path.realpath(primary)
     primary_state = vault_mod.read_state(primary, None)
@@ -144,7 +145,25 @@ def replica_locations(primary: str, backup: str | None, require_all: bool) -> li
     return found
 
 
-def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.UnlockedVault:
+def _heal_headers(vault, heal: bool) -> list[tuple[str, str]]:
+    """A damaged copy of the header on one drive: rewritten from the good one when the
+    command may write (heal), else said, with what rewrites it."""
+    if not vault.damaged_headers:
+        return []
+    if not heal:
+        for location, why in vault.damaged_headers:
+            print(f"pqcfs: warning: the vault header on {location} is damaged ({why}); the copy on another "
+                  "drive opened the vault. `pqcfs fsck VAULT --repair` (or a mount) rewrites it", file=sys.stderr)
+        vault.extra["damaged_headers"] = list(vault.damaged_headers)
+        return []
+    healed = vault.heal_headers()
+    for location, why in healed:
+        print(f"pqcfs: the vault header on {location} was damaged ({why}); rewritten from the good copy (the "
+              "damaged one is kept in pqcfs.quarantine/ on that drive)", file=sys.stderr)
+    return healed
+
+
+def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None = None) -> vault_mod.UnlockedVault:
     """Unlock, and record it: in the vault's audit log on success (adopting events the
     host logged before), in the host-side log when it fails before the key is known.
 
@@ -180,6 +199,8 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
         raise
     vault.adopt_drives(drives)
     vault.extra["lock"] = lock
+    healed = _heal_headers(vault, audit if heal is None else heal)
+    vault.extra["headers_healed"] = healed
     if audit:
         mirror.newest_first(vault)
     else:
@@ -198,6 +219,8 @@ def unlock(args, require_all: bool = True, audit: bool = True) -> vault_mod.Unlo
             # A recipient's log never stops the owner: said, recorded, and the command goes on.
             log.append("grantee-logs-unreadable", error=str(e))
             print(f"pqcfs: warning: the grantees' logs could not be read ({e})", file=sys.stderr)
+        for location, why in healed:
+            log.append("header-healed", replica=location, reason=why)
         slot = next(s for s in vault.header.slots if s["id"] == vault.slot_id)
         log.append("unlock", command=args.command, slot=vault.slot_id, slot_type=slot["type"],
                    replicas=len(locations))

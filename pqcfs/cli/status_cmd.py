@@ -29,6 +29,10 @@ def _describe(mount: mounttable.Mount) -> dict:
     if mount.foreign:
         return {"mountpoint": mount.mountpoint, "health": "foreign", "uid": mount.owner,
                 "hint": f"mounted by user {_user(mount.owner)}; `pqcfs status` as that user tells more"}
+    if mount.info is None:
+        return {"mountpoint": mount.mountpoint, "health": "elsewhere", "uid": mount.owner,
+                "hint": "mounted and answering; its daemon keeps its runtime file in another session's runtime "
+                        "directory, where `pqcfs status` tells more"}
     info = dict(mount.info)
     info["health"] = "degraded" if info.get("failed") or info.get("missing") else "healthy"
     return info
@@ -48,7 +52,7 @@ def mounted() -> list[dict]:
 def _mount_text(m: dict) -> str:
     if m["health"] == "dead":
         return f"{m['mountpoint']}: DEAD ({m['hint']})"
-    if m["health"] == "foreign":
+    if m["health"] in ("foreign", "elsewhere"):
         return f"{m['mountpoint']}: {m['hint']}"
     text = f"{m['mountpoint']}: vault {m['vault_id']} {m['health'].upper()}"
     if m["health"] == "degraded":
@@ -63,8 +67,19 @@ def _mount_text(m: dict) -> str:
     return text
 
 
+def _header_damage(location: str | None) -> str | None:
+    """Why a replica's copy of the header does not decode (None: it does, or no replica)."""
+    if not location:
+        return None
+    try:
+        vault_mod.read_header(location)
+        return None
+    except PqcfsError as e:
+        return str(e)
+
+
 def vault_status(primary: str) -> dict:
-    header, _, _ = vault_mod.read_header(primary)
+    header, _ = vault_mod.header_anywhere(primary)
     ref = vault_mod.read_state(primary, None)
     mounts = [m for m in mounted() if m.get("vault_id") == header.vault_id.hex()]
     replicas = []
@@ -80,7 +95,7 @@ def vault_status(primary: str) -> dict:
             state = None
         if state is not None and state.replica_id == r["id"]:
             entry.update(present=True, generation=state.generation, clean=state.clean,
-                         relation=rs.compare(ref, state))
+                         relation=rs.compare(ref, state), header_damage=_header_damage(here))
         replicas.append(entry)
     pending = [r["id"] for r in replicas if r.get("relation") == rs.STALE] + list(ref.missing)
     return {"vault_id": header.vault_id.hex(), "replicas": replicas, "pending_sync": sorted(set(pending)),
@@ -102,13 +117,17 @@ def run(args) -> int:
                 use = "in use (mounted)" if doc["mounted_at"] and not r["clean"] else (
                     "clean" if r["clean"] else "not cleanly unmounted")
                 state = f"generation {r['generation']}, {use}, {r['relation']}"
+                if r.get("header_damage"):
+                    state += (f"; its vault header is DAMAGED ({r['header_damage']}): `pqcfs fsck "
+                              f"{args.target} --repair` rewrites it from the good copy")
             lines.append(f"  {r['id']} {r['role']:<7} {r['path']}: {state}")
         if len(doc["replicas"]) == 1:
             lines.append("  no backup: a single-drive vault (made with --single)")
         lines.append(f"  pending sync: {', '.join(doc['pending_sync']) or 'none'}")
         options.emit(args, doc, "\n".join(lines))
-        healthy = all(r["present"] for r in doc["replicas"]) and not doc["pending_sync"]
+        healthy = all(r["present"] and not r.get("header_damage") for r in doc["replicas"]) \
+            and not doc["pending_sync"]
         return exitcodes.OK if healthy else exitcodes.DEGRADED
     mounts = [_describe(mount)] if mount else mounted()
     options.emit(args, {"mounts": mounts}, "\n".join(_mount_text(m) for m in mounts) or "no pqcfs vault is mounted")
-    return exitcodes.OK if all(m["health"] in ("healthy", "foreign") for m in mounts) else exitcodes.DEGRADED
+    return exitcodes.OK if all(m["health"] in ("healthy", "foreign", "elsewhere") for m in mounts) else exitcodes.DEGRADED

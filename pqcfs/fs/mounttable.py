@@ -82,6 +82,24 @@ def _alive(pid) -> bool:
         return True
 
 
+PROBE_SECONDS = 5
+
+
+def answers(mountpoint: str) -> bool:
+    """False only when the kernel says the mount's daemon is gone (a statfs, which the
+    kernel never answers from its cache, fails with ENOTCONN). Asked from a child process
+    with a time limit: a hung daemon must not hang `status`, and a mount that does not
+    answer in time is not called dead."""
+    try:
+        proc = subprocess.run(["stat", "--file-system", "--format=%i", "--", mountpoint], capture_output=True, text=True,
+                              timeout=PROBE_SECONDS, env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    except subprocess.TimeoutExpired:
+        return True
+    except OSError:
+        return True
+    return not (proc.returncode != 0 and "not connected" in proc.stderr)
+
+
 def runtime_info(mountpoint: str, owner: int | None = None) -> dict | None:
     """The daemon's runtime file: in this user's runtime directory, or (for root) in the
     one of the user who mounted it themselves, or (for a user) the copy root's daemon
@@ -117,9 +135,16 @@ def listing() -> list[Mount]:
         if me != 0 and owner != me:
             continue
         info = runtime_info(mountpoint, owner)
-        mount = Mount(mountpoint, info, bool(info) and _alive(info.get("pid")), owner)
-        mount.alive = mount.alive or mount.foreign
-        out.append(mount)
+        if info is not None:
+            alive = _alive(info.get("pid"))
+        elif owner is not None and owner != me:
+            alive = True     # another user's own mount: the kernel answers only them
+        else:
+            # No runtime file here (the daemon keeps it in another session's runtime
+            # directory, or it is gone): the kernel says which. Only a mount whose
+            # connection is gone (ENOTCONN) is dead; one that answers, or hangs, lives.
+            alive = answers(mountpoint)
+        out.append(Mount(mountpoint, info, alive, owner))
     return out
 
 

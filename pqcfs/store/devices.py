@@ -99,6 +99,11 @@ def check_locations(paths: list[str], allow_fixed: bool, allow_same_device: bool
     return infos
 
 
+def mountpoints() -> list[str]:
+    """Mountpoints of the block-device file systems (drives), without pseudo file systems."""
+    return [p.mountpoint for p in psutil.disk_partitions(all=True) if p.device.startswith("/dev/")]
+
+
 def find_by_uuid(fs_uuid: str) -> list[str]:
     """Mountpoints of the file systems with this UUID (a plugged-in drive, wherever it
     was mounted this time)."""

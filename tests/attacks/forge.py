@@ -22,3 +22,9 @@ def forge_header(location: str, mutate) -> None:
     signed = data[:8] + struct.pack(">HI", version, len(raw)) + raw
     with open(path, "wb") as f:
         f.write(signed + blake3.blake3(signed).digest() + data[-32:])
+
+
+def forge_everywhere(locations: list[str], mutate) -> None:
+    """The same change on every drive (the attacker had them all)."""
+    for location in locations:
+        forge_header(location, mutate)

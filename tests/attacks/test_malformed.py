@@ -18,11 +18,12 @@ from pqcfs.cli import exitcodes
 from pqcfs.cli import main as cli_main
 from pqcfs.crypto import kdf
 from pqcfs.errors import DamagedStructure, PqcfsError, WrongKey
-from pqcfs.format import names
+from pqcfs.crypto.kdf import calibrate
+from pqcfs.format import names, slots
 from pqcfs.fs.common import Caller
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.replicas import ReplicaSet
-from tests.attacks.forge import forge_header
+from tests.attacks.forge import forge_everywhere, forge_header
 from tests.conftest import PASSPHRASE
 
 FUZZ_CASES = int(os.environ.get("PQCFS_FUZZ_CASES", "120"))
@@ -48,11 +49,10 @@ def argon_calls(monkeypatch):
 
 def test_kdf_parameters_above_the_ceiling_are_refused_without_running(new_vault, argon_calls):
     vault, _ = new_vault
-    primary = vault.locations[0]
 
     def huge(body):
         body["slots"][0]["kdf"].update(memory_kib=4 * 1024 * 1024, iterations=64)
-    forge_header(primary, huge)
+    forge_everywhere(vault.locations, huge)
     start = time.monotonic()
     with pytest.raises(WrongKey):
         vault_mod.unlock(vault.locations, creds())
@@ -73,7 +73,7 @@ def test_passphrase_slots_tried_are_capped_and_slot_picks_one(new_vault, argon_c
     def many(body):
         first = body["slots"][0]
         body["slots"] += [dict(first, id=100 + n) for n in range(20)]
-    forge_header(vault.locations[0], many)
+    forge_everywhere(vault.locations, many)
     with pytest.raises(WrongKey):
         vault_mod.unlock(vault.locations, creds(b"wrong passphrase"))
     assert len(argon_calls) == vault_mod.MAX_PASSPHRASE_TRIES
@@ -91,7 +91,7 @@ def test_passphrase_slots_tried_are_capped_and_slot_picks_one(new_vault, argon_c
 
 def test_too_many_slots_is_damage(new_vault):
     vault, _ = new_vault
-    forge_header(vault.locations[0], lambda body: body["slots"].extend(
+    forge_everywhere(vault.locations, lambda body: body["slots"].extend(
         dict(body["slots"][0], id=200 + n) for n in range(40)))
     with pytest.raises(DamagedStructure, match="key slots"):
         vault_mod.read_header(vault.locations[0])
@@ -103,9 +103,38 @@ def test_key_commitment_makes_every_slot_failure_one_answer(new_vault):
 
     def other_commit(body):
         body["slots"][0]["commit"] = "00" * 32
-    forge_header(vault.locations[0], other_commit)
+    forge_everywhere(vault.locations, other_commit)
     with pytest.raises(WrongKey):
         vault_mod.unlock(vault.locations, creds())
+
+
+def test_a_header_changed_on_one_drive_heals_from_the_other(new_vault):
+    """The attacker had one drive: its copy of the header is changed (wrong types, a slot
+    that opens nothing, a stripped commitment); the other drive's copy opens the vault and
+    the changed one is named for healing."""
+    vault, _ = new_vault
+    for mutate in (lambda b: b["slots"][0].update(kdf=[1, 2]), lambda b: b["slots"][0].update(commit="00" * 32),
+                   lambda b: b["slots"][0].pop("commit"), lambda b: b.update(created="x")):
+        forge_header(vault.locations[0], mutate)
+        opened = vault_mod.unlock(vault.locations, creds())
+        assert [loc for loc, _ in opened.damaged_headers] == [vault.locations[0]]
+        opened.heal_headers()
+        assert vault_mod.unlock(vault.locations, creds()).damaged_headers == []
+        opened.close()
+
+
+def test_a_newer_header_copy_is_never_rolled_back_to_an_older_one(new_vault):
+    """A passphrase removed on the primary's copy (authentic, newer) still opens the
+    backup's older copy: refused as a wrong passphrase, and nothing is rewritten."""
+    vault, _ = new_vault
+    vault.header.slots.append(slots.passphrase_slot(vault.header.next_slot_id(), vault.root_key,
+                                                    vault.header.vault_id, b"second passphrase", calibrate()))
+    vault.save_header()
+    vault.header.slots.pop()
+    vault.save_header(only=[0])            # the primary's copy is newer: the slot is gone there
+    with pytest.raises(WrongKey):
+        vault_mod.unlock(vault.locations, vault_mod.Credentials(passphrase=b"second passphrase"))
+    assert vault_mod.unlock(vault.locations, creds()).damaged_headers == []
 
 
 @pytest.mark.parametrize("mutate", [
@@ -119,7 +148,7 @@ def test_key_commitment_makes_every_slot_failure_one_answer(new_vault):
 ], ids=["slot-id", "kdf", "type", "replicas", "slots", "features", "path-hint"])
 def test_wrong_types_in_the_header_are_damage(new_vault, mutate):
     vault, _ = new_vault
-    forge_header(vault.locations[0], mutate)
+    forge_everywhere(vault.locations, mutate)
     with pytest.raises(DamagedStructure):
         vault_mod.unlock(vault.locations, creds())
 

@@ -44,7 +44,13 @@ def unlocking(vault, how):
 
 @pytest.mark.parametrize("how", ["passphrase", "recovery"])
 def test_a_stripped_key_commitment_is_tamper(vault, how):
+    # On one drive: the other drive's copy opens the vault, and fsck names the bad one.
     forge_header(vault[0], lambda body: [s.pop("commit") for s in body["slots"]])
+    proc = cli(*unlocking(vault, how))
+    assert proc.returncode == exitcodes.CRYPTO, proc.stderr
+    assert "key commitment" in proc.stdout and vault[0] in proc.stdout and "NOT clean" in proc.stdout
+    # On both (the attacker had both drives): refused as damage.
+    forge_header(vault[1], lambda body: [s.pop("commit") for s in body["slots"]])
     proc = cli(*unlocking(vault, how))
     assert proc.returncode == exitcodes.DAMAGED, proc.stderr
     assert "key commitment" in proc.stderr
@@ -52,7 +58,8 @@ def test_a_stripped_key_commitment_is_tamper(vault, how):
 
 @pytest.mark.parametrize("how", ["passphrase", "recovery"])
 def test_a_slot_that_opens_under_a_changed_header_is_tamper_not_a_wrong_key(vault, how):
-    forge_header(vault[0], lambda body: body.update(created="2000-01-01T00:00:00Z"))
+    for location in vault[:2]:
+        forge_header(location, lambda body: body.update(created="2000-01-01T00:00:00Z"))
     proc = cli(*unlocking(vault, how))
     assert proc.returncode == exitcodes.DAMAGED, proc.stderr
     assert "failed authentication" in proc.stderr

@@ -100,7 +100,28 @@ def test_a_dead_mount_is_named_and_cleaned_up(plain_vault):
     kill_daemon(vault.mountpoint)
     gone = drives.pqcfs("umount", vault.mountpoint, check=False)
     assert gone.returncode == 0 and "had died" in gone.stderr and not drives.is_mounted(vault.mountpoint)
-    assert drives.pqcfs("status", check=False).stdout.strip() == "no pqcfs vault is mounted"
+    # Other vaults may be mounted on this machine: only this one's line counts.
+    after = json.loads(drives.pqcfs("status", "--json", check=False).stdout)["mounts"]
+    assert [m for m in after if m["mountpoint"] == vault.mountpoint] == []
+
+
+def test_a_live_mount_whose_runtime_file_is_elsewhere_is_not_called_dead(plain_vault, tmp_path):
+    """Its runtime file in another runtime directory (another login session, another
+    test run): status goes by what the kernel says, and umount never detaches it as dead."""
+    vault = plain_vault
+    assert mount(vault, vault.mountpoint).returncode == 0
+    other = dict(os.environ, PQCFS_RUNTIME_DIR=str(tmp_path / "another-session"))
+    os.makedirs(other["PQCFS_RUNTIME_DIR"])
+    try:
+        seen = subprocess.run([sys.executable, "-m", "pqcfs", "status", "--json"], capture_output=True, text=True,
+                              env=other, stdin=subprocess.DEVNULL)
+        mine = [m for m in json.loads(seen.stdout)["mounts"] if m["mountpoint"] == vault.mountpoint]
+        assert mine and mine[0]["health"] != "dead", seen.stdout
+        with open(os.path.join(vault.mountpoint, "still-here"), "w") as f:
+            f.write("alive")
+    finally:
+        vault.umount()
+    assert not drives.is_mounted(vault.mountpoint)
 
 
 def test_df_shows_the_fullest_replica():
