@@ -33,10 +33,19 @@ install_system() {
   fi
 }
 
+# The system's Debian python3 (with venv support from python3-venv), not the first python3
+# in PATH: a private interpreter there (pyenv, a user's own build) gives the venv, and so
+# /usr/bin/pqcfs, a path other users may not be allowed to run. $PYTHON overrides.
+PYTHON="${PYTHON:-/usr/bin/python3}"
+
 install_python() {
   if [ ! -x .venv/bin/python ]; then
-    echo "==> creating .venv"
-    python3 -m venv .venv
+    if ! "$PYTHON" -c "import venv, ensurepip" 2>/dev/null; then
+      echo "==> $PYTHON can not make a virtual environment (install python3-venv, or set PYTHON=...)" >&2
+      exit 1
+    fi
+    echo "==> creating .venv with $PYTHON ($("$PYTHON" --version 2>&1))"
+    "$PYTHON" -m venv .venv
   fi
   if ! .venv/bin/python -c "import pqcfs, pyfuse3, kyber_py, pytest, shtab, argparse_manpage" 2>/dev/null \
      || [ pyproject.toml -nt .venv/.installed ]; then

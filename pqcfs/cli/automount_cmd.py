@@ -16,7 +16,7 @@ from pqcfs.errors import PqcfsError
 from pqcfs.format import vault_header
 from pqcfs.fs import mounttable
 from pqcfs.fs.owner import MountOwner
-from pqcfs.store import devices
+from pqcfs.store import devices, hostkeys
 from pqcfs.store.atomic import write_atomic
 
 
@@ -101,10 +101,28 @@ def _backup_drive(replica: dict, vault_id: bytes, primary: str) -> units.DriveSp
     return units.DriveSpec(replica["role"], fs_uuid, replica.get("subpath") or ".", _fs_type(fs_uuid))
 
 
+def _check_host_key(header) -> None:
+    """--unlock host-key: the vault has a host-key slot and this machine holds its secret
+    (else every insertion would fail to unlock)."""
+    vault_id = header.vault_id.hex()
+    host_slots = [s for s in header.slots if s["type"] == "host"]
+    for slot in host_slots:
+        try:
+            if hostkeys.load(vault_id, slot["key_id"]) is not None:
+                return
+        except PqcfsError:
+            continue
+    what = "has no host-key slot" if not host_slots else "has host-key slots, but none whose secret this machine holds"
+    raise PqcfsError(f"the vault {what}: `pqcfs keys add VAULT --host` first, then enable automount with "
+                     "--unlock host-key")
+
+
 def spec_for(args) -> units.AutomountSpec:
     header = vault_mod.read_header(args.vault)[0]
     drives = [_primary_drive(args.vault, header)]
     drives += [_backup_drive(r, header.vault_id, args.vault) for r in header.replicas if r["role"] != "primary"]
+    if args.unlock == "host-key":
+        _check_host_key(header)
     if args.unlock == "passfile" and not args.passfile:
         raise PqcfsError("--unlock passfile needs --passfile FILE")
     if args.unlock == "identity" and not args.identity_file:

@@ -23,7 +23,7 @@ def run(args) -> int:
     total = sum(mirror.totals(vault, loc)[0] for loc in vault.locations)
     progress = Progress("fsck", total)
     report = fsck.run(vault, repair=args.repair, progress=progress)
-    progress.close()
+    progress.finish()
     for location, why in vault.extra.get("headers_healed", []):
         report.problems.insert(0, fsck.Problem(location, "pqcfs.vault", f"vault header: {why}", repaired=True))
     for location, why in vault.extra.get("damaged_headers", []):

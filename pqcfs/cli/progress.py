@@ -49,6 +49,14 @@ class Progress:
         left = int(elapsed / frac * (1 - frac))
         return f"ETA {left // 60}:{left % 60:02d}"
 
+    def finish(self) -> None:
+        """The work is done: the bar ends at 100 % even when the total was an estimate
+        (fsck's total counts ciphertext, its steps plaintext), then the line ends."""
+        if self.done < self.total:
+            self._drawn = 0.0
+            self(self.total - self.done)
+        self.close()
+
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")

@@ -58,7 +58,8 @@ class VaultFS(NamespaceOps, TableOps):
         # Node ids of the directories live grants open (the owner's view): nothing moves
         # out of one with its key (namespace._check_lineage).
         self.grant_roots: set[bytes] = set()
-        self._capacity: int | None = None     # bytes the smallest drive holds (EFBIG beyond)
+        # (the drives serving, the bytes the smallest of them holds without holes): EFBIG beyond
+        self._capacity: tuple | None = None
         self.shares = shares
         if shares is not None:
             self.inodes = InodeTable(self._share_root(shares))
@@ -527,15 +528,18 @@ class VaultFS(NamespaceOps, TableOps):
         """A size a drive without sparse files (exFAT) could never hold is EFBIG, as ext4
         says past its maximum file size, not a write that fills the drive first and
         then fails with ENOSPC. (Drives with sparse files answer for themselves.)"""
-        if self._capacity is None:
+        # Worked out again whenever the drives serving change (one dropped out, another
+        # rejoined: a stick replaced by a bigger one lifts the cap).
+        serving = tuple((n, id(self.replicas.drives[n])) for n in self.replicas.healthy)
+        if self._capacity is None or self._capacity[0] != serving:
             limits = []
             for n in self.replicas.healthy:
                 drive = self.replicas.drives[n]
                 if not devices.holds_sparse_files(drive.location):
                     st = drive.statvfs()
                     limits.append(st.f_blocks * st.f_frsize)
-            self._capacity = min(limits, default=-1)
-        if 0 <= self._capacity < size:
+            self._capacity = (serving, min(limits, default=-1))
+        if 0 <= self._capacity[1] < size:
             raise FsError(errno.EFBIG)
 
     def truncate(self, node: Node, size: int) -> None:

@@ -266,3 +266,30 @@ def test_hard_links_share_one_node_across_directories_and_remounts(new_vault, vf
     with pytest.raises(FsError) as e:
         vfs.link(d, root, b"dirlink")
     assert e.value.errno == errno.EPERM
+
+
+def test_the_size_cap_follows_the_drives_serving(vfs, monkeypatch):
+    """On drives without holes (exFAT) a size beyond the smallest one is EFBIG; when the
+    drives serving change (the small stick replaced by a bigger one), the cap follows."""
+    from pqcfs.store import devices
+    monkeypatch.setattr(devices, "holds_sparse_files", lambda location: False)
+    sizes = {n: 1 << 30 for n in range(len(vfs.replicas.drives))}
+    sizes[1] = 64 << 20
+
+    class Stat:
+        def __init__(self, total):
+            self.f_blocks, self.f_frsize = total // 4096, 4096
+
+    for n, drive in enumerate(vfs.replicas.drives):
+        monkeypatch.setattr(drive, "statvfs", lambda n=n: Stat(sizes[n]))
+    with pytest.raises(FsError) as e:
+        vfs.check_size(100 << 20)
+    assert e.value.errno == errno.EFBIG
+    bigger = type(vfs.replicas.drives[1])(vfs.replicas.drives[1].location)   # the replacement stick
+    sizes[1] = 1 << 30
+    monkeypatch.setattr(bigger, "statvfs", lambda: Stat(sizes[1]))
+    vfs.replicas.drives[1] = bigger
+    try:
+        vfs.check_size(100 << 20)
+    finally:
+        bigger.close()

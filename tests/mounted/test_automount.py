@@ -47,6 +47,14 @@ def test_generated_units_verify_and_name_the_right_drives(tmp_path, unlock):
     with drives.standin_vault(str(tmp_path), ("ext4", 32), ("exfat", 32)) as v:
         extra = {"ask": [], "passfile": ["--passfile", v.passfile], "host-key": [],
                  "identity": ["--identity-file", "/root/id.json"]}[unlock]
+        if unlock == "host-key":
+            # Without a host-key slot whose secret this machine holds, every insertion would
+            # fail to unlock: refused, with the command that makes one.
+            refused = drives.pqcfs("automount", "enable", v.primary, "--at", v.mountpoint, "--root",
+                                   str(tmp_path / "root"), "--unlock", "host-key", check=False)
+            assert refused.returncode != 0 and "keys add VAULT --host" in refused.stderr, refused.stderr
+            drives.pqcfs("keys", "add", v.primary, "--host", "--passfile", v.passfile, "--backup", v.backup,
+                         "--allow-fixed")
         doc = enable(v, tmp_path / "root", "--unlock", unlock, *extra, "-o", "allow_other")
         header = json.loads(drives.pqcfs("info", v.primary, "--json").stdout)
         vault_id = doc["vault_id"]
