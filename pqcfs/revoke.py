@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from pqcfs import lineage, sharing
 from pqcfs.crypto import aead
-from pqcfs.errors import CryptoError, DamagedStructure, NoSuchPath, PqcfsError
+from pqcfs.errors import CryptoError, DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import grants
 from pqcfs.fs.copier import Copier, exists as _exists, remove_tree
 from pqcfs.fs import grantee
@@ -59,7 +59,7 @@ def find(records: list[dict], grant_id: str) -> dict | None:
     if not matches:
         if any(r["id"].startswith(wanted) for r in records):
             return None
-        raise NoSuchPath(f"there is no grant {grant_id} in this vault (`pqcfs grants` lists them)")
+        raise GrantRefused(f"there is no grant {grant_id} in this vault (`pqcfs grants` lists them)")
     if len(matches) > 1:
         raise PqcfsError(f"{grant_id} names {len(matches)} grants; give more of the id")
     return matches[0]

@@ -17,7 +17,7 @@ NO_SPACE = 9         # a drive is full
 CRYPTO = 10          # ciphertext failed authentication (corruption or tampering)
 PARAMETERS = 11      # KDF parameters outside the accepted range
 DEGRADED = 12        # status: a vault runs degraded, a replica is missing or stale, or a mount is dead
-GRANT = 13           # a grant refused: expired, not yet valid, forged, revoked or for another identity
+GRANT = 13           # a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown
 NO_SUCH_PATH = 14    # a path inside the vault does not exist, or is not a directory
 INTERRUPTED = 130    # Ctrl-C
 
@@ -36,7 +36,7 @@ MEANINGS = {
     CRYPTO: "file system data failed authentication (corruption or tampering)",
     PARAMETERS: "KDF parameters outside the accepted range",
     DEGRADED: "status: a vault runs degraded, a replica is missing or stale, or a mount is dead",
-    GRANT: "a grant refused: expired, not yet valid, forged, revoked or for another identity",
+    GRANT: "a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown",
     NO_SUCH_PATH: "a path inside the vault does not exist, or is not a directory",
     INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -58,7 +58,7 @@ _BY_EXCEPTION = [
 
 def for_exception(exc: BaseException) -> int:
     exc = getattr(exc, "cause", None) or exc     # an error that wraps the one that decides
-    if getattr(exc, "errno", None) == errno.ENOSPC:     # an OSError, or a file system error
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):     # an OSError, or a file system error
         return NO_SPACE
     for cls, code in _BY_EXCEPTION:
         if isinstance(exc, cls):

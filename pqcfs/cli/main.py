@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import errno
 import os
 import sys
 
@@ -83,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pqcfs: {e}", file=sys.stderr)
         return exitcodes.for_exception(e)
     except OSError as e:
-        print(f"pqcfs: {e.filename or ''}: {e.strerror}" if e.filename else f"pqcfs: {e.strerror}", file=sys.stderr)
-        return exitcodes.ERROR
+        where = f"{e.filename}: " if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"pqcfs: {where}the drive is full ({e.strerror}); free some space on it (or plug in a bigger "
+                  "one) and run the command again", file=sys.stderr)
+        else:
+            print(f"pqcfs: {where}{e.strerror}", file=sys.stderr)
+        return exitcodes.for_exception(e)
     except Exception as e:  # noqa: BLE001 - a bug: say so in one line; PQCFS_DEBUG=1 shows where
         if os.environ.get("PQCFS_DEBUG") == "1":
             raise

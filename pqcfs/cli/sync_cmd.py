@@ -75,6 +75,10 @@ def _sync_mounted(args, info: dict) -> int:
         raise error(f"{first['location']}: {first['error']}")
     if answer["missing"] and args.backup:
         raise DriveError(f"{args.backup} did not rejoin {info['mountpoint']}")
+    if answer["missing"]:
+        # Nothing was brought up to date: not a success, whatever was shown above.
+        raise DriveError(f"{info['mountpoint']} still runs without {', '.join(answer['missing'])}: that drive is not "
+                         "plugged in (plug it in, or name where it is with --backup)")
     return 0
 
 

@@ -126,6 +126,7 @@ def test_every_exit_code_is_what_a_real_run_gives(walk):
     (tmp / "bob-mnt").mkdir()
     expect(exitcodes.GRANT, "mount", a, str(tmp / "bob-mnt"), "--identity", bob, "--passfile", str(bob_pw),
            *fixed, said="expired")
+    expect(exitcodes.GRANT, "revoke", a, "0badc0de", "--passfile", pw, *fixed, said="no grant 0badc0de")
 
     if ROOT:
         # A full drive: a small tmpfs filled up before init.

@@ -539,6 +539,9 @@ def test_a_backup_plugged_back_in_is_synced_online(monkeypatch):
                 f.write(b"only on the primary")
             os.unlink(os.path.join(mnt, "old3"))
             assert _health(mnt) == ("degraded", 12)
+            # Online sync with the backup still out: an error that names it, not "done".
+            early = drives.pqcfs("sync", vault.primary, check=False)
+            assert early.returncode == 7 and "not plugged in" in early.stderr, early.stderr
             plug_back()
             report = json.loads(drives.pqcfs("sync", vault.primary, "--json").stdout)
             assert [r["incremental"] for r in report["synced"]] == [True], report
