@@ -10,6 +10,8 @@ Exit codes are pqcfs' own (docs/cli.md); a bad option is a usage error (2).
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from mounttool.options import MountOptionError, translate
@@ -74,3 +76,43 @@ def umount_main(argv: list[str] | None = None) -> int:
         print(f"pqcfs: {e}", file=sys.stderr)
         return 2
     return cli.main(["umount", mountpoint, *(["--lazy"] if "-l" in flags else [])])
+
+
+def _fstype(mountpoint: str) -> str | None:
+    """The file system type the kernel's mount table gives mountpoint (the last mount there)."""
+    found = None
+    target = os.path.abspath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                before, _, after = line.partition(" - ")
+                fields = before.split(" ")
+                if len(fields) > 4 and _unescape(fields[4]) == target and after.split():
+                    found = after.split()[0]
+    except OSError:
+        return None
+    return found
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def umount_fuse_main(argv: list[str] | None = None) -> int:
+    """umount.fuse: what umount(8) runs for every FUSE mount. util-linux knows a FUSE mount
+    only as "fuse" (from statfs, without reading the mount table), so it never looks for
+    umount.fuse.pqcfs: this helper asks the kernel's mount table which FUSE file system it
+    is. A pqcfs mount goes to `pqcfs umount` (which returns once both drives are written
+    out and marked clean); any other is unmounted exactly as umount(8) would have done
+    without a helper (`umount -i`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        (mountpoint,), values, flags = _parse(argv, 1)
+    except MountOptionError as e:
+        print(f"umount.fuse: {e}", file=sys.stderr)
+        return 2
+    if _fstype(mountpoint) == "fuse.pqcfs":
+        return umount_main(argv)
+    words = ["umount", "-i", *sorted(flags - {"-i"}), *[w for k, v in values.items() for w in (k, v)], mountpoint]
+    os.execvp("umount", words)
+    return 1

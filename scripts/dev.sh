@@ -82,7 +82,7 @@ link_ours() {
 install_links() {
   local pair
   for pair in "pqcfs:/usr/bin/pqcfs" "mount.pqcfs:/usr/sbin/mount.pqcfs" \
-              "umount.fuse.pqcfs:/usr/sbin/umount.fuse.pqcfs"; do
+              "umount.fuse.pqcfs:/usr/sbin/umount.fuse.pqcfs" "umount.fuse:/usr/sbin/umount.fuse"; do
     link_ours "$PWD/.venv/bin/${pair%%:*}" "${pair#*:}"
   done
 }

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="nee
 
 @pytest.fixture(autouse=True)
 def helpers_installed():
-    for path in ("/usr/bin/pqcfs", "/usr/sbin/mount.pqcfs", "/usr/sbin/umount.fuse.pqcfs"):
+    for path in ("/usr/bin/pqcfs", "/usr/sbin/mount.pqcfs", "/usr/sbin/umount.fuse.pqcfs", "/usr/sbin/umount.fuse"):
         assert os.path.exists(path), f"{path} is missing: `bash scripts/dev.sh test` links it"
 
 
@@ -39,14 +39,48 @@ def test_mount_t_fuse_pqcfs_then_umount_writes_everything_out(plain_vault):
     assert drives.is_mounted(v.mountpoint)
     with open(os.path.join(v.mountpoint, "via-mount"), "w") as f:
         f.write("mounted by mount(8)")
-    # umount(8) runs umount.fuse.pqcfs, which waits until the daemon has written both
-    # drives out and marked them clean: the drives can be pulled when it returns.
+    with open(os.path.join(v.mountpoint, "bulk"), "wb") as f:   # something to write out at the end
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    # umount(8) knows the mount only as "fuse" and runs umount.fuse, which finds it is
+    # pqcfs' and waits until the daemon has written both drives out and marked them
+    # clean: the drives can be pulled the moment it returns.
     proc = run("umount", v.mountpoint)
     assert proc.returncode == 0, proc.stderr
     assert not drives.is_mounted(v.mountpoint) and clean(v)
     v.mount()
     with open(os.path.join(v.mountpoint, "via-mount")) as f:
         assert f.read() == "mounted by mount(8)"
+
+
+HELLO_FS = """
+import pyfuse3, trio, sys
+pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=not-pqcfs"})
+print("ready", flush=True)
+trio.run(pyfuse3.main)
+"""
+
+
+def test_umount_fuse_leaves_other_fuse_file_systems_to_umount(tmp_path):
+    """The umount.fuse helper runs for every FUSE mount: one that is not pqcfs' is
+    unmounted as umount(8) would without it."""
+    import sys
+    mnt = tmp_path / "other-fuse"
+    mnt.mkdir()
+    daemon = subprocess.Popen([sys.executable, "-c", HELLO_FS, str(mnt)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout.readline().strip() == "ready"
+        proc = run("umount", str(mnt))
+        assert proc.returncode == 0, proc.stderr
+        assert not drives.is_mounted(str(mnt))
+        daemon.wait(timeout=30)
+    finally:
+        if drives.is_mounted(str(mnt)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        daemon.stdout.close()
 
 
 def test_an_fstab_line_mounts_and_unmounts(plain_vault, tmp_path):
