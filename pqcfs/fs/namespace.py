@@ -42,6 +42,7 @@ class NamespaceOps:
 
     def _prepare_name(self, dir_node: Node, p_name: bytes) -> str:
         self._check_writable()
+        self.check_room()
         self._touch(dir_node)
         if not dir_node.is_dir:
             raise FsError(errno.ENOTDIR)
@@ -179,6 +180,7 @@ class NamespaceOps:
 
     def unlink(self, dir_node: Node, p_name: bytes) -> None:
         self._check_writable()
+        self._room_tried = 0.0     # space is freed: a full drive's reserve may be whole again
         self._touch(dir_node)
         node = self.lookup(dir_node, p_name)
         if node.is_dir:
@@ -192,6 +194,7 @@ class NamespaceOps:
 
     def rmdir(self, dir_node: Node, p_name: bytes) -> None:
         self._check_writable()
+        self._room_tried = 0.0
         self._touch(dir_node)
         node = self.lookup(dir_node, p_name)
         if not node.is_dir:

@@ -280,6 +280,7 @@ class Operations(pyfuse3.Operations):
         if self.vfs.read_only:
             self.vfs.refuse_write()
         node = self._node(fh)
+        self.vfs.check_room()
         if off + len(buf) > node.handle.size:
             self.vfs.check_size(off + len(buf))
         written = node.handle.write(off, buf)

@@ -30,6 +30,7 @@ from pqcfs.store.atomic import write_atomic
 from pqcfs.store import changes as changes_mod
 from pqcfs.store import intent as intent_mod
 from pqcfs.store import seen
+from pqcfs.store import reserve
 from pqcfs.store.lock import VaultLock
 from pqcfs.store.replicas import ReplicaSet
 
@@ -115,6 +116,8 @@ class Session:
         """Before serving: bring stale replicas up to date, repair after a crash, and
         start a new session in every present replica's history."""
         plan, _ = mirror.plan(self.vault)
+        if not self.read_only:
+            self._fill_reserves()     # before a sync or a repair may need the room
         if self.read_only:
             # A read-only mount writes nothing, so it does not sync; it reads only the
             # replicas that are current.
@@ -334,6 +337,19 @@ class Session:
             self.audit.follow(healthy, self.drives)
         self.ops = Operations(vfs, audit_files=self.audit_files)
         return self.ops
+
+    def _fill_reserves(self) -> None:
+        """Each drive's reserve made whole before anything is written (store/reserve.py);
+        a drive too full for it is said, and writers get ENOSPC until space is freed."""
+        for location, drive in zip(self.vault.locations, self.vault.drives):
+            try:
+                if not reserve.fill(drive):
+                    log.warning("warning: %s is full: writes through the mount get 'no space' until you delete "
+                                "files in the vault (the vault's own records still fit)", location)
+            except (OSError, PqcfsError) as e:
+                drive.reserve_in_use = True
+                log.warning("warning: the reserve on %s could not be made (%s); writes through the mount get "
+                            "'no space' until it can", location, e)
 
     def _before_sync(self) -> None:
         # Both logs say what may have changed; they reach the drive before any data does.

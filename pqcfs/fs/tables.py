@@ -251,6 +251,7 @@ class TableOps:
         handle = self._handles.pop(dir_id, None)
         if handle is None:
             handle = self.replicas.open_file(self._table_path(dir_node))
+            handle.bookkeeping = True     # a table record may use a full drive's reserve
         self._handles[dir_id] = handle
         while len(self._handles) > OPEN_TABLES:
             _, old = self._handles.popitem(last=False)

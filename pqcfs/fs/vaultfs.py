@@ -11,12 +11,13 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from pqcfs.crypto import content as content_layout
 from pqcfs.crypto.keys import NodeKeys
-from pqcfs.errors import CryptoError, DamagedStructure
+from pqcfs.errors import CryptoError, DamagedStructure, NoSpace, PqcfsError
 from pqcfs.format import names, node_header, sealed_table
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.fs.common import Caller, FsError, full_c_name  # noqa: F401 - Caller, FsError are part of this API
@@ -27,7 +28,7 @@ from pqcfs.format.dir_table import Entry
 from pqcfs.fs.tables import FLAG_XATTRS, TableOps, now_ns
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.drive import UnsafeEntry
-from pqcfs.store import devices
+from pqcfs.store import devices, reserve
 from pqcfs.store.replicas import ReplicaSet, drive_failed
 from pqcfs.store.sync import copy_entry
 
@@ -55,6 +56,7 @@ class VaultFS(NamespaceOps, TableOps):
         self.read_only = read_only
         self.heal_events = 0
         self.refused_writes = 0               # changes asked of a read-only session
+        self._room_tried = 0.0                # check_room: the last try to make a reserve whole
         # Node ids of the directories live grants open (the owner's view): nothing moves
         # out of one with its key (namespace._check_lineage).
         self.grant_roots: set[bytes] = set()
@@ -158,6 +160,27 @@ class VaultFS(NamespaceOps, TableOps):
         """The backing entry of the name p_name in dir_node (for a hard-linked node, each
         of its names has its own stub entry; node.c_path names only one of them)."""
         return self._join(dir_node.c_path, names.on_disk_name(full_c_name(dir_node, p_name)))
+
+    def check_room(self) -> None:
+        """Writers through the mount never take a drive's reserve (store/reserve.py): once
+        a full drive gave it to the vault's own records, they get ENOSPC until space is
+        freed and the reserve is whole again (tried after each removal in the vault, else
+        at most four times a second)."""
+        short = [n for n in self.replicas.healthy if self.replicas.drives[n].reserve_in_use]
+        if not short:
+            return
+        now = time.monotonic()
+        if now - self._room_tried >= 0.25:
+            self._room_tried = now
+            for n in short:
+                try:
+                    reserve.fill(self.replicas.drives[n])
+                except (OSError, PqcfsError) as e:
+                    log.warning("the reserve of %s could not be made whole: %s", self.replicas.drives[n].location, e)
+            short = [n for n in short if self.replicas.drives[n].reserve_in_use]
+        if short:
+            raise NoSpace(f"{self.replicas.drives[short[0]].location} is full (its reserve holds the vault's own "
+                          "records); free some space in the vault")
 
     def refuse_write(self) -> None:
         """A change asked of a read-only session: refused here whatever the kernel let
@@ -571,6 +594,8 @@ class VaultFS(NamespaceOps, TableOps):
 
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
         self._check_writable(node)
+        if value is not None:
+            self.check_room()
         self.intent.note(DIRECTORY, os.path.dirname(self._xattr_path(node)))
         table = dict(self.xattrs(node))
         if value is None:

@@ -10,6 +10,7 @@ import logging
 import os
 
 from pqcfs.errors import PqcfsError
+from pqcfs.store import reserve
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import drive_failed
 
@@ -33,7 +34,7 @@ class ReplicatedAppendFile:
         healthy = self.healthy()
         for n in healthy:
             try:
-                fn(n)
+                reserve.retrying(self.drives[n], lambda: fn(n))
             except (OSError, PqcfsError) as e:
                 # The serving replica's failure is the caller's, unless its drive failed
                 # and another one carries on (the replica set drops it on its next write).

@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 
 from pqcfs.errors import DamagedStructure, NoSpace
+from pqcfs.store import reserve
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Drive:
     def __init__(self, location: str, host: bool = False):
         """host: a directory of this machine's own (store/atomic.py), not a replica."""
         self.location = location
+        self.reserve_in_use = False   # store/reserve.py: the drive's reserve was given back
         self.root_fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: OrderedDict[str, int] = OrderedDict()
         self._depth = 0
@@ -314,7 +316,11 @@ class Drive:
 
     @_operation
     def write_atomic(self, rel: str, data: bytes, sync: bool = True) -> None:
-        """Replace rel with data: temp file, fsync, rename, fsync of the directory."""
+        """Replace rel with data: temp file, fsync, rename, fsync of the directory. pqcfs'
+        own write: on a full drive the reserve is given back and the write done again."""
+        reserve.retrying(self, lambda: self._write_atomic(rel, data, sync))
+
+    def _write_atomic(self, rel: str, data: bytes, sync: bool) -> None:
         fd, name = self._at(rel)
         tmp = TEMP_PREFIX + os.urandom(6).hex()
         try:
@@ -345,7 +351,11 @@ class Drive:
     @_operation
     def copy_from(self, source: "Drive", rel: str, sync: bool = True) -> int:
         """Make rel here a copy of source's regular file rel (temp file and rename, so a
-        failure leaves the old copy whole); returns the bytes copied."""
+        failure leaves the old copy whole); returns the bytes copied. A heal or a sync is
+        pqcfs' own write: it may use the reserve."""
+        return reserve.retrying(self, lambda: self._copy_from(source, rel, sync))
+
+    def _copy_from(self, source: "Drive", rel: str, sync: bool) -> int:
         src_fd = source.open(rel)
         try:
             st = os.fstat(src_fd)

@@ -17,6 +17,7 @@ import os
 import weakref
 
 from pqcfs.errors import NoSpace
+from pqcfs.store import reserve
 from pqcfs.store.drive import TEMP_PREFIX, Drive, UnsafeEntry
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,9 @@ class MirroredFile:
     def __init__(self, replicas: ReplicaSet, fds: dict[int, int], rel: str = "", flags: int = os.O_RDONLY):
         self.replicas = replicas
         self.fds = fds
+        # pqcfs' own file (a directory table): on a full drive its writes may use the
+        # reserve; a user's file never does (store/reserve.py).
+        self.bookkeeping = False
         self.rel = rel          # inside the replica
         self.flags = flags
         replicas.open_files.add(self)
@@ -322,7 +326,10 @@ class MirroredFile:
         def run(n: int) -> None:
             fd = self.fds.get(n)
             if fd is not None:
-                fn(fd)
+                if self.bookkeeping:
+                    reserve.retrying(self.replicas.drives[n], lambda: fn(fd))
+                else:
+                    fn(fd)
         self.replicas.each(run)
 
     def pread(self, size: int, offset: int, replica: int | None = None) -> bytes:

@@ -1,0 +1,79 @@
+"""A full drive never strands the vault: the vault's own records (tables, replica state,
+logs) have a reserve on every drive that writers through the mount never take, so a change
+that was acknowledged is on the drives, `umount` leaves them clean, and the next mount
+works, full or not. Real CLI, loop-device drives, the drive filled from outside the vault
+(a user's own files beside it) down to its last 4 KiB."""
+
+import errno
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from pqcfs.store import reserve
+from tests.mounted import drives
+
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
+
+
+def fill_outside(location: str) -> list[str]:
+    """Files of the user's own beside the vault take every last block of the drive (root's
+    too: pqcfs runs as root, and root may use the blocks ext4 keeps for it)."""
+    big, small = os.path.join(location, "holiday-video.mkv"), os.path.join(location, "crumbs")
+    subprocess.run(["dd", "if=/dev/zero", f"of={big}", "bs=1M"], capture_output=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={small}", "bs=4k"], capture_output=True)
+    os.sync()
+    return [big, small]
+
+
+def replicas_clean(v) -> bool:
+    doc = json.loads(drives.pqcfs("status", v.primary, "--json", check=False).stdout)
+    return all(r["present"] and r["clean"] for r in doc["replicas"])
+
+
+def test_a_full_primary_keeps_every_acknowledged_change_and_unmounts_clean(tmp_path):
+    with drives.standin_vault(str(tmp_path), ("ext4", 48), ("ext4", 48)) as v:
+        v.mount()
+        try:
+            for n in range(30):
+                with open(os.path.join(v.mountpoint, f"small{n}"), "w") as f:
+                    f.write(f"note {n}")
+            assert os.path.getsize(os.path.join(v.primary, reserve.FILE_NAME)) >= reserve.LEAST
+            fillers = fill_outside(v.primary)
+            for n in range(30):        # each one a table record on a drive with 4 KiB left
+                os.chmod(os.path.join(v.mountpoint, f"small{n}"), 0o600)
+            # A writer gets "no space" and never takes the reserve.
+            with pytest.raises(OSError) as e:
+                with open(os.path.join(v.mountpoint, "big"), "wb") as f:
+                    f.write(os.urandom(1 << 20))
+                    f.flush()
+                    os.fsync(f.fileno())
+            assert e.value.errno == errno.ENOSPC
+        finally:
+            v.umount()
+        assert replicas_clean(v)
+
+        # Still full: the next mount works read-write, and every chmod is there.
+        mounted = v.mount()
+        try:
+            assert "full" in mounted.stderr
+            for n in range(30):
+                assert stat.S_IMODE(os.stat(os.path.join(v.mountpoint, f"small{n}")).st_mode) == 0o600
+            with pytest.raises(OSError) as e:
+                with open(os.path.join(v.mountpoint, "new"), "w") as f:
+                    f.write("x")
+            assert e.value.errno == errno.ENOSPC
+            # Space freed (the user's own file goes): writes work again.
+            for filler in fillers:
+                os.unlink(filler)
+            os.unlink(os.path.join(v.mountpoint, "small0"))
+            with open(os.path.join(v.mountpoint, "new"), "w") as f:
+                f.write("room again")
+        finally:
+            v.umount()
+        assert replicas_clean(v)
+        assert drives.pqcfs("fsck", v.primary, "--passfile", v.passfile, "--backup", v.backup,
+                            "--allow-fixed").returncode == 0
+        assert os.path.getsize(os.path.join(v.primary, reserve.FILE_NAME)) >= reserve.LEAST
