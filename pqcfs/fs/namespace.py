@@ -42,7 +42,7 @@ class NamespaceOps:
 
     def _prepare_name(self, dir_node: Node, p_name: bytes) -> str:
         self._check_writable()
-        self.check_room()
+        self.check_room_to_create()
         self._touch(dir_node)
         if not dir_node.is_dir:
             raise FsError(errno.ENOTDIR)

@@ -161,6 +161,20 @@ class VaultFS(NamespaceOps, TableOps):
         of its names has its own stub entry; node.c_path names only one of them)."""
         return self._join(dir_node.c_path, names.on_disk_name(full_c_name(dir_node, p_name)))
 
+    def check_room_to_create(self) -> None:
+        """A new name (file, directory, link, xattr) is written with pqcfs' own writes,
+        which may use a full drive's reserve: it is refused first unless the drives have
+        room beside the reserve."""
+        self.check_room()
+        for n in self.replicas.healthy:
+            drive = self.replicas.drives[n]
+            try:
+                st = drive.statvfs()
+            except OSError:
+                continue
+            if st.f_bavail * st.f_frsize < reserve.ROOM_TO_CREATE:
+                raise NoSpace(f"{drive.location} is full; free some space in the vault")
+
     def check_room(self) -> None:
         """Writers through the mount never take a drive's reserve (store/reserve.py): once
         a full drive gave it to the vault's own records, they get ENOSPC until space is
@@ -595,7 +609,7 @@ class VaultFS(NamespaceOps, TableOps):
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
         self._check_writable(node)
         if value is not None:
-            self.check_room()
+            self.check_room_to_create()
         self.intent.note(DIRECTORY, os.path.dirname(self._xattr_path(node)))
         table = dict(self.xattrs(node))
         if value is None:

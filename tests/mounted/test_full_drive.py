@@ -77,3 +77,36 @@ def test_a_full_primary_keeps_every_acknowledged_change_and_unmounts_clean(tmp_p
         assert drives.pqcfs("fsck", v.primary, "--passfile", v.passfile, "--backup", v.backup,
                             "--allow-fixed").returncode == 0
         assert os.path.getsize(os.path.join(v.primary, reserve.FILE_NAME)) >= reserve.LEAST
+
+
+def test_a_full_single_drive_vault_is_never_stuck(tmp_path):
+    """A vault made with --single has no other drive to lean on: the reserve alone keeps
+    its records, and once space is freed it is writable again."""
+    with drives.loop_drive(str(tmp_path), "only", "ext4", 40) as (location, _):
+        v = drives.Vault(str(tmp_path), location, None)
+        drives.pqcfs("init", location, "--single", "--passfile", v.passfile, "--allow-fixed")
+
+        def mount():
+            return drives.pqcfs("mount", location, v.mountpoint, "--passfile", v.passfile, "--allow-fixed")
+        mount()
+        try:
+            os.mkdir(os.path.join(v.mountpoint, "before"))
+            fillers = fill_outside(location)
+            with pytest.raises(OSError) as e:          # a new name never takes the reserve
+                os.mkdir(os.path.join(v.mountpoint, "after-full"))
+            assert e.value.errno == errno.ENOSPC
+            os.rename(os.path.join(v.mountpoint, "before"), os.path.join(v.mountpoint, "renamed"))
+            os.chmod(os.path.join(v.mountpoint, "renamed"), 0o700)
+        finally:
+            v.umount()
+        doc = json.loads(drives.pqcfs("status", location, "--json", check=False).stdout)
+        assert all(r["clean"] for r in doc["replicas"] if r["present"])
+        mount()
+        try:
+            for filler in fillers:
+                os.unlink(filler)
+            with open(os.path.join(v.mountpoint, "after"), "w") as f:
+                f.write("room again")
+            assert stat.S_IMODE(os.stat(os.path.join(v.mountpoint, "renamed")).st_mode) == 0o700
+        finally:
+            v.umount()
