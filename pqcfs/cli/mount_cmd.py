@@ -289,7 +289,9 @@ def run_umount(args) -> int:
         print(f"pqcfs: the daemon of {mount.mountpoint} had died; its dead mount is detached now "
               "(the next mount repairs the vault)", file=sys.stderr)
         return 0
-    pid = (mount.info or {}).get("pid")     # None: another user's own mount (root unmounts it)
+    # The daemon: named by its runtime file, else found among the processes (a mount made
+    # from another login session); None only when it can not be seen (another user's).
+    pid = (mount.info or {}).get("pid") or _daemon_of(mount.mountpoint)
     proc = subprocess.run(["fusermount3", "-u", *(["-z"] if args.lazy else []), mount.mountpoint],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -309,5 +311,59 @@ def run_umount(args) -> int:
     while pid and time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
     if pid and _alive(pid):
-        print(f"pqcfs: daemon {pid} is still finishing", file=sys.stderr)
+        raise MountError(f"{mount.mountpoint} is unmounted, but its daemon (pid {pid}) is still writing the drives "
+                         "out: wait until `pqcfs status VAULT` says clean before pulling them")
+    if pid is None:
+        print(f"pqcfs: {mount.mountpoint} is unmounted; its daemon is not visible to this user, so this command "
+              "could not wait for it: `pqcfs status VAULT` says when the drives are clean", file=sys.stderr)
+    _check_clean(mount)
     return 0
+
+
+def _check_clean(mount) -> None:
+    """umount means done: every replica the session wrote is marked clean, or this says
+    which is not and what follows (the daemon ended badly)."""
+    info = mount.info or {}
+    if info.get("read_only"):
+        return      # a read-only session writes no state: what the drives say is older than it
+    unclean = []
+    for location in info.get("replicas", []):
+        if location in info.get("failed", []):
+            continue
+        try:
+            if not vault_mod.read_state(location, None).clean:
+                unclean.append(location)
+        except (OSError, PqcfsError):
+            unclean.append(location)
+    if unclean:
+        raise PqcfsError(f"the daemon of {mount.mountpoint} ended without marking {', '.join(unclean)} clean (see "
+                         f"its log: {info.get('log') or 'the journal'}); nothing is lost: the next mount repairs the "
+                         "vault from its write-intent log")
+
+
+def _holds_fuse_device(pid: int) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse" for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def _daemon_of(mountpoint: str) -> int | None:
+    """The pid of the pqcfs daemon serving mountpoint, from the processes' command lines
+    (the daemon keeps the command line of the `pqcfs mount` it forked from)."""
+    wanted = session_mod.canonical_mountpoint(mountpoint)
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            args = proc.info["cmdline"] or []
+            if proc.info["pid"] == me or not any("pqcfs" in a for a in args[:3]):
+                continue
+            if not _holds_fuse_device(proc.info["pid"]):
+                continue
+            cwd = proc.info["cwd"] or "/"
+            if any(a and not a.startswith("-") and session_mod.canonical_mountpoint(os.path.join(cwd, a)) == wanted
+                   for a in args[1:]):
+                return proc.info["pid"]
+        except (psutil.Error, OSError, ValueError):
+            continue
+    return None

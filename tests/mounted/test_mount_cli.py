@@ -119,6 +119,13 @@ def test_a_live_mount_whose_runtime_file_is_elsewhere_is_not_called_dead(plain_v
         assert mine and mine[0]["health"] != "dead", seen.stdout
         with open(os.path.join(vault.mountpoint, "still-here"), "w") as f:
             f.write("alive")
+        # umount from that other session finds the daemon by its process and waits for it.
+        done = subprocess.run([sys.executable, "-m", "pqcfs", "umount", vault.mountpoint], capture_output=True,
+                              text=True, env=other, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        assert not drives.is_mounted(vault.mountpoint)
+        replicas = json.loads(drives.pqcfs("status", vault.primary, "--json", check=False).stdout)["replicas"]
+        assert all(r["clean"] for r in replicas), replicas
     finally:
         vault.umount()
     assert not drives.is_mounted(vault.mountpoint)
