@@ -66,15 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     return cli.main(args)
 
 
+def _umount_args(argv: list[str] | None, who: str):
+    """(mountpoint, -o values, flags) of an umount helper's command line, or an exit code."""
+    try:
+        (mountpoint,), values, flags = _parse(sys.argv[1:] if argv is None else argv, 1)
+    except MountOptionError as e:
+        print(f"{who}: {e}", file=sys.stderr)
+        return 2
+    return mountpoint, values, flags
+
+
 def umount_main(argv: list[str] | None = None) -> int:
     """umount.fuse.pqcfs: `pqcfs umount`, which returns once the drives are written out."""
     from pqcfs.cli import main as cli
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        (mountpoint,), _, flags = _parse(argv, 1)
-    except MountOptionError as e:
-        print(f"pqcfs: {e}", file=sys.stderr)
-        return 2
+    parsed = _umount_args(argv, "pqcfs")
+    if isinstance(parsed, int):
+        return parsed
+    mountpoint, _, flags = parsed
     return cli.main(["umount", mountpoint, *(["--lazy"] if "-l" in flags else [])])
 
 
@@ -105,12 +113,10 @@ def umount_fuse_main(argv: list[str] | None = None) -> int:
     is. A pqcfs mount goes to `pqcfs umount` (which returns once both drives are written
     out and marked clean); any other is unmounted exactly as umount(8) would have done
     without a helper (`umount -i`)."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        (mountpoint,), values, flags = _parse(argv, 1)
-    except MountOptionError as e:
-        print(f"umount.fuse: {e}", file=sys.stderr)
-        return 2
+    parsed = _umount_args(argv, "umount.fuse")
+    if isinstance(parsed, int):
+        return parsed
+    mountpoint, values, flags = parsed
     if _fstype(mountpoint) == "fuse.pqcfs":
         return umount_main(argv)
     words = ["umount", "-i", *sorted(flags - {"-i"}), *[w for k, v in values.items() for w in (k, v)], mountpoint]
