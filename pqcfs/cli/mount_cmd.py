@@ -334,7 +334,7 @@ def _check_clean(mount) -> None:
             if not vault_mod.read_state(location, None).clean:
                 unclean.append(location)
         except (OSError, PqcfsError):
-            unclean.append(location)
+            continue   # not for this user to read (a mount root made for them), or gone: not a verdict
     if unclean:
         raise PqcfsError(f"the daemon of {mount.mountpoint} ended without marking {', '.join(unclean)} clean (see "
                          f"its log: {info.get('log') or 'the journal'}); nothing is lost: the next mount repairs the "
