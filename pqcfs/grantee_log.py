@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from pqcfs import sharing
 from pqcfs import vault as vault_mod
@@ -19,6 +20,10 @@ from pqcfs.sharing import Opened
 
 log = logging.getLogger(__name__)
 AUDIT_PREFIX = "pqcfs.audit."
+LOG_CAP = 16 << 20        # a grantee's log: written by the grantee, refused unread above this
+EVENT_NAME = re.compile(r"[a-z0-9-]{1,40}")
+EVENT_CAP = 4096          # bytes of one grantee event copied into the owner's log
+OURS = {"event", "time", "grant", "grantee_seq", "grantee_time"}
 
 
 def audit_name(grant_id: bytes) -> str:
@@ -38,7 +43,7 @@ def record(drives: list, opened: Opened, vault_id: bytes, event: str, **details)
     for drive in drives:
         try:
             try:
-                data = drive.read(name, audit_log.MAX_FILE)
+                data = drive.read(name, LOG_CAP)
             except FileNotFoundError:
                 data = b""
             verdict = audit_log.verify(data, keys, vault_id, None)
@@ -59,7 +64,7 @@ def read_log(drive, opened_key: bytes, grant_id: bytes, vault_id: bytes):
     """(verdict, intact records, present) of a grantee log on a drive."""
     keys = audit_keys(opened_key, grant_id)
     try:
-        data = drive.read(audit_name(grant_id), audit_log.MAX_FILE)
+        data = drive.read(audit_name(grant_id), LOG_CAP)
     except FileNotFoundError:
         return audit_log.Verdict(0, True, None, "no grantee sessions"), [], False
     verdict = audit_log.verify(data, keys, vault_id, None)
@@ -71,7 +76,28 @@ def verify_log(drive, opened_key: bytes, grant_id: bytes, vault_id: bytes) -> tu
     """The owner's check of a grantee log (its subtree key derived from the tree)."""
     keys = audit_keys(opened_key, grant_id)
     verdict, records, _ = read_log(drive, opened_key, grant_id, vault_id)
-    return verdict, [audit_log.decrypt(keys, vault_id, r) for r in records if r.kind == 0]
+    return verdict, [event_of(keys, vault_id, r) for r in records if r.kind == 0]
+
+
+def event_of(keys: audit_log.AuditKeys, vault_id: bytes, record: audit_log.Record) -> dict:
+    """A grantee's event as the owner may use it: its author holds the key, so its MAC
+    proves only that a key holder wrote it. A body that is not a JSON object, an event name
+    outside [a-z0-9-], keys the owner's record uses itself and anything above 4 KiB are not
+    taken as they are."""
+    try:
+        event = audit_log.decrypt(keys, vault_id, record)
+        raw = json.dumps(event, sort_keys=True)
+    except (ValueError, TypeError, PqcfsError):
+        return {"event": "unreadable"}
+    if not isinstance(event, dict):
+        return {"event": "unreadable"}
+    name = event.get("event")
+    name = name if isinstance(name, str) and EVENT_NAME.fullmatch(name) else "unnamed"
+    if len(raw) > EVENT_CAP:
+        return {"event": name, "time": event.get("time") if isinstance(event.get("time"), str) else None,
+                "truncated_bytes": len(raw)}
+    return {**{k: v for k, v in event.items() if isinstance(k, str) and k not in OURS},
+            "event": name, "time": event.get("time") if isinstance(event.get("time"), str) else None}
 
 
 ADOPT_LIMIT = 1000     # grantee events copied into the owner's log per grant and unlock
@@ -105,7 +131,14 @@ def adopt_logs(vault, append=None) -> list[dict]:
             if node is None:
                 continue
             keys = audit_keys(node.keys.key, bytes.fromhex(gid))
-            verdict, records, present = read_log(drive, node.keys.key, bytes.fromhex(gid), vault.header.vault_id)
+            try:
+                _, records, present = read_log(drive, node.keys.key, bytes.fromhex(gid), vault.header.vault_id)
+            except (OSError, PqcfsError) as e:
+                # Too big, planted as a link, unreadable: said and recorded, the head kept.
+                problem = {"grant": gid, "replica": state.replica_id, "reason": f"unreadable ({e})"}
+                problems.append(problem)
+                append("grantee-log-unreadable", **problem)
+                continue
             seen, start = heads.get(gid), 0
             if seen is not None:
                 if len(records) > seen["seq"] and records[seen["seq"]].mac.hex() == seen["mac"]:
@@ -120,23 +153,26 @@ def adopt_logs(vault, append=None) -> list[dict]:
                     log.warning("the log of grant %s on %s was %s: %d record(s) seen before, %d now", gid, location,
                                 why, seen["seq"] + 1, len(records))
             # Each replica holds its own copy of the log (sealed apart, so the bytes differ):
-            # an event is copied once, whichever replica has it.
-            fresh = []
+            # an event is copied once, whichever replica has it; at most ADOPT_LIMIT are
+            # opened per grant and unlock, the rest only counted.
+            adopted = skipped = 0
             for r in records[start:]:
                 if r.kind != 0:
                     continue
-                event = audit_log.decrypt(keys, vault.header.vault_id, r)
+                if adopted >= ADOPT_LIMIT:
+                    skipped += 1
+                    continue
+                event = event_of(keys, vault.header.vault_id, r)
                 same = (gid, r.seq, json.dumps(event, sort_keys=True))
-                if same not in copied:
-                    copied.add(same)
-                    fresh.append((r, event))
-            for r, event in fresh[:ADOPT_LIMIT]:
-                name = str(event.pop("event", "?"))
-                event.pop("grant", None)
-                append(name if name.startswith("grantee-") else "grantee-" + name, grant=gid, grantee_seq=r.seq, grantee_time=event.pop("time", None),
-                       **event)
-            if len(fresh) > ADOPT_LIMIT:
-                append("grantee-events-skipped", grant=gid, skipped=len(fresh) - ADOPT_LIMIT)
+                if same in copied:
+                    continue
+                copied.add(same)
+                adopted += 1
+                name, when = event.pop("event"), event.pop("time", None)
+                append(name if name.startswith("grantee-") else "grantee-" + name, grant=gid, grantee_seq=r.seq,
+                       grantee_time=when, **event)
+            if skipped:
+                append("grantee-events-skipped", grant=gid, skipped=skipped)
             if records:
                 heads[gid] = {"seq": len(records) - 1, "mac": records[-1].mac.hex()}
             else:

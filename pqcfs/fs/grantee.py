@@ -224,7 +224,7 @@ def recover(drives: list, subtree_key: bytes, grant_id: bytes, c_path: str, bloc
     problem = None
     for drive in drives:
         try:
-            found, _live = intent_mod.read_strict(drive, key, name, INTENT_CAP)
+            found = intent_mod.read_strict(drive, key, name, INTENT_CAP)
         except FileNotFoundError:
             continue
         except (intent_mod.Untrusted, OSError, PqcfsError) as e:

@@ -123,20 +123,18 @@ class Untrusted(Exception):
     """A log that can not be acted on (the message says why)."""
 
 
-def read_strict(drive: Drive, key: bytes, name: str, cap: int) -> tuple[set[tuple[str, str]], bool]:
-    """A log written by a less trusted party (a grantee): (records, live) when every line
-    authenticates and the log starts with its session line; live says the log was written
-    under the drive's present page cache. Untrusted when it is too big (checked before
-    reading), empty, or has any line that does not authenticate: such a log is reported
-    and set aside by the caller, never acted on."""
+def read_strict(drive: Drive, key: bytes, name: str, cap: int) -> set[tuple[str, str]]:
+    """A log written by a less trusted party (a grantee): its records, when every line
+    authenticates and the log starts with its session line. Untrusted when it is too big
+    (checked before reading), empty, or has any line that does not authenticate: such a
+    log is reported and set aside by the caller, never acted on."""
     data = drive.read(name, cap)
-    found, live, first = set(), False, True
-    identity = devices.mount_identity(drive.root_fd, drive.location)
+    found, first = set(), True
     for kind, rel, authentic in _lines(data, key):
         if not authentic:
             raise Untrusted("a line fails authentication")
         if kind == BOOT:
-            live |= bool(identity) and rel == identity
+            pass
         elif first:
             raise Untrusted("it does not start with its session line")
         elif kind in (FILE, DIRECTORY) and ".." not in rel.split("/"):
@@ -146,7 +144,7 @@ def read_strict(drive: Drive, key: bytes, name: str, cap: int) -> tuple[set[tupl
         first = False
     if first:
         raise Untrusted("it is empty")
-    return found, live
+    return found
 
 
 def read(drives: list[Drive], key: bytes, name: str = FILE_NAME) -> set[tuple[str, str]] | None:

@@ -81,8 +81,6 @@ def fill(drive) -> bool:
 
 def release(drive) -> bool:
     """Give the reserve back to a full drive (True when there was any to give)."""
-    if drive.reserve_in_use and not drive.exists(FILE_NAME):
-        return False
     try:
         fd = drive.open(FILE_NAME, os.O_WRONLY)
     except FileNotFoundError:

@@ -372,3 +372,31 @@ def test_revoke_reaches_a_directory_that_left_under_an_older_pqcfs(tmp_path):
         left = os.path.join(v.primary, "tree", owner_c_path(v, "/projects/other/left"))
         assert opens_any(bob_keys, left) == []
         assert "lineage-rekeyed" in audit_events(v)
+
+
+def test_hostile_events_in_a_grantee_log_never_break_the_owners_unlock(tmp_path):
+    """The grantee holds their log's key: events that are not JSON objects, that reuse the
+    owner record's own keys, that carry odd names or are huge are copied tamed (or as
+    'unreadable'), and the owner's mount and audit verify go on."""
+    from pqcfs import grantee_log
+    work = str(tmp_path)
+    with populated_vault(tmp_path) as v:
+        grant_id, bob, bob_pass = share(v, work)
+        keys = grantee_log.audit_keys(subtree_key(v, grant_id, bob, bob_pass), bytes.fromhex(grant_id))
+        vault_id = vault_mod.read_header(v.primary)[0].vault_id
+        hostile = [["not", "an", "object"], {"event": "Evil Name!\nX", "grantee_seq": 7, "grant": "x", "time": 3},
+                   {"event": "big", "blob": "x" * 100_000}]
+        data, prev = b"", audit_log.ZERO
+        for seq, payload in enumerate(hostile):
+            record = audit_log.encode_event(keys, vault_id, seq, prev, payload)
+            data, prev = data + record, record[-audit_log.MAC_LEN:]
+        for location in (v.primary, v.backup):
+            with open(os.path.join(location, grantee_log.audit_name(bytes.fromhex(grant_id))), "wb") as f:
+                f.write(data)
+        v.mount()
+        v.umount()
+        mine = [r for r in json.loads(owner(v, "audit", "show", "--json").stdout)["records"]
+                if r.get("grant") == grant_id and r["event"] != "share"]
+        assert [r["event"] for r in mine] == ["grantee-unreadable", "grantee-unnamed", "grantee-big"]
+        assert mine[1]["grantee_seq"] == 1 and "blob" not in mine[2]
+        assert owner(v, "audit", "verify", check=False).returncode == 0
