@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import stat
 from collections import deque
 
 from pqcfs.errors import PqcfsError
@@ -36,7 +37,7 @@ def _dirs(vfs, top, skip: set[bytes]) -> list:
             continue
         out.append(node)
         for p_name, entry in list(vfs._table(node).by_name.items()):
-            if entry.mode & 0o170000 == 0o040000:
+            if stat.S_ISDIR(entry.mode):
                 try:
                     queue.append(vfs.lookup(node, p_name))
                 except (FsError, PqcfsError, OSError) as e:
