@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from pqcfs import vault as vault_mod
 from pqcfs.crypto.content import BlockCorrupt
-from pqcfs.errors import PqcfsError
-from pqcfs.format import dir_table
+from pqcfs.errors import CryptoError, PqcfsError
+from pqcfs.format import dir_table, names
 from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
 from pqcfs.store import seen
@@ -28,6 +28,8 @@ class Problem:
     repaired: bool = False
     keys: object = field(default=None, repr=False)
     kind: str = "damage"   # "names" (a directory's entries), "odd" (not a file or directory)
+    strays: list[str] = field(default_factory=list, repr=False)   # disk names no table holds
+    rebuild: object = field(default=None, repr=False)   # the last way out, when no replica has a good copy
 
 
 @dataclass
@@ -80,8 +82,8 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
                                                "socket or device planted on the drive)", kind="odd"))
         named = [n for n, kind in on_disk if is_entry(n) and kind != "other"]
         if fs.tables:
-            for what in fs.table_problems(node):
-                report.problems.append(Problem(location, node.c_path or ".", what, kind="names"))
+            for what, strays in fs.table_problems(node):
+                report.problems.append(Problem(location, node.c_path or ".", what, kind="names", strays=strays))
         elif len(entries) != len(named):
             report.problems.append(Problem(location, node.c_path or ".",
                                            f"{len(named) - len(entries)} entry name(s) failed authentication",
@@ -112,7 +114,11 @@ def _check_file(fs: VaultFS, child, location: str, report: Report, progress) -> 
     try:
         content = fs.open(child, False)
     except (PqcfsError, OSError) as e:
-        report.problems.append(Problem(location, child.data_path, f"contents: {e}"))
+        problem = Problem(location, child.data_path, f"contents: {e}")
+        if fs.tables and isinstance(e, CryptoError) and child.entry is not None:
+            # The last way out when no replica has a good header: its table record.
+            problem.rebuild = lambda: fs.rebuild_file_header(child, 0)
+        report.problems.append(problem)
         return
     try:
         for offset in range(0, content.size, READ_CHUNK):
@@ -217,5 +223,20 @@ def _repair(vault: vault_mod.UnlockedVault, report: Report) -> None:
                 continue
             problem.repaired = True
             break
+        if not problem.repaired and problem.rebuild is not None:
+            try:
+                problem.rebuild()
+                problem.repaired = True
+            except (PqcfsError, OSError):
+                pass
+        if not problem.repaired and problem.strays:
+            # No other replica to compare with: the authenticated table decides, and what it
+            # does not hold (a session's unfinished create, a planted file) is set aside.
+            for disk_name in problem.strays:
+                rel = f"{path}/{disk_name}" if path else disk_name
+                damaged.quarantine(rel, "an entry its directory table does not hold (fsck)")
+                if names.is_long(disk_name) and damaged.kind(rel + names.LONG_SUFFIX) == "file":
+                    damaged.quarantine(rel + names.LONG_SUFFIX, "its entry's long name (fsck)")
+            problem.repaired = True
         if problem.kind == "odd":
             problem.repaired = True   # moved out of the tree; a good copy, if any, was put back

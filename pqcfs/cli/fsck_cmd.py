@@ -5,6 +5,7 @@ from __future__ import annotations
 from pqcfs import fsck, mirror
 from pqcfs.cli import exitcodes, options
 from pqcfs.cli.progress import Progress
+from pqcfs.fs import session as session_mod
 
 
 def add_parser(sub) -> None:
@@ -17,9 +18,28 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _settle(args, vault) -> None:
+    """What a mount would do first: a session that ended uncleanly (a crash, a pulled
+    drive) is recovered and a stale replica brought up to date, so that the check below
+    judges the vault as the next mount will see it, not a half-written session."""
+    plan, _ = mirror.plan(vault)
+    if not (plan.unclean or plan.stale):
+        return
+    log = args.audit_log
+    args.audit_log = None     # the session owns the audit log while it runs
+    session = session_mod.OfflineSession(vault, "fsck-repair")
+    try:
+        session.start(Progress)
+        session.end()       # only after a start that went through: an end says "clean"
+    finally:
+        args.audit_log = log
+
+
 def run(args) -> int:
     # Takes the vault lock (fsck never races a mount); a damaged header copy heals only with --repair.
     vault = options.unlock(args, require_all=False, heal=args.repair)
+    if args.repair:
+        _settle(args, vault)
     total = sum(mirror.totals(vault, loc)[0] for loc in vault.locations)
     progress = Progress("fsck", total)
     report = fsck.run(vault, repair=args.repair, progress=progress)

@@ -15,7 +15,7 @@ from pqcfs.audit.writer import AuditLog
 from pqcfs.errors import DamagedStructure, DriveError, MountError, PqcfsError, WrongKey
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
-from pqcfs import grantee_log
+from pqcfs import grantee_log, state_heal
 from pqcfs.store.lock import VaultLock
 from pqcfs.vault import Credentials
 
@@ -163,6 +163,24 @@ def _heal_headers(vault, heal: bool) -> list[tuple[str, str]]:
     return healed
 
 
+def _heal_states(vault, heal: bool) -> list[tuple[str, str, str]]:
+    """A replica state that fails authentication: rebuilt from the drive's own audit log
+    when the command may write, else the command stops, naming the drive and the fix."""
+    damaged = state_heal.damaged(vault)
+    if not damaged:
+        return []
+    if not heal:
+        location, why = damaged[0]
+        raise DamagedStructure(f"{location}: {why}. `pqcfs fsck VAULT --repair` (or a mount) rebuilds it from that "
+                               "drive's audit log")
+    rebuilt = state_heal.heal(vault, damaged)
+    for location, why, relation in rebuilt:
+        print(f"pqcfs: the replica state on {location} was damaged ({why}); rebuilt from that drive's audit log: "
+              f"{state_heal.NEXT[relation]} (the damaged file is kept in pqcfs.quarantine/ on that drive)",
+              file=sys.stderr)
+    return rebuilt
+
+
 def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None = None) -> vault_mod.UnlockedVault:
     """Unlock, and record it: in the vault's audit log on success (adopting events the
     host logged before), in the host-side log when it fails before the key is known.
@@ -201,6 +219,7 @@ def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None
     vault.extra["lock"] = lock
     healed = _heal_headers(vault, audit if heal is None else heal)
     vault.extra["headers_healed"] = healed
+    states_rebuilt = _heal_states(vault, audit if heal is None else heal)
     if audit:
         mirror.newest_first(vault)
     else:
@@ -221,6 +240,8 @@ def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None
             print(f"pqcfs: warning: the grantees' logs could not be read ({e})", file=sys.stderr)
         for location, why in healed:
             log.append("header-healed", replica=location, reason=why)
+        for location, why, relation in states_rebuilt:
+            log.append("replica-state-rebuilt", replica=location, reason=why, relation=relation)
         slot = next(s for s in vault.header.slots if s["id"] == vault.slot_id)
         log.append("unlock", command=args.command, slot=vault.slot_id, slot_type=slot["type"],
                    replicas=len(locations))

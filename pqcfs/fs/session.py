@@ -252,7 +252,8 @@ class Session:
                               if r.get("path_hint") == os.path.realpath(location)), location)
         state = vault_mod.read_state(serving, self.vault.root_key)
         since = state.head
-        state.begin_session(f"{self.session_id}-degraded-{os.urandom(4).hex()}", [failed_id])
+        went_on_as = f"{self.session_id}-degraded-{os.urandom(4).hex()}"
+        state.begin_session(went_on_as, [failed_id])
         vault_mod.write_state(serving, state, self.vault.root_key)
         if self.changes is not None:
             # From here on, list what the failed one misses; and what this session changed
@@ -261,7 +262,9 @@ class Session:
             self.changes.start(since, None, earlier)
         self.missing = sorted(set(self.missing) | {failed_id})
         self.failed_ids[n] = failed_id
-        self.event("degraded", replica=failed_id, error=str(error), at="while mounted")
+        # The id the serving drive's history goes on under: what rebuilds that history
+        # from its audit log if its state file is ever damaged (state_heal).
+        self.event("degraded", replica=failed_id, error=str(error), at="while mounted", lineage=went_on_as)
         self.write_runtime()
         log.warning("%s at %s failed (%s): degraded, going on with %s", "primary" if n == 0 else "backup",
                     location, error, serving.location)

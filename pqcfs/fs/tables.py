@@ -157,25 +157,26 @@ class TableOps:
             self.on_event("integrity-failure", operation="directory table", c_path=dir_node.c_path or ".",
                           error=what)
 
-    def table_problems(self, dir_node: Node) -> list[str]:
+    def table_problems(self, dir_node: Node) -> list[tuple[str, list[str]]]:
         """For fsck: how a directory differs from its table, and whether its id file
-        still belongs to it."""
+        still belongs to it; each with the disk names on the drive its table does not hold."""
         table = self._table(dir_node)
         on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
         out = []
         if table.entries.keys() - on_disk:
-            out.append(f"{len(table.entries.keys() - on_disk)} entr(ies) of the directory table are gone "
-                       "from the drive (removed or rolled back)")
-        if on_disk - table.entries.keys():
-            out.append(f"{len(on_disk - table.entries.keys())} entr(ies) on the drive are not in the "
-                       "directory table (added or rolled back)")
+            out.append((f"{len(table.entries.keys() - on_disk)} entr(ies) of the directory table are gone "
+                        "from the drive (removed or rolled back)", []))
+        strays = sorted(on_disk - table.entries.keys())
+        if strays:
+            out.append((f"{len(strays)} entr(ies) on the drive are not in the directory table (added or rolled "
+                        "back)", strays))
         try:
             header = self.replicas.read_file(self._join(dir_node.c_path, names.DIR_ID_NAME), cap=HEADER_LEN)
             if node_header.parse_prefix(header, MAGIC_DIR) != dir_node.keys.node_id:
                 raise DamagedStructure("it belongs to another directory")
             node_header.open_meta(dir_node.keys.meta_key, header)
         except DAMAGE as e:
-            out.append(f"directory id file: {e}")
+            out.append((f"directory id file: {e}", []))
         return out
 
     def _heal_entry_on(self, dir_node: Node, disk_name: str):
@@ -426,6 +427,7 @@ class TableOps:
         if e is None:
             return
         rel, first, error, primary_error = node.data_path, self.replicas.first, None, None
+        unsealed = []     # replicas whose header is there but its metadata fails authentication
         for replica in self.replicas.healthy:
             try:
                 header, meta, size = self._file_matches(node, rel, replica)
@@ -434,6 +436,8 @@ class TableOps:
                     self.replicas.survives(first, err)
                 if replica == first:
                     primary_error = err
+                if isinstance(err, CryptoError):
+                    unsealed.append(replica)
                 error = error or err
                 continue
             if primary_error is not None and replica != first and first not in self.replicas.failed \
@@ -448,7 +452,23 @@ class TableOps:
                 e.counter, node.size, e.size = meta.counter, size, size
                 node.dirty = True
             return
+        if unsealed and unsealed == list(self.replicas.healthy) and not self.read_only:
+            for replica in unsealed:
+                self.rebuild_file_header(node, replica)
+            self._heal_event("file header (rebuilt from its directory table)", rel, first)
+            return
         raise error
+
+    def rebuild_file_header(self, node: Node, replica: int) -> None:
+        """A header whose metadata fails authentication with no good copy on any replica:
+        written again from the directory table's record, which holds all a header holds
+        (node id, metadata, write counter) and authenticates on its own; the content
+        blocks are keyed by the node, not by the header, and are checked as ever."""
+        e = node.entry
+        if e is None or e.flags & dir_table.FLAG_SHARED:
+            raise DamagedStructure("a file header fails authentication and no table record can rebuild it")
+        header = node_header.build(MAGIC_FILE, e.node_id, node.keys.meta_key, meta_of(e))
+        self.replicas.write_one(replica, node.data_path, header)
 
     # --- building nodes from tables ---------------------------------------------------
 
