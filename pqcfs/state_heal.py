@@ -31,13 +31,13 @@ def damaged(vault: vault_mod.UnlockedVault) -> list[tuple[str, str]]:
         try:
             state = vault_mod.read_state(vault.drive(location), vault.root_key)
         except FileNotFoundError:
-            out.append((location, "its replica state (pqcfs.state) is missing"))
+            out.append((location, f"{rs.FILE_NAME} is missing"))
             continue
         except (OSError, PqcfsError) as e:
-            out.append((location, f"its replica state (pqcfs.state): {e}"))
+            out.append((location, f"{rs.FILE_NAME}: {e}"))
             continue
         if state.vault_id != vault.header.vault_id.hex():
-            out.append((location, "its replica state names another vault"))
+            out.append((location, f"{rs.FILE_NAME} names another vault"))
     return out
 
 
