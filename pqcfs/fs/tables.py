@@ -26,7 +26,6 @@ from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LI
 from pqcfs.fs.common import FsError
 from pqcfs.fs.inodes import Node, shared_path
 from pqcfs.store.intent import DIRECTORY
-from pqcfs.store.replicas import drive_failed
 from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
@@ -83,20 +82,16 @@ class TableOps:
 
     def _load_table(self, dir_node: Node) -> DirTable:
         path, flux = self._table_path(dir_node), self._flux(dir_node.c_path)
-        first, error, table = self.replicas.first, None, None
-        for replica in self.replicas.healthy:
-            try:
-                table = self._read_dir_table(path, replica, dir_node, flux)
-            except DAMAGE as e:
-                if replica == first and drive_failed(e):
-                    self.replicas.survives(first, e)
-                # The message only: a traceback would keep the frames, and what they read, alive.
-                error = error or str(e)
-                continue
-            if replica != first and first not in self.replicas.failed and not self.read_only:
-                self.replicas.copy_one(replica, first, path)
-                self._heal_event("directory table", path, replica)
-            break
+        def heal(first: int, source: int, table: DirTable, why: Exception) -> None:
+            self.replicas.copy_one(source, first, path)
+            self._heal_event("directory table", path, source)
+        table, error = None, ""
+        try:
+            table, _, _ = self.replicas.first_good(lambda n: self._read_dir_table(path, n, dir_node, flux),
+                                                   None if self.read_only else heal, DAMAGE)
+        except DAMAGE as e:
+            # The message only: a traceback would keep the frames, and what they read, alive.
+            error = str(e)
         if table is None:
             if not flux:
                 raise DamagedStructure(f"a directory table fails on every replica ({error})")
@@ -426,38 +421,35 @@ class TableOps:
         e = node.entry
         if e is None:
             return
-        rel, first, error, primary_error = node.data_path, self.replicas.first, None, None
+        rel = node.data_path
         unsealed = []     # replicas whose header is there but its metadata fails authentication
-        for replica in self.replicas.healthy:
+
+        def read(replica: int) -> tuple[bytes, Meta, int]:
             try:
-                header, meta, size = self._file_matches(node, rel, replica)
-            except DAMAGE as err:
-                if replica == first and drive_failed(err):
-                    self.replicas.survives(first, err)
-                if replica == first:
-                    primary_error = err
-                if isinstance(err, CryptoError):
-                    unsealed.append(replica)
-                error = error or err
-                continue
-            if primary_error is not None and replica != first and first not in self.replicas.failed \
-                    and not self.read_only:
-                if isinstance(primary_error, CryptoError):
-                    self.replicas.write_one(first, rel, header)
-                else:
-                    self.replicas.drive(first).quarantine(self.replicas.rel(rel), str(primary_error))
-                    self.replicas.copy_one(replica, first, rel)
-                self._heal_event("file header", rel, replica)
-            if meta.counter > e.counter:   # written after the table last was (a crash in between)
-                e.counter, node.size, e.size = meta.counter, size, size
-                node.dirty = True
-            return
-        if unsealed and unsealed == list(self.replicas.healthy) and not self.read_only:
+                return self._file_matches(node, rel, replica)
+            except CryptoError:
+                unsealed.append(replica)
+                raise
+
+        def heal(first: int, source: int, found: tuple, why: Exception) -> None:
+            if isinstance(why, CryptoError):
+                self.replicas.write_one(first, rel, found[0])
+            else:
+                self.replicas.drive(first).quarantine(self.replicas.rel(rel), str(why))
+                self.replicas.copy_one(source, first, rel)
+            self._heal_event("file header", rel, source)
+        try:
+            (_, meta, size), _, _ = self.replicas.first_good(read, None if self.read_only else heal, DAMAGE)
+        except DAMAGE:
+            if not (unsealed and unsealed == self.replicas.healthy and not self.read_only):
+                raise
             for replica in unsealed:
                 self.rebuild_file_header(node, replica)
-            self._heal_event("file header (rebuilt from its directory table)", rel, first)
+            self._heal_event("file header (rebuilt from its directory table)", rel, self.replicas.first)
             return
-        raise error
+        if meta.counter > e.counter:   # written after the table last was (a crash in between)
+            e.counter, node.size, e.size = meta.counter, size, size
+            node.dirty = True
 
     def rebuild_file_header(self, node: Node, replica: int) -> None:
         """A header whose metadata fails authentication with no good copy on any replica:

@@ -29,7 +29,7 @@ from pqcfs.fs.tables import FLAG_XATTRS, TableOps, now_ns
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.drive import UnsafeEntry
 from pqcfs.store import devices, reserve
-from pqcfs.store.replicas import ReplicaSet, drive_failed
+from pqcfs.store.replicas import ReplicaSet
 from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
@@ -119,22 +119,19 @@ class VaultFS(NamespaceOps, TableOps):
     def _root_meta(self, root_keys: NodeKeys) -> Meta:
         """The root directory's metadata; a root id file that fails on the primary heals
         from a replica where it authenticates, like every other header."""
-        error: Exception | None = None
-        first = self.replicas.first
-        for replica in self.replicas.healthy:
-            try:
-                data = self.replicas.read_file(names.DIR_ID_NAME, replica=replica, cap=HEADER_LEN)
-                if node_header.parse_prefix(data, MAGIC_DIR) != root_keys.node_id:
-                    raise DamagedStructure("the root directory id file belongs to another directory")
-                meta = node_header.open_meta(root_keys.meta_key, data)
-            except DAMAGE as e:
-                error = error or e
-                continue
-            if replica != first and not self.read_only:
-                self.replicas.copy_one(replica, first, names.DIR_ID_NAME)
-                self._heal_event("root directory id", names.DIR_ID_NAME, replica)
-            return meta
-        raise DamagedStructure(f"the root directory fails authentication on every replica ({error})")
+        def read(replica: int) -> Meta:
+            data = self.replicas.read_file(names.DIR_ID_NAME, replica=replica, cap=HEADER_LEN)
+            if node_header.parse_prefix(data, MAGIC_DIR) != root_keys.node_id:
+                raise DamagedStructure("the root directory id file belongs to another directory")
+            return node_header.open_meta(root_keys.meta_key, data)
+
+        def heal(first: int, source: int, meta: Meta, why: Exception) -> None:
+            self.replicas.copy_one(source, first, names.DIR_ID_NAME)
+            self._heal_event("root directory id", names.DIR_ID_NAME, source)
+        try:
+            return self.replicas.first_good(read, None if self.read_only else heal, DAMAGE)[0]
+        except DAMAGE as e:
+            raise DamagedStructure(f"the root directory fails authentication on every replica ({e})") from None
 
     def _heal_event(self, what: str, c_path: str, source: int) -> None:
         self.heal_events += 1
@@ -307,31 +304,20 @@ class VaultFS(NamespaceOps, TableOps):
     def _read_header(self, dir_node: Node, rel: str, magic) -> tuple[bytes, bytes, NodeKeys, Meta]:
         """Header, node id, keys and metadata of a node; a header that fails on the primary
         is read from another replica and the primary's copy repaired (self-healing)."""
-        error: Exception | None = None
-        first = self.replicas.first
-        for replica in self.replicas.healthy:
+        def read(replica: int) -> tuple[bytes, bytes, NodeKeys, Meta]:
+            header = self.replicas.read_file(rel, HEADER_LEN, replica)
+            node_id = node_header.parse_prefix(header, magic)
+            keys = self._child_keys(dir_node, node_id)
+            meta = node_header.open_meta(keys.meta_key, header)
+            return header, node_id, keys, (Meta(0, 0, 0) if header[:4] == MAGIC_LINK else meta)
+
+        def heal(first: int, source: int, found: tuple, why: Exception) -> None:
             try:
-                header = self.replicas.read_file(rel, HEADER_LEN, replica)
-                node_id = node_header.parse_prefix(header, magic)
-                keys = self._child_keys(dir_node, node_id)
-                if header[:4] == MAGIC_LINK:
-                    meta = Meta(0, 0, 0)
-                    node_header.open_meta(keys.meta_key, header)
-                else:
-                    meta = node_header.open_meta(keys.meta_key, header)
-            except DAMAGE as e:
-                if replica == first and drive_failed(e):
-                    self.replicas.survives(first, e)   # the serving drive is gone: the next serves
-                error = error or e
-                continue
-            if replica != first and first not in self.replicas.failed and not self.read_only:
-                try:
-                    self.replicas.write_one(first, rel, header)
-                    self._heal_event("node header", rel, replica)
-                except FileNotFoundError:
-                    pass   # the primary lacks the entry: the listing heals it
-            return header, node_id, keys, meta
-        raise error
+                self.replicas.write_one(first, rel, found[0])
+                self._heal_event("node header", rel, source)
+            except FileNotFoundError:
+                pass   # the primary lacks the entry: the listing heals it
+        return self.replicas.first_good(read, None if self.read_only else heal, DAMAGE)[0]
 
     def listdir(self, dir_node: Node) -> list[tuple[bytes, str]]:
         """(p_name, disk_name) of every entry, in a stable order. Entries whose names fail

@@ -189,6 +189,37 @@ class ReplicaSet:
             self.before_sync()
         self.each(lambda n: self.drives[n].write_atomic(full, data, sync))
 
+    def first_good(self, read, heal=None, errors: tuple = (OSError,)):
+        """The one healing policy for every structure that has a copy on each replica.
+
+        read(n) returns replica n's copy, having authenticated it (and checked it is not
+        older than what refers to it); a copy that fails raises one of `errors`. The
+        serving replica is read first, then the others in order, and the first copy that
+        passes is the answer. When it came from another replica, heal(serving, source,
+        value, why) rewrites the serving replica's bad copy from it (keeping the bad one
+        when it is more than a header: a caller's choice, never a deletion of the only
+        copy); it is not called when the serving drive itself has failed (it is dropped,
+        and the next replica serves). Returns (value, source, the serving copy's error
+        or None); raises the first error when no copy passes."""
+        first, error, first_error = self.first, None, None
+        for replica in self.healthy:
+            try:
+                value = read(replica)
+            except errors as e:
+                # Kept without its traceback: the frames would keep what the read held (a
+                # drive's junk may be large) alive past this call.
+                e = e.with_traceback(None)
+                if replica == first:
+                    first_error = e
+                    if drive_failed(e):
+                        self.survives(first, e)   # the serving drive is gone: the next serves
+                error = error or e
+                continue
+            if first_error is not None and heal is not None and first not in self.failed:
+                heal(first, replica, value, first_error)
+            return value, replica, first_error
+        raise error if error is not None else OSError(errno.EIO, "every replica has failed")
+
     def write_one(self, replica: int, rel: str, data: bytes, offset: int = 0) -> None:
         fd = self.drives[replica].open(self.rel(rel), os.O_WRONLY)
         try:
