@@ -25,6 +25,11 @@ class DamagedStructure(PqcfsError):
     """A persisted structure is malformed or fails its checksum."""
 
 
+class NoGoodTable(DamagedStructure):
+    """No replica holds a copy of a directory's table that authenticates (fsck --repair
+    can make it again from the drive's entries)."""
+
+
 class ParameterError(PqcfsError):
     """KDF or format parameters out of the accepted range (downgrade or DoS guard)."""
 

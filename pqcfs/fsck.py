@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pqcfs import vault as vault_mod
 from pqcfs.crypto.content import BlockCorrupt
-from pqcfs.errors import CryptoError, PqcfsError
+from pqcfs.errors import CryptoError, NoGoodTable, PqcfsError
 from pqcfs.format import dir_table, names
 from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
@@ -73,7 +73,11 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
             entries = fs.listdir(node)
             on_disk = drive.scandir(_t(node.c_path))
         except (PqcfsError, OSError) as e:
-            report.problems.append(Problem(location, node.c_path or ".", f"directory: {e}"))
+            problem = Problem(location, node.c_path or ".", f"directory: {e}")
+            if isinstance(e, NoGoodTable) and node is not fs.inodes.root:
+                # The last way out when no replica has a good table: the drive's own entries.
+                problem.rebuild = lambda node=node: fs.rebuild_table(node)
+            report.problems.append(problem)
             continue
         for name, kind in on_disk:
             if kind == "other":
@@ -82,8 +86,9 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
                                                "socket or device planted on the drive)", kind="odd"))
         named = [n for n, kind in on_disk if is_entry(n) and kind != "other"]
         if fs.tables:
-            for what, strays in fs.table_problems(node):
-                report.problems.append(Problem(location, node.c_path or ".", what, kind="names", strays=strays))
+            for what, strays, rebuild in fs.table_problems(node):
+                report.problems.append(Problem(location, node.c_path or ".", what, kind="names", strays=strays,
+                                               rebuild=rebuild))
         elif len(entries) != len(named):
             report.problems.append(Problem(location, node.c_path or ".",
                                            f"{len(named) - len(entries)} entry name(s) failed authentication",
@@ -97,7 +102,10 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
             try:
                 child = fs.entry(node, p_name, disk_name)
             except (PqcfsError, FsError, OSError) as e:
-                report.problems.append(Problem(location, rel, f"header: {e}"))
+                problem = Problem(location, rel, f"header: {e}")
+                if isinstance(e, NoGoodTable):
+                    problem.rebuild = lambda node=node, p_name=p_name: fs.rebuild_child_table(node, p_name)
+                report.problems.append(problem)
                 continue
             report.nodes += 1
             if child.is_dir:

@@ -80,9 +80,10 @@ def _read(drive: Drive, name: str, cap: int) -> bytes:
         raise NotAVault(f"{drive.location} holds no pqcfs vault") from None
 
 
-def read_header(where: "str | Drive") -> tuple[vault_header.VaultHeader, bytes, bytes]:
+def read_header(where: "str | Drive", name: str = vault_header.FILE_NAME
+                ) -> tuple[vault_header.VaultHeader, bytes, bytes]:
     with _using(where) as drive:
-        return vault_header.decode(_read(drive, vault_header.FILE_NAME, vault_header.MAX_FILE))
+        return vault_header.decode(_read(drive, name, vault_header.MAX_FILE))
 
 
 def holds_vault(location: str) -> bool:
@@ -182,6 +183,8 @@ class UnlockedVault:
     _drives: dict = field(default_factory=dict, repr=False)
     # (location, why) of each replica whose copy of the header did not decode or authenticate
     damaged_headers: list = field(default_factory=list)
+    # locations with no spare copy of the header yet (made before spares existed)
+    spares_missing: list = field(default_factory=list)
 
     @property
     def tables(self) -> bool:
@@ -240,11 +243,16 @@ class UnlockedVault:
         healed, data = [], vault_header.encode(self.header, self.root_key)
         for location, why in self.damaged_headers:
             drive = self.drive(location)
-            if drive.kind(vault_header.FILE_NAME) == "file":
-                drive.quarantine(vault_header.FILE_NAME, f"a damaged vault header ({why})")
-            drive.write_atomic(vault_header.FILE_NAME, data)
+            for name in (vault_header.FILE_NAME, vault_header.SPARE_NAME):
+                if drive.kind(name) == "file":
+                    if drive.read(name, vault_header.MAX_FILE) == data:
+                        continue
+                    drive.quarantine(name, f"a damaged vault header ({why})")
+                drive.write_atomic(name, data)
             healed.append((location, why))
-        self.damaged_headers = []
+        for location in self.spares_missing:
+            self.drive(location).write_atomic(vault_header.SPARE_NAME, data)
+        self.damaged_headers, self.spares_missing = [], []
         return healed
 
     def save_header(self, only: list[int] | None = None) -> None:
@@ -254,6 +262,7 @@ class UnlockedVault:
         for n, drive in enumerate(self.drives):
             if only is None or n in only:
                 drive.write_atomic(vault_header.FILE_NAME, data)
+                drive.write_atomic(vault_header.SPARE_NAME, data)
 
     def root_dir_keys(self, location: str | None = None) -> NodeKeys:
         """Keys of the root directory, from the first replica whose root id file
@@ -399,6 +408,16 @@ def unlock(locations: list[str], creds: Credentials, slot: int | None = None) ->
             first_error = first_error or e
             copies.append((location, e))
     readable = [(loc, c) for loc, c in copies if not isinstance(c, Exception)]
+    # Each drive's spare copy comes after every first copy: tried only when none opens.
+    spares, spares_missing = {}, []
+    for location in locations:
+        try:
+            spares[location] = read_header(location, vault_header.SPARE_NAME)
+            readable.append((location, spares[location]))
+        except NotAVault:
+            spares_missing.append(location)
+        except DamagedStructure as e:
+            spares[location] = e
     if not readable:
         raise _named(locations[0], first_error)
     damaged = [(loc, str(c)) for loc, c in copies if isinstance(c, Exception)]
@@ -426,6 +445,9 @@ def unlock(locations: list[str], creds: Credentials, slot: int | None = None) ->
                 damaged.append((earlier, "changed without the key (no slot of it opens; another drive's copy does)"))
             vault = UnlockedVault(header, root_key, list(locations), slot_id=candidate["id"])
             vault.damaged_headers = damaged + _check_replica_headers(vault, where, [loc for loc, _ in damaged])
+            vault.damaged_headers += _check_spares(vault, spares, [loc for loc, _ in vault.damaged_headers])
+            vault.spares_missing = [loc for loc in spares_missing
+                                    if loc not in {loc for loc, _ in vault.damaged_headers}]
             for location, _ in vault.damaged_headers:
                 _check_ours(vault, location)
             return vault
@@ -500,6 +522,10 @@ def header_anywhere(location: str, backup: str | None = None):
         return read_header(location)[0], location
     except DamagedStructure as damage:
         try:
+            return read_header(location, vault_header.SPARE_NAME)[0], location
+        except (OSError, PqcfsError):
+            pass
+        try:
             vault_id = read_state(location, None).vault_id
         except (OSError, PqcfsError):
             raise _named(location, damage) from None
@@ -533,6 +559,19 @@ def _mounted_roots(limit: int = 2000) -> list[str]:
         except OSError:
             continue
     return out
+
+
+def _check_spares(vault: UnlockedVault, spares: dict, known: list[str]) -> list[tuple[str, str]]:
+    """Spare copies that do not decode or authenticate, on drives whose first copy is good."""
+    bad = []
+    for location, spare in spares.items():
+        if location in known:
+            continue
+        if isinstance(spare, Exception):
+            bad.append((location, f"its spare copy: {spare}"))
+        elif not vault_header.verify_mac(spare[1], spare[2], vault.root_key):
+            bad.append((location, "its spare copy failed authentication"))
+    return bad
 
 
 def _check_replica_headers(vault: UnlockedVault, used: str, known: list[str]) -> list[tuple[str, str]]:

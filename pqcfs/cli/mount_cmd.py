@@ -333,12 +333,17 @@ def _check_clean(mount) -> None:
         try:
             if not vault_mod.read_state(location, None).clean:
                 unclean.append(location)
-        except (OSError, PqcfsError):
+        except OSError:
             continue   # not for this user to read (a mount root made for them), or gone: not a verdict
+        except PqcfsError:
+            unclean.append(location)     # its state is damaged: certainly not marked clean
     if unclean:
-        raise PqcfsError(f"the daemon of {mount.mountpoint} ended without marking {', '.join(unclean)} clean (see "
-                         f"its log: {info.get('log') or 'the journal'}); nothing is lost: the next mount repairs the "
-                         "vault from its write-intent log")
+        # A drive the daemon could not finish writing (it turned read-only, failed, or its
+        # state file was damaged under it): the drive's matter, exit code DRIVE.
+        raise DriveError(f"the daemon of {mount.mountpoint} ended without marking {', '.join(unclean)} clean (see "
+                         f"its log: {info.get('log') or 'the journal'}); nothing is lost: once the drive is writable "
+                         "again, the next mount (or `pqcfs fsck VAULT --repair`) repairs the vault from its "
+                         "write-intent log")
 
 
 def _holds_fuse_device(pid: int) -> bool:

@@ -149,6 +149,8 @@ def _heal_headers(vault, heal: bool) -> list[tuple[str, str]]:
     """A damaged copy of the header on one drive: rewritten from the good one when the
     command may write (heal), else said, with what rewrites it."""
     if not vault.damaged_headers:
+        if heal and vault.spares_missing:
+            vault.heal_headers()     # a vault from before spare copies: given them, quietly
         return []
     if not heal:
         for location, why in vault.damaged_headers:

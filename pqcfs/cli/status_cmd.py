@@ -8,7 +8,8 @@ import pwd
 
 from pqcfs import vault as vault_mod
 from pqcfs.cli import exitcodes, options
-from pqcfs.errors import PqcfsError
+from pqcfs.errors import DamagedStructure, NotAVault, PqcfsError
+from pqcfs.format import vault_header
 from pqcfs.format import replica_state as rs
 from pqcfs.fs import mounttable
 
@@ -73,14 +74,24 @@ def _header_damage(location: str | None) -> str | None:
         return None
     try:
         vault_mod.read_header(location)
-        return None
     except PqcfsError as e:
         return str(e)
+    try:
+        vault_mod.read_header(location, vault_header.SPARE_NAME)
+    except NotAVault:
+        return None      # made before spare copies: given one at the next writing command
+    except PqcfsError as e:
+        return f"its spare copy: {e}"
+    return None
 
 
 def vault_status(primary: str) -> dict:
     header, _ = vault_mod.header_anywhere(primary)
-    ref = vault_mod.read_state(primary, None)
+    try:
+        ref = vault_mod.read_state(primary, None)
+    except PqcfsError as e:
+        raise DamagedStructure(f"{primary}: its replica state (pqcfs.state): {e}; `pqcfs fsck {primary} --repair` "
+                               "rebuilds it") from None
     mounts = [m for m in mounted() if m.get("vault_id") == header.vault_id.hex()]
     replicas = []
     for r in header.replicas:
@@ -91,8 +102,14 @@ def vault_status(primary: str) -> dict:
         entry = {"id": r["id"], "role": r["role"], "path": here or r.get("path_hint"), "present": False}
         try:
             state = vault_mod.read_state(here, None) if here else None
-        except PqcfsError:
+        except NotAVault:
             state = None
+        except PqcfsError as e:
+            # There, but its state does not even parse: present and damaged, never "not present".
+            entry.update(present=True, clean=False, relation="unknown", state_damage=str(e),
+                         header_damage=_header_damage(here))
+            replicas.append(entry)
+            continue
         if state is not None and state.replica_id == r["id"]:
             entry.update(present=True, generation=state.generation, clean=state.clean,
                          relation=rs.compare(ref, state), header_damage=_header_damage(here))
@@ -116,7 +133,13 @@ def run(args) -> int:
             else:
                 use = "in use (mounted)" if doc["mounted_at"] and not r["clean"] else (
                     "clean" if r["clean"] else "not cleanly unmounted")
-                state = f"generation {r['generation']}, {use}, {r['relation']}"
+                state = f"generation {r['generation']}, {use}, {r['relation']}" if "generation" in r else ""
+                if r.get("state_damage"):
+                    state = (f"its replica state is DAMAGED ({r['state_damage']}): `pqcfs fsck {args.target} "
+                             "--repair` rebuilds it")
+                elif r["relation"] == rs.DIVERGED:
+                    state += (" (changed without the primary, or its replica state was altered: `pqcfs fsck "
+                              f"{args.target} --repair` tells which)")
                 if r.get("header_damage"):
                     state += (f"; its vault header is DAMAGED ({r['header_damage']}): `pqcfs fsck "
                               f"{args.target} --repair` rewrites it from the good copy")
@@ -125,7 +148,9 @@ def run(args) -> int:
             lines.append("  no backup: a single-drive vault (made with --single)")
         lines.append(f"  pending sync: {', '.join(doc['pending_sync']) or 'none'}")
         options.emit(args, doc, "\n".join(lines))
-        healthy = all(r["present"] and not r.get("header_damage") for r in doc["replicas"]) \
+        in_use = bool(doc["mounted_at"])
+        healthy = all(r["present"] and not r.get("header_damage") and not r.get("state_damage")
+                      and r["relation"] == rs.SAME and (r["clean"] or in_use) for r in doc["replicas"]) \
             and not doc["pending_sync"]
         return exitcodes.OK if healthy else exitcodes.DEGRADED
     mounts = [_describe(mount)] if mount else mounted()

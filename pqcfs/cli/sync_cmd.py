@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from pqcfs import mirror
-from pqcfs.cli import options
+from pqcfs.cli import exitcodes, options
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError, MountError, NoSpace
 from pqcfs.fs import control, mounttable
@@ -87,8 +87,13 @@ def run(args) -> int:
     if info is not None:
         return _sync_mounted(args, info)
     vault = options.unlock(args, require_all=True)
+    if len(vault.header.replicas) < 2:
+        print(f"{vault.locations[0]} is the only replica of this vault (made with --single): nothing to sync")
+        return exitcodes.OK
     if len(vault.locations) < 2:
-        raise DriveError("no other replica is present to sync with")
+        absent = [r.get("path_hint") or r["id"] for r in vault.header.replicas[1:]]
+        raise DriveError(f"no other replica of the vault at {vault.locations[0]} is plugged in (last seen at "
+                         f"{', '.join(absent)}); plug it in, or give it with --backup")
     synced = []
     source = vault_mod.read_state(vault.drives[0], vault.root_key)
     for location in vault.locations[1:]:

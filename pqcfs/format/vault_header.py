@@ -28,6 +28,11 @@ VERSION = 2                 # the version this code writes (2: directory tables)
 READABLE_VERSIONS = {1, 2}  # the versions this code reads (and keeps writing: 1 stays 1 until `pqcfs upgrade`)
 KNOWN_FEATURES: frozenset[str] = frozenset()
 FILE_NAME = "pqcfs.vault"
+# Each drive keeps a second copy of the header, written after the first (like LUKS2's
+# secondary header): one flipped byte in the only drive of a --single vault, or in both
+# drives' first copies, still leaves a copy that opens the vault. Vaults made before it
+# existed get it at their next writing command.
+SPARE_NAME = "pqcfs.vault.spare"
 _PREFIX = struct.Struct(">8sHI")
 _DIGEST = 32
 MAX_BODY = 1 << 20

@@ -19,7 +19,7 @@ import weakref
 from collections import OrderedDict
 
 from pqcfs.crypto import content as content_layout
-from pqcfs.errors import CryptoError, DamagedStructure, NoSpace
+from pqcfs.errors import CryptoError, DamagedStructure, NoGoodTable, NoSpace
 from pqcfs.format import dir_table, names, node_header
 from pqcfs.format.dir_table import DirTable, Entry
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
@@ -94,7 +94,7 @@ class TableOps:
             error = str(e)
         if table is None:
             if not flux:
-                raise DamagedStructure(f"a directory table fails on every replica ({error})")
+                raise NoGoodTable(f"a directory table fails on every replica ({error})")
             table = self._fresh_table(dir_node)    # the crash came between mkdir and its table
         if flux:
             self._reconcile(dir_node, table)
@@ -152,27 +152,61 @@ class TableOps:
             self.on_event("integrity-failure", operation="directory table", c_path=dir_node.c_path or ".",
                           error=what)
 
-    def table_problems(self, dir_node: Node) -> list[tuple[str, list[str]]]:
+    def table_problems(self, dir_node: Node) -> list[tuple[str, list[str], object]]:
         """For fsck: how a directory differs from its table, and whether its id file
-        still belongs to it; each with the disk names on the drive its table does not hold."""
+        still belongs to it; each with the disk names on the drive its table does not hold,
+        and what rebuilds it in place when no other replica has a good copy (or None)."""
         table = self._table(dir_node)
         on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
         out = []
         if table.entries.keys() - on_disk:
             out.append((f"{len(table.entries.keys() - on_disk)} entr(ies) of the directory table are gone "
-                        "from the drive (removed or rolled back)", []))
+                        "from the drive (removed or rolled back)", [], None))
         strays = sorted(on_disk - table.entries.keys())
         if strays:
             out.append((f"{len(strays)} entr(ies) on the drive are not in the directory table (added or rolled "
-                        "back)", strays))
+                        "back)", strays, None))
         try:
             header = self.replicas.read_file(self._join(dir_node.c_path, names.DIR_ID_NAME), cap=HEADER_LEN)
             if node_header.parse_prefix(header, MAGIC_DIR) != dir_node.keys.node_id:
                 raise DamagedStructure("it belongs to another directory")
             node_header.open_meta(dir_node.keys.meta_key, header)
         except DAMAGE as e:
-            out.append((f"directory id file: {e}", []))
+            out.append((f"directory id file: {e}", [], lambda: self.rebuild_dir_id(dir_node, 0)))
         return out
+
+    def rebuild_table(self, dir_node: Node) -> None:
+        """For `fsck --repair`, when no replica holds a copy of a directory's table that
+        authenticates: the table is made again from what the drive holds (each entry's
+        name and header authenticate under the directory's key, as after a crash), at a
+        sequence number above the one its parent requires; the damaged file is kept in
+        pqcfs.quarantine/. What a table alone knew is approximated: entries' times come
+        from the drive's files, and an entry rolled back on the drive is not told apart."""
+        path = self._table_path(dir_node)
+        drive = self.replicas.drive(self.replicas.first)
+        if drive.kind(self.replicas.rel(path)) == "file":
+            drive.quarantine(self.replicas.rel(path), "a directory table no replica has a good copy of (fsck)")
+        table = self._fresh_table(dir_node)
+        table.seq = dir_node.entry.seq if dir_node.entry is not None else 0
+        self._reconcile(dir_node, table)
+        self.replicas.write_atomic(path, dir_table.encode_snapshot(dir_node.keys.meta_key, table))
+
+    def rebuild_child_table(self, dir_node: Node, p_name: bytes) -> None:
+        """rebuild_table for a subdirectory a lookup could not open (its table failed)."""
+        e = self._table(dir_node).by_name[p_name]
+        if not stat.S_ISDIR(e.mode):
+            raise DamagedStructure("not a directory")
+        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=e.disk_name,
+                    keys=self._child_keys(dir_node, e.node_id), meta=meta_of(e), size=e.size, entry=e)
+        self.rebuild_table(node)
+
+    def rebuild_dir_id(self, dir_node: Node, replica: int) -> None:
+        """A directory id file with no good copy: written again from the directory's own
+        table (its `self` record holds the node id and all the id file's metadata)."""
+        table = self._table(dir_node)
+        header = node_header.build(MAGIC_DIR, dir_node.keys.node_id, dir_node.keys.meta_key, meta_of(table.self_attrs))
+        self.replicas.drive(replica).write_atomic(self.replicas.rel(self._join(dir_node.c_path, names.DIR_ID_NAME)),
+                                                  header)
 
     def _heal_entry_on(self, dir_node: Node, disk_name: str):
         """For open_file: a replica that lacks an entry the table names (and the

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 TREE = "tree"
 AUDIT_FILE = "pqcfs.audit"
-COPIED_FILES = ("pqcfs.vault", AUDIT_FILE)   # per-replica files (state, lock, intent, changes) are never copied
+COPIED_FILES = ("pqcfs.vault", "pqcfs.vault.spare", AUDIT_FILE)   # per-replica files (state, lock, intent, changes) are never copied
 TAIL_CHECK = 64 << 10
 
 

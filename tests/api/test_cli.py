@@ -68,10 +68,11 @@ def test_user_errors_have_their_exit_codes(cli_vault, damage, code):
         target = str(tmp)
     elif damage == "missing-dir":
         target = str(tmp / "nowhere")
-    elif damage == "flip-byte":
-        data = bytearray((a / "pqcfs.vault").read_bytes())
-        data[40] ^= 0x20
-        (a / "pqcfs.vault").write_bytes(data)
+    elif damage == "flip-byte":     # in both of the drive's copies (its spare alone would open it)
+        for name in ("pqcfs.vault", "pqcfs.vault.spare"):
+            data = bytearray((a / name).read_bytes())
+            data[40] ^= 0x20
+            (a / name).write_bytes(data)
     elif damage == "newer-format":
         data = bytearray((a / "pqcfs.vault").read_bytes())
         data[9] = 7

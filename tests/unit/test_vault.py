@@ -33,19 +33,36 @@ def test_wrong_keys_are_refused(two_dirs, new_vault):
         vault_mod.unlock(list(two_dirs), Credentials(identity=identity_fmt.Identity.generate()))
 
 
+def write_both_copies(location: str, data: bytes) -> None:
+    for name in (vault_header.FILE_NAME, vault_header.SPARE_NAME):
+        with open(os.path.join(location, name), "wb") as f:
+            f.write(data)
+
+
 def test_every_flipped_header_byte_is_refused(two_dirs, new_vault):
     path = os.path.join(two_dirs[0], vault_header.FILE_NAME)
     original = pathlib.Path(path).read_bytes()
     for offset in range(len(original)):
         damaged = bytearray(original)
         damaged[offset] ^= 0x01
-        with open(path, "wb") as f:
-            f.write(damaged)
+        write_both_copies(two_dirs[0], damaged)
         with pytest.raises((DamagedStructure, NotAVault, UnsupportedVersion)):
             vault_mod.unlock([two_dirs[0]], Credentials(passphrase=PASSPHRASE))
-    with open(path, "wb") as f:
-        f.write(original)
+    write_both_copies(two_dirs[0], original)
     vault_mod.unlock([two_dirs[0]], Credentials(passphrase=PASSPHRASE))
+
+
+@pytest.mark.parametrize("damaged_copy", [vault_header.FILE_NAME, vault_header.SPARE_NAME])
+def test_one_drive_alone_opens_through_its_other_copy_and_names_the_bad_one(two_dirs, new_vault, damaged_copy):
+    """A --single vault's header has no other drive: the drive's spare copy stands in."""
+    path = os.path.join(two_dirs[0], damaged_copy)
+    data = bytearray(pathlib.Path(path).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pathlib.Path(path).write_bytes(data)
+    vault = vault_mod.unlock([two_dirs[0]], Credentials(passphrase=PASSPHRASE))
+    assert [loc for loc, _ in vault.damaged_headers] == [two_dirs[0]]
+    assert vault.heal_headers() and vault_mod.unlock([two_dirs[0]], Credentials(passphrase=PASSPHRASE)
+                                                     ).damaged_headers == []
 
 
 def test_rewritten_header_with_valid_checksum_fails_the_mac(two_dirs, new_vault):
@@ -53,8 +70,7 @@ def test_rewritten_header_with_valid_checksum_fails_the_mac(two_dirs, new_vault)
     header, _, _ = vault_mod.read_header(two_dirs[0])
     header.block_size = 8192
     forged = vault_header.encode(header, os.urandom(32))
-    with open(os.path.join(two_dirs[0], vault_header.FILE_NAME), "wb") as f:
-        f.write(forged)
+    write_both_copies(two_dirs[0], forged)
     with pytest.raises(DamagedStructure, match="authentication"):
         vault_mod.unlock([two_dirs[0]], Credentials(passphrase=PASSPHRASE))
 
