@@ -16,7 +16,7 @@ MOUNT = 8            # mountpoint missing, not a directory, busy, or already mou
 NO_SPACE = 9         # a drive is full
 CRYPTO = 10          # ciphertext failed authentication (corruption or tampering)
 PARAMETERS = 11      # KDF parameters outside the accepted range
-DEGRADED = 12        # status: a vault runs degraded, a replica is missing or stale, or a mount is dead
+DEGRADED = 12        # status/fsck: a vault runs degraded, a replica is missing or stale, or a mount is dead
 GRANT = 13           # a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown
 NO_SUCH_PATH = 14    # a path inside the vault does not exist, or is not a directory
 INTERRUPTED = 130    # Ctrl-C
@@ -35,7 +35,7 @@ MEANINGS = {
     NO_SPACE: "a drive is full",
     CRYPTO: "file system data failed authentication (corruption or tampering)",
     PARAMETERS: "KDF parameters outside the accepted range",
-    DEGRADED: "status: a vault runs degraded, a replica is missing or stale, or a mount is dead",
+    DEGRADED: "status or fsck: a vault runs degraded, a replica is missing or stale, or a mount is dead",
     GRANT: "a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown",
     NO_SUCH_PATH: "a path inside the vault does not exist, or is not a directory",
     INTERRUPTED: "interrupted (Ctrl-C)",

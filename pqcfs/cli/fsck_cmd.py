@@ -61,4 +61,8 @@ def run(args) -> int:
         lines.append(f"  replicas differ in {report.differing_files} file(s) (run `pqcfs sync`)")
     lines.append("clean" if report.clean else "NOT clean")
     options.emit(args, report.to_dict(), "\n".join(lines))
-    return exitcodes.OK if report.clean else exitcodes.CRYPTO
+    if report.clean:
+        return exitcodes.OK
+    if not any(not p.repaired for p in report.problems):
+        return exitcodes.DEGRADED     # nothing damaged: a replica is only behind (`pqcfs sync`)
+    return exitcodes.CRYPTO

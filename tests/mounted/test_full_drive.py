@@ -110,3 +110,43 @@ def test_a_full_single_drive_vault_is_never_stuck(tmp_path):
             assert stat.S_IMODE(os.stat(os.path.join(v.mountpoint, "renamed")).st_mode) == 0o700
         finally:
             v.umount()
+
+
+def test_a_full_primary_is_checked_and_brings_a_plugged_back_backup_up_to_date(tmp_path):
+    """A session without the backup, then the primary fills up: check-only fsck and sync
+    still say the truth, and the backup catches up from the full primary (the primary's
+    own records come from its reserve, never from room it does not have)."""
+    with drives.standin_vault(str(tmp_path), ("ext4", 48), ("ext4", 48)) as v:
+        backup = v.backup
+        loop = drives.run("losetup", "-j", v.images[1]).stdout.split(":")[0]
+        drives.run("umount", backup)                     # the backup is unplugged
+        drives.pqcfs("mount", v.primary, v.mountpoint, "--passfile", v.passfile, "--allow-fixed")
+        try:
+            for n in range(20):
+                with open(os.path.join(v.mountpoint, f"while-away{n}"), "w") as f:
+                    f.write(f"written without the backup {n}")
+        finally:
+            v.umount()
+        drives.run("mount", loop, backup)                 # and plugged back in
+        fillers = fill_outside(v.primary)
+
+        check = drives.pqcfs("fsck", v.primary, "--passfile", v.passfile, "--backup", backup, "--allow-fixed",
+                             check=False)
+        # The backup missed a session: the replicas differ, and the check says so (no "clean").
+        assert check.returncode == 12 and "NOT clean" in check.stdout and "pqcfs sync" in check.stdout, \
+            check.stdout + check.stderr
+        synced = drives.pqcfs("sync", v.primary, "--passfile", v.passfile, "--backup", backup, "--allow-fixed",
+                              check=False)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        assert drives.pqcfs("fsck", v.primary, "--passfile", v.passfile, "--backup", backup,
+                            "--allow-fixed").returncode == 0
+        assert replicas_clean(v)
+        v.mount()
+        try:
+            for n in range(20):
+                with open(os.path.join(v.mountpoint, f"while-away{n}")) as f:
+                    assert f.read() == f"written without the backup {n}"
+        finally:
+            v.umount()
+        for filler in fillers:
+            os.unlink(filler)
