@@ -36,6 +36,7 @@ class AuditLog:
                                          healthy or (lambda: list(range(len(vault.locations)))))
         self.pending: list[tuple[str, dict]] = []
         data = self._open_log()
+        self._heal_others(data)
         records = audit_log.parse(data)
         self.seq = len(records)
         self.prev = records[-1].mac if records else audit_log.ZERO
@@ -92,6 +93,32 @@ class AuditLog:
                             verdict.reason, n)
                 return other
         return self._new_segment(data, verdict, state.audit_head)
+
+    def _heal_others(self, data: bytes) -> None:
+        """Every other replica's log that verifies neither on its own (against its own
+        authenticated head) nor as the start of the primary's: damaged, and replaced by the
+        primary's log (the damaged one kept in pqcfs.quarantine/). A log that is behind is
+        left for the sync to extend; one that verifies on its own is its drive's history
+        (a split brain is the user's to settle), never overwritten."""
+        for n in range(1, len(self.vault.locations)):
+            other = self._read_safely(n)
+            if not other or other == data:
+                continue
+            if data.startswith(other) and audit_log.verify(other, self.keys, self.vault_id, None).intact:
+                continue
+            try:
+                head = self._state(n).audit_head
+            except Exception:  # noqa: BLE001 - an unreadable state: the log alone decides
+                head = None
+            verdict = audit_log.verify(other, self.keys, self.vault_id, head)
+            if verdict.intact:
+                continue
+            kept = self._set_aside(n, "damaged audit log")
+            self.vault.drives[n].write_atomic(audit_log.FILE_NAME, data)
+            self.pending.append(("self-heal", {"what": "audit log", "target": n, "source": 0,
+                                               "reason": verdict.reason, "kept_as": kept}))
+            log.warning("the audit log on %s was damaged (%s); rewritten from the primary's",
+                        self.vault.locations[n], verdict.reason)
 
     def _read_safely(self, n: int) -> bytes | None:
         try:
