@@ -57,3 +57,7 @@ class GrantRefused(PqcfsError):
 
 class NoSuchPath(PqcfsError):
     """A path inside the vault that does not exist (or is not a directory where one must be)."""
+
+
+class SetupError(PqcfsError):
+    """This machine's set-up is missing something pqcfs needs (a program, a helper)."""

@@ -51,40 +51,25 @@ install_python() {
      || [ pyproject.toml -nt .venv/.installed ]; then
     echo "==> installing pqcfs into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[test,man]'
+    .venv/bin/pip install -q -e '.[test]'
     touch .venv/.installed
   fi
 }
 
-# The man page and bash/zsh completions, generated from the parser into the virtual
-# environment (never into the source tree) and linked where man, bash-completion and zsh look.
-install_docs() {
-  .venv/bin/python -m pqcfs.devtools.manpage .venv/share/pqcfs >/dev/null
-  link_ours "$PWD/.venv/share/pqcfs/man1/pqcfs.1" /usr/local/share/man/man1/pqcfs.1
-  link_ours "$PWD/.venv/share/pqcfs/bash-completion/pqcfs" /usr/share/bash-completion/completions/pqcfs
-  link_ours "$PWD/.venv/share/pqcfs/zsh/_pqcfs" /usr/local/share/zsh/site-functions/_pqcfs
-}
-
-# link_ours TARGET LINK: a symlink, never over a file that is not one of our links.
-link_ours() {
-  local target="$1" link="$2"
-  if [ -e "$link" ] && ! { [ -L "$link" ] && readlink "$link" | grep -q '/\.venv/'; }; then
-    echo "==> $link exists and is not pqcfs' link; left alone" >&2
-    return 0
+# What the operating system must find (/usr/bin/pqcfs, the mount(8) and umount helpers,
+# the man page and completions) is put in place by the same command users run after
+# installing the wheel: `pqcfs system install`. Here its launchers name this checkout's
+# .venv interpreter, so they break when the checkout goes; `pqcfs doctor` says so, and
+# `pqcfs system install` from an installed pqcfs repairs them (README: Install).
+install_system_files() {
+  echo "==> pqcfs system install (launchers for $PWD/.venv/bin/python)"
+  local code=0
+  as_root .venv/bin/pqcfs system install >/dev/null || code=$?
+  if [ "$code" = 15 ]; then
+    echo "==> left as it is (see above): mount(8) and systemd keep running what is installed there" >&2
+  elif [ "$code" != 0 ]; then
+    exit "$code"
   fi
-  as_root mkdir -p "$(dirname "$link")"
-  [ "$(readlink "$link" 2>/dev/null)" = "$target" ] || as_root ln -sfn "$target" "$link"
-}
-
-# mount(8), Debian's mount.fuse3 (which runs `pqcfs SOURCE MOUNTPOINT -o OPTIONS` through
-# /bin/sh) and systemd look for helpers in the standard directories only: link ours there,
-# never over a file that is not one of our links.
-install_links() {
-  local pair
-  for pair in "pqcfs:/usr/bin/pqcfs" "mount.pqcfs:/usr/sbin/mount.pqcfs" \
-              "umount.fuse.pqcfs:/usr/sbin/umount.fuse.pqcfs" "umount.fuse:/usr/sbin/umount.fuse"; do
-    link_ours "$PWD/.venv/bin/${pair%%:*}" "${pair#*:}"
-  done
 }
 
 cmd="${1:-}"
@@ -94,8 +79,7 @@ case "$cmd" in
 esac
 install_system
 install_python
-install_links
-install_docs
+install_system_files
 shift
 case "$cmd" in
   demo)  exec .venv/bin/python examples/demo.py "$@" ;;

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from mounttool import units
+from pqcfs import doctor
 from pqcfs import vault as vault_mod
 from pqcfs.cli import options
 from pqcfs.errors import PqcfsError
@@ -166,6 +167,7 @@ def _reload(root: str) -> list[str]:
 def run(args) -> int:
     if args.automount_cmd == "enable":
         spec = spec_for(args)
+        doctor.check_program(args.root)
         written = []
         for rel, text in units.files(spec).items():
             path = os.path.join(args.root, rel)

@@ -19,6 +19,7 @@ PARAMETERS = 11      # KDF parameters outside the accepted range
 DEGRADED = 12        # status/fsck: a vault runs degraded, a replica is missing or stale, or a mount is dead
 GRANT = 13           # a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown
 NO_SUCH_PATH = 14    # a path inside the vault does not exist, or is not a directory
+SETUP = 15           # the set-up is broken: a program or helper missing, gone or another version (doctor)
 INTERRUPTED = 130    # Ctrl-C
 
 # What each code means, for the man page and `--help` (docs/cli.md has the same table).
@@ -38,6 +39,7 @@ MEANINGS = {
     DEGRADED: "status or fsck: a vault runs degraded, a replica is missing or stale, or a mount is dead",
     GRANT: "a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown",
     NO_SUCH_PATH: "a path inside the vault does not exist, or is not a directory",
+    SETUP: "the set-up is broken: a program or helper is missing, gone or another version (see `pqcfs doctor`)",
     INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -52,6 +54,7 @@ _BY_EXCEPTION = [
     (errors.NoSpace, NO_SPACE),
     (errors.GrantRefused, GRANT),
     (errors.NoSuchPath, NO_SUCH_PATH),
+    (errors.SetupError, SETUP),
     (errors.CryptoError, CRYPTO),
 ]
 

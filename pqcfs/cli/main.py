@@ -10,12 +10,12 @@ import sys
 
 from pqcfs import __version__, hygiene
 from pqcfs.cli import (audit_cmd, automount_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd,
-                       keys_cmd, mount_cmd, progress, share_cmd, status_cmd, sync_cmd, upgrade_cmd)
+                       keys_cmd, mount_cmd, progress, share_cmd, status_cmd, sync_cmd, system_cmd, upgrade_cmd)
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
 
 COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd, status_cmd, sync_cmd, fsck_cmd, audit_cmd, upgrade_cmd,
-            share_cmd, automount_cmd]
+            share_cmd, automount_cmd, system_cmd]
 
 
 EPILOG = "Exit codes: see EXIT STATUS in `man pqcfs`, or docs/cli.md. Documentation: docs/ in the pqcfs sources."
@@ -45,6 +45,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     parser = Parser(prog="pqcfs", description="Post-quantum encrypted, mirrored file system.")
     parser.add_argument("--version", action="version", version=f"pqcfs {__version__}")
+    parser.set_defaults(parser=parser)     # for `system install`: the man page is made from it
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="the command (`pqcfs COMMAND --help` explains each)")
     for module in COMMANDS:

@@ -241,9 +241,9 @@ def test_extpass_failures_are_told_in_words(tmp_path):
 
 
 def test_the_man_page_and_completions_come_from_the_parser(tmp_path):
-    from pqcfs.devtools import manpage
+    from pqcfs.cli import manpage
     from pqcfs.cli.main import COMMANDS, build_parser
-    written = manpage.write_all(str(tmp_path))
+    written = manpage.write_all(build_parser(), str(tmp_path))
     page = (tmp_path / "man1" / "pqcfs.1").read_text()
     commands = [name for path, _ in _parsers(build_parser()) if len(path) == 2 for name in path[1:]]
     assert len(commands) >= len(COMMANDS)

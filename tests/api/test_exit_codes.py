@@ -53,11 +53,11 @@ def test_every_exit_code_is_what_a_real_run_gives(walk):
     fixed = ["--allow-fixed", "--allow-same-device"]
     got: dict[int, list[str]] = {}
 
-    def expect(code, *args, said=None, env_extra=None):
+    def expect(code, *args, said=None, env_extra=None, report=False):
         r = pqcfs(*args, env_extra=env_extra)
         assert r.returncode == code, (args, r.returncode, r.stderr)
-        if code not in (exitcodes.OK, exitcodes.DEGRADED, exitcodes.CRYPTO):
-            # (status and audit verify report on standard output: their report is the result)
+        if code not in (exitcodes.OK, exitcodes.DEGRADED, exitcodes.CRYPTO) and not report:
+            # (status, audit verify and doctor report on standard output: their report is the result)
             assert r.stderr.strip().splitlines()[-1].startswith("pqcfs: "), r.stderr
         if said:
             assert said in r.stderr, r.stderr
@@ -110,6 +110,12 @@ def test_every_exit_code_is_what_a_real_run_gives(walk):
     expect(exitcodes.DEGRADED, "status", a)
     os.rename(tmp / "unplugged", b)
     expect(exitcodes.OK, "status", a)
+
+    # The set-up: nothing installed under a root, or a file in the way of the install.
+    expect(exitcodes.SETUP, "doctor", "--root", str(tmp / "bare-root"), report=True)
+    (tmp / "taken" / "usr" / "bin").mkdir(parents=True)
+    (tmp / "taken" / "usr" / "bin" / "pqcfs").write_text("#!/bin/sh\n")
+    expect(exitcodes.SETUP, "system", "install", "--root", str(tmp / "taken"), said="not installed by pqcfs")
 
     # Grants: an expired one refused at the recipient's mount, a path that is not there.
     bob, bob_pw = str(tmp / "bob.json"), tmp / "bob-pw"

@@ -12,6 +12,7 @@ import pytest
 from mounttool import units
 from pqcfs.cli import exitcodes
 from tests.attacks.forge import forge_header
+from pqcfs import install
 from tests.mounted import drives
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and loop devices")]
@@ -25,12 +26,15 @@ def _replica(body, role):
 
 
 def _enable(v, root):
+    drives.pqcfs("system", "install", "--root", str(root))      # the program the units run
     return drives.pqcfs("automount", "enable", v.primary, "--at", v.mountpoint, "--root", str(root),
                         "--unlock", "passfile", "--passfile", v.passfile, check=False)
 
 
 def _written(root) -> list[str]:
-    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
+    """What automount wrote (not what `system install` put there for it)."""
+    installed = {os.path.join(str(root), rel) for rel in [*install.PROGRAMS, *install.DOCS, install.MANIFEST]}
+    return [p for d, _, files in os.walk(root) for f in files if (p := os.path.join(d, f)) not in installed]
 
 
 def test_a_crafted_replica_field_is_refused_and_nothing_is_written(tmp_path):

@@ -13,17 +13,20 @@ import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import time
 
 import pytest
 
 from mounttool import units
+from pqcfs import install
 from tests.mounted import drives, users
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 
 
 def enable(v, root, *extra):
+    drives.pqcfs("system", "install", "--root", str(root))      # the program the units run
     return json.loads(drives.pqcfs("automount", "enable", v.primary, "--at", v.mountpoint, "--root", str(root),
                                    "--json", *extra).stdout)
 
@@ -287,6 +290,7 @@ def test_a_users_vault_mounts_degraded_takes_the_backup_later_and_survives_the_p
         media = os.path.join(w, "media")
         os.mkdir(media, 0o755)
         mountpoint = os.path.join(media, "Vault")     # missing: made for alice by the mount
+        drives.pqcfs("system", "install", "--root", str(tmp_path / "root"))
         doc = json.loads(drives.pqcfs("automount", "enable", v.primary, "--at", mountpoint, "--root",
                                       str(tmp_path / "root"), "--json", "--unlock", "passfile", "--passfile",
                                       v.passfile, "--wait-backup", "2", "--user", alice.pw_name).stdout)
@@ -380,3 +384,56 @@ def test_a_users_vault_mounts_degraded_takes_the_backup_later_and_survives_the_p
                 unplug(where)
             for loop in new_loops:
                 drives.run("losetup", "-d", loop, check=False)
+
+
+def test_a_wheel_installation_gives_units_that_verify_with_no_checkout_on_the_path(tmp_path):
+    """The wheel, installed into an environment of its own (this checkout nowhere on its
+    path), then `pqcfs system install`: the units automount writes run a program that
+    exists and is this version, and systemd-analyze verifies them; with that environment
+    gone, doctor and automount enable say so instead of writing units that fail later."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), repo], check=True,
+                   capture_output=True)
+    venv = tmp_path / "installed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # Its dependencies (compiled ones among them) come from the test environment's
+    # site-packages as a plain path: that directory's .pth files, the checkout's editable
+    # hook among them, are not run, so pqcfs itself can only come from the wheel.
+    with open(os.path.join(site, "deps.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site,
+                    *map(str, wheels.glob("pqcfs-*.whl"))], check=True, capture_output=True)
+    python = str(venv / "bin/python")
+
+    def installed(*args):
+        return subprocess.run([python, "-I", "-m", "pqcfs", *args], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=120)
+    where = subprocess.run([python, "-I", "-c", "import pqcfs; print(pqcfs.__file__)"], capture_output=True,
+                           text=True).stdout.strip()
+    assert where.startswith(str(venv)) and not where.startswith(repo)
+
+    root = tmp_path / "root"
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    with drives.standin_vault(str(tmp_path), ("ext4", 32), ("ext4", 32)) as v:
+        enable = ["automount", "enable", v.primary, "--at", v.mountpoint, "--root", str(root), "--unlock", "passfile",
+                  "--passfile", v.passfile, "--json"]
+        refused = installed(*enable)       # nothing installed yet: no unit that would fail at insertion
+        assert refused.returncode == 15 and "system install" in refused.stderr, refused.stderr
+        assert installed("system", "install", "--root", str(root)).returncode == 0
+        assert install.parse_launcher((root / "usr/bin/pqcfs").read_bytes()).python == python
+        doc = json.loads(installed(*enable).stdout)
+        unit_files = [f for f in doc["files"] if f.endswith((".service", ".mount"))]
+        proc = subprocess.run(["systemd-analyze", "verify", "--root", str(root), "--man=no", *unit_files],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+        shutil.rmtree(venv)                 # the installation goes: both commands say so, with the fix
+        gone = drives.pqcfs("doctor", "--root", str(root), "--json", check=False)
+        launcher = next(c for c in json.loads(gone.stdout)["checks"] if c["what"] == str(root / "usr/bin/pqcfs"))
+        assert gone.returncode == 15 and not launcher["ok"] and "gone" in launcher["detail"]
+        again = drives.pqcfs(*enable, check=False)
+        assert again.returncode == 15 and "gone" in again.stderr, again.stderr

@@ -1,11 +1,10 @@
 """The man page and shell completions, generated from the command-line parser itself
 (argparse-manpage and shtab), so they never disagree with `--help`.
 
-    python -m pqcfs.devtools.manpage OUTDIR
+    python -m pqcfs.cli.manpage OUTDIR
 
 writes OUTDIR/man1/pqcfs.1, OUTDIR/bash-completion/pqcfs and OUTDIR/zsh/_pqcfs
-(`bash scripts/dev.sh` does, into the virtual environment, and links them where man,
-bash-completion and zsh look).
+(`pqcfs system install` writes them where man, bash-completion and zsh look).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import sys
 
 from pqcfs import __version__
 from pqcfs.cli import exitcodes
-from pqcfs.cli.main import build_parser
 
 DESCRIPTION = """pqcfs keeps a vault of files encrypted on two removable drives, a primary and a backup,
 mirrored and crash-safe. Mount it and use it with any program. Every name, content,
@@ -31,9 +29,8 @@ def _roff(text: str) -> str:
     return text.replace("\\", "\\\\").replace("-", "\\-")
 
 
-def manpage() -> str:
+def manpage(parser) -> str:
     from argparse_manpage.manpage import Manpage
-    parser = build_parser()
     page = Manpage(parser)
     page.source = f"pqcfs {__version__}"
     page.manual = "pqcfs manual"
@@ -51,15 +48,21 @@ def manpage() -> str:
     return str(page)
 
 
-def completion(shell: str) -> str:
+def completion(parser, shell: str) -> str:
     import shtab
-    return shtab.complete(build_parser(), shell=shell)
+    return shtab.complete(parser, shell=shell)
 
 
-def write_all(outdir: str) -> list[str]:
+def documents(parser) -> dict[str, str]:
+    """What `pqcfs system install` writes: the man page and the bash and zsh completions."""
+    return {"man": manpage(parser), "bash": completion(parser, "bash"), "zsh": completion(parser, "zsh")}
+
+
+def write_all(parser, outdir: str) -> list[str]:
     written = []
-    for rel, text in (("man1/pqcfs.1", manpage()), ("bash-completion/pqcfs", completion("bash")),
-                      ("zsh/_pqcfs", completion("zsh"))):
+    docs = documents(parser)
+    for rel, text in (("man1/pqcfs.1", docs["man"]), ("bash-completion/pqcfs", docs["bash"]),
+                      ("zsh/_pqcfs", docs["zsh"])):
         path = os.path.join(outdir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -70,5 +73,6 @@ def write_all(outdir: str) -> list[str]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m pqcfs.devtools.manpage OUTDIR")
-    print("\n".join(write_all(sys.argv[1])))
+        sys.exit("usage: python -m pqcfs.cli.manpage OUTDIR")
+    from pqcfs.cli.main import build_parser
+    print("\n".join(write_all(build_parser(), sys.argv[1])))
