@@ -247,8 +247,10 @@ def test_planted_entries_on_plain_directories():
         a, b = os.path.join(work, "a"), os.path.join(work, "b")
         os.makedirs(a)
         os.makedirs(b)
+        # The backup's side: the stand-in drives below take the primary's (PQCFS_ATTACK_FULL=1: both).
+        sides = ("primary", "backup") if os.environ.get("PQCFS_ATTACK_FULL") == "1" else ("backup",)
         run_matrix(work, a, b, ["symlink-dir", "fifo", "symlink-file", "device", "symlink-zero", "wrong-type"],
-                   ["--allow-same-device"])
+                   ["--allow-same-device"], sides=sides)
 
 
 @pytest.mark.parametrize("fstype", ["ext4", "exfat"])

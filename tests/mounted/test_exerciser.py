@@ -15,6 +15,7 @@ from tests.mounted.exerciser import snapshot
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 WORKERS = 4
 OPS = int(os.environ.get("PQCFS_EXERCISER_OPS", "1000"))   # per worker; raise it for a longer soak
+SEEDS = int(os.environ.get("PQCFS_EXERCISER_SEEDS", "2"))   # runs per file system; more for a longer soak
 SCRIPT = os.path.join(os.path.dirname(__file__), "exerciser.py")
 
 
@@ -24,7 +25,7 @@ def vault(request):
         yield v
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(1, SEEDS + 1))
 def test_exerciser(vault, seed):
     base = os.path.join(vault.mountpoint, f"seed{seed}")
     os.mkdir(base)
