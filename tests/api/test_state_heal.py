@@ -66,25 +66,21 @@ def test_the_same_history_is_rebuilt_as_the_same(two, tmp_path):
     assert any(n.endswith(rs.FILE_NAME) for n in os.listdir(os.path.join(backup, QUARANTINE_DIR)))
 
 
-def test_a_drive_that_missed_sessions_is_rebuilt_as_older(two, tmp_path):
+@pytest.mark.parametrize("went_on,relation,compared", [("primary", "stale", rs.STALE), ("backup", "newer", rs.NEWER)])
+def test_a_drive_that_missed_sessions_or_went_on_alone_is_rebuilt_as_such(two, tmp_path, went_on, relation,
+                                                                          compared):
+    """The worst guess would make a newer drive older: a sync would then overwrite its
+    newer files. The older one is brought up to date; the newer one serves."""
     primary, backup = two
-    session([primary], tmp_path)
+    session([primary if went_on == "primary" else backup], tmp_path)
     damage(backup)
-    relation, (ref, state) = rebuilt([primary, backup])
-    assert relation == "stale" and rs.compare(ref, state) == rs.STALE
-    plan, _ = mirror.plan(unlock([primary, backup]))
-    assert plan.stale == [backup]
-
-
-def test_a_drive_that_went_on_alone_is_rebuilt_as_newer_and_serves(two, tmp_path):
-    """The worst guess would make it older: the sync would then overwrite its newer files."""
-    primary, backup = two
-    session([backup], tmp_path)
-    damage(backup)
-    relation, (ref, state) = rebuilt([primary, backup])
-    assert relation == "newer" and rs.compare(ref, state) == rs.NEWER
+    got, (ref, state) = rebuilt([primary, backup])
+    assert got == relation and rs.compare(ref, state) == compared
     vault = unlock([primary, backup])
-    assert mirror.newest_first(vault) == backup
+    if went_on == "backup":
+        assert mirror.newest_first(vault) == backup
+    else:
+        assert mirror.plan(vault)[0].stale == [backup]
 
 
 def test_without_its_log_a_drive_is_a_split_brain_left_to_the_user(two, tmp_path):

@@ -53,6 +53,16 @@ class Vault:
             time.sleep(0.2)
 
 
+def fill_outside(location: str) -> list[str]:
+    """Files of the user's own beside the vault take every last block of the drive (root's
+    too: pqcfs runs as root, and root may use the blocks ext4 keeps for it)."""
+    big, small = os.path.join(location, "holiday-video.mkv"), os.path.join(location, "crumbs")
+    subprocess.run(["dd", "if=/dev/zero", f"of={big}", "bs=1M"], capture_output=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={small}", "bs=4k"], capture_output=True)
+    os.sync()
+    return [big, small]
+
+
 def is_mounted(path: str) -> bool:
     real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     with open("/proc/mounts") as f:

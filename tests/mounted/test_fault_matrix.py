@@ -205,7 +205,7 @@ class Cell:
     def make(self, mounted: bool) -> None:
         """The accident, on the faulted drive (pulled is played by pull_mid_write)."""
         if self.fault == "full":
-            self.fillers = fill_outside(self.target)
+            self.fillers = drives.fill_outside(self.target)
         elif self.fault == "read-only":
             if mounted:   # what ext4 does on a drive error while files are open for writing
                 # What ext4 had committed by then (its journal commits every 5 s; an abort
@@ -266,14 +266,6 @@ class Cell:
                 drives.run("mount", "-o", "remount,rw", self.target, check=False)
         if getattr(self, "pulled", False):
             self.plug_back()
-
-
-def fill_outside(location: str) -> list[str]:
-    big, small = os.path.join(location, "holiday-video.mkv"), os.path.join(location, "crumbs")
-    subprocess.run(["dd", "if=/dev/zero", f"of={big}", "bs=1M"], capture_output=True)
-    subprocess.run(["dd", "if=/dev/zero", f"of={small}", "bs=4k"], capture_output=True)
-    os.sync()
-    return [big, small]
 
 
 def said(proc) -> str:

@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import stat
-import subprocess
 
 import pytest
 
@@ -16,16 +15,6 @@ from pqcfs.store import reserve
 from tests.mounted import drives
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
-
-
-def fill_outside(location: str) -> list[str]:
-    """Files of the user's own beside the vault take every last block of the drive (root's
-    too: pqcfs runs as root, and root may use the blocks ext4 keeps for it)."""
-    big, small = os.path.join(location, "holiday-video.mkv"), os.path.join(location, "crumbs")
-    subprocess.run(["dd", "if=/dev/zero", f"of={big}", "bs=1M"], capture_output=True)
-    subprocess.run(["dd", "if=/dev/zero", f"of={small}", "bs=4k"], capture_output=True)
-    os.sync()
-    return [big, small]
 
 
 def replicas_clean(v) -> bool:
@@ -41,7 +30,7 @@ def test_a_full_primary_keeps_every_acknowledged_change_and_unmounts_clean(tmp_p
                 with open(os.path.join(v.mountpoint, f"small{n}"), "w") as f:
                     f.write(f"note {n}")
             assert os.path.getsize(os.path.join(v.primary, reserve.FILE_NAME)) >= reserve.LEAST
-            fillers = fill_outside(v.primary)
+            fillers = drives.fill_outside(v.primary)
             for n in range(30):        # each one a table record on a drive with 4 KiB left
                 os.chmod(os.path.join(v.mountpoint, f"small{n}"), 0o600)
             # A writer gets "no space" and never takes the reserve.
@@ -91,7 +80,7 @@ def test_a_full_single_drive_vault_is_never_stuck(tmp_path):
         mount()
         try:
             os.mkdir(os.path.join(v.mountpoint, "before"))
-            fillers = fill_outside(location)
+            fillers = drives.fill_outside(location)
             with pytest.raises(OSError) as e:          # a new name never takes the reserve
                 os.mkdir(os.path.join(v.mountpoint, "after-full"))
             assert e.value.errno == errno.ENOSPC
@@ -128,7 +117,7 @@ def test_a_full_primary_is_checked_and_brings_a_plugged_back_backup_up_to_date(t
         finally:
             v.umount()
         drives.run("mount", loop, backup)                 # and plugged back in
-        fillers = fill_outside(v.primary)
+        fillers = drives.fill_outside(v.primary)
 
         check = drives.pqcfs("fsck", v.primary, "--passfile", v.passfile, "--backup", backup, "--allow-fixed",
                              check=False)
