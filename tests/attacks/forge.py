@@ -25,6 +25,11 @@ def forge_header(location: str, mutate) -> None:
 
 
 def forge_everywhere(locations: list[str], mutate) -> None:
-    """The same change on every drive (the attacker had them all)."""
+    """The same change on every drive and every copy of the header there (the attacker had
+    them all: each drive's spare copy too)."""
     for location in locations:
         forge_header(location, mutate)
+        with open(os.path.join(location, vault_header.FILE_NAME), "rb") as f:
+            forged = f.read()
+        with open(os.path.join(location, vault_header.SPARE_NAME), "wb") as f:
+            f.write(forged)

@@ -15,8 +15,8 @@ from tests.mounted import drives
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 
 
-def flip_byte(location: str) -> None:
-    path = os.path.join(location, "pqcfs.vault")
+def flip_byte(location: str, name: str = "pqcfs.vault") -> None:
+    path = os.path.join(location, name)
     with open(path, "r+b") as f:
         f.seek(40)
         byte = f.read(1)
@@ -70,10 +70,11 @@ def test_a_flipped_byte_in_one_header_copy_heals_from_the_other(tmp_path, damage
         assert sum(r["event"] == "header-healed" for r in shown) == 2
 
 
-def test_both_copies_damaged_is_refused_naming_the_drive(tmp_path):
+def test_every_copy_damaged_is_refused_naming_the_drive(tmp_path):
     with drives.standin_vault(str(tmp_path), ("ext4", 32), ("ext4", 32)) as v:
-        flip_byte(v.primary)
-        flip_byte(v.backup)
+        for location in (v.primary, v.backup):
+            flip_byte(location)
+            flip_byte(location, "pqcfs.vault.spare")
         proc = cli(v, "fsck", v.primary)
         assert proc.returncode == exitcodes.DAMAGED, proc.stderr
         assert v.primary in proc.stderr and "Traceback" not in proc.stderr
