@@ -27,7 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
-from pqcfs.devtools import standin as drives  # noqa: E402
+from tests import standin as drives  # noqa: E402
 
 PW = "benchmark passphrase"
 MARKER = "<!-- analysis: kept across runs -->"

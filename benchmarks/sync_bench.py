@@ -21,7 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from pqcfs.devtools import standin as drives  # noqa: E402
+from tests import standin as drives  # noqa: E402
 
 PW = "benchmark passphrase"
 

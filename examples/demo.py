@@ -10,7 +10,9 @@ import os
 import subprocess
 import sys
 
-from pqcfs.devtools.standin import loop_drive, workdir
+# The stand-in drives are the test suite's (tests/standin.py), not part of the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.standin import loop_drive, workdir  # noqa: E402
 
 PASSPHRASE = "demo passphrase - use a real one"
 

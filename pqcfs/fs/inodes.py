@@ -13,14 +13,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from dataclasses import dataclass, field
 
-import pyfuse3
-
 from pqcfs.crypto.content import ContentCipher
 from pqcfs.crypto.keys import NodeKeys
 from pqcfs.format.node_header import Meta
 
 
 NO_CHILDREN: Mapping[bytes, "Node"] = MappingProxyType({})
+ROOT_INODE = 1           # FUSE_ROOT_ID: the inode the kernel knows a mount's root by
 SHARED_DIR = "h.links"   # in the tree root; the dot keeps it out of every listing
 
 
@@ -96,7 +95,7 @@ class Node:
 
 class InodeTable:
     def __init__(self, root: Node):
-        root.ino = pyfuse3.ROOT_INODE
+        root.ino = ROOT_INODE
         root.lookups = 1
         self._nodes: dict[int, Node] = {root.ino: root}
         self.shared: dict[bytes, Node] = {}   # node id -> the one Node of a hard-linked file

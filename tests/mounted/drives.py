@@ -9,7 +9,7 @@ import sys
 import time
 
 from pqcfs import hygiene
-from pqcfs.devtools.standin import loop_drive, run, unmount, workdir  # noqa: F401
+from tests.standin import loop_drive, run, unmount, workdir  # noqa: F401
 
 ROOT = os.geteuid() == 0 and os.path.exists("/dev/fuse")
 PASSPHRASE = "mounted test passphrase"

@@ -1,1 +1,0 @@
-"""Helpers for the demo, the benchmarks and the tests (not used by the product itself)."""
