@@ -1,4 +1,5 @@
-"""mount(8)'s ways in: `mount.pqcfs`, `pqcfs SOURCE MOUNTPOINT -o OPTIONS` (what Debian's
+"""What mount(8)'s ways in are given, parsed (pure: the programs themselves are
+pqcfs/cli/helpers.py). The ways in: `mount.pqcfs`, `pqcfs SOURCE MOUNTPOINT -o OPTIONS` (what Debian's
 mount.fuse3 runs for `-t fuse.pqcfs`) and `umount.fuse.pqcfs` (what umount(8) runs for a
 `fuse.pqcfs` mount, so that `umount` waits until both drives are written out).
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 from mounttool.options import MountOptionError, translate
 
@@ -52,41 +52,23 @@ def mount_args(argv: list[str]) -> list[str] | None:
     return ["mount", source, mountpoint, *translate(values.get("-o", ""))]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """mount.pqcfs, and `pqcfs SOURCE MOUNTPOINT -o OPTIONS`."""
-    from pqcfs.cli import main as cli
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = mount_args(argv)
-    except MountOptionError as e:
-        print(f"pqcfs: {e}", file=sys.stderr)
-        return 2
-    if args is None:
-        return 0
-    return cli.main(args)
-
-
-def _umount_args(argv: list[str] | None, who: str):
-    """(mountpoint, -o values, flags) of an umount helper's command line, or an exit code."""
-    try:
-        (mountpoint,), values, flags = _parse(sys.argv[1:] if argv is None else argv, 1)
-    except MountOptionError as e:
-        print(f"{who}: {e}", file=sys.stderr)
-        return 2
+def umount_args(argv: list[str]) -> tuple[str, dict[str, str], set[str]]:
+    """(mountpoint, -o values, flags) of an umount helper's command line."""
+    (mountpoint,), values, flags = _parse(argv, 1)
     return mountpoint, values, flags
 
 
-def umount_main(argv: list[str] | None = None) -> int:
-    """umount.fuse.pqcfs: `pqcfs umount`, which returns once the drives are written out."""
-    from pqcfs.cli import main as cli
-    parsed = _umount_args(argv, "pqcfs")
-    if isinstance(parsed, int):
-        return parsed
-    mountpoint, _, flags = parsed
-    return cli.main(["umount", mountpoint, *(["--lazy"] if "-l" in flags else [])])
+def umount_command(mountpoint: str, flags: set[str]) -> list[str]:
+    """The `pqcfs umount` command line (it returns once the drives are written out)."""
+    return ["umount", mountpoint, *(["--lazy"] if "-l" in flags else [])]
 
 
-def _fstype(mountpoint: str) -> str | None:
+def plain_umount(mountpoint: str, values: dict[str, str], flags: set[str]) -> list[str]:
+    """What umount(8) would have run for a mount that is not pqcfs' (`umount -i`: no helper)."""
+    return ["umount", "-i", *sorted(flags - {"-i"}), *[w for k, v in values.items() for w in (k, v)], mountpoint]
+
+
+def fstype(mountpoint: str) -> str | None:
     """The file system type the kernel's mount table gives mountpoint (the last mount there)."""
     found = None
     target = os.path.abspath(mountpoint)
@@ -104,21 +86,3 @@ def _fstype(mountpoint: str) -> str | None:
 
 def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def umount_fuse_main(argv: list[str] | None = None) -> int:
-    """umount.fuse: what umount(8) runs for every FUSE mount. util-linux knows a FUSE mount
-    only as "fuse" (from statfs, without reading the mount table), so it never looks for
-    umount.fuse.pqcfs: this helper asks the kernel's mount table which FUSE file system it
-    is. A pqcfs mount goes to `pqcfs umount` (which returns once both drives are written
-    out and marked clean); any other is unmounted exactly as umount(8) would have done
-    without a helper (`umount -i`)."""
-    parsed = _umount_args(argv, "umount.fuse")
-    if isinstance(parsed, int):
-        return parsed
-    mountpoint, values, flags = parsed
-    if _fstype(mountpoint) == "fuse.pqcfs":
-        return umount_main(argv)
-    words = ["umount", "-i", *sorted(flags - {"-i"}), *[w for k, v in values.items() for w in (k, v)], mountpoint]
-    os.execvp("umount", words)
-    return 1

@@ -29,9 +29,9 @@ MARK = "pqcfs launcher"
 # Installed path (relative to the root) -> the program the launcher runs.
 PROGRAMS = {
     "usr/bin/pqcfs": ("pqcfs", []),
-    "usr/sbin/mount.pqcfs": ("mounttool", ["mount.pqcfs"]),
-    "usr/sbin/umount.fuse.pqcfs": ("mounttool", ["umount.fuse.pqcfs"]),
-    "usr/sbin/umount.fuse": ("mounttool", ["umount.fuse"]),
+    "usr/sbin/mount.pqcfs": ("pqcfs.cli.helpers", ["mount.pqcfs"]),
+    "usr/sbin/umount.fuse.pqcfs": ("pqcfs.cli.helpers", ["umount.fuse.pqcfs"]),
+    "usr/sbin/umount.fuse": ("pqcfs.cli.helpers", ["umount.fuse"]),
 }
 DOCS = {
     "usr/local/share/man/man1/pqcfs.1": "man",

@@ -8,6 +8,8 @@ import errno
 import os
 import sys
 
+from mounttool import helper
+from mounttool.options import MountOptionError
 from pqcfs import __version__, hygiene
 from pqcfs.cli import (audit_cmd, automount_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd,
                        keys_cmd, mount_cmd, progress, share_cmd, status_cmd, sync_cmd, system_cmd, upgrade_cmd)
@@ -63,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if len(argv) >= 2 and not argv[0].startswith("-") and argv[0] not in _commands(parser):
         # `pqcfs SOURCE MOUNTPOINT -o OPTIONS`: how mount.fuse3 runs a fuse.pqcfs mount.
-        from mounttool import helper
-        return helper.main(argv)
+        try:
+            argv = helper.mount_args(argv)
+        except MountOptionError as e:
+            print(f"pqcfs: {e}", file=sys.stderr)
+            return exitcodes.USAGE
+        if argv is None:
+            return exitcodes.OK      # -f: mount(8) only pretends
     args = parser.parse_args(argv)
     # Warnings from inside (a quarantined entry, a healed copy) reach the user as one
     # prefixed line each; the mount daemon sets up its own log.

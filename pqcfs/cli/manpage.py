@@ -1,16 +1,13 @@
 """The man page and shell completions, generated from the command-line parser itself
 (argparse-manpage and shtab), so they never disagree with `--help`.
 
-    python -m pqcfs.cli.manpage OUTDIR
-
-writes OUTDIR/man1/pqcfs.1, OUTDIR/bash-completion/pqcfs and OUTDIR/zsh/_pqcfs
-(`pqcfs system install` writes them where man, bash-completion and zsh look).
+`pqcfs system install` writes them where man, bash-completion and zsh look
+(`--root DIR` for a package's tree).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 from pqcfs import __version__
 from pqcfs.cli import exitcodes
@@ -70,9 +67,3 @@ def write_all(parser, outdir: str) -> list[str]:
         written.append(path)
     return written
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m pqcfs.cli.manpage OUTDIR")
-    from pqcfs.cli.main import build_parser
-    print("\n".join(write_all(build_parser(), sys.argv[1])))

@@ -4,6 +4,7 @@ unknown ones and passphrases refused."""
 import pytest
 
 from mounttool import helper
+from pqcfs.cli import helpers
 from mounttool.options import MountOptionError, translate
 
 
@@ -44,4 +45,4 @@ def test_helper_command_lines():
     assert helper.mount_args(["/media/a", "/mnt/v", "-f", "-o", "ro"]) is None     # fake: nothing to do
     with pytest.raises(MountOptionError):
         helper.mount_args(["/media/a"])
-    assert helper.main(["/media/a", "/mnt/v", "-o", "password=x"]) == 2
+    assert helpers.mount_main(["/media/a", "/mnt/v", "-o", "password=x"]) == 2
