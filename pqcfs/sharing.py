@@ -335,54 +335,17 @@ def _scan(drive: Drive, node_id: bytes) -> str | None:
     return None
 
 
-# --- export: a deep copy for someone else --------------------------------------------
-
-
-def export(vault, p_path: str, locations: list[str], recipient: PublicIdentity, drive_infos=None,
-           progress_factory=None):
-    """A new vault on locations holding a copy of the directory at p_path, opened by
-    recipient's identity only (no passphrase, no recovery code: its maker keeps no way
-    in). Returns the new vault's id and the copier's counts."""
-    from pqcfs import vault as vault_mod
-    from pqcfs.audit.writer import AuditLog
-    from pqcfs.fs.copier import Copier
-    from pqcfs.fs.session import OfflineSession
-    src = owner_tree(vault)
-    node = resolve(src, p_path)
-    if not node.is_dir:
-        raise NoSuchPath(f"{p_path}: not a directory (export the directory that holds it)")
-    dest, _ = vault_mod.create(locations, passphrase=None, identity=recipient, recovery=False,
-                               block_size=vault.header.block_size, drive_infos=drive_infos)
-    try:
-        audit = AuditLog(dest)
-        audit.append("created-by-export", source_vault=vault.header.vault_id.hex(), path=p_path,
-                     recipient=recipient.fingerprint)
-        dest.extra["audit"] = audit
-        session = OfflineSession(dest, "export")
-        dst, _ = session.start()
-        try:
-            size, files = tree_size(src, node)
-            progress = progress_factory(f"export {p_path}", size, files) if progress_factory else None
-            copier = Copier(src, dst, progress)
-            try:
-                copier.tree(node, dst.inodes.root)
-            finally:
-                if progress:
-                    progress.close()
-        finally:
-            session.end()
-    finally:
-        dest.close()
-    return dest.header.vault_id, copier
-
-
 def tree_size(vfs, dir_node) -> tuple[int, int]:
+    """Bytes and files below dir_node (for progress bars); iterative, so a tree of any
+    depth is measured."""
     size = files = 0
-    for p_name, _ in vfs.listdir(dir_node):
-        node = vfs.lookup(dir_node, p_name)
-        if node.is_dir:
-            s, f = tree_size(vfs, node)
-            size, files = size + s, files + f
-        else:
-            size, files = size + node.size, files + 1
+    stack = [dir_node]
+    while stack:
+        here = stack.pop()
+        for p_name, _ in vfs.listdir(here):
+            node = vfs.lookup(here, p_name)
+            if node.is_dir:
+                stack.append(node)
+            else:
+                size, files = size + node.size, files + 1
     return size, files

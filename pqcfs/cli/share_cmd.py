@@ -8,6 +8,7 @@ import re
 import sys
 import time
 
+from pqcfs import export as export_mod
 from pqcfs import lineage, revoke, sharing
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
@@ -208,7 +209,7 @@ def run_export(args) -> int:
     infos = devices.check_locations(args.dest, args.allow_fixed, args.allow_same_device)
     vault = options.unlock(args, require_all=False)
     started = time.monotonic()
-    vault_id, copier = sharing.export(vault, args.path, args.dest, public, drive_infos=infos,
+    vault_id, copier = export_mod.export(vault, args.path, args.dest, public, drive_infos=infos,
                                       progress_factory=lambda label, total, files: Progress(label, total, files=files))
     seconds = time.monotonic() - started
     vault.extra["audit"].append("export", path=args.path, recipient=public.fingerprint, vault=vault_id.hex(),

@@ -21,7 +21,7 @@ from pqcfs import mirror, userdirs
 from pqcfs import vault as vault_mod
 from pqcfs.errors import MountError, PqcfsError, RolledBack
 from pqcfs.fs import control
-from pqcfs.fs import recovery
+from pqcfs.fs import grantee_intent, recovery
 from pqcfs.fs import rejoin as rejoin_mod
 from pqcfs.fs.operations import Operations
 from pqcfs.fs.owner import MountOwner
@@ -212,8 +212,7 @@ class Session:
         present (until then the log is kept: it is what the missing one lacks)."""
         from pqcfs import sharing
         from pqcfs.format import grants
-        from pqcfs.fs import grantee
-        pending = grantee.unclean(self.vault.drives)
+        pending = grantee_intent.unclean(self.vault.drives)
         if not pending:
             return
         if plan.missing:
@@ -230,9 +229,9 @@ class Session:
             if grants.parse(sharing.unb64(record["blob"])).grant.read_only:
                 # A read-only grant's session writes no intent log: this one was planted.
                 problem = "the grant is read-only"
-                grantee.set_aside(self.vault.drives, grant_id, problem)
+                grantee_intent.set_aside(self.vault.drives, grant_id, problem)
             else:
-                problem = grantee.recover(self.vault.drives, node.keys.key, grant_id, node.c_path,
+                problem = grantee_intent.recover(self.vault.drives, node.keys.key, grant_id, node.c_path,
                                           self.vault.header.block_size, vfs)
             if problem is None:
                 self.event("grantee-session-repaired", grant=grant_id.hex())

@@ -18,7 +18,7 @@ from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError
 from pqcfs.format import grants, names, node_header
 from pqcfs.format.identity import decode_file
-from pqcfs.fs import grantee
+from pqcfs.fs import grantee, grantee_intent
 from pqcfs.fs.common import Caller, FsError
 from pqcfs.store import intent as intent_mod
 from pqcfs.store.drive import QUARANTINE_DIR
@@ -68,7 +68,7 @@ def test_a_planted_grantee_intent_log_does_not_switch_off_directory_authenticati
     work = str(tmp_path)
     with populated_vault(tmp_path) as v:
         grant_id, _, _ = share(v, work)
-        name = grantee.intent_name(bytes.fromhex(grant_id))
+        name = grantee_intent.intent_name(bytes.fromhex(grant_id))
         for location in (v.primary, v.backup):
             os.unlink(top_level_file(location))        # the attacker's change, outside the grant
         for planted in ("empty", "junk", "huge"):
@@ -101,11 +101,11 @@ def test_an_intent_log_naming_paths_outside_the_grant_is_set_aside(tmp_path):
         grant_id, bob, bob_pass = share(v, work)
         gid = bytes.fromhex(grant_id)
         key = subtree_key(v, grant_id, bob, bob_pass)
-        ikey = grantee.intent_key(key, gid)
+        ikey = grantee_intent.intent_key(key, gid)
         for location in (v.primary, v.backup):
             os.unlink(top_level_file(location))
             lines = [f"B - {intent_mod._mac(ikey, 'B', '-')}", f"D  {intent_mod._mac(ikey, 'D', '')}"]
-            with open(os.path.join(location, grantee.intent_name(gid)), "w") as f:
+            with open(os.path.join(location, grantee_intent.intent_name(gid)), "w") as f:
                 f.write("\n".join(lines) + "\n")
         v.mount()
         try:

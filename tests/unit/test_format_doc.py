@@ -7,7 +7,7 @@ import re
 from pqcfs import grantee_log
 from pqcfs.audit import log as audit_log
 from pqcfs.format import dir_table, node_header, replica_state, vault_header
-from pqcfs.fs import grantee, tables, vaultfs
+from pqcfs.fs import grantee_intent, tables, vaultfs
 from pqcfs.store import changes, intent
 
 DOC = (pathlib.Path(__file__).parents[2] / "docs" / "format.md").read_text()
@@ -28,7 +28,7 @@ def test_the_caps_on_what_is_read_from_a_drive():
     assert stated(r"a long-name sidecar at (\d+) (KiB)") == vaultfs.LONG_NAME_CAP
     assert stated(r"an xattr or override table at (\d+) (MiB)") == vaultfs.TABLE_CAP
     assert stated(r"the intent log and the change journal at (\d+) (MiB)") == intent.MAX_FILE == changes.MAX_FILE
-    assert stated(r"a grantee's intent log and a grantee's audit log at (\d+) (MiB)") == grantee.INTENT_CAP \
+    assert stated(r"a grantee's intent log and a grantee's audit log at (\d+) (MiB)") == grantee_intent.INTENT_CAP \
         == grantee_log.LOG_CAP
     assert stated(r"a directory table at (\d+) (MiB)") == tables.TABLE_FILE_CAP
     assert stated(r"the audit log at (\d+) (MiB)") == audit_log.MAX_FILE
