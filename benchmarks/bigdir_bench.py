@@ -21,7 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("PQCFS_INSECURE_FAST_KDF", "1")
-from pqcfs.fs import session as session_mod  # noqa: E402
+from pqcfs.session import session as session_mod  # noqa: E402
 from tests.mounted import drives  # noqa: E402
 
 

@@ -16,7 +16,7 @@ os.environ["PQCFS_STATE_DIR"] = tempfile.mkdtemp()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pqcfs import vault as vault_mod  # noqa: E402
 from pqcfs.crypto.kdf import calibrate  # noqa: E402
-from pqcfs.fs.session import Session  # noqa: E402
+from pqcfs.session.session import Session  # noqa: E402
 from pqcfs.fs.common import Caller  # noqa: E402
 d = tempfile.mkdtemp()
 a, b = os.path.join(d, "a"), os.path.join(d, "b"); os.mkdir(a); os.mkdir(b)

@@ -20,7 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from benchmarks.bench import drop_caches, pqcfs  # noqa: E402
-from pqcfs.fs import session as session_mod  # noqa: E402
+from pqcfs.session import session as session_mod  # noqa: E402
 
 
 def create(mnt):

@@ -9,7 +9,7 @@ from pqcfs.audit.writer import AuditLog
 from pqcfs.errors import NoSuchPath
 from pqcfs.format.identity import PublicIdentity
 from pqcfs.fs.copier import Copier
-from pqcfs.fs.session import OfflineSession
+from pqcfs.session.session import OfflineSession
 
 
 def export(vault, p_path: str, locations: list[str], recipient: PublicIdentity, drive_infos=None,

@@ -34,7 +34,7 @@ from pqcfs.crypto import aead
 from pqcfs.errors import CryptoError, DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import grants
 from pqcfs.fs.copier import Copier, exists as _exists, remove_tree
-from pqcfs.fs import grantee
+from pqcfs.session import grantee
 
 log = logging.getLogger(__name__)
 TEMP_PREFIX = ".pqcfs-rekey-"

@@ -35,6 +35,8 @@ from pqcfs.errors import CryptoError, DamagedStructure, GrantRefused, NoSuchPath
 from pqcfs.format import grants, names, node_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.fs.common import FsError
+from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.store import seen
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import ReplicaSet, TREE_DIR
 
@@ -81,7 +83,6 @@ def open_note(root_key: bytes, record: dict) -> dict:
 
 def owner_tree(vault):
     """The vault's file system, read-only, with directory tables (format 2)."""
-    from pqcfs.fs.vaultfs import VaultFS   # the fs layer imports this module's neighbours
     if not vault.tables:
         raise PqcfsError("sharing needs format 2 (directory tables); run `pqcfs upgrade` first")
     return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, read_only=True,
@@ -184,7 +185,6 @@ def revoke_resurrected(vault, writable: bool) -> list[str]:
     older copy of the header (rolled back). They are made tombstones again (when the
     command may write); their keys open nothing any more either way (the revoke re-keyed
     the directory)."""
-    from pqcfs.store import seen
     gone = seen.revoked(vault.header.vault_id, vault.root_key)
     back = [r for r in vault.header.grants if "blob" in r and r["id"] in gone]
     if back and writable:

@@ -21,7 +21,7 @@ from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, Wr
 from pqcfs.format import dir_table, node_header, replica_state, slots, vault_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.format.names import DIR_ID_NAME
-from pqcfs.store import devices
+from pqcfs.store import devices, hostkeys
 from pqcfs.store.drive import Drive
 
 TREE_DIR = "tree"
@@ -305,7 +305,6 @@ class UnlockedVault:
 
     def add_host(self, label: str = "") -> tuple[int, str, str]:
         """A slot that this machine opens unattended: (slot id, key id, how the secret is kept)."""
-        from pqcfs.store import hostkeys
         key_id, secret, kept = hostkeys.create(self.header.vault_id.hex())
         slot_id = self.header.next_slot_id()
         self.header.slots.append(slots.host_slot(slot_id, self.root_key, self.header.vault_id, secret, key_id,
@@ -327,8 +326,7 @@ class UnlockedVault:
         self.header.slots = remaining
         self.save_header()
         if gone["type"] == slots.HOST:    # the machine's copy of the secret goes too, where it is this one
-            from pqcfs.store import hostkeys
-            hostkeys.remove(self.header.vault_id.hex(), gone["key_id"])
+                hostkeys.remove(self.header.vault_id.hex(), gone["key_id"])
 
     def change_passphrase(self, slot_id: int, passphrase: bytes, kdf: Argon2Params | None = None) -> None:
         for n, slot in enumerate(self.header.slots):
@@ -374,7 +372,6 @@ class HostKeyRefused(PqcfsError):
 
 
 def _host_secret(vault_id: bytes, slot: dict) -> bytes | None:
-    from pqcfs.store import hostkeys
     try:
         return hostkeys.load(vault_id.hex(), slot["key_id"])
     except DamagedStructure:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pqcfs import vault as vault_mod
 from pqcfs import grantee_log, sharing
 from pqcfs.audit import log as audit_log
-from pqcfs.fs import grantee
+from pqcfs.session import grantee
 from pqcfs.cli import exitcodes, options
 from pqcfs.errors import PqcfsError
 from pqcfs.format.identity import PublicIdentity

@@ -15,8 +15,8 @@ from pqcfs import vault as vault_mod
 from pqcfs.cli import options
 from pqcfs.errors import PqcfsError
 from pqcfs.format import vault_header
-from pqcfs.fs import mounttable
-from pqcfs.fs.owner import MountOwner
+from pqcfs.session import mounttable
+from pqcfs.session.owner import MountOwner
 from pqcfs.store import devices, hostkeys
 from pqcfs.store.atomic import write_atomic
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pqcfs import fsck, mirror
 from pqcfs.cli import exitcodes, options
 from pqcfs.cli.progress import Progress
-from pqcfs.fs import session as session_mod
+from pqcfs.session import session as session_mod
 
 
 def add_parser(sub) -> None:

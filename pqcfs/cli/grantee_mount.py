@@ -12,7 +12,7 @@ from pqcfs.errors import DamagedStructure, DriveError, GrantRefused, PqcfsError,
 from pqcfs.format import grants
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
-from pqcfs.fs import grantee
+from pqcfs.session import grantee
 from pqcfs.store.lock import VaultLock
 
 

@@ -20,9 +20,9 @@ from pqcfs.audit import host
 from pqcfs.cli import exitcodes, grantee_mount, options, share_cmd
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError, MountError, PqcfsError
-from pqcfs.fs import fuseenv, mounttable
-from pqcfs.fs import session as session_mod
-from pqcfs.fs.owner import MountOwner, open_no_links
+from pqcfs.session import fuseenv, mounttable
+from pqcfs.session import session as session_mod
+from pqcfs.session.owner import MountOwner, open_no_links
 from pqcfs.store import devices
 
 

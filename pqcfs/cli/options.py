@@ -113,7 +113,7 @@ def _unlock_tries(args, locations: list[str], vault_id: str | None):
 
 def _in_use(vault_id: str | None, why: str) -> str:
     """Where the vault is mounted, when a mount of this machine holds it."""
-    from pqcfs.fs import mounttable    # the mount machinery, only when it is needed
+    from pqcfs.session import mounttable    # the mount machinery, only when it is needed
     for mount in mounttable.listing():
         if mount.info and mount.info.get("vault_id") == vault_id and mount.alive:
             return (f"the vault is mounted at {mount.mountpoint} (daemon pid {mount.info.get('pid')}); "

@@ -12,7 +12,7 @@ from pqcfs import export as export_mod
 from pqcfs import lineage, revoke, sharing
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
-from pqcfs.fs import session as session_mod
+from pqcfs.session import session as session_mod
 from pqcfs.store import devices
 from pqcfs.errors import PqcfsError
 from pqcfs.format import grants

@@ -11,7 +11,7 @@ from pqcfs.cli import exitcodes, options
 from pqcfs.errors import DamagedStructure, NotAVault, PqcfsError
 from pqcfs.format import vault_header
 from pqcfs.format import replica_state as rs
-from pqcfs.fs import mounttable
+from pqcfs.session import mounttable
 
 
 def add_parser(sub) -> None:

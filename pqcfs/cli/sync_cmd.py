@@ -1,5 +1,5 @@
 """pqcfs sync VAULT: bring stale replicas up to date from VAULT (the primary); while
-VAULT is mounted, the mount daemon does it online (fs/rejoin.py)."""
+VAULT is mounted, the mount daemon does it online (session/rejoin.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pqcfs import mirror
 from pqcfs.cli import exitcodes, options
 from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError, MountError, NoSpace
-from pqcfs.fs import control, mounttable
-from pqcfs.fs import session as session_mod
+from pqcfs.session import control, mounttable
+from pqcfs.session import session as session_mod
 from pqcfs.format import replica_state as rs
 from pqcfs import vault as vault_mod
 

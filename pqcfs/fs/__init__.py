@@ -1,2 +1,3 @@
-"""The file system: a vault core (plain Python, testable without a kernel) and a thin
-pyfuse3 Operations layer that only translates requests and errors."""
+"""The vault core: the plaintext tree over the replicas' ciphertext (VaultFS, directory
+tables, nodes, contents, crash recovery). Plain Python, testable without a kernel: no
+pyfuse3, no trio, no session."""

@@ -22,7 +22,8 @@ from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, MAGIC_LINK
 from pqcfs.fs.inodes import SHARED_DIR
 from pqcfs.fs.tables import ALL
 from pqcfs.store.drive import Drive
-from pqcfs.store.replicas import TREE_DIR
+from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.store.replicas import TREE_DIR, ReplicaSet
 from pqcfs.store.sync import copy_entry, same_file
 
 log = logging.getLogger(__name__)
@@ -273,8 +274,6 @@ def settle_tables(vfs, drives: list[Drive], block_size: int, in_flux) -> int:
     primary holds, written to every replica. Returns how many were settled."""
     if not vfs.tables:
         return 0
-    from pqcfs.fs.vaultfs import VaultFS
-    from pqcfs.store.replicas import ReplicaSet
     settled = VaultFS(ReplicaSet(drives), vfs.inodes.root.keys, block_size, tables=True,
                       in_flux=in_flux, shares=vfs.shares).settle_tree()
     log.info("rebuilt %d directory table(s) from the drives", settled)

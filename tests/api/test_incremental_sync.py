@@ -12,7 +12,7 @@ from pqcfs import mirror
 from pqcfs import vault as vault_mod
 from pqcfs.fs.common import Caller
 from pqcfs.fs.recovery import differing_files
-from pqcfs.fs.session import Session
+from pqcfs.session.session import Session
 from pqcfs.store import changes
 from pqcfs.store.drive import Drive
 from pqcfs.vault import Credentials

@@ -6,7 +6,7 @@ import stat
 from pqcfs import revoke, sharing
 from pqcfs import vault as vault_mod
 from pqcfs.format.identity import Identity
-from pqcfs.fs.session import OfflineSession
+from pqcfs.session.session import OfflineSession
 from pqcfs.fs.vaultfs import Caller, VaultFS
 from pqcfs.store import seen
 from pqcfs.store.replicas import ReplicaSet

@@ -11,7 +11,7 @@ from pqcfs import vault as vault_mod
 from pqcfs.audit.writer import AuditLog
 from pqcfs.crypto.kdf import calibrate
 from pqcfs.format import replica_state as rs
-from pqcfs.fs.session import Session
+from pqcfs.session.session import Session
 from pqcfs.store.drive import QUARANTINE_DIR
 from pqcfs.vault import Credentials
 from tests.conftest import PASSPHRASE

@@ -8,7 +8,7 @@ import pyfuse3
 import pytest
 import trio
 
-from pqcfs.fs.operations import Operations
+from pqcfs.fuse.operations import Operations
 from pqcfs.fs.vaultfs import Caller, FsError, VaultFS
 from pqcfs.store.replicas import ReplicaSet
 

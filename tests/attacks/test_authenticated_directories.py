@@ -13,7 +13,7 @@ from pqcfs import fsck
 from pqcfs import vault as vault_mod
 from pqcfs.errors import DamagedStructure, PqcfsError, RolledBack
 from pqcfs.fs.common import Caller, FsError
-from pqcfs.fs.session import Session
+from pqcfs.session.session import Session
 from pqcfs.store.drive import QUARANTINE_DIR
 from pqcfs.vault import Credentials
 from tests.conftest import PASSPHRASE

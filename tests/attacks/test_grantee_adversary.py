@@ -18,7 +18,7 @@ from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError
 from pqcfs.format import grants, names, node_header
 from pqcfs.format.identity import decode_file
-from pqcfs.fs import grantee, grantee_intent
+from pqcfs.session import grantee, grantee_intent
 from pqcfs.fs.common import Caller, FsError
 from pqcfs.store import intent as intent_mod
 from pqcfs.store.drive import QUARANTINE_DIR
@@ -337,7 +337,7 @@ def test_a_directory_moved_out_before_the_share_is_rekeyed_when_sharing(tmp_path
 def test_revoke_reaches_a_directory_that_left_under_an_older_pqcfs(tmp_path):
     """A vault where a directory left acme while it was granted (no EXDEV then): the
     revoke finds it by its key and re-keys it too."""
-    from pqcfs.fs.session import Session
+    from pqcfs.session.session import Session
     work = str(tmp_path)
     with populated_vault(tmp_path) as v:
         grant_id, bob, bob_pass = share(v, work)

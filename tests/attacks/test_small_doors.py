@@ -12,7 +12,7 @@ import pytest
 from pqcfs import userdirs
 from pqcfs.audit import host
 from pqcfs.cli import exitcodes
-from pqcfs.fs import grantee
+from pqcfs.session import grantee
 from tests.attacks.forge import forge_everywhere, forge_header
 
 PASS = "small doors passphrase"

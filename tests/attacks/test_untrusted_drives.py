@@ -153,7 +153,7 @@ def build_pristine(vault: drives.Vault) -> None:
 def daemon_pid(mountpoint: str) -> int:
     import json
 
-    from pqcfs.fs import session as session_mod
+    from pqcfs.session import session as session_mod
     with open(session_mod.runtime_file(mountpoint)) as f:
         return json.load(f)["pid"]
 

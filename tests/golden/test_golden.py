@@ -12,7 +12,7 @@ from pqcfs.errors import PqcfsError
 from pqcfs import vault as vault_mod
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
-from pqcfs.fs import grantee
+from pqcfs.session import grantee
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import ReplicaSet

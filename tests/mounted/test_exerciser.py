@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pqcfs.fs import session as session_mod
+from pqcfs.session import session as session_mod
 from pqcfs.fs import tables
 from tests.mounted import drives
 from tests.mounted.exerciser import snapshot

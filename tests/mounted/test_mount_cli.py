@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pqcfs.fs import session as session_mod
+from pqcfs.session import session as session_mod
 from tests.mounted import drives
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]

@@ -21,8 +21,8 @@ from pqcfs.crypto.keys import root_dir_keys
 from pqcfs.errors import CryptoError, PqcfsError
 from pqcfs.format import names, node_header
 from pqcfs.format.identity import PublicIdentity, decode_file
-from pqcfs.fs import grantee
-from pqcfs.fs import session as session_mod
+from pqcfs.session import grantee
+from pqcfs.session import session as session_mod
 from pqcfs.store.drive import Drive
 from tests.mounted import drives
 

@@ -7,7 +7,8 @@ import re
 from pqcfs import grantee_log
 from pqcfs.audit import log as audit_log
 from pqcfs.format import dir_table, node_header, replica_state, vault_header
-from pqcfs.fs import grantee_intent, tables, vaultfs
+from pqcfs.fs import tables, vaultfs
+from pqcfs.session import grantee_intent
 from pqcfs.store import changes, intent
 
 DOC = (pathlib.Path(__file__).parents[2] / "docs" / "format.md").read_text()

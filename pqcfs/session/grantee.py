@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pqcfs import userdirs
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import vault_header
-from pqcfs.fs import session as session_mod
-from pqcfs.fs.grantee_intent import intent_key, intent_name, recover
+from pqcfs.session import session as session_mod
+from pqcfs.session.grantee_intent import intent_key, intent_name, recover
 from pqcfs.fs.vaultfs import VaultFS
-from pqcfs.fs.operations import Operations
+from pqcfs.fuse.operations import Operations
 from pqcfs.sharing import Opened
 from pqcfs.store.replicas import ReplicaSet
 from pqcfs.store import intent as intent_mod

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pqcfs import userdirs
 from pqcfs.errors import PqcfsError
-from pqcfs.fs import session as session_mod
+from pqcfs.session import session as session_mod
 
 FSTYPE = "fuse.pqcfs"
 

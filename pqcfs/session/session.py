@@ -17,14 +17,16 @@ import signal
 import pyfuse3
 import trio
 
-from pqcfs import mirror, userdirs
+from pqcfs import mirror, sharing, userdirs
 from pqcfs import vault as vault_mod
 from pqcfs.errors import MountError, PqcfsError, RolledBack
-from pqcfs.fs import control
-from pqcfs.fs import grantee_intent, recovery
-from pqcfs.fs import rejoin as rejoin_mod
-from pqcfs.fs.operations import Operations
-from pqcfs.fs.owner import MountOwner
+from pqcfs.format import grants
+from pqcfs.session import control
+from pqcfs.fs import recovery
+from pqcfs.session import grantee_intent
+from pqcfs.session import rejoin as rejoin_mod
+from pqcfs.fuse.operations import Operations
+from pqcfs.session.owner import MountOwner
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
 from pqcfs.store import changes as changes_mod
@@ -210,8 +212,6 @@ class Session:
         """A grantee's read-write session that did not end cleanly left its intent log:
         repaired here with the subtree key derived from the tree, once every replica is
         present (until then the log is kept: it is what the missing one lacks)."""
-        from pqcfs import sharing
-        from pqcfs.format import grants
         pending = grantee_intent.unclean(self.vault.drives)
         if not pending:
             return
