@@ -23,7 +23,7 @@ a, b = os.path.join(d, "a"), os.path.join(d, "b"); os.mkdir(a); os.mkdir(b)
 vault, _ = vault_mod.create([a, b], passphrase=b"x", kdf=calibrate())
 vault.close()
 vault = vault_mod.unlock([a, b], vault_mod.Credentials(passphrase=b"x"))
-s = Session(vault, os.path.join(d, "mnt")); s.prepare(); ops = s.build(); vfs = ops.vfs
+s = Session(vault, os.path.join(d, "mnt")); s.prepare(); vfs = s.build()
 folder = vfs.mkdir(vfs.inodes.root, b"many", 0o755, Caller(0, 0))
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 gc.collect(); tracemalloc.start(25)

@@ -22,7 +22,6 @@ from pqcfs.format import vault_header
 from pqcfs.session import session as session_mod
 from pqcfs.session.grantee_intent import intent_key, intent_name, recover
 from pqcfs.fs.vaultfs import VaultFS
-from pqcfs.fuse.operations import Operations
 from pqcfs.sharing import Opened
 from pqcfs.store.replicas import ReplicaSet
 from pqcfs.store import intent as intent_mod
@@ -104,7 +103,7 @@ class GranteeSession(session_mod.Session):
                                reason=problem)
         return None
 
-    def build(self) -> Operations:
+    def build(self) -> VaultFS:
         self.drives = self.vault.drives
         self.replicas = ReplicaSet(self.drives, on_failure=self._replica_failed)
         healthy = lambda: self.replicas.healthy  # noqa: E731
@@ -114,9 +113,8 @@ class GranteeSession(session_mod.Session):
                                                name=intent_name(grant_id))
             self.intent.clear()
             self.replicas.before_sync = self.intent.sync
-        self.ops = Operations(self._fs(self.replicas, read_only=self.read_only, on_event=self.event,
-                                       intent=self.intent))
-        return self.ops
+        self.vfs = self._fs(self.replicas, read_only=self.read_only, on_event=self.event, intent=self.intent)
+        return self.vfs
 
     def _give_top_directory(self, vfs: VaultFS) -> None:
         # The root of a grantee's mount is pqcfs' own and nothing on the drives.
@@ -140,15 +138,15 @@ class GranteeSession(session_mod.Session):
 
     def _finish(self) -> None:
         if self.read_only:
-            self.event("grantee-unmount", writes_refused=self.ops.vfs.refused_writes if getattr(self, "ops", None) else 0)
+            self.event("grantee-unmount", writes_refused=self.vfs.refused_writes if self.vfs is not None else 0)
             return
         try:
-            self.ops.vfs.settle()
+            self.vfs.settle()
         except (OSError, PqcfsError) as e:
             log.error("directory tables could not be written (%s); the next mount repairs them", e)
             return
         os.sync()
-        self.event("grantee-unmount", self_heals=self.ops.vfs.heal_events)
+        self.event("grantee-unmount", self_heals=self.vfs.heal_events)
         if self.intent is not None:
             self.intent.close()
             if not self.replicas.failed:

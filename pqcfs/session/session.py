@@ -7,25 +7,18 @@ mounted" an error instead of two daemons writing the same ciphertext. The runtim
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import signal
 
-import pyfuse3
-import trio
 
 from pqcfs import mirror, sharing, userdirs
 from pqcfs import vault as vault_mod
 from pqcfs.errors import MountError, PqcfsError, RolledBack
 from pqcfs.format import grants
-from pqcfs.session import control
 from pqcfs.fs import recovery
 from pqcfs.session import grantee_intent
-from pqcfs.session import rejoin as rejoin_mod
-from pqcfs.fuse.operations import Operations
 from pqcfs.session.owner import MountOwner
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
@@ -91,7 +84,8 @@ class Session:
         self.drives: list = []          # one list shared by all that write; attach() grows it
         self._since = ""                # the primary's last session before this one
         self.failed_ids: dict[int, str] = {}   # replica set index -> id of a replica that failed
-        self.rejoin = rejoin_mod.Rejoin(self)
+        self.rejoin = None              # online rejoin: made by the serving loop (session/serving.py)
+        self.vfs: VaultFS | None = None  # the tree, once built
         self.missing: list[str] = []
         self.session_id = ""
         self.services = not read_only   # online sync and rejoin (they need the root key)
@@ -108,7 +102,8 @@ class Session:
         lock = self.vault.extra.get("lock")
         if lock is not None:
             lock.release()
-        self.rejoin.release()
+        if self.rejoin is not None:
+            self.rejoin.release()
 
     def append_files(self) -> list:
         """The per-replica logs kept open for the session (reopened when a drive rejoins)."""
@@ -281,9 +276,9 @@ class Session:
         # Everything on the drives before anything says "clean": the drives may be pulled
         # right after `pqcfs umount` returns.
         root_seq = 0
-        if getattr(self, "ops", None) is not None:
+        if self.vfs is not None:
             try:
-                root_seq = self.ops.vfs.settle()
+                root_seq = self.vfs.settle()
             except (OSError, PqcfsError) as e:
                 log.error("directory tables could not be written (%s); the next mount rebuilds them", e)
                 return   # the intent log stays: the next mount reconciles
@@ -294,7 +289,7 @@ class Session:
         if self.changes is not None:
             self.changes.end()
         if self.audit is not None:
-            heals = self.ops.vfs.heal_events if getattr(self, "ops", None) else 0
+            heals = self.vfs.heal_events if self.vfs is not None else 0
             self.event("unmount", session=self.session_id, self_heals=heals)
             identity = self.vault.extra.get("identity")
             try:
@@ -317,7 +312,7 @@ class Session:
             except OSError as e:
                 log.warning("could not record the vault's state on this machine (%s)", e)
 
-    def build(self) -> Operations:
+    def build(self) -> VaultFS:
         self.drives = self.vault.drives
         self.replicas = ReplicaSet(self.drives, on_failure=self._replica_failed)
         healthy = lambda: self.replicas.healthy  # noqa: E731
@@ -337,8 +332,8 @@ class Session:
         vfs.grant_roots = grant_roots(self.vault.header)
         if self.audit is not None:
             self.audit.follow(healthy, self.drives)
-        self.ops = Operations(vfs, audit_files=self.audit_files)
-        return self.ops
+        self.vfs = vfs
+        return vfs
 
     def _fill_reserves(self) -> None:
         """Each drive's reserve made whole before anything is written (store/reserve.py);
@@ -358,50 +353,11 @@ class Session:
         self.intent.sync()
         self.changes.sync()
 
-    def fuse_options(self, extra: list[str]) -> set[str]:
-        opts = set(pyfuse3.default_options)
-        opts |= {"fsname=pqcfs", "subtype=pqcfs"}
-        opts |= set(extra)
-        if self.read_only:
-            # Read-only is not the mount options' to undo: "rw" among them is dropped.
-            opts.discard("rw")
-            opts.add("ro")
-        return opts
-
     def serve(self, extra_options: list[str], ready=None) -> None:
         """Mount and serve until unmounted or signalled; ready() runs once mounted."""
-        ops = self.build()
-        if self.owner is not None:
-            self._give_top_directory(ops.vfs)
-        try:
-            with self.owner.real_ids() if self.owner else contextlib.nullcontext():
-                target = self.mountpoint if self.mount_fd is None else f"/proc/self/fd/{self.mount_fd}"
-                try:
-                    pyfuse3.init(ops, target, self.fuse_options(extra_options))
-                finally:
-                    if self.mount_fd is not None:
-                        os.close(self.mount_fd)
-                        self.mount_fd = None
-        except RuntimeError as e:
-            self._finish()
-            raise MountError(f"mounting {self.mountpoint} failed: {e}") from None
-        self.write_runtime()
-        self._ready = ready
-        try:
-            trio.run(self._main)
-        finally:
-            try:
-                pyfuse3.close(unmount=True)
-            except Exception:  # already unmounted from outside (fusermount3 -u)
-                pass
-            self._finish()
-            self._remove_runtime()
-            self.unlock()
-
-    async def _announce_ready(self) -> None:
-        # Ready means answering: a stat of the mountpoint is a request this loop serves.
-        await trio.to_thread.run_sync(self.owner.stat_as if self.owner else os.stat, self.mountpoint)
-        self._ready()
+        # pyfuse3 and trio load only in a process that serves: the CLI's start stays light.
+        from pqcfs.session import serving
+        serving.serve(self, extra_options, ready)
 
     def _give_top_directory(self, vfs: VaultFS) -> None:
         """A vault made by root (`sudo pqcfs init`) has a top directory only root may
@@ -412,28 +368,6 @@ class Session:
             return
         vfs.set_owner(root, self.owner.uid, self.owner.gid)
         self.event("top-directory-given", user=self.owner.name, uid=self.owner.uid)
-
-    async def _main(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._signals, nursery.cancel_scope)
-            if self._ready:
-                nursery.start_soon(self._announce_ready)
-            if self.services:
-                nursery.start_soon(control.serve, self, control.socket_path(self.runtime_path))
-                interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))
-                if interval > 0:
-                    nursery.start_soon(self.rejoin.watch, interval)
-            # One worker: handlers never await, so more would only cost dispatch.
-            await pyfuse3.main(min_tasks=1, max_tasks=1)
-            nursery.cancel_scope.cancel()
-
-    async def _signals(self, scope) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                log.info("signal %d: unmounting", signum)
-                self.stopped_by = signum
-                pyfuse3.terminate()
-                return
 
     def write_runtime(self) -> None:
         os.makedirs(os.path.dirname(self.runtime_path), mode=0o700, exist_ok=True)
@@ -469,7 +403,7 @@ class OfflineSession(Session):
     def start(self, progress_factory=None) -> tuple[VaultFS, mirror.Plan]:
         self.lock()
         plan = self.prepare(progress_factory)
-        return self.build().vfs, plan
+        return self.build(), plan
 
     def event(self, event: str, **details) -> None:
         if event in ("mount", "unmount"):

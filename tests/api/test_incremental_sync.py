@@ -37,7 +37,7 @@ def session_without_backup(primary, tmp_path, change):
     vault = unlock([primary])
     session = Session(vault, str(tmp_path / "mnt"))
     session.prepare()
-    vfs = session.build().vfs
+    vfs = session.build()
     change(vfs)
     session._finish()
     vault.close()
@@ -54,7 +54,7 @@ def fill(vault, tmp_path, files, size):
     primary, backup = vault.locations
     session = Session(vault, str(tmp_path / "mnt"))
     session.prepare()
-    vfs = session.build().vfs
+    vfs = session.build()
     folder = vfs.mkdir(vfs.inodes.root, b"photos", stat.S_IFDIR | 0o755, ME)
     for n in range(files):
         node = vfs.create_file(folder, f"img{n:05d}.jpg".encode(), stat.S_IFREG | 0o644, ME)

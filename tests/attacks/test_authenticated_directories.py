@@ -31,7 +31,7 @@ def session(locations, tmp_path, change=None):
     vault = unlock(locations)
     s = Session(vault, str(tmp_path / "mnt"))
     s.prepare()
-    vfs = s.build().vfs
+    vfs = s.build()
     try:
         return change(vfs) if change else None
     finally:
@@ -233,7 +233,7 @@ def test_a_crash_mid_change_is_reconciled_not_reported(vault_dirs, tmp_path, dri
     vault = unlock(locations)
     s = Session(vault, str(tmp_path / "mnt"))
     s.prepare()
-    vfs = s.build().vfs
+    vfs = s.build()
     node = vfs.lookup(vfs.inodes.root, b"one")
     content = vfs.open(node, True)
     content.write(0, b"X" * 10_000)          # header counter raised, table not yet told

@@ -142,7 +142,7 @@ def test_a_read_only_grantees_writes_are_refused_by_the_daemon_and_reach_the_own
         # The daemon without a kernel in front of it: every change is refused by VaultFS.
         session = grantee_mount.prepare(cli_main.build_parser().parse_args(mount_args))
         try:
-            vfs = session.build().vfs
+            vfs = session.build()
             acme = vfs.lookup(vfs.inodes.root, b"acme")
             plan = vfs.lookup(acme, b"plan.txt")
             for change in (lambda: vfs.mkdir(acme, b"new", 0o755, Caller(0, 0)),
@@ -344,7 +344,7 @@ def test_revoke_reaches_a_directory_that_left_under_an_older_pqcfs(tmp_path):
         vault = vault_mod.unlock([v.primary, v.backup], vault_mod.Credentials(passphrase=drives.PASSPHRASE.encode()))
         s = Session(vault, os.path.join(work, "mnt"))
         s.prepare()
-        vfs = s.build().vfs
+        vfs = s.build()
         try:
             vfs.grant_roots = set()          # what an older pqcfs did: no lineage check
             acme = sharing.resolve(vfs, "/projects/acme")

@@ -34,3 +34,19 @@ def test_a_cycle_added_on_purpose_is_caught(tmp_path):
     assert proc.returncode != 0
     assert "No import cycles, at any depth BROKEN" in proc.stdout
     assert "Layers: each imports only what is below it BROKEN" in proc.stdout
+
+
+def test_commands_that_only_look_start_without_the_fuse_machinery(tmp_path):
+    """`pqcfs --version`, `status` and `info` import neither pyfuse3 nor trio (the serving
+    loop loads them only in a process that mounts): measured by the interpreter itself."""
+    vault = tmp_path / "v"
+    vault.mkdir()
+    (tmp_path / "pw").write_text("architecture test passphrase\n")
+    subprocess.run([sys.executable, "-m", "pqcfs", "init", str(vault), "--single", "--passfile",
+                    str(tmp_path / "pw"), "--allow-fixed"], check=True, capture_output=True)
+    for args in (["--version"], ["status"], ["info", str(vault)]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pqcfs", *args], capture_output=True,
+                              text=True)
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert "pqcfs.cli.main" in imported, proc.stderr[-500:]
+        assert not imported & {"pyfuse3", "trio"}, (args, sorted(imported & {"pyfuse3", "trio"}))

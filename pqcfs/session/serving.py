@@ -1,0 +1,96 @@
+"""Serving a mount: the FUSE loop (pyfuse3 in trio), signals, the control socket and
+online rejoin, around a Session that was prepared. The only module of the session that
+imports pyfuse3, and with the control server and rejoin the only ones that import trio."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+
+import pyfuse3
+import trio
+
+from pqcfs.errors import MountError
+from pqcfs.fuse.operations import Operations
+from pqcfs.session import control, control_server
+from pqcfs.session import rejoin as rejoin_mod
+
+log = logging.getLogger(__name__)
+
+
+def fuse_options(session, extra: list[str]) -> set[str]:
+    opts = set(pyfuse3.default_options)
+    opts |= {"fsname=pqcfs", "subtype=pqcfs"}
+    opts |= set(extra)
+    if session.read_only:
+        # Read-only is not the mount options' to undo: "rw" among them is dropped.
+        opts.discard("rw")
+        opts.add("ro")
+    return opts
+
+
+def serve(session, extra_options: list[str], ready=None) -> None:
+    """Mount and serve until unmounted or signalled; ready() runs once mounted."""
+    vfs = session.build()
+    ops = Operations(vfs, audit_files=session.audit_files)
+    if session.services:
+        session.rejoin = rejoin_mod.Rejoin(session)
+    if session.owner is not None:
+        session._give_top_directory(vfs)
+    try:
+        with session.owner.real_ids() if session.owner else contextlib.nullcontext():
+            target = session.mountpoint if session.mount_fd is None else f"/proc/self/fd/{session.mount_fd}"
+            try:
+                pyfuse3.init(ops, target, fuse_options(session, extra_options))
+            finally:
+                if session.mount_fd is not None:
+                    os.close(session.mount_fd)
+                    session.mount_fd = None
+    except RuntimeError as e:
+        session._finish()
+        raise MountError(f"mounting {session.mountpoint} failed: {e}") from None
+    session.write_runtime()
+    session._ready = ready
+    try:
+        trio.run(functools.partial(_main, session))
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:  # already unmounted from outside (fusermount3 -u)
+            pass
+        session._finish()
+        session._remove_runtime()
+        session.unlock()
+
+
+async def _announce_ready(session) -> None:
+    # Ready means answering: a stat of the mountpoint is a request this loop serves.
+    await trio.to_thread.run_sync(session.owner.stat_as if session.owner else os.stat, session.mountpoint)
+    session._ready()
+
+
+async def _main(session) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_signals, session, nursery.cancel_scope)
+        if session._ready:
+            nursery.start_soon(_announce_ready, session)
+        if session.services:
+            nursery.start_soon(control_server.serve, session, control.socket_path(session.runtime_path))
+            interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))
+            if interval > 0:
+                nursery.start_soon(session.rejoin.watch, interval)
+        # One worker: handlers never await, so more would only cost dispatch.
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        nursery.cancel_scope.cancel()
+
+
+async def _signals(session, scope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            session.stopped_by = signum
+            pyfuse3.terminate()
+            return
