@@ -12,8 +12,8 @@ Exit codes are pqcfs' own (docs/cli.md); a bad option is a usage error (2).
 from __future__ import annotations
 
 import os
-import re
 
+from mounttool import mountinfo
 from mounttool.options import MountOptionError, translate
 
 # Flags mount(8) passes to helpers: -s (sloppy), -f (fake), -n (no mtab), -v (verbose);
@@ -70,19 +70,6 @@ def plain_umount(mountpoint: str, values: dict[str, str], flags: set[str]) -> li
 
 def fstype(mountpoint: str) -> str | None:
     """The file system type the kernel's mount table gives mountpoint (the last mount there)."""
-    found = None
     target = os.path.abspath(mountpoint)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                before, _, after = line.partition(" - ")
-                fields = before.split(" ")
-                if len(fields) > 4 and _unescape(fields[4]) == target and after.split():
-                    found = after.split()[0]
-    except OSError:
-        return None
-    return found
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+    found = [m.fstype for m in mountinfo.read() if m.mountpoint == target]
+    return found[-1] if found else None

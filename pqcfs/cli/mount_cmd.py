@@ -244,16 +244,6 @@ class _PrivateLog(logging.handlers.RotatingFileHandler):
         super().emit(record)
 
 
-def _alive(pid: int) -> bool:
-    """The daemon still runs: it exists and has not exited (a zombie has, and waits only
-    for its parent, say a service manager or a shell, to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
 def holding(mountpoint: str) -> list[tuple[int, str]]:
     """The processes with a file open, a working directory or a root under mountpoint
     (read from /proc, never through the mount itself)."""
@@ -308,9 +298,9 @@ def run_umount(args) -> int:
         return 0
     # Wait for the daemon to write the replica state, so the drives can be pulled after.
     deadline = time.monotonic() + 60
-    while pid and time.monotonic() < deadline and _alive(pid):
+    while pid and time.monotonic() < deadline and mounttable.alive(pid):
         time.sleep(0.05)
-    if pid and _alive(pid):
+    if pid and mounttable.alive(pid):
         raise MountError(f"{mount.mountpoint} is unmounted, but its daemon (pid {pid}) is still writing the drives "
                          "out: wait until `pqcfs status VAULT` says clean before pulling them")
     if pid is None:

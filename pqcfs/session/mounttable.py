@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from mounttool import mountinfo
 from pqcfs import userdirs
 from pqcfs.errors import PqcfsError
 from pqcfs.session import session as session_mod
@@ -39,47 +40,34 @@ class Mount:
         return not self.alive
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def kernel_mounts() -> list[tuple[str, int | None]]:
     """(mountpoint, owner uid) of every pqcfs mount; the owner is FUSE's user_id= (the
     user the kernel lets in)."""
     found = []
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                before, _, after = line.partition(" - ")
-                fields = after.split()
-                if fields and fields[0] == FSTYPE:
-                    opts = dict(o.partition("=")[::2] for o in (fields[2] if len(fields) > 2 else "").split(","))
-                    uid = int(opts["user_id"]) if opts.get("user_id", "").isdigit() else None
-                    found.append((_unescape(before.split(" ")[4]), uid))
-    except OSError:
-        pass
+    for mount in mountinfo.read():
+        if mount.fstype == FSTYPE:
+            opts = dict(o.partition("=")[::2] for o in mount.super_options.split(","))
+            uid = int(opts["user_id"]) if opts.get("user_id", "").isdigit() else None
+            found.append((mount.mountpoint, uid))
     return found
 
 
-def _alive(pid) -> bool:
+def alive(pid) -> bool:
+    """The process runs: it exists (or exists as another user's) and has not exited (a
+    zombie has, and waits only for its parent to reap it)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True     # no /proc to ask: the signal check said it exists
 
 
 PROBE_SECONDS = 5
@@ -136,15 +124,15 @@ def listing() -> list[Mount]:
             continue
         info = runtime_info(mountpoint, owner)
         if info is not None:
-            alive = _alive(info.get("pid"))
+            lives = alive(info.get("pid"))
         elif owner is not None and owner != me:
-            alive = True     # another user's own mount: the kernel answers only them
+            lives = True     # another user's own mount: the kernel answers only them
         else:
             # No runtime file here (the daemon keeps it in another session's runtime
             # directory, or it is gone): the kernel says which. Only a mount whose
             # connection is gone (ENOTCONN) is dead; one that answers, or hangs, lives.
-            alive = answers(mountpoint)
-        out.append(Mount(mountpoint, info, alive, owner))
+            lives = answers(mountpoint)
+        out.append(Mount(mountpoint, info, lives, owner))
     return out
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from mounttool import mountinfo
 from pqcfs.errors import DriveError, NotAVault
 
 
@@ -126,13 +127,10 @@ def mount_identity(fd: int, location: str) -> str:
         wanted = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
         here = os.path.realpath(location)
         best, best_len = "", -1
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split(" ")
-                mountpoint = fields[4].replace("\\040", " ")
-                inside = here == mountpoint or here.startswith(mountpoint.rstrip("/") + "/")
-                if fields[2] == wanted and inside and len(mountpoint) > best_len:
-                    best, best_len = fields[0], len(mountpoint)
+        for mount in mountinfo.read():
+            inside = here == mount.mountpoint or here.startswith(mount.mountpoint.rstrip("/") + "/")
+            if mount.device == wanted and inside and len(mount.mountpoint) > best_len:
+                best, best_len = mount.mount_id, len(mount.mountpoint)
         return f"{boot}:{best}" if best else ""
     except (OSError, IndexError):
         return ""

@@ -46,3 +46,13 @@ def test_helper_command_lines():
     with pytest.raises(MountOptionError):
         helper.mount_args(["/media/a"])
     assert helpers.mount_main(["/media/a", "/mnt/v", "-o", "password=x"]) == 2
+
+
+def test_the_mount_table_is_read_with_one_escape_rule():
+    from mounttool import mountinfo
+    line = ("36 35 98:0 /mnt1 /mnt/my\\040vault\\134x rw,noatime master:1 - fuse.pqcfs pqcfs "
+            "rw,user_id=1000,group_id=1000\n40 35 0:41 / /sys rw - sysfs sysfs rw\nnot a mount line\n")
+    first, second = mountinfo.parse(line)
+    assert first.mountpoint == "/mnt/my vault\\x" and first.fstype == "fuse.pqcfs" and first.device == "98:0"
+    assert first.mount_id == "36" and "user_id=1000" in first.super_options and first.root == "/mnt1"
+    assert second.fstype == "sysfs" and len(mountinfo.parse(line)) == 2
