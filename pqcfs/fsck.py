@@ -12,9 +12,9 @@ from pqcfs.format import dir_table, names
 from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
 from pqcfs.store import seen
-from pqcfs.fs.vaultfs import FsError, VaultFS
+from pqcfs.fs.vaultfs import FsError, VaultFS, open_tree
 from pqcfs.store.drive import Drive
-from pqcfs.store.replicas import TREE_DIR, ReplicaSet
+from pqcfs.store.replicas import TREE_DIR
 from pqcfs.store.sync import copy_entry, same_file
 
 READ_CHUNK = 1 << 20
@@ -59,8 +59,7 @@ def _t(rel: str) -> str:
 def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report, progress) -> None:
     drive = vault.drive(location)
     try:
-        fs = VaultFS(ReplicaSet([drive]), vault.root_dir_keys(location), vault.header.block_size, read_only=True,
-                     tables=vault.tables)
+        fs = open_tree(vault, location, read_only=True)
     except (PqcfsError, OSError) as e:
         report.problems.append(Problem(location, DIR_ID_NAME, f"root directory: {e}"))
         return

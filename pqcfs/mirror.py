@@ -13,11 +13,10 @@ from pqcfs.errors import DriveError, PqcfsError
 from pqcfs.format import names
 from pqcfs.fs import recovery
 from pqcfs.fs.inodes import SHARED_DIR
-from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.fs.vaultfs import open_tree
 from pqcfs.format import replica_state as rs
 from pqcfs.store import changes
 from pqcfs.store import sync as sync_mod
-from pqcfs.store.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +81,7 @@ def vetter(vault: vault_mod.UnlockedVault, source: str):
     are copied as they are: each is authenticated wherever it is used."""
     bs = vault.header.block_size
     try:
-        vfs = VaultFS(ReplicaSet([vault.drive(source)]), vault.root_dir_keys(source), bs, read_only=True,
-                      tables=vault.tables)
+        vfs = open_tree(vault, source, read_only=True)
     except (PqcfsError, OSError):
         return lambda rel: False      # the source's root does not authenticate: copy no file
     resolver = recovery.KeyResolver(vfs)

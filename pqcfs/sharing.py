@@ -35,10 +35,10 @@ from pqcfs.errors import CryptoError, DamagedStructure, GrantRefused, NoSuchPath
 from pqcfs.format import grants, names, node_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.fs.common import FsError
-from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.fs.vaultfs import open_tree
 from pqcfs.store import seen
 from pqcfs.store.drive import Drive
-from pqcfs.store.replicas import ReplicaSet, TREE_DIR
+from pqcfs.store.replicas import TREE_DIR
 
 NOTE_AD = b"pqcfs grant note v1"
 SCAN_LIMIT = 1_000_000   # directories a locator scan visits at most (a hostile tree is bounded)
@@ -85,8 +85,7 @@ def owner_tree(vault):
     """The vault's file system, read-only, with directory tables (format 2)."""
     if not vault.tables:
         raise PqcfsError("sharing needs format 2 (directory tables); run `pqcfs upgrade` first")
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, read_only=True,
-                   tables=True)
+    return open_tree(vault, read_only=True)
 
 
 def resolve(vfs, p_path: str):

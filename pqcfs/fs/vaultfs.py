@@ -616,3 +616,13 @@ class VaultFS(NamespaceOps, TableOps):
             node.entry.ctime = now_ns()
             self.save_attrs(node)
 
+
+def open_tree(vault, location: str | None = None, replicas: ReplicaSet | None = None, **options) -> VaultFS:
+    """The owner's tree of an unlocked vault: on one location's drive, on the replicas
+    given (a session's set), or on all its drives; format and block size from its header.
+    The one way the layers above open a vault's tree."""
+    if replicas is None:
+        replicas = ReplicaSet([vault.drive(location)] if location else vault.drives)
+    options.setdefault("tables", vault.tables)
+    return VaultFS(replicas, vault.root_dir_keys(location), vault.header.block_size, **options)
+

@@ -20,7 +20,7 @@ from pqcfs.format import grants
 from pqcfs.fs import recovery
 from pqcfs.session import grantee_intent
 from pqcfs.session.owner import MountOwner
-from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.fs.vaultfs import VaultFS, open_tree
 from pqcfs.store.atomic import write_atomic
 from pqcfs.store import changes as changes_mod
 from pqcfs.store import intent as intent_mod
@@ -151,8 +151,7 @@ class Session:
         if self.vault.tables:
             # Before this session begins: drives older than what this machine has seen are
             # refused (a whole-vault rollback leaves nothing else to see on the drives).
-            root = VaultFS(ReplicaSet(self.vault.drives), self.vault.root_dir_keys(), self.vault.header.block_size,
-                           read_only=True, tables=True).inodes.root
+            root = open_tree(self.vault, read_only=True).inodes.root
             lineage = vault_mod.read_state(self.vault.drives[0], self.vault.root_key).lineage
             try:
                 seen.check(self.vault.header.vault_id, self.vault.root_key, root.table.seq, lineage)
@@ -184,8 +183,7 @@ class Session:
         # drives hold, once the files are repaired and before the backups copy them.
         in_flux = recovery.dirs_in_flux(intents) if intents is not None else recovery.ALL
         tables = self.vault.tables
-        vfs = VaultFS(ReplicaSet(drives), self.vault.root_dir_keys(), bs, read_only=tables, tables=tables,
-                      in_flux=in_flux)
+        vfs = open_tree(self.vault, read_only=tables, in_flux=in_flux)
         if intents is None:
             repaired = recovery.recover(vfs, drives[0], drives[1:], bs)
             for location in self.vault.locations[1:]:
@@ -327,8 +325,8 @@ class Session:
                 changes_mod.remove(self.drives)   # every replica is current: nothing to track
             self.replicas.on_change = self.changes.note
             self.replicas.before_sync = self._before_sync
-        vfs = VaultFS(self.replicas, self.vault.root_dir_keys(), self.vault.header.block_size,
-                      read_only=self.read_only, on_event=self.event, intent=self.intent, tables=self.vault.tables)
+        vfs = open_tree(self.vault, replicas=self.replicas, read_only=self.read_only, on_event=self.event,
+                        intent=self.intent)
         vfs.grant_roots = grant_roots(self.vault.header)
         if self.audit is not None:
             self.audit.follow(healthy, self.drives)
