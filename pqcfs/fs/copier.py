@@ -26,14 +26,21 @@ class Copier:
 
     def tree(self, source, copy) -> None:
         """Everything in source into the (new, empty) directory copy, then source's own
-        attributes onto copy."""
-        for p_name, _ in sorted(self.src.listdir(source)):
-            node = self.src.lookup(source, p_name)
-            if node.is_dir:
-                self.tree(node, self.mkdir(node, copy, p_name))
-            else:
-                self.entry(node, copy, p_name)
-        self.attrs(source, copy)
+        attributes onto copy (a directory's once all inside it is copied: copying would
+        change its times). Iterative: a tree of any depth is copied."""
+        pending = [(source, copy, False)]
+        while pending:
+            here, there, filled = pending.pop()
+            if filled:
+                self.attrs(here, there)
+                continue
+            pending.append((here, there, True))
+            for p_name, _ in sorted(self.src.listdir(here), reverse=True):
+                node = self.src.lookup(here, p_name)
+                if node.is_dir:
+                    pending.append((node, self.mkdir(node, there, p_name), False))
+                else:
+                    self.entry(node, there, p_name)
 
     def entry(self, node, copy_dir, p_name: bytes) -> None:
         src, dst = self.src, self.dst
@@ -98,10 +105,15 @@ def exists(vfs, parent, p_name: bytes) -> bool:
 
 
 def remove_tree(vfs, parent, p_name: bytes) -> None:
-    node = vfs.lookup(parent, p_name)
-    if node.is_dir:
-        for child, _ in vfs.listdir(node):
-            remove_tree(vfs, node, child)
-        vfs.rmdir(parent, p_name)
-    else:
-        vfs.unlink(parent, p_name)
+    """The entry and, for a directory, all below it (deepest first; iterative: any depth)."""
+    pending = [(parent, p_name, False)]
+    while pending:
+        where, name, emptied = pending.pop()
+        node = vfs.lookup(where, name)
+        if not node.is_dir:
+            vfs.unlink(where, name)
+        elif emptied:
+            vfs.rmdir(where, name)
+        else:
+            pending.append((where, name, True))
+            pending.extend((node, child, False) for child, _ in vfs.listdir(node))
