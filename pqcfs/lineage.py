@@ -58,7 +58,7 @@ def escaped(vfs, top) -> list[tuple[object, bytes]]:
             if not overrides:
                 continue
             for p_name, entry in list(vfs._table(d).by_name.items()):
-                if entry.node_id not in overrides or entry.node_id in walls or entry.flags & dir_table.FLAG_SHARED:
+                if entry.node_id not in overrides or entry.node_id in walls or entry.flags & dir_table.FLAG_LINKED:
                     continue
                 key = vfs._child_keys(d, entry.node_id).key
                 if any(hmac.compare_digest(k.child(entry.node_id).key, key) for k in tainted):

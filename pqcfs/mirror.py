@@ -12,7 +12,7 @@ from pqcfs import vault as vault_mod
 from pqcfs.errors import DriveError, PqcfsError
 from pqcfs.format import names
 from pqcfs.fs import recovery
-from pqcfs.fs.inodes import SHARED_DIR
+from pqcfs.fs.inodes import LINKS_DIR
 from pqcfs.fs.vaultfs import open_tree
 from pqcfs.format import replica_state as rs
 from pqcfs.store import changes
@@ -77,7 +77,7 @@ def plan(vault: vault_mod.UnlockedVault) -> tuple[Plan, dict[str, rs.ReplicaStat
 def vetter(vault: vault_mod.UnlockedVault, source: str):
     """vet(rel) for sync: a file entry of the source authenticates (header and every
     block, reached through authenticated names from the root) before it may replace the
-    target's copy. pqcfs' own small files (id files, tables, sidecars, the shared store)
+    target's copy. pqcfs' own small files (id files, tables, sidecars, the link store)
     are copied as they are: each is authenticated wherever it is used."""
     bs = vault.header.block_size
     try:
@@ -88,7 +88,7 @@ def vetter(vault: vault_mod.UnlockedVault, source: str):
 
     def vet(rel: str) -> bool:
         inner = rel[len(vault_mod.TREE_DIR) + 1:] if rel.startswith(vault_mod.TREE_DIR + "/") else None
-        if inner is None or not names.is_entry(inner.rsplit("/", 1)[-1]) or inner.startswith(SHARED_DIR + "/"):
+        if inner is None or not names.is_entry(inner.rsplit("/", 1)[-1]) or inner.startswith(LINKS_DIR + "/"):
             return True
         keys = resolver.keys_for(inner)
         return keys is not None and recovery.authentic_file(vault.drive(source), rel, keys, bs)

@@ -34,7 +34,7 @@ _COUNT = struct.Struct(">I")
 # node id, mode, uid, gid, rdev, nlink, flags, size, atime, mtime, ctime, btime (ns), counter, seq
 _ATTRS = struct.Struct(">16sIIIQIIQqqqqQQ")
 SNAPSHOT, DELTA = 1, 2
-FLAG_SHARED = 1            # a hard-link name: attributes live with the shared node
+FLAG_LINKED = 1            # a hard-link name: attributes live with the hard-linked node
 MAX_RECORD = 64 << 20
 MAX_ENTRIES = 10_000_000
 PREFIX_LEN = _PREFIX.size

@@ -45,7 +45,7 @@ class Meta:
     gid: int
     rdev: int = 0
     flags: int = 0
-    nlink: int = 1   # names of a file-like node (more than one only for shared nodes)
+    nlink: int = 1   # names of a file-like node (more than one only for hard-linked nodes)
     counter: int = 0  # format 2: the directory table holds the least value a current copy has
 
 

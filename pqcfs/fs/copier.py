@@ -47,7 +47,7 @@ class Copier:
         self.files += 1
         if self.progress:
             self.progress(0, files=1)
-        if node.shared and node.keys.node_id in self.links:
+        if node.hard_linked and node.keys.node_id in self.links:
             dst.link(self.links[node.keys.node_id], copy_dir, p_name)
             return
         meta = node.meta
@@ -59,7 +59,7 @@ class Copier:
             self._contents(node, new)
         else:
             new = dst.create_file(copy_dir, p_name, meta.mode, caller, rdev=meta.rdev)
-        if node.shared:
+        if node.hard_linked:
             self.links[node.keys.node_id] = new
         self.attrs(node, new)
 

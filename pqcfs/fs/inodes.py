@@ -20,11 +20,11 @@ from pqcfs.format.node_header import Meta
 
 NO_CHILDREN: Mapping[bytes, "Node"] = MappingProxyType({})
 ROOT_INODE = 1           # FUSE_ROOT_ID: the inode the kernel knows a mount's root by
-SHARED_DIR = "h.links"   # in the tree root; the dot keeps it out of every listing
+LINKS_DIR = "h.links"   # in the tree root; the dot keeps it out of every listing
 
 
-def shared_path(node_id: bytes) -> str:
-    return f"{SHARED_DIR}/{node_id.hex()}"
+def link_path(node_id: bytes) -> str:
+    return f"{LINKS_DIR}/{node_id.hex()}"
 
 
 @dataclass(eq=False, slots=True, weakref_slot=True)
@@ -45,8 +45,8 @@ class Node:
     handle: object = None   # the shared MirroredFile while any handle is open
     xattrs: dict[bytes, bytes] | None = None
     stat: object = None     # the backing stat taken by lookup, consumed by the reply
-    shared: bool = False    # hard-linked: data in h.links/, every name is a stub
-    names: set | None = None  # shared nodes: the (parent, p_name) known to the kernel (made when shared)
+    hard_linked: bool = False    # hard-linked: data in h.links/, every name is a stub
+    names: set | None = None  # hard-linked nodes: the (parent, p_name) known to the kernel (made when shared)
     subdirs: int | None = None   # dirs: how many subdirectories (st_nlink = 2 + this), counted on demand
     listing: list | None = None  # dirs: (p_name, disk_name) of every entry, until the directory changes
     table: object = None    # format 2, dirs: the directory's table (DirTable)
@@ -77,9 +77,9 @@ class Node:
 
     @property
     def data_path(self) -> str:
-        """Where the node's header and contents live (its entry, or the shared store)."""
-        if self.shared:
-            return shared_path(self.keys.node_id)
+        """Where the node's header and contents live (its entry, or the link store)."""
+        if self.hard_linked:
+            return link_path(self.keys.node_id)
         return self.c_path
 
     @property
@@ -98,7 +98,7 @@ class InodeTable:
         root.ino = ROOT_INODE
         root.lookups = 1
         self._nodes: dict[int, Node] = {root.ino: root}
-        self.shared: dict[bytes, Node] = {}   # node id -> the one Node of a hard-linked file
+        self.hard_linked: dict[bytes, Node] = {}   # node id -> the one Node of a hard-linked file
         self._next = root.ino + 1
         self.root = root
 
@@ -140,7 +140,7 @@ class InodeTable:
         p_name = node.p_name if p_name is None else p_name
         if parent is not None and parent.children.get(p_name) is node:
             del parent.children[p_name]
-        if not node.shared or node.meta.nlink == 0:
+        if not node.hard_linked or node.meta.nlink == 0:
             node.unlinked = True
         self.maybe_drop(node)
 
@@ -148,8 +148,8 @@ class InodeTable:
         if node.lookups or node.opens or node is self.root:
             return
         self._nodes.pop(node.ino, None)
-        if node.shared:
-            self.shared.pop(node.keys.node_id, None)
+        if node.hard_linked:
+            self.hard_linked.pop(node.keys.node_id, None)
             for parent, p_name in list(node.names or ()):
                 if parent.children.get(p_name) is node:
                     del parent.children[p_name]

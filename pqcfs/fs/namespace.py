@@ -15,7 +15,7 @@ from pqcfs.format.node_header import MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.errors import DamagedStructure
 from pqcfs.fs.common import Caller, FsError, full_c_name
 from pqcfs.fs.content import FileContent
-from pqcfs.fs.inodes import SHARED_DIR, Node, shared_path
+from pqcfs.fs.inodes import LINKS_DIR, Node, link_path
 from pqcfs.fs.tables import now_ns
 from pqcfs.store.intent import DIRECTORY, FILE
 
@@ -32,13 +32,13 @@ class NamespaceOps:
         return Meta(mode=mode, uid=caller.uid, gid=gid, rdev=rdev)
 
     def _touch(self, *dirs: Node) -> None:
-        """Note the directories an operation changes (and the shared store, which links,
+        """Note the directories an operation changes (and the link store, which links,
         unlinks and renames of hard-linked files may change) before changing them."""
         self._check_namespace(*dirs)
         for d in dirs:
             self.intent.note(DIRECTORY, d.c_path)
             d.listing = None
-        self.intent.note(DIRECTORY, SHARED_DIR)
+        self.intent.note(DIRECTORY, LINKS_DIR)
 
     def _prepare_name(self, dir_node: Node, p_name: bytes) -> str:
         self._check_writable()
@@ -117,7 +117,7 @@ class NamespaceOps:
 
     def link(self, node: Node, dir_node: Node, p_name: bytes) -> Node:
         """A new name for a file-like node. The first extra name moves the node's data into
-        the shared store (h.links/<node id>) and leaves a stub at every name, so hard links
+        the link store (h.links/<node id>) and leaves a stub at every name, so hard links
         work on file systems without them (exFAT)."""
         if node.is_dir:
             raise FsError(errno.EPERM)
@@ -127,7 +127,7 @@ class NamespaceOps:
         if node.parent is not None:
             self._check_lineage(node.parent, dir_node)
         disk_name = self._prepare_name(dir_node, p_name)
-        if not node.shared:
+        if not node.hard_linked:
             self._share(node)
         self._adopt(dir_node, node)
         stub = node_header.build(MAGIC_LINK, node.keys.node_id, node.keys.meta_key, Meta(0, 0, 0))
@@ -135,7 +135,7 @@ class NamespaceOps:
         if self.tables:
             now = now_ns()
             self._dir_changed(dir_node, now)
-            self._append(dir_node, puts=[Entry(node_id=node.keys.node_id, mode=node.meta.mode, flags=dir_table.FLAG_SHARED,
+            self._append(dir_node, puts=[Entry(node_id=node.keys.node_id, mode=node.meta.mode, flags=dir_table.FLAG_LINKED,
                                                p_name=p_name, disk_name=disk_name)], self_changed=True)
         node.meta.nlink += 1
         self._write_meta(node)
@@ -144,26 +144,26 @@ class NamespaceOps:
 
     def _share(self, node: Node) -> None:
         self._touch(node.parent)
-        if not self.replicas.exists(SHARED_DIR):
-            self.replicas.mkdir(SHARED_DIR)
+        if not self.replicas.exists(LINKS_DIR):
+            self.replicas.mkdir(LINKS_DIR)
         entry = node.c_path
         stub = node_header.build(MAGIC_LINK, node.keys.node_id, node.keys.meta_key, Meta(0, 0, 0))
         # Data first, then the stub at the old name: a crash in between leaves the data in
-        # the shared store (recoverable) and never two copies that could diverge.
-        self.replicas.rename(entry, shared_path(node.keys.node_id))
+        # the link store (recoverable) and never two copies that could diverge.
+        self.replicas.rename(entry, link_path(node.keys.node_id))
         if self.replicas.exists(entry + names.XATTR_SUFFIX):
-            self.replicas.rename(entry + names.XATTR_SUFFIX, shared_path(node.keys.node_id) + names.XATTR_SUFFIX)
+            self.replicas.rename(entry + names.XATTR_SUFFIX, link_path(node.keys.node_id) + names.XATTR_SUFFIX)
         self.replicas.write_atomic(entry, stub, sync=False)
         if self.tables and node.entry is not None:
-            # From now on the shared node's header holds its attributes (every name's
+            # From now on the hard-linked node's header holds its attributes (every name's
             # table only says where it is).
             e = node.entry.copy()
-            e.flags |= dir_table.FLAG_SHARED
+            e.flags |= dir_table.FLAG_LINKED
             self._append(node.parent, puts=[e])
             node.entry = None
-        node.shared = True
+        node.hard_linked = True
         node.name_set().add((node.parent, node.p_name))
-        self.inodes.shared[node.keys.node_id] = node
+        self.inodes.hard_linked[node.keys.node_id] = node
 
     # --- removing -------------------------------------------------------------------
 
@@ -187,8 +187,8 @@ class NamespaceOps:
             raise FsError(errno.EISDIR)
         rel = self._entry_rel(dir_node, p_name)
         self.replicas.unlink(rel)
-        # A plain file's xattrs sit beside its entry; a shared node's beside its data.
-        self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1], with_xattrs=not node.shared)
+        # A plain file's xattrs sit beside its entry; a hard-linked node's beside its data.
+        self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1], with_xattrs=not node.hard_linked)
         self._lose_name(node, dir_node, p_name)
         self._entry_gone(dir_node, rel.rsplit("/", 1)[-1])
 
@@ -297,17 +297,17 @@ class NamespaceOps:
             self._drop_handle(target.keys.node_id)
             self.replicas.rmdir_tree(new_rel)
         self.replicas.rename(old_rel, new_rel)
-        # A plain file's xattrs sit beside its entry and move with it; a shared node's sit
+        # A plain file's xattrs sit beside its entry and move with it; a hard-linked node's sit
         # beside its data, which does not move.
-        if not node.is_dir and not node.shared and self.replicas.exists(old_rel + names.XATTR_SUFFIX):
+        if not node.is_dir and not node.hard_linked and self.replicas.exists(old_rel + names.XATTR_SUFFIX):
             self.replicas.rename(old_rel + names.XATTR_SUFFIX, new_rel + names.XATTR_SUFFIX)
-        elif target is not None and not target.is_dir and not target.shared:
+        elif target is not None and not target.is_dir and not target.hard_linked:
             self.replicas.unlink(new_rel + names.XATTR_SUFFIX, missing_ok=True)
         if names.is_long(old_disk) and old_rel != new_rel:
             self.replicas.unlink(old_rel + names.LONG_SUFFIX, missing_ok=True)
         if target is not None:
             self._lose_name(target, new_dir, new_name)
-        if new_dir is not old_dir and not node.shared:
+        if new_dir is not old_dir and not node.hard_linked:
             self._forget_override(old_dir, node)
         if node.is_dir or (target is not None and target.is_dir):
             old_dir.subdirs = new_dir.subdirs = None    # counted again on demand
@@ -343,9 +343,9 @@ class NamespaceOps:
 
     def _lose_name(self, node: Node, dir_node: Node, p_name: bytes) -> None:
         """Bookkeeping once the entry p_name that named node is gone (unlink, or replaced
-        by a rename). A shared node's overrides stay: another of its names may live in the
+        by a rename). A hard-linked node's overrides stay: another of its names may live in the
         same directory, and a leftover override is harmless."""
-        if node.shared:
+        if node.hard_linked:
             node.name_set().discard((dir_node, p_name))
             node.meta.nlink -= 1
             if node.meta.nlink == 0:
@@ -361,7 +361,7 @@ class NamespaceOps:
                    new_disk: str) -> None:
         if old_dir.children.get(old_name) is node:
             del old_dir.children[old_name]
-        if node.shared:
+        if node.hard_linked:
             node.name_set().discard((old_dir, old_name))
             node.name_set().add((new_dir, new_name))
         node.parent, node.p_name, node.disk_name = new_dir, new_name, new_disk
@@ -374,8 +374,8 @@ class NamespaceOps:
             self._adopt(dir_b, a)
             self._adopt(dir_a, b)
         a_rel, b_rel = self._entry_rel(dir_a, a_name), self._entry_rel(dir_b, b_name)
-        xa = None if a.is_dir or a.shared else a_rel + names.XATTR_SUFFIX
-        xb = None if b.is_dir or b.shared else b_rel + names.XATTR_SUFFIX
+        xa = None if a.is_dir or a.hard_linked else a_rel + names.XATTR_SUFFIX
+        xb = None if b.is_dir or b.hard_linked else b_rel + names.XATTR_SUFFIX
         has_a, has_b = bool(xa) and self.replicas.exists(xa), bool(xb) and self.replicas.exists(xb)
         self.replicas.exchange(a_rel, b_rel)
         # A file's xattr sidecar sits beside it, so it follows its file to the other slot.
@@ -405,7 +405,7 @@ class NamespaceOps:
         self._move_name(a, dir_b, b_name, dir_b, b_name, b_disk)
         self._move_name(b, dir_a, a_name, dir_a, a_name, a_disk)
         if dir_a is not dir_b:
-            if not a.shared:
+            if not a.hard_linked:
                 self._forget_override(dir_a, a)
-            if not b.shared:
+            if not b.hard_linked:
                 self._forget_override(dir_b, b)

@@ -19,7 +19,7 @@ from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError
 from pqcfs.format import names, node_header
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, MAGIC_LINK
-from pqcfs.fs.inodes import SHARED_DIR
+from pqcfs.fs.inodes import LINKS_DIR
 from pqcfs.fs.tables import ALL
 from pqcfs.store.drive import Drive
 from pqcfs.fs.vaultfs import VaultFS
@@ -50,7 +50,7 @@ class KeyResolver:
 
     def keys_for(self, rel: str) -> NodeKeys | None:
         parts = rel.split("/")
-        if parts[0] == SHARED_DIR:
+        if parts[0] == LINKS_DIR:
             return self._shared_keys(parts[1]) if len(parts) == 2 else None
         root = self.vfs.inodes.root
         # A grantee's tree starts at the shared directories, deep in tree/.
@@ -93,7 +93,7 @@ class KeyResolver:
                         continue
                     if node.is_dir:
                         pending.append(node)
-                    elif node.shared:
+                    elif node.hard_linked:
                         self._shared.setdefault(node.keys.node_id.hex(), node.keys)
         return self._shared.get(name)
 
@@ -201,7 +201,7 @@ def merge_file(primary: Drive, backup: Drive, rel: str, keys: NodeKeys, block_si
 
 
 def differing_files(primary: Drive, backup: Drive) -> list[str]:
-    """Paths (relative to tree/) of entry files and shared nodes that differ."""
+    """Paths (relative to tree/) of entry files and hard-linked nodes that differ."""
     out, stack = [], [""]
     while stack:
         rel_dir = stack.pop()
@@ -209,7 +209,7 @@ def differing_files(primary: Drive, backup: Drive) -> list[str]:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if kind == "dir":
                 stack.append(rel)
-            elif kind == "file" and (names.is_entry(name) or rel_dir == SHARED_DIR):
+            elif kind == "file" and (names.is_entry(name) or rel_dir == LINKS_DIR):
                 if not same_file(primary, backup, _t(rel)):
                     out.append(rel)
     return out
@@ -264,7 +264,7 @@ def dirs_in_flux(intents) -> set[str]:
     for kind, rel in intents:
         if kind == "D":
             out.add(rel)
-        elif kind == "F" and not rel.startswith(SHARED_DIR + "/"):
+        elif kind == "F" and not rel.startswith(LINKS_DIR + "/"):
             out.add(rel.rsplit("/", 1)[0] if "/" in rel else "")
     return out
 

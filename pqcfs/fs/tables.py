@@ -24,7 +24,7 @@ from pqcfs.format import dir_table, names, node_header
 from pqcfs.format.dir_table import DirTable, Entry
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.fs.common import FsError
-from pqcfs.fs.inodes import Node, shared_path
+from pqcfs.fs.inodes import Node, link_path
 from pqcfs.store.intent import DIRECTORY
 from pqcfs.store.sync import copy_entry
 
@@ -491,7 +491,7 @@ class TableOps:
         (node id, metadata, write counter) and authenticates on its own; the content
         blocks are keyed by the node, not by the header, and are checked as ever."""
         e = node.entry
-        if e is None or e.flags & dir_table.FLAG_SHARED:
+        if e is None or e.flags & dir_table.FLAG_LINKED:
             raise DamagedStructure("a file header fails authentication and no table record can rebuild it")
         header = node_header.build(MAGIC_FILE, e.node_id, node.keys.meta_key, meta_of(e))
         self.replicas.write_one(replica, node.data_path, header)
@@ -506,11 +506,11 @@ class TableOps:
         if e.disk_name in table.missing:
             raise DamagedStructure("an entry of the directory table is gone from the drives")
         keys = self._child_keys(dir_node, e.node_id)
-        if e.flags & dir_table.FLAG_SHARED:
-            known = self.inodes.shared.get(e.node_id)
+        if e.flags & dir_table.FLAG_LINKED:
+            known = self.inodes.hard_linked.get(e.node_id)
             if known is not None:
                 return self._add_name(known, dir_node, p_name)
-            return self._load_shared(dir_node, p_name, e.disk_name, e.node_id)
+            return self._load_linked(dir_node, p_name, e.disk_name, e.node_id)
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=e.disk_name,
                     keys=keys, meta=meta_of(e), size=e.size, entry=e)
         if stat.S_ISDIR(e.mode):
@@ -518,15 +518,15 @@ class TableOps:
             self._check_rollback(node, sub, e.seq)
         return self.inodes.add(node)
 
-    def _load_shared(self, dir_node: Node, p_name: bytes, disk_name: str, node_id: bytes) -> Node:
-        st = self.replicas.lstat(shared_path(node_id))
-        _, shared_id, keys, meta = self._read_header(dir_node, shared_path(node_id), MAGIC_FILE)
+    def _load_linked(self, dir_node: Node, p_name: bytes, disk_name: str, node_id: bytes) -> Node:
+        st = self.replicas.lstat(link_path(node_id))
+        _, shared_id, keys, meta = self._read_header(dir_node, link_path(node_id), MAGIC_FILE)
         if shared_id != node_id:
-            raise DamagedStructure("hard-link stub and shared node disagree")
+            raise DamagedStructure("hard-link stub and hard-linked node disagree")
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
-                    keys=keys, meta=meta, stat=st, shared=True)
+                    keys=keys, meta=meta, stat=st, hard_linked=True)
         node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
-        self.inodes.shared[node_id] = node
+        self.inodes.hard_linked[node_id] = node
         node.name_set().add((dir_node, p_name))
         return self.inodes.add(node)
 
@@ -588,12 +588,12 @@ class TableOps:
         keys = self._child_keys(dir_node, node_id)
         meta = node_header.open_meta(keys.meta_key, header)
         if header[:4] == MAGIC_LINK:
-            if old is not None and old.node_id == node_id and old.flags & dir_table.FLAG_SHARED:
+            if old is not None and old.node_id == node_id and old.flags & dir_table.FLAG_LINKED:
                 return old
-            return Entry(node_id=node_id, mode=stat.S_IFREG, flags=dir_table.FLAG_SHARED,
+            return Entry(node_id=node_id, mode=stat.S_IFREG, flags=dir_table.FLAG_LINKED,
                          p_name=self._p_name_on_disk(dir_node, disk_name), disk_name=disk_name)
         size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
-        if old is not None and old.node_id == node_id and not old.flags & dir_table.FLAG_SHARED:
+        if old is not None and old.node_id == node_id and not old.flags & dir_table.FLAG_LINKED:
             if meta.counter == old.counter and size == old.size:
                 return old
             e = old.copy()

@@ -22,7 +22,7 @@ from pqcfs.format import names, node_header, sealed_table
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.fs.common import Caller, FsError, full_c_name  # noqa: F401 - Caller, FsError are part of this API
 from pqcfs.fs.content import FileContent
-from pqcfs.fs.inodes import InodeTable, Node, shared_path
+from pqcfs.fs.inodes import InodeTable, Node, link_path
 from pqcfs.fs.namespace import NamespaceOps
 from pqcfs.format.dir_table import Entry
 from pqcfs.fs.tables import FLAG_XATTRS, TableOps, now_ns
@@ -277,22 +277,22 @@ class VaultFS(NamespaceOps, TableOps):
         header, node_id, keys, meta = self._read_header(dir_node, header_rel, MAGIC_DIR if is_dir else (MAGIC_FILE, MAGIC_LINK))
         shared = header[:4] == MAGIC_LINK
         if shared:
-            known = self.inodes.shared.get(node_id)
+            known = self.inodes.hard_linked.get(node_id)
             if known is not None:
                 return self._add_name(known, dir_node, p_name)
-            # A stub: the header, metadata and contents are in the shared store.
-            st = self.replicas.lstat(shared_path(node_id))
-            header, shared_id, keys, meta = self._read_header(dir_node, shared_path(node_id), MAGIC_FILE)
+            # A stub: the header, metadata and contents are in the link store.
+            st = self.replicas.lstat(link_path(node_id))
+            header, shared_id, keys, meta = self._read_header(dir_node, link_path(node_id), MAGIC_FILE)
             if shared_id != node_id:
-                raise DamagedStructure("hard-link stub and shared node disagree")
+                raise DamagedStructure("hard-link stub and hard-linked node disagree")
         if stat.S_ISDIR(meta.mode) != is_dir:
             raise DamagedStructure("node type does not match its ciphertext entry")
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
-                    keys=keys, meta=meta, stat=st, shared=shared)
+                    keys=keys, meta=meta, stat=st, hard_linked=shared)
         if not is_dir:
             node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
         if shared:
-            self.inodes.shared[node_id] = node
+            self.inodes.hard_linked[node_id] = node
             node.name_set().add((dir_node, p_name))
         return self.inodes.add(node)
 
@@ -437,7 +437,7 @@ class VaultFS(NamespaceOps, TableOps):
         never its mtime: the backing times are put back after the write (which sets the
         backing ctime to now), and a directory's own ctime is bumped the same way. (Format 2
         keeps every attribute but a hard-linked file's in the directory tables.)"""
-        if self.tables and not node.shared:
+        if self.tables and not node.hard_linked:
             node.entry.ctime = now_ns()
             self.save_attrs(node)
             return
@@ -500,7 +500,7 @@ class VaultFS(NamespaceOps, TableOps):
             if node.entry is not None and node.parent is not None:
                 self.intent.note(DIRECTORY, node.parent.c_path)   # its table follows at release
         if node.handle is None:
-            parent = None if node.shared else node.parent
+            parent = None if node.hard_linked else node.parent
             heal = None
             if parent is not None:
                 heal = self._heal_entry_on(parent, node.disk_name) if self.tables else (

@@ -11,7 +11,7 @@ import logging
 from pqcfs.crypto.kdf import LABEL_GRANTEE_INTENT, hkdf
 from pqcfs.errors import PqcfsError
 from pqcfs.fs import recovery
-from pqcfs.fs.inodes import SHARED_DIR
+from pqcfs.fs.inodes import LINKS_DIR
 from pqcfs.store import intent as intent_mod
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def set_aside(drives: list, grant_id: bytes, problem: str) -> None:
 
 def _within(rel: str, c_path: str) -> bool:
     # The shared store holds hard-linked files (a grantee's links inside the grant too).
-    return rel in (c_path, SHARED_DIR) or rel.startswith((c_path + "/", SHARED_DIR + "/"))
+    return rel in (c_path, LINKS_DIR) or rel.startswith((c_path + "/", LINKS_DIR + "/"))
 
 
 def recover(drives: list, subtree_key: bytes, grant_id: bytes, c_path: str, block_size: int, vfs) -> str | None:

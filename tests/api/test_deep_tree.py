@@ -7,6 +7,8 @@ one openat per level, so each level costs more the deeper it is)."""
 import os
 import stat
 
+import pytest
+
 from pqcfs import export as export_mod
 from pqcfs import fsck, mirror, sharing
 from pqcfs import vault as vault_mod
@@ -38,7 +40,36 @@ def bottom(vfs):
     return node
 
 
-def test_a_tree_deeper_than_the_recursion_limit(new_vault, two_dirs, tmp_path):
+def remove_deep(path: str) -> None:
+    """What pytest's own clean-up (shutil.rmtree, recursive, by path) can not remove: a
+    tree deeper than the recursion limit, its paths longer than PATH_MAX. Iterative and
+    relative to directory descriptors."""
+    stack = [(os.open(path, os.O_RDONLY | os.O_DIRECTORY), None, None)]
+    while stack:
+        fd, parent, name = stack[-1]
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                stack.append((child, fd, entry.name))
+                break
+            os.unlink(entry.name, dir_fd=fd)
+        else:
+            stack.pop()
+            os.close(fd)
+            if parent is not None:
+                os.rmdir(name, dir_fd=parent)
+
+
+@pytest.fixture
+def deep_places(two_dirs, tmp_path):
+    places = [*two_dirs, str(tmp_path / "x1"), str(tmp_path / "x2")]
+    yield places
+    for place in places:
+        if os.path.isdir(place):
+            remove_deep(place)
+
+
+def test_a_tree_deeper_than_the_recursion_limit(new_vault, two_dirs, tmp_path, deep_places):
     primary, backup = two_dirs
 
     def build(vfs):
@@ -55,7 +86,7 @@ def test_a_tree_deeper_than_the_recursion_limit(new_vault, two_dirs, tmp_path):
     assert sharing.tree_size(tree, tree.inodes.root) == (len(b"at the bottom"), 1)
 
     # Export copies the whole depth into a vault of its own.
-    dest = [str(tmp_path / "x1"), str(tmp_path / "x2")]
+    dest = deep_places[2:]
     for location in dest:
         os.mkdir(location)
     _, copier = export_mod.export(vault, "d", dest, Identity.generate().public)
