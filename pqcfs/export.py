@@ -27,7 +27,7 @@ def export(vault, p_path: str, locations: list[str], recipient: PublicIdentity, 
         audit = AuditLog(dest)
         audit.append("created-by-export", source_vault=vault.header.vault_id.hex(), path=p_path,
                      recipient=recipient.fingerprint)
-        dest.extra["audit"] = audit
+        dest.audit = audit
         session = OfflineSession(dest, "export")
         dst, _ = session.start()
         try:

@@ -129,9 +129,9 @@ def sync_replica(vault: vault_mod.UnlockedVault, source: str, target: str, progr
     adopt_history(vault, source, target)
     if not vault_mod.read_state(vault.drive(source), vault.root_key).missing:
         changes.remove([vault.drive(source), vault.drive(target)])   # nobody is behind any more
-    audit = vault.extra.get("audit")
+    audit = vault.audit
     if audit is not None:
-        audit.file.close()   # reopened on the next record: the target's log is a new file
+        audit.close()   # reopened on the next record: the target's log is a new file
     return stats
 
 

@@ -179,7 +179,13 @@ class UnlockedVault:
     root_key: bytes
     locations: list[str]
     slot_id: int
-    extra: dict = field(default_factory=dict)
+    # What the command that unlocked it holds alongside (set by the CLI, used below it):
+    lock: object = None             # the VaultLock, held until the command ends
+    audit: object = None            # the AuditLog the command (or its session) appends to
+    identity: object = None         # the identity that unlocked it, to sign audit checkpoints
+    headers_healed: list = field(default_factory=list)    # (location, why) rewritten at unlock
+    damaged_headers_seen: list = field(default_factory=list)   # (location, why) left for --repair
+    grantee_log_problems: list = field(default_factory=list)
     _drives: dict = field(default_factory=dict, repr=False)
     # (location, why) of each replica whose copy of the header did not decode or authenticate
     damaged_headers: list = field(default_factory=list)

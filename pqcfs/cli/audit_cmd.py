@@ -51,11 +51,11 @@ def run(args) -> int:
     keys = audit_log.AuditKeys.from_root(vault.root_key)
     vid = vault.header.vault_id
     if args.audit_cmd == "checkpoint":
-        identity = vault.extra.get("identity")
+        identity = vault.identity
         if identity is None:
             raise PqcfsError("a checkpoint is signed with an identity: use --identity")
-        vault.extra["audit"].checkpoint(identity)
-        print(f"checkpoint signed by {identity.public.fingerprint} after record {vault.extra['audit'].seq - 2}")
+        vault.audit.checkpoint(identity)
+        print(f"checkpoint signed by {identity.public.fingerprint} after record {vault.audit.seq - 2}")
         return 0
     if args.audit_cmd == "verify":
         results, logs = [], []

@@ -44,11 +44,11 @@ def run(args) -> int:
     progress = Progress("fsck", total)
     report = fsck.run(vault, repair=args.repair, progress=progress)
     progress.finish()
-    for location, why in vault.extra.get("headers_healed", []):
+    for location, why in vault.headers_healed:
         report.problems.insert(0, fsck.Problem(location, "pqcfs.vault", f"vault header: {why}", repaired=True))
-    for location, why in vault.extra.get("damaged_headers", []):
+    for location, why in vault.damaged_headers_seen:
         report.problems.insert(0, fsck.Problem(location, "pqcfs.vault", f"vault header: {why}"))
-    vault.extra["audit"].append(
+    vault.audit.append(
         "fsck", clean=report.clean, problems=len(report.problems),
         repaired=sum(p.repaired for p in report.problems), differing_files=report.differing_files,
         findings=[f"{p.replica}: {p.c_path}: {p.what}{' (repaired)' if p.repaired else ''}"

@@ -90,7 +90,7 @@ def prepare(args) -> grantee.GranteeSession:
         for o in opened:
             grantee.record(writable, o, vault_id, "grantee-unlock", recipient=public.fingerprint,
                            rights=grants.RIGHTS[o.grant.rights], read_only=read_only)
-        gv = grantee.GranteeVault(header, locations, opened, drives, extra={"lock": lock})
+        gv = grantee.GranteeVault(header, locations, opened, drives, lock=lock)
         return grantee.GranteeSession(gv, args.mountpoint, read_only=read_only)
     except BaseException:
         lock.release()

@@ -62,29 +62,29 @@ def run(args) -> int:
     vault = options.unlock(args)
     if args.keys_cmd == "remove":
         vault.remove_slot(args.slot)   # a host key's secret on this machine goes with it
-        vault.extra["audit"].append("key-slot-removed", slot=args.slot)
+        vault.audit.append("key-slot-removed", slot=args.slot)
         print(f"removed key slot {args.slot}")
         return 0
     if args.passphrase:
         slot_id = vault.add_passphrase(_new_passphrase(args), kdf_from_args(args))
-        vault.extra["audit"].append("key-slot-added", slot=slot_id, slot_type="passphrase")
+        vault.audit.append("key-slot-added", slot=slot_id, slot_type="passphrase")
         options.emit(args, {"slot": slot_id}, f"added passphrase slot {slot_id}")
     elif args.public_key:
         with open(args.public_key) as f:
             public = PublicIdentity.decode(f.read())
         slot_id = vault.add_identity(public, args.label)
-        vault.extra["audit"].append("key-slot-added", slot=slot_id, slot_type="identity",
+        vault.audit.append("key-slot-added", slot=slot_id, slot_type="identity",
                                     recipient=public.fingerprint)
         options.emit(args, {"slot": slot_id}, f"added identity slot {slot_id} for {public.fingerprint}")
     elif args.host:
         slot_id, key_id, kept = vault.add_host(args.label)
-        vault.extra["audit"].append("key-slot-added", slot=slot_id, slot_type="host", key_id=key_id)
+        vault.audit.append("key-slot-added", slot=slot_id, slot_type="host", key_id=key_id)
         options.emit(args, {"slot": slot_id, "key_id": key_id},
                      f"added host-key slot {slot_id}: this machine unlocks the vault with --host-key; the secret is "
                      f"{kept}")
     else:
         slot_id, code = vault.add_recovery()
-        vault.extra["audit"].append("key-slot-added", slot=slot_id, slot_type="recovery")
+        vault.audit.append("key-slot-added", slot=slot_id, slot_type="recovery")
         shown = slots.format_recovery_code(code)
         options.emit(args, {"slot": slot_id, "recovery_code": shown},
                      f"added recovery slot {slot_id}; the code (shown once):\n\n    {shown}\n")
@@ -98,6 +98,6 @@ def run_passwd(args) -> int:
     if slot is None or slot["type"] != slots.PASSPHRASE:
         raise PqcfsError(f"key slot {slot_id} is not a passphrase slot (use --slot N)")
     vault.change_passphrase(slot_id, _new_passphrase(args), kdf_from_args(args))
-    vault.extra["audit"].append("passphrase-changed", slot=slot_id)
+    vault.audit.append("passphrase-changed", slot=slot_id)
     print(f"passphrase of key slot {slot_id} changed")
     return 0

@@ -156,7 +156,7 @@ def _heal_headers(vault, heal: bool) -> list[tuple[str, str]]:
         for location, why in vault.damaged_headers:
             print(f"pqcfs: warning: the vault header on {location} is damaged ({why}); the copy on another "
                   "drive opened the vault. `pqcfs fsck VAULT --repair` (or a mount) rewrites it", file=sys.stderr)
-        vault.extra["damaged_headers"] = list(vault.damaged_headers)
+        vault.damaged_headers_seen = list(vault.damaged_headers)
         return []
     healed = vault.heal_headers()
     for location, why in healed:
@@ -218,9 +218,9 @@ def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None
             lock.release()
         raise
     vault.adopt_drives(drives)
-    vault.extra["lock"] = lock
+    vault.lock = lock
     healed = _heal_headers(vault, audit if heal is None else heal)
-    vault.extra["headers_healed"] = healed
+    vault.headers_healed = healed
     states_rebuilt = _heal_states(vault, audit if heal is None else heal)
     if audit:
         mirror.newest_first(vault)
@@ -235,7 +235,7 @@ def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None
             event.pop("vault_id", None)
             log.append("host-" + event.pop("event"), **event)
         try:
-            vault.extra["grantee_log_problems"] = grantee_log.adopt_logs(vault, log.append)
+            vault.grantee_log_problems = grantee_log.adopt_logs(vault, log.append)
         except (OSError, PqcfsError) as e:
             # A recipient's log never stops the owner: said, recorded, and the command goes on.
             log.append("grantee-logs-unreadable", error=str(e))
@@ -255,8 +255,8 @@ def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None
             print(f"pqcfs: warning: the vault header lists {len(back)} grant(s) this machine saw revoked "
                   f"({', '.join(back)}): the drives hold an older copy of the header; revoked again",
                   file=sys.stderr)
-        vault.extra["audit"] = log
-        vault.extra["identity"] = creds.identity
+        vault.audit = log
+        vault.identity = creds.identity
         args.audit_log = log
     return vault
 
@@ -270,8 +270,8 @@ def finish(args) -> None:
         args.audit_log = None
     vault = getattr(args, "unlocked", None)
     if vault is not None:
-        if vault.extra.get("lock") is not None:
-            vault.extra["lock"].release()
+        if vault.lock is not None:
+            vault.lock.release()
         vault.close()
         args.unlocked = None
 

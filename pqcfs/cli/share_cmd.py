@@ -103,7 +103,7 @@ def run_share(args) -> int:
     _rekey_escaped(vault, args)
     grant = sharing.share(vault, args.path, public, read_only=args.read_only, label=args.label, expires=expires)
     owner = grants.fingerprint(grants.owner_public(vault.root_key)).hex()
-    vault.extra["audit"].append("share", grant=grant.grant_id.hex(), path=args.path, recipient=public.fingerprint,
+    vault.audit.append("share", grant=grant.grant_id.hex(), path=args.path, recipient=public.fingerprint,
                                 rights=grants.RIGHTS[grant.rights], expires=expires or None,
                                 generation=grant.generation)
     doc = {"grant": grant.grant_id.hex(), "recipient": public.fingerprint, "rights": grants.RIGHTS[grant.rights],
@@ -212,7 +212,7 @@ def run_export(args) -> int:
     vault_id, copier = export_mod.export(vault, args.path, args.dest, public, drive_infos=infos,
                                       progress_factory=lambda label, total, files: Progress(label, total, files=files))
     seconds = time.monotonic() - started
-    vault.extra["audit"].append("export", path=args.path, recipient=public.fingerprint, vault=vault_id.hex(),
+    vault.audit.append("export", path=args.path, recipient=public.fingerprint, vault=vault_id.hex(),
                                 files=copier.files, bytes=copier.bytes)
     doc = {"vault_id": vault_id.hex(), "replicas": args.dest, "recipient": public.fingerprint, "files": copier.files,
            "bytes": copier.bytes, "seconds": round(seconds, 3)}

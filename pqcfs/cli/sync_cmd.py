@@ -112,7 +112,7 @@ def run(args) -> int:
             progress.close()
         synced.append({"replica": location, "incremental": paths is not None, "files_changed": stats.files_changed,
                        "bytes_written": stats.bytes_written, "removed": stats.removed, "damaged": stats.damaged})
-        vault.extra["audit"].append("sync", source=vault.locations[0], target=location,
+        vault.audit.append("sync", source=vault.locations[0], target=location,
                                     files_changed=stats.files_changed, damaged=stats.damaged,
                                     diverged=relation == rs.DIVERGED)
     text = "\n".join(f"synced {s['replica']}: {s['files_changed']} files changed, "

@@ -22,7 +22,7 @@ def run(args) -> int:
     before = vault.header.version
     built = upgrade.upgrade(vault)
     if built:
-        vault.extra["audit"].append("upgrade", format_from=before, format_to=vault.header.version,
+        vault.audit.append("upgrade", format_from=before, format_to=vault.header.version,
                                     directories=built)
         text = f"upgraded from format {before} to {vault.header.version} ({built} directories)"
     else:

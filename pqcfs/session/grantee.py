@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pqcfs import userdirs
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
@@ -60,7 +60,9 @@ class GranteeVault:
     locations: list[str]
     opened: list[Opened]     # the grants this session serves, one top-level directory each
     drives: list
-    extra: dict = field(default_factory=dict)
+    lock: object = None        # as UnlockedVault's: the VaultLock while a session holds it
+    audit: object = None       # a grantee writes no owner's audit log
+    identity: object = None
 
 
 def shares(opened: list[Opened]) -> list[tuple[bytes, object, str]]:

@@ -173,7 +173,7 @@ class Rejoin:
                               "unmount and run `pqcfs sync` to choose")
         if drive.read_only:
             raise RejoinError(f"{where} is read-only")
-        held = [vault.extra.get("lock"), *self.locks]
+        held = [vault.lock, *self.locks]
         lock = VaultLock([drive])
         if not any(h is not None and h.covers(drive) for h in held):   # a drive that never went away
             try:

@@ -67,7 +67,7 @@ class Session:
         self.vault = vault
         self.owner = owner                 # the user the mount belongs to (None: whoever mounts)
         self.accept_older = accept_older   # mount drives older than this machine has seen
-        self.audit = vault.extra.get("audit")
+        self.audit = vault.audit
         self.audit_files = audit_files
         self.mountpoint = canonical_mountpoint(mountpoint)
         self.read_only = read_only
@@ -94,12 +94,12 @@ class Session:
         self.log_path: str | None = None     # the daemon's log file (None: standard error)
 
     def lock(self) -> None:
-        if self.vault.extra.get("lock") is None:   # the CLI took it before unlocking
+        if self.vault.lock is None:   # the CLI took it before unlocking
             self._lock.acquire()
-            self.vault.extra["lock"] = self._lock
+            self.vault.lock = self._lock
 
     def unlock(self) -> None:
-        lock = self.vault.extra.get("lock")
+        lock = self.vault.lock
         if lock is not None:
             lock.release()
         if self.rejoin is not None:
@@ -195,7 +195,7 @@ class Session:
                     drive.copy_from(drives[0], AUDIT_FILE)
                 mirror.adopt_history(self.vault, plan.primary, location)
             if self.audit is not None:
-                self.audit.file.close()   # reopened on the next record: the copies are new files
+                self.audit.close()   # reopened on the next record: the copies are new files
         log.warning("recovered from an unclean unmount (%d blocks repaired from a backup, %s)", repaired,
                     "full comparison" if intents is None else f"{len(intents)} intent records")
         self.event("crash-recovery", blocks_repaired=repaired,
@@ -289,7 +289,7 @@ class Session:
         if self.audit is not None:
             heals = self.vfs.heal_events if self.vfs is not None else 0
             self.event("unmount", session=self.session_id, self_heals=heals)
-            identity = self.vault.extra.get("identity")
+            identity = self.vault.identity
             try:
                 if identity is not None:
                     self.audit.checkpoint(identity)

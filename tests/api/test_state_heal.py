@@ -24,7 +24,7 @@ def unlock(locations):
 def session(locations, tmp_path):
     """A mount session (no FUSE) on these drives, with its audit log, ended cleanly."""
     vault = unlock(locations)
-    vault.extra["audit"] = AuditLog(vault)
+    vault.audit = AuditLog(vault)
     s = Session(vault, str(tmp_path / "mnt"))
     s.prepare()
     s.build()
