@@ -12,7 +12,7 @@ was acknowledged (closed or fsynced without an error) reads back afterwards. The
 no way out can give back is a block of a --single vault's file whose only copy rotted: that
 cell checks that the damage is named (the file, EIO on read) and that nothing else is lost.
 
-All 150 cells take about 15 minutes, so CI runs a fixed selection in which every accident,
+All 150 cells take about 10 minutes, so CI runs a fixed selection in which every accident,
 every drive and every command appears. PQCFS_FAULT_MATRIX=all runs every cell;
 PQCFS_FAULT_MATRIX=N runs N cells drawn with PQCFS_FAULT_SEED (printed, so a failure can be
 replayed).
