@@ -144,7 +144,7 @@ def _units(root: str, versions: dict) -> list[Check]:
         out.append(Check(f"{what}: its program {units.PQCFS}", launcher.ok, launcher.detail, launcher.fix))
         unlock = spec.get("unlock")
         if unlock == "host-key":
-            held = _holds_host_key(vault_id)
+            held = bool(hostkeys.held(vault_id))
             out.append(Check(f"{what}: unlocks with this machine's host key", held,
                              "a host key of the vault is here" if held else "no host key of this vault on this machine",
                              "" if held else "`pqcfs keys add VAULT --host`, or enable automount with another --unlock"))
@@ -162,14 +162,6 @@ def _units(root: str, versions: dict) -> list[Check]:
     out.append(Check("exFAT tools", not tools, "present" if not tools else "missing " + ", ".join(tools),
                      "" if not tools else "apt-get install exfat-fuse exfatprogs", needed=exfat))
     return out
-
-
-def _holds_host_key(vault_id: str) -> bool:
-    try:
-        names = os.listdir(hostkeys.directory())
-    except OSError:
-        return False
-    return any(n.startswith(vault_id + "-") and n.endswith((".key", ".cred")) for n in names)
 
 
 def check_program(root: str) -> None:

@@ -88,7 +88,8 @@ def run(args) -> int:
         return _sync_mounted(args, info)
     vault = options.unlock(args, require_all=True)
     if len(vault.header.replicas) < 2:
-        print(f"{vault.locations[0]} is the only replica of this vault (made with --single): nothing to sync")
+        options.emit(args, {"synced": [], "single": True},
+                     f"{vault.locations[0]} is the only replica of this vault (made with --single): nothing to sync")
         return exitcodes.OK
     if len(vault.locations) < 2:
         absent = [r.get("path_hint") or r["id"] for r in vault.header.replicas[1:]]

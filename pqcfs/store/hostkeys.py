@@ -75,6 +75,22 @@ def load(vault_id: str, key_id: str) -> bytes | None:
         return f.read(HOST_SECRET_LEN + 1)
 
 
+def held(vault_id: str) -> list[str]:
+    """The key ids of vault_id whose secret this machine keeps (sealed or as a file), read
+    from the names alone: a check that needs no unsealing (pqcfs doctor)."""
+    try:
+        names = os.listdir(directory())
+    except OSError:
+        return []
+    out = set()
+    for name in names:
+        stem, dot, suffix = name.rpartition(".")
+        vid, _, key_id = stem.rpartition("-")
+        if dot and suffix in ("cred", "key") and vid == vault_id and len(key_id) == 16:
+            out.add(key_id)
+    return sorted(out)
+
+
 def remove(vault_id: str, key_id: str) -> bool:
     removed = False
     for suffix in (".cred", ".key"):

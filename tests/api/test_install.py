@@ -100,3 +100,15 @@ def test_doctor_names_a_launcher_whose_installation_is_gone_or_of_another_versio
     assert not checks[str(other)]["ok"] and "this is pqcfs" in checks[str(other)]["detail"]
     text = pqcfs("doctor", "--root", str(root)).stdout
     assert f"FAIL {gone}" in text and "fix:" in text
+
+
+def test_the_host_keys_held_are_told_by_the_store_alone(tmp_path, monkeypatch):
+    from pqcfs.store import hostkeys
+    monkeypatch.setenv("PQCFS_STATE_DIR", str(tmp_path / "state"))
+    vault_id = "ab" * 16
+    assert hostkeys.held(vault_id) == []
+    os.makedirs(hostkeys.directory())
+    for name in (f"{vault_id}-{'1' * 16}.key", f"{vault_id}-{'2' * 16}.cred", f"{'cd' * 16}-{'3' * 16}.key",
+                 f"{vault_id}-short.key", f"{vault_id}-{'4' * 16}.txt"):
+        (tmp_path / "state" / "host-keys" / name).write_bytes(b"x")
+    assert hostkeys.held(vault_id) == ["1" * 16, "2" * 16]
