@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 class FileContent:
     """Plaintext view of one node's ciphertext (shared by all its open handles)."""
 
-    def __init__(self, cipher: ContentCipher, handle: MirroredFile, size: int, on_heal=None, on_change=None):
+    def __init__(self, cipher: ContentCipher, file: MirroredFile, size: int, on_heal=None, on_change=None):
         self.cipher = cipher
-        self.handle = handle
+        self.file = file
         self.size = size
         self.on_heal = on_heal
         self.on_change = on_change or (lambda: None)   # before every change (times, write counter)
@@ -38,25 +38,44 @@ class FileContent:
         return (size - 1) // self.B if size else -1
 
     def _read_blocks(self, first: int, last: int) -> bytes:
-        """Plaintext of blocks first..last (inclusive), healing from another replica."""
-        length = (last - first + 1) * self.C
-        c_data = self.handle.pread(length, self._c_off(first))
+        """Plaintext of blocks first..last (inclusive); blocks that fail on the serving
+        replica come from the first replica where they authenticate, and are healed there
+        (the replica set's one healing policy)."""
+        length, offset = (last - first + 1) * self.C, self._c_off(first)
+        eof_index = self._last_index()
+
+        def read(replica: int) -> tuple[bytes, bytes]:
+            c_data = self.file.pread(length, offset, replica)
+            return self.cipher.open(first, c_data, eof_index), c_data
+
+        def heal(serving: int, source: int, found: tuple[bytes, bytes], why: Exception) -> None:
+            self.file.pwrite_one(serving, found[1], offset)
+            log.warning("healed blocks %d-%d of a file from replica %d", first, last, source)
+            if self.on_heal:
+                self.on_heal(first, last, source)
         try:
-            return self.cipher.open(first, c_data, self._last_index())
-        except BlockCorrupt as primary_error:
-            serving = self.handle.serving
-            for replica in [n for n in self.handle.readable_replicas if n != serving]:
-                good = self.handle.pread(length, self._c_off(first), replica)
-                try:
-                    plain = self.cipher.open(first, good, self._last_index())
-                except BlockCorrupt:
-                    continue
-                self.handle.pwrite_one(serving, good, self._c_off(first))
-                log.warning("healed blocks %d-%d of a file from replica %d", first, last, replica)
-                if self.on_heal:
-                    self.on_heal(first, last, replica)
-                return plain
-            raise primary_error
+            # The common case, one replica read and no closure call through the policy.
+            return self.cipher.open(first, self.file.pread(length, offset), eof_index)
+        except BlockCorrupt:
+            pass
+        return self.file.first_good(read, heal, (BlockCorrupt,))[0][0]
+
+    # The ciphertext file's own operations the tree needs: its header, times and sync.
+
+    def write_header(self, header: bytes) -> None:
+        self.file.pwrite(header, 0)
+
+    def backing_stat(self):
+        return self.file.stat()
+
+    def set_backing_times(self, ns: tuple[int, int]) -> None:
+        self.file.utime(ns)
+
+    def fsync(self, datasync: bool) -> None:
+        self.file.fsync(datasync)
+
+    def close(self) -> None:
+        self.file.close()
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)
@@ -97,14 +116,14 @@ class FileContent:
             # when the file now extends past it and this write does not rewrite it.
             resealed = self.cipher.seal(old_last, block(old_last).ljust(B, b"\0"), eof_at_end=False)
         try:
-            self.handle.pwrite(c_data, self._c_off(first))
+            self.file.pwrite(c_data, self._c_off(first))
         except NoSpace:
             # A full drive: give back what the failed write allocated, so the file on the
             # drive is exactly what it was (and its old last block was never touched).
-            self.handle.truncate(HEADER_LEN + c_size(old_size, B))
+            self.file.truncate(HEADER_LEN + c_size(old_size, B))
             raise
         if resealed is not None:
-            self.handle.pwrite(resealed, self._c_off(old_last))
+            self.file.pwrite(resealed, self._c_off(old_last))
         self.size = new_size
         return len(data)
 
@@ -119,11 +138,11 @@ class FileContent:
             self.write(start, bytes(new_size - start))
             return
         if new_size == 0:
-            self.handle.truncate(HEADER_LEN)
+            self.file.truncate(HEADER_LEN)
             self.size = 0
             return
         last = self._last_index(new_size)
         keep = self._read_blocks(last, last)[: new_size - last * self.B]
-        self.handle.truncate(self._c_off(last))
+        self.file.truncate(self._c_off(last))
         self.size = new_size
-        self.handle.pwrite(self.cipher.seal(last, keep, eof_at_end=True), self._c_off(last))
+        self.file.pwrite(self.cipher.seal(last, keep, eof_at_end=True), self._c_off(last))

@@ -55,7 +55,7 @@ class Copier:
         if stat.S_ISLNK(meta.mode):
             new = dst.create_file(copy_dir, p_name, meta.mode, caller, content=src.read_all(node))
         elif stat.S_ISREG(meta.mode):
-            new = dst.create_file(copy_dir, p_name, meta.mode, caller, opening=True)
+            new = dst.create(copy_dir, p_name, meta.mode, caller)
             self._contents(node, new)
         else:
             new = dst.create_file(copy_dir, p_name, meta.mode, caller, rdev=meta.rdev)
@@ -64,7 +64,7 @@ class Copier:
         self.attrs(node, new)
 
     def _contents(self, node, new) -> None:
-        target = self.dst.open(new, True, fresh=True)
+        target = new.content     # open since its create
         try:
             source = self.src.open(node, False)
             try:

@@ -42,7 +42,7 @@ class Node:
     children: dict[bytes, "Node"] = field(default_factory=dict)
     overrides: dict[bytes, bytes] | None = None   # dirs: node id -> wrapped key (d.ov)
     _cipher: ContentCipher | None = None
-    handle: object = None   # the shared MirroredFile while any handle is open
+    content: object = None  # the FileContent all its open handles share, while any is open
     xattrs: dict[bytes, bytes] | None = None
     stat: object = None     # the backing stat taken by lookup, consumed by the reply
     hard_linked: bool = False    # hard-linked: data in h.links/, every name is a stub

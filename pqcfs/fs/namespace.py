@@ -58,10 +58,20 @@ class NamespaceOps:
                                        full.encode(), sync=False)
         return disk_name
 
+    def create(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller) -> Node:
+        """A regular file made and opened by one request (open(2) with O_CREAT): the
+        descriptors that made it are its open handle, and its release writes its table
+        entry (size and times in one record)."""
+        return self._make_file(dir_node, p_name, mode, caller, keep_open=True)
+
     def create_file(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller, rdev: int = 0,
-                    content: bytes = b"", opening: bool = False) -> Node:
-        """Regular files, symlinks (content = target), FIFOs, sockets and devices.
-        opening: the caller opens the new file at once (its release writes the table entry)."""
+                    content: bytes = b"") -> Node:
+        """Files made closed: symlinks (content = target), FIFOs, sockets, devices, and
+        regular files by mknod."""
+        return self._make_file(dir_node, p_name, mode, caller, rdev, content)
+
+    def _make_file(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller, rdev: int = 0,
+                   content: bytes = b"", keep_open: bool = False) -> Node:
         disk_name = self._prepare_name(dir_node, p_name)
         node_id = node_header.new_node_id()
         keys = self._child_keys(dir_node, node_id)
@@ -72,19 +82,23 @@ class NamespaceOps:
         handle = self.replicas.create_file(rel, node_header.build(MAGIC_FILE, node_id, keys.meta_key, meta))
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta)
-        try:
-            if content:
-                FileContent(node.cipher(self.block_size), handle, 0).write(0, content)
-                node.size = len(content)
-        finally:
-            handle.close()
+        if keep_open:
+            node.content = self._file_content(node, handle)
+            node.opens, node.bumped = 1, True     # its write counter is new: nothing to raise
+        else:
+            try:
+                if content:
+                    FileContent(node.cipher(self.block_size), handle, 0).write(0, content)
+                    node.size = len(content)
+            finally:
+                handle.close()
         if self.tables:
             now = now_ns()
             node.entry = Entry(node_id=node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, rdev=rdev, size=node.size,
                                atime=now, mtime=now, ctime=now, btime=now, counter=meta.counter, p_name=p_name,
                                disk_name=disk_name)
             self._dir_changed(dir_node, now)
-            if opening:
+            if keep_open:
                 self.put_unsaved(dir_node, node.entry)
                 node.dirty = True
             else:

@@ -126,7 +126,7 @@ class TableOps:
         on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
         missing = table.entries.keys() - on_disk
         if missing and not self.read_only:
-            first = self.replicas.first
+            first = self.replicas.serving
             for source in self.replicas.healthy[1:]:
                 for disk_name in sorted(missing):
                     rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
@@ -141,11 +141,11 @@ class TableOps:
             # Not the vault's (planted, or a damaged name): moved out of its way, never deleted.
             for disk_name in sorted(extra):
                 rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
-                self.replicas.drive(self.replicas.first).quarantine(rel, "an entry its directory table does not hold")
+                self.replicas.drive(self.replicas.serving).quarantine(rel, "an entry its directory table does not hold")
                 if names.is_long(disk_name):
                     sidecar = rel + names.LONG_SUFFIX
-                    if self.replicas.drive(self.replicas.first).kind(sidecar) == "file":
-                        self.replicas.drive(self.replicas.first).quarantine(sidecar, "its entry's long name")
+                    if self.replicas.drive(self.replicas.serving).kind(sidecar) == "file":
+                        self.replicas.drive(self.replicas.serving).quarantine(sidecar, "its entry's long name")
         if missing or extra:
             what = f"{len(missing)} entr(ies) of its table missing, {len(extra)} not in its table"
             log.error("directory %s does not match its table: %s", dir_node.c_path or ".", what)
@@ -183,7 +183,7 @@ class TableOps:
         pqcfs.quarantine/. What a table alone knew is approximated: entries' times come
         from the drive's files, and an entry rolled back on the drive is not told apart."""
         path = self._table_path(dir_node)
-        drive = self.replicas.drive(self.replicas.first)
+        drive = self.replicas.drive(self.replicas.serving)
         if drive.kind(self.replicas.rel(path)) == "file":
             drive.quarantine(self.replicas.rel(path), "a directory table no replica has a good copy of (fsck)")
         table = self._fresh_table(dir_node)
@@ -213,10 +213,10 @@ class TableOps:
         serving replica holds) gets the serving replica's copy."""
         def heal(n: int) -> None:
             rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
-            copy_entry(self.replicas.drive(self.replicas.first), self.replicas.drive(n), rel)
+            copy_entry(self.replicas.drive(self.replicas.serving), self.replicas.drive(n), rel)
             self.heal_events += 1
-            self.on_event("self-heal", what="entry", c_path=rel, target=n, source=self.replicas.first)
-            log.warning("healed a missing entry on replica %d from replica %d", n, self.replicas.first)
+            self.on_event("self-heal", what="entry", c_path=rel, target=n, source=self.replicas.serving)
+            log.warning("healed a missing entry on replica %d from replica %d", n, self.replicas.serving)
         return heal
 
     # --- writing --------------------------------------------------------------------
@@ -432,7 +432,7 @@ class TableOps:
         node.bumped = True
         node.meta.counter = node.entry.counter = node.entry.counter + 1
         header = node_header.build(MAGIC_FILE, node.keys.node_id, node.keys.meta_key, node.meta)
-        node.handle.handle.pwrite(header, 0)
+        node.content.write_header(header)
 
     def _file_matches(self, node: Node, rel: str, replica: int) -> tuple[bytes, Meta, int]:
         e = node.entry
@@ -479,7 +479,7 @@ class TableOps:
                 raise
             for replica in unsealed:
                 self.rebuild_file_header(node, replica)
-            self._heal_event("file header (rebuilt from its directory table)", rel, self.replicas.first)
+            self._heal_event("file header (rebuilt from its directory table)", rel, self.replicas.serving)
             return
         if meta.counter > e.counter:   # written after the table last was (a crash in between)
             e.counter, node.size, e.size = meta.counter, size, size

@@ -29,7 +29,7 @@ from pqcfs.fs.tables import FLAG_XATTRS, TableOps, now_ns
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store.drive import UnsafeEntry
 from pqcfs.store import devices, reserve
-from pqcfs.store.replicas import ReplicaSet
+from pqcfs.store.replicas import MirroredFile, ReplicaSet
 from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ class VaultFS(NamespaceOps, TableOps):
         out, bad = self._listdir_on(dir_node, None)
         if bad:
             for source in self.replicas.healthy[1:]:
-                self._heal_dir(dir_node, target=self.replicas.first, source=source)
+                self._heal_dir(dir_node, target=self.replicas.serving, source=source)
                 out, bad = self._listdir_on(dir_node, None)
                 if not bad:
                     break
@@ -417,8 +417,8 @@ class VaultFS(NamespaceOps, TableOps):
         if st is not None:
             return st
         # Through the open descriptor when there is one: an unlinked file has no path.
-        if node.handle is not None:
-            return node.handle.handle.stat()
+        if node.content is not None:
+            return node.content.backing_stat()
         return self.replicas.lstat(node.data_path)
 
     def nlink(self, node: Node) -> int:
@@ -444,10 +444,10 @@ class VaultFS(NamespaceOps, TableOps):
         self.intent.note(FILE, self._meta_path(node))
         prefix = node_header.build(MAGIC_DIR if node.is_dir else MAGIC_FILE, node.keys.node_id,
                                    node.keys.meta_key, node.meta)
-        if node.handle is not None:
-            times = node.handle.handle.stat()
-            node.handle.handle.pwrite(prefix, 0)
-            node.handle.handle.utime((times.st_atime_ns, times.st_mtime_ns))
+        if node.content is not None:
+            times = node.content.backing_stat()
+            node.content.write_header(prefix)
+            node.content.set_backing_times((times.st_atime_ns, times.st_mtime_ns))
             return
         mf = self.replicas.open_file(self._meta_path(node))
         try:
@@ -486,45 +486,67 @@ class VaultFS(NamespaceOps, TableOps):
         st = self.backing_stat(node)
         ns = (atime_ns if atime_ns is not None else st.st_atime_ns,
               mtime_ns if mtime_ns is not None else st.st_mtime_ns)
-        if node.handle is not None:
-            node.handle.handle.utime(ns)
+        if node.content is not None:
+            node.content.set_backing_times(ns)
         else:
             self.replicas.utime(node.data_path, ns)
 
     # --- contents -------------------------------------------------------------------
 
-    def open(self, node: Node, writable: bool, fresh: bool = False) -> FileContent:
-        """fresh: the node was created by this request (its write counter is new)."""
+    def open(self, node: Node, writable: bool) -> FileContent:
         if writable and not self.read_only:
             self.intent.note(FILE, node.data_path)
             if node.entry is not None and node.parent is not None:
                 self.intent.note(DIRECTORY, node.parent.c_path)   # its table follows at release
-        if node.handle is None:
+        if node.content is None:
             parent = None if node.hard_linked else node.parent
             heal = None
             if parent is not None:
                 heal = self._heal_entry_on(parent, node.disk_name) if self.tables else (
                     lambda n: self._heal_dir(parent, target=n, source=0))
-            if not fresh:    # a file this request created has nothing older to be checked against
-                self.verify_file(node)
-            handle = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
-            node.bumped = fresh
-            node.handle = FileContent(node.cipher(self.block_size), handle, node.size, on_heal=self._healed,
-                                      on_change=(lambda: self.wrote(node)) if node.entry is not None else None)
+            self.verify_file(node)
+            file = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
+            node.bumped = False
+            node.content = self._file_content(node, file)
         node.opens += 1
-        return node.handle
+        return node.content
+
+    def _file_content(self, node: Node, file: MirroredFile) -> FileContent:
+        return FileContent(node.cipher(self.block_size), file, node.size, on_heal=self._healed,
+                           on_change=(lambda: self.wrote(node)) if node.entry is not None else None)
+
+    def read(self, node: Node, offset: int, length: int) -> bytes:
+        """A read through an open handle (relatime: the access may move atime)."""
+        self.accessed(node)
+        return node.content.read(offset, length)
+
+    def write(self, node: Node, offset: int, data) -> int:
+        """A write through an open handle: refused in a read-only session, while a full
+        drive's reserve holds the vault's records, and past what the drives can hold."""
+        if self.read_only:
+            self.refuse_write()
+        self.check_room()
+        content = node.content
+        if offset + len(data) > content.size:
+            self.check_size(offset + len(data))
+        return content.write(offset, data)
+
+    def fsync(self, node: Node, datasync: bool) -> None:
+        """An open file's contents, then its attributes, reach the drives."""
+        node.content.fsync(datasync)
+        self.sync_attrs(node)
 
     def release(self, node: Node) -> None:
         node.opens -= 1
-        if node.opens == 0 and node.handle is not None:
-            node.size = node.handle.size
+        if node.opens == 0 and node.content is not None:
+            node.size = node.content.size
             try:
                 if node.dirty and not self.read_only:
                     self.save_attrs(node)
             finally:
                 node.bumped = False
-                node.handle.handle.close()
-            node.handle = None
+                node.content.close()
+            node.content = None
             node._cipher = None    # its AES context is made again on the next open, not kept per cached node
             node.keys.forget_derived()
             self.inodes.maybe_drop(node)
@@ -535,8 +557,8 @@ class VaultFS(NamespaceOps, TableOps):
 
     def content(self, node: Node) -> tuple[FileContent, bool]:
         """The node's content view; the bool says whether the caller must release it."""
-        if node.handle is not None:
-            return node.handle, False
+        if node.content is not None:
+            return node.content, False
         return self.open(node, True), True
 
     def read_all(self, node: Node) -> bytes:
@@ -580,7 +602,7 @@ class VaultFS(NamespaceOps, TableOps):
                 self.release(node)
 
     def size_of(self, node: Node) -> int:
-        return node.handle.size if node.handle is not None else node.size
+        return node.content.size if node.content is not None else node.size
 
     # --- extended attributes --------------------------------------------------------
 

@@ -264,28 +264,17 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx), opening=True)
+        node = self.vfs.create(self._node(parent_inode), name, mode, _caller(ctx))
         self._file_event("create", self._node(parent_inode), name)
-        self.vfs.open(node, True, fresh=True)
         return self._file_info(node), self._entry(node)
 
     @_errors
     async def read(self, fh, off, size):
-        node = self._node(fh)
-        self.vfs.accessed(node)
-        return node.handle.read(off, size)
+        return self.vfs.read(self._node(fh), off, size)
 
     @_errors
     async def write(self, fh, off, buf):
-        if self.vfs.read_only:
-            self.vfs.refuse_write()
-        node = self._node(fh)
-        self.vfs.check_room()
-        if off + len(buf) > node.handle.size:
-            self.vfs.check_size(off + len(buf))
-        written = node.handle.write(off, buf)
-        node.size = node.handle.size
-        return written
+        return self.vfs.write(self._node(fh), off, buf)
 
     @_errors
     async def flush(self, fh):
@@ -293,9 +282,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def fsync(self, fh, datasync):
-        node = self._node(fh)
-        node.handle.handle.fsync(bool(datasync))
-        self.vfs.sync_attrs(node)
+        self.vfs.fsync(self._node(fh), bool(datasync))
 
     @_errors
     async def release(self, fh):

@@ -84,7 +84,7 @@ class Rejoin:
         if not location:
             if n is not None:
                 candidates.append(vault.locations[n])
-            serving = os.path.realpath(vault.locations[self.session.replicas.first])
+            serving = os.path.realpath(vault.locations[self.session.replicas.serving])
             found = vault_mod.find_replica(entry, vault.header.vault_id, serving)
             if found:
                 candidates.append(found)
@@ -164,7 +164,7 @@ class Rejoin:
     async def _rejoin(self, replica_id: str, where: str, drive: Drive, state: rs.ReplicaState) -> dict:
         s = self.session
         vault, replicas = s.vault, s.replicas
-        source_n = replicas.first
+        source_n = replicas.serving
         source = replicas.drives[source_n]
         serving_state = vault_mod.read_state(source, vault.root_key)
         relation = rs.compare(serving_state, state)

@@ -236,7 +236,7 @@ class Session:
         without it, so the next mount knows that replica is stale (and, when it was the
         primary, that the backup is now the newer one)."""
         location = self.vault.locations[n]
-        serving = self.vault.drives[self.replicas.first]
+        serving = self.vault.drives[self.replicas.serving]
         try:
             failed_id = vault_mod.read_state(self.vault.drives[n], self.vault.root_key).replica_id
         except Exception:  # noqa: BLE001 - the drive may be gone entirely

@@ -68,7 +68,7 @@ class ReplicaSet:
         return f"{self.base}/{rel}" if rel else self.base
 
     @property
-    def first(self) -> int:
+    def serving(self) -> int:
         """The replica that serves reads: the primary, or after it failed the next one."""
         healthy = self.healthy
         if not healthy:
@@ -76,12 +76,12 @@ class ReplicaSet:
         return healthy[0]
 
     def drive(self, replica: int | None = None) -> Drive:
-        return self.drives[self.first if replica is None else replica]
+        return self.drives[self.serving if replica is None else replica]
 
     def survives(self, n: int, error: BaseException) -> bool:
         """Drop replica n after error if the vault can go on without it: any backup, and
         the serving replica when its drive failed and another one remains."""
-        if n != self.first or (drive_failed(error) and len(self.healthy) > 1):
+        if n != self.serving or (drive_failed(error) and len(self.healthy) > 1):
             self.fail(n, error)
             return True
         return False
@@ -135,11 +135,11 @@ class ReplicaSet:
     # Reads (the serving replica, unless one is named).
     def _read(self, replica: int | None, fn):
         try:
-            return self.serve(replica, lambda: self.first, lambda n: fn(self.drives[n]))
+            return self.serve(replica, lambda: self.serving, lambda n: fn(self.drives[n]))
         except OSError as e:
             # A named backup whose drive fails is dropped here, at its first read, not
             # at the next write (the caller still gets the error for this read).
-            if replica is not None and replica != self.first and drive_failed(e):
+            if replica is not None and replica != self.serving and drive_failed(e):
                 self.fail(replica, e)
             raise
 
@@ -189,7 +189,7 @@ class ReplicaSet:
             self.before_sync()
         self.each(lambda n: self.drives[n].write_atomic(full, data, sync))
 
-    def first_good(self, read, heal=None, errors: tuple = (OSError,)):
+    def first_good(self, read, heal=None, errors: tuple = (OSError,), among: list[int] | None = None):
         """The one healing policy for every structure that has a copy on each replica.
 
         read(n) returns replica n's copy, having authenticated it (and checked it is not
@@ -200,9 +200,11 @@ class ReplicaSet:
         when it is more than a header: a caller's choice, never a deletion of the only
         copy); it is not called when the serving drive itself has failed (it is dropped,
         and the next replica serves). Returns (value, source, the serving copy's error
-        or None); raises the first error when no copy passes."""
-        first, error, first_error = self.first, None, None
-        for replica in self.healthy:
+        or None); raises the first error when no copy passes. among: the replicas to
+        try (an open file's), in order; the healthy ones by default."""
+        replicas = self.healthy if among is None else among
+        first, error, first_error = replicas[0] if replicas else self.serving, None, None
+        for replica in replicas:
             try:
                 value = read(replica)
             except errors as e:
@@ -265,7 +267,7 @@ class ReplicaSet:
             try:
                 fds[n] = self.drives[n].open(full, flags)
             except FileNotFoundError:
-                if n == self.first or heal_missing is None:
+                if n == self.serving or heal_missing is None:
                     raise
                 heal_missing(n)
                 fds[n] = self.drives[n].open(full, flags)
@@ -320,7 +322,7 @@ class ReplicaSet:
             try:
                 results.append(self.drives[n].statvfs())
             except OSError:
-                if n == self.first:
+                if n == self.serving:
                     raise
         return min(results, key=lambda st: st.f_bavail * st.f_frsize)
 
@@ -383,6 +385,10 @@ class MirroredFile:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
         self._each(write)
+
+    def first_good(self, read, heal=None, errors: tuple = (OSError,)):
+        """The replica set's one healing policy, over the replicas this file is open on."""
+        return self.replicas.first_good(read, heal, errors, among=self.readable_replicas)
 
     def pwrite_one(self, replica: int, data: bytes, offset: int) -> None:
         os.pwrite(self.fds[replica], data, offset)

@@ -28,7 +28,7 @@ def test_a_crash_while_a_file_grows_loses_nothing_written_before(new_vault):
     # as final) is written, the old last block is not yet resealed as a middle block.
     content = fs.open(node, True)
     cipher, B = content.cipher, content.B
-    content.handle.pwrite(cipher.seal(2, b"new", eof_at_end=True), HEADER_LEN + 2 * content.C)
+    content.file.pwrite(cipher.seal(2, b"new", eof_at_end=True), HEADER_LEN + 2 * content.C)
     fs.release(node)
     fresh = fs_of(vault)
     broken = fresh.lookup(fresh.inodes.root, b"growing")

@@ -279,8 +279,8 @@ def test_an_unmount_with_files_still_open_keeps_their_sizes_and_times(vault_dirs
     locations, _ = vault_dirs
 
     def create_and_leave_open(vfs):
-        node = vfs.create_file(vfs.inodes.root, b"open at unmount", stat.S_IFREG | 0o644, ME, opening=True)
-        vfs.open(node, True, fresh=True).write(0, b"written, never released")
+        node = vfs.create(vfs.inodes.root, b"open at unmount", stat.S_IFREG | 0o644, ME)
+        node.content.write(0, b"written, never released")
         existing = vfs.lookup(vfs.inodes.root, b"one")
         vfs.open(existing, True).write(0, b"CHANGED")
     session(locations, tmp_path, create_and_leave_open)
