@@ -12,7 +12,8 @@ from pqcfs.format import dir_table, names
 from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
 from pqcfs.store import seen
-from pqcfs.fs.vaultfs import FsError, VaultFS, open_tree
+from pqcfs.fs.trees import open_tree
+from pqcfs.fs.vaultfs import FsError, VaultFS
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import TREE_DIR
 from pqcfs.store.sync import copy_entry, same_file
@@ -63,8 +64,9 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
     except (PqcfsError, OSError) as e:
         report.problems.append(Problem(location, DIR_ID_NAME, f"root directory: {e}"))
         return
-    if fs.tables:
-        report.root_seqs[location] = fs.inodes.root.table.seq
+    seq = fs.tree_seq()
+    if seq is not None:
+        report.root_seqs[location] = seq
     stack = [fs.inodes.root]
     while stack:
         node = stack.pop()
@@ -84,14 +86,9 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
                 report.problems.append(Problem(location, rel, "not a file or directory (a symlink, FIFO, "
                                                "socket or device planted on the drive)", kind="odd"))
         named = [n for n, kind in on_disk if is_entry(n) and kind != "other"]
-        if fs.tables:
-            for what, strays, rebuild in fs.table_problems(node):
-                report.problems.append(Problem(location, node.c_path or ".", what, kind="names", strays=strays,
-                                               rebuild=rebuild))
-        elif len(entries) != len(named):
-            report.problems.append(Problem(location, node.c_path or ".",
-                                           f"{len(named) - len(entries)} entry name(s) failed authentication",
-                                           kind="names"))
+        for what, strays, rebuild in fs.listing_problems(node, entries, named):
+            report.problems.append(Problem(location, node.c_path or ".", what, kind="names", strays=strays,
+                                           rebuild=rebuild))
         try:
             fs.xattrs(node)
         except (PqcfsError, OSError) as e:
@@ -122,8 +119,8 @@ def _check_file(fs: VaultFS, child, location: str, report: Report, progress) -> 
         content = fs.open(child, False)
     except (PqcfsError, OSError) as e:
         problem = Problem(location, child.data_path, f"contents: {e}")
-        if fs.tables and isinstance(e, CryptoError) and child.entry is not None:
-            # The last way out when no replica has a good header: its table record.
+        if isinstance(e, CryptoError) and child.entry is not None:
+            # The last way out when no replica has a good header: its table record (format 2).
             problem.rebuild = lambda: fs.rebuild_file_header(child, 0)
         report.problems.append(problem)
         return

@@ -36,7 +36,7 @@ def _dirs(vfs, top, skip: set[bytes]) -> list:
         if node.keys.node_id in skip and node is not top:
             continue
         out.append(node)
-        for p_name, entry in list(vfs._table(node).by_name.items()):
+        for p_name, entry in list(vfs.table_of(node).by_name.items()):
             if stat.S_ISDIR(entry.mode):
                 try:
                     queue.append(vfs.lookup(node, p_name))
@@ -54,13 +54,13 @@ def escaped(vfs, top) -> list[tuple[object, bytes]]:
     while tainted:
         fresh = []
         for d in _dirs(vfs, vfs.inodes.root, walls):
-            overrides = vfs._overrides(d)
+            overrides = vfs.overrides_of(d)
             if not overrides:
                 continue
-            for p_name, entry in list(vfs._table(d).by_name.items()):
+            for p_name, entry in list(vfs.table_of(d).by_name.items()):
                 if entry.node_id not in overrides or entry.node_id in walls or entry.flags & dir_table.FLAG_LINKED:
                     continue
-                key = vfs._child_keys(d, entry.node_id).key
+                key = vfs.child_keys(d, entry.node_id).key
                 if any(hmac.compare_digest(k.child(entry.node_id).key, key) for k in tainted):
                     found.append((d, p_name))
                     walls.add(entry.node_id)

@@ -13,7 +13,7 @@ from pqcfs.errors import DriveError, PqcfsError
 from pqcfs.format import names
 from pqcfs.fs import recovery
 from pqcfs.fs.inodes import LINKS_DIR
-from pqcfs.fs.vaultfs import open_tree
+from pqcfs.fs.trees import open_tree
 from pqcfs.format import replica_state as rs
 from pqcfs.store import changes
 from pqcfs.store import sync as sync_mod

@@ -35,7 +35,7 @@ from pqcfs.errors import CryptoError, DamagedStructure, GrantRefused, NoSuchPath
 from pqcfs.format import grants, names, node_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.fs.common import FsError
-from pqcfs.fs.vaultfs import open_tree
+from pqcfs.fs.trees import open_tree
 from pqcfs.store import seen
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import TREE_DIR
@@ -110,7 +110,7 @@ def find_dir(vfs, node_id: bytes):
         dir_node = queue.popleft()
         if dir_node.keys.node_id == node_id:
             return dir_node
-        for p_name, entry in list(vfs._table(dir_node).by_name.items()):
+        for p_name, entry in list(vfs.table_of(dir_node).by_name.items()):
             if stat.S_ISDIR(entry.mode):
                 try:
                     queue.append(vfs.lookup(dir_node, p_name))
@@ -126,7 +126,7 @@ def find_granted(vfs, record: dict):
     node = vfs.inodes.root
     try:
         for disk_name in record.get("locator") or []:
-            entry = vfs._table(node).entries.get(disk_name)
+            entry = vfs.table_of(node).entries.get(disk_name)
             if entry is None or not stat.S_ISDIR(entry.mode):
                 node = None
                 break

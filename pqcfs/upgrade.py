@@ -14,8 +14,8 @@ from __future__ import annotations
 from pqcfs import vault as vault_mod
 from pqcfs.errors import DriveError, PqcfsError
 from pqcfs.format import slots
-from pqcfs.fs.tables import ALL
-from pqcfs.fs.vaultfs import open_tree
+from pqcfs.fs.tables import ALL, TabledFS
+from pqcfs.fs.trees import open_tree
 
 
 def upgrade(vault: vault_mod.UnlockedVault) -> int:
@@ -34,7 +34,7 @@ def upgrade(vault: vault_mod.UnlockedVault) -> int:
                          + ", ".join(f"slot {s['id']} ({slots.describe(s)})" for s in uncommitted)
                          + "; unlock once with each (e.g. `pqcfs upgrade VAULT --recovery`), which adds it, or "
                          "remove it (`pqcfs keys remove`), then upgrade again")
-    vfs = open_tree(vault, tables=True, in_flux=ALL)
+    vfs = open_tree(vault, kind=TabledFS, in_flux=ALL)
     built = vfs.settle_tree()
     if vfs.reconcile_skipped:
         raise PqcfsError(f"{vfs.reconcile_skipped} entr(ies) do not authenticate; the vault stays format 1 "

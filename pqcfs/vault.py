@@ -182,6 +182,7 @@ class UnlockedVault:
     # What the command that unlocked it holds alongside (set by the CLI, used below it):
     lock: object = None             # the VaultLock, held until the command ends
     audit: object = None            # the AuditLog the command (or its session) appends to
+    audit_served: bool = False      # a mount's session writes the log until unmount (see end_command)
     identity: object = None         # the identity that unlocked it, to sign audit checkpoints
     headers_healed: list = field(default_factory=list)    # (location, why) rewritten at unlock
     damaged_headers_seen: list = field(default_factory=list)   # (location, why) left for --repair
@@ -215,6 +216,17 @@ class UnlockedVault:
     @property
     def drives(self) -> list[Drive]:
         return [self.drive(location) for location in self.locations]
+
+    def end_command(self) -> None:
+        """The end of the command that unlocked it: the audit log's head recorded in each
+        replica's state and the log closed (unless a mount's session writes it until
+        unmount, in the daemon), the lock released, the drives closed."""
+        if self.audit is not None and not self.audit_served:
+            self.audit.sync()
+            self.audit.close()
+        if self.lock is not None:
+            self.lock.release()
+        self.close()
 
     def close(self) -> None:
         for drive in self._drives.values():

@@ -25,14 +25,9 @@ def _settle(args, vault) -> None:
     plan, _ = mirror.plan(vault)
     if not (plan.unclean or plan.stale):
         return
-    log = args.audit_log
-    args.audit_log = None     # the session owns the audit log while it runs
     session = session_mod.OfflineSession(vault, "fsck-repair")
-    try:
-        session.start(Progress)
-        session.end()       # only after a start that went through: an end says "clean"
-    finally:
-        args.audit_log = log
+    session.start(Progress)
+    session.end()       # only after a start that went through: an end says "clean"
 
 
 def run(args) -> int:

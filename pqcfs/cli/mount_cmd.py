@@ -137,7 +137,7 @@ def _mount(args, owner: MountOwner | None) -> int:
         session.mount_fd = mount_fd
         return _serve(session, args)
     vault = options.unlock(args, require_all=False, audit=not args.ro)
-    args.audit_log = None   # the daemon owns the log from here on
+    vault.audit_served = True   # the mount's session (the daemon) writes and closes the log from here on
     devices.check_locations(vault.locations, options.allow_fixed(args, vault.header), args.allow_same_device)
     _leave_out_read_only(vault, args.ro)
     cut_short = revoke.pending(vault.header.grants)

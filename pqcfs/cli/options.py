@@ -257,23 +257,15 @@ def unlock(args, require_all: bool = True, audit: bool = True, heal: bool | None
                   file=sys.stderr)
         vault.audit = log
         vault.identity = creds.identity
-        args.audit_log = log
     return vault
 
 
 def finish(args) -> None:
     """End of a command: the audit head recorded, the lock released, the drives closed."""
-    log = getattr(args, "audit_log", None)
-    if log is not None:
-        log.sync()
-        log.close()
-        args.audit_log = None
     vault = getattr(args, "unlocked", None)
     if vault is not None:
-        if vault.lock is not None:
-            vault.lock.release()
-        vault.close()
         args.unlocked = None
+        vault.end_command()
 
 
 def emit(args, data: dict, text: str) -> None:

@@ -126,15 +126,12 @@ def _rekey_escaped(vault, args) -> None:
     vfs = sharing.owner_tree(vault)
     if not lineage.escaped(vfs, sharing.resolve(vfs, args.path)):
         return
-    log = args.audit_log
-    args.audit_log = None     # the session owns the audit log while it runs
     session = session_mod.OfflineSession(vault, "share")
     vfs, plan = session.start(Progress)
     try:
         count = lineage.rekey_escaped(vfs, sharing.resolve(vfs, args.path), session.event)
     finally:
         session.end()
-        args.audit_log = log
     print(f"pqcfs: {count} entr(ies) moved out of {args.path} earlier still had keys derived from it: re-keyed "
           "before sharing", file=sys.stderr)
 
@@ -177,7 +174,6 @@ def run_revoke(args) -> int:
 
 def finish(vault, args, record) -> "revoke.Result":
     """Run one revoke in a session of its own (the mount's crash safety), then report it."""
-    args.audit_log = None     # the session owns the audit log from here on
     started = time.monotonic()
     session = session_mod.OfflineSession(vault, "revoke")
     if not vault.tables:

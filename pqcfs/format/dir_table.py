@@ -35,6 +35,7 @@ _COUNT = struct.Struct(">I")
 _ATTRS = struct.Struct(">16sIIIQIIQqqqqQQ")
 SNAPSHOT, DELTA = 1, 2
 FLAG_LINKED = 1            # a hard-link name: attributes live with the hard-linked node
+FLAG_XATTRS = 2            # the node has an xattr table (none: no file to look for)
 MAX_RECORD = 64 << 20
 MAX_ENTRIES = 10_000_000
 PREFIX_LEN = _PREFIX.size

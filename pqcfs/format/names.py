@@ -22,6 +22,7 @@ MAX_P_NAME = 255
 MAX_SHORT = 240          # leaves room for the ".x"/".n" sidecar suffixes under 255
 LONG_PREFIX = "l."
 LONG_SUFFIX = ".n"
+LONG_NAME_CAP = 4096      # a long-name sidecar holds one base32 name: what is read of one
 XATTR_SUFFIX = ".x"
 DIR_ID_NAME = "d.id"
 OVERRIDES_NAME = "d.ov"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from dataclasses import dataclass
 
 from pqcfs.errors import PqcfsError
@@ -15,6 +16,10 @@ class FsError(PqcfsError):
     def __init__(self, err: int, message: str = ""):
         super().__init__(message or os.strerror(err))
         self.errno = err
+
+
+def now_ns() -> int:
+    return time.time_ns()
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Operations that change the namespace: create, mkdir, link, unlink, rmdir, rename.
 
-A mixin of VaultFS (it uses the core's paths, overrides, lookups and replica set); kept
-apart so each family of operations reads on its own, like gocryptfs' node_dir_ops.go.
+A mixin of VaultFS (it uses the core's paths, overrides, lookups and replica set, and
+tells the format what changed through the hooks VaultFS declares); kept apart so each
+family of operations reads on its own, like gocryptfs' node_dir_ops.go.
 """
 
 from __future__ import annotations
@@ -9,14 +10,11 @@ from __future__ import annotations
 import errno
 import stat
 
-from pqcfs.format import dir_table, names, node_header
-from pqcfs.format.dir_table import Entry
+from pqcfs.format import names, node_header
 from pqcfs.format.node_header import MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
-from pqcfs.errors import DamagedStructure
 from pqcfs.fs.common import Caller, FsError, full_c_name
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import LINKS_DIR, Node, link_path
-from pqcfs.fs.tables import now_ns
 from pqcfs.store.intent import DIRECTORY, FILE
 
 
@@ -48,10 +46,7 @@ class NamespaceOps:
             raise FsError(errno.ENOTDIR)
         full = full_c_name(dir_node, p_name)
         disk_name = names.on_disk_name(full)
-        # Format 2: the table knows every name (and the create itself is exclusive).
-        taken = (p_name in self._table(dir_node).by_name) if self.tables else \
-            self.replicas.exists(self._join(dir_node.c_path, disk_name))
-        if p_name in dir_node.children or taken:
+        if p_name in dir_node.children or self._name_taken(dir_node, p_name, disk_name):
             raise FsError(errno.EEXIST)
         if disk_name != full:
             self.replicas.write_atomic(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX),
@@ -74,9 +69,9 @@ class NamespaceOps:
                    content: bytes = b"", keep_open: bool = False) -> Node:
         disk_name = self._prepare_name(dir_node, p_name)
         node_id = node_header.new_node_id()
-        keys = self._child_keys(dir_node, node_id)
+        keys = self.child_keys(dir_node, node_id)
         meta = self._new_meta(dir_node, mode, caller, rdev)
-        meta.counter = 1 if self.tables else 0
+        meta.counter = self.NEW_FILE_COUNTER
         rel = self._join(dir_node.c_path, disk_name)
         self.intent.note(FILE, rel)
         handle = self.replicas.create_file(rel, node_header.build(MAGIC_FILE, node_id, keys.meta_key, meta))
@@ -92,23 +87,13 @@ class NamespaceOps:
                     node.size = len(content)
             finally:
                 handle.close()
-        if self.tables:
-            now = now_ns()
-            node.entry = Entry(node_id=node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, rdev=rdev, size=node.size,
-                               atime=now, mtime=now, ctime=now, btime=now, counter=meta.counter, p_name=p_name,
-                               disk_name=disk_name)
-            self._dir_changed(dir_node, now)
-            if keep_open:
-                self.put_unsaved(dir_node, node.entry)
-                node.dirty = True
-            else:
-                self._append(dir_node, puts=[node.entry], self_changed=True)
+        self._file_made(dir_node, node, keep_open)
         return self.inodes.add(node)
 
     def mkdir(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller) -> Node:
         disk_name = self._prepare_name(dir_node, p_name)
         node_id = node_header.new_node_id()
-        keys = self._child_keys(dir_node, node_id)
+        keys = self.child_keys(dir_node, node_id)
         meta = self._new_meta(dir_node, stat.S_IFDIR | stat.S_IMODE(mode), caller)
         rel = self._join(dir_node.c_path, disk_name)
         self.intent.note(DIRECTORY, rel)
@@ -118,13 +103,7 @@ class NamespaceOps:
                                    node_header.build(MAGIC_DIR, node_id, keys.meta_key, meta), sync=False)
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta, overrides={}, subdirs=0)
-        if self.tables:
-            now = now_ns()
-            self._new_table(node, Entry(node_id=node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, nlink=2,
-                                        atime=now, mtime=now, ctime=now, btime=now))
-            self._dir_changed(dir_node, now)
-            self._append(dir_node, puts=[Entry(node_id=node_id, mode=stat.S_IFDIR, p_name=p_name, disk_name=disk_name,
-                                               seq=node.table.seq)], self_changed=True)
+        self._dir_made(dir_node, node)
         if dir_node.subdirs is not None:
             dir_node.subdirs += 1
         return self.inodes.add(node)
@@ -146,13 +125,9 @@ class NamespaceOps:
         self._adopt(dir_node, node)
         stub = node_header.build(MAGIC_LINK, node.keys.node_id, node.keys.meta_key, Meta(0, 0, 0))
         self.replicas.write_atomic(self._join(dir_node.c_path, disk_name), stub, sync=False)
-        if self.tables:
-            now = now_ns()
-            self._dir_changed(dir_node, now)
-            self._append(dir_node, puts=[Entry(node_id=node.keys.node_id, mode=node.meta.mode, flags=dir_table.FLAG_LINKED,
-                                               p_name=p_name, disk_name=disk_name)], self_changed=True)
+        self._link_made(dir_node, node, p_name, disk_name)
         node.meta.nlink += 1
-        self._write_meta(node)
+        self._save_meta(node)
         node.unlinked = False
         return self._add_name(node, dir_node, p_name)
 
@@ -168,13 +143,7 @@ class NamespaceOps:
         if self.replicas.exists(entry + names.XATTR_SUFFIX):
             self.replicas.rename(entry + names.XATTR_SUFFIX, link_path(node.keys.node_id) + names.XATTR_SUFFIX)
         self.replicas.write_atomic(entry, stub, sync=False)
-        if self.tables and node.entry is not None:
-            # From now on the hard-linked node's header holds its attributes (every name's
-            # table only says where it is).
-            e = node.entry.copy()
-            e.flags |= dir_table.FLAG_LINKED
-            self._append(node.parent, puts=[e])
-            node.entry = None
+        self._now_hard_linked(node)
         node.hard_linked = True
         node.name_set().add((node.parent, node.p_name))
         self.inodes.hard_linked[node.keys.node_id] = node
@@ -188,7 +157,7 @@ class NamespaceOps:
             self.replicas.unlink(self._join(parent.c_path, disk_name + names.XATTR_SUFFIX), missing_ok=True)
 
     def _forget_override(self, parent: Node, node: Node) -> None:
-        if node.keys.node_id in self._overrides(parent):
+        if node.keys.node_id in self.overrides_of(parent):
             del parent.overrides[node.keys.node_id]
             self._save_overrides(parent)
 
@@ -215,19 +184,13 @@ class NamespaceOps:
             raise FsError(errno.ENOTDIR)
         if self.listdir(node):
             raise FsError(errno.ENOTEMPTY)
-        self._drop_handle(node.keys.node_id)
+        self._dir_leaving(node)
         self.replicas.rmdir_tree(node.c_path)
         dir_node.subdirs = None
         self._drop_sidecars(dir_node, node.disk_name, with_xattrs=False)
         self._forget_override(dir_node, node)
         self.inodes.detach(node)
         self._entry_gone(dir_node, node.disk_name)
-        self._live_tables.pop(node.keys.node_id, None)
-
-    def _entry_gone(self, dir_node: Node, disk_name: str) -> None:
-        if self.tables:
-            self._dir_changed(dir_node, now_ns())
-            self._append(dir_node, dels=[disk_name], self_changed=True)
 
     # --- key lineage: nothing leaves a granted directory with its key ----------------
 
@@ -252,7 +215,7 @@ class NamespaceOps:
 
     def _adopt(self, new_parent: Node, node: Node) -> None:
         """Make new_parent hand out node's key (the node keeps its key across moves)."""
-        table = self._overrides(new_parent)
+        table = self.overrides_of(new_parent)
         if new_parent.keys.child(node.keys.node_id).key == node.keys.key:
             if table.pop(node.keys.node_id, None) is not None:
                 self._save_overrides(new_parent)
@@ -308,7 +271,7 @@ class NamespaceOps:
         if new_disk != new_full:
             self.replicas.write_atomic(new_rel + names.LONG_SUFFIX, new_full.encode(), sync=False)
         if target is not None and target.is_dir:
-            self._drop_handle(target.keys.node_id)
+            self._dir_leaving(target)
             self.replicas.rmdir_tree(new_rel)
         self.replicas.rename(old_rel, new_rel)
         # A plain file's xattrs sit beside its entry and move with it; a hard-linked node's sit
@@ -326,34 +289,7 @@ class NamespaceOps:
         if node.is_dir or (target is not None and target.is_dir):
             old_dir.subdirs = new_dir.subdirs = None    # counted again on demand
         self._move_name(node, old_dir, old_name, new_dir, new_name, new_disk)
-        if self.tables:
-            self._rename_entries(node, old_dir, old_disk, new_dir, new_disk, new_name)
-
-    def _renamed_entry(self, node: Node, dir_node: Node, old_disk: str, p_name: bytes, disk_name: str,
-                       now: int) -> Entry:
-        """The table entry that names node at its new place (a copy: tables never share one)."""
-        old = self._table(dir_node).entries.get(old_disk)
-        if old is None:
-            raise DamagedStructure("a renamed entry is not in its directory table")
-        e = old.copy()
-        e.p_name, e.disk_name = p_name, disk_name
-        if node.entry is old:
-            node.entry = e
-            e.ctime = now
-        return e
-
-    def _rename_entries(self, node: Node, old_dir: Node, old_disk: str, new_dir: Node, new_disk: str,
-                        new_name: bytes) -> None:
-        now = now_ns()
-        e = self._renamed_entry(node, old_dir, old_disk, new_name, new_disk, now)
-        self._dir_changed(new_dir, now)
-        self._append(new_dir, puts=[e], dels=[old_disk] if new_dir is old_dir else (), self_changed=True)
-        if new_dir is not old_dir:
-            self._dir_changed(old_dir, now)
-            self._append(old_dir, dels=[old_disk], self_changed=True)
-        if node.is_dir:
-            node.entry.ctime = now
-            self._append(node, self_changed=True)
+        self._entries_renamed(node, old_dir, old_disk, new_dir, new_disk, new_name)
 
     def _lose_name(self, node: Node, dir_node: Node, p_name: bytes) -> None:
         """Bookkeeping once the entry p_name that named node is gone (unlink, or replaced
@@ -366,7 +302,7 @@ class NamespaceOps:
                 self.replicas.unlink(node.data_path)
                 self.replicas.unlink(node.data_path + names.XATTR_SUFFIX, missing_ok=True)
             else:
-                self._write_meta(node)
+                self._save_meta(node)
         else:
             self._forget_override(dir_node, node)
         self.inodes.detach(node, dir_node, p_name)
@@ -405,17 +341,7 @@ class NamespaceOps:
                 del old_dir.children[old_name]
             if node.names:
                 node.names.discard((old_dir, old_name))
-        if self.tables:
-            now = now_ns()
-            ea = self._renamed_entry(a, dir_a, a_disk, b_name, b_disk, now)
-            eb = self._renamed_entry(b, dir_b, b_disk, a_name, a_disk, now)
-            self._dir_changed(dir_a, now)
-            self._dir_changed(dir_b, now)
-            if dir_a is dir_b:
-                self._append(dir_a, puts=[ea, eb], self_changed=True)
-            else:
-                self._append(dir_b, puts=[ea], self_changed=True)
-                self._append(dir_a, puts=[eb], self_changed=True)
+        self._entries_exchanged(a, dir_a, a_disk, a_name, b, dir_b, b_disk, b_name)
         self._move_name(a, dir_b, b_name, dir_b, b_name, b_disk)
         self._move_name(b, dir_a, a_name, dir_a, a_name, a_disk)
         if dir_a is not dir_b:

@@ -22,7 +22,6 @@ from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, MAGIC_LINK
 from pqcfs.fs.inodes import LINKS_DIR
 from pqcfs.fs.tables import ALL
 from pqcfs.store.drive import Drive
-from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.replicas import TREE_DIR, ReplicaSet
 from pqcfs.store.sync import copy_entry, same_file
 
@@ -52,10 +51,8 @@ class KeyResolver:
         parts = rel.split("/")
         if parts[0] == LINKS_DIR:
             return self._shared_keys(parts[1]) if len(parts) == 2 else None
-        root = self.vfs.inodes.root
         # A grantee's tree starts at the shared directories, deep in tree/.
-        starts = list(root.children.values()) if self.vfs.shares is not None else [root]
-        for node in starts:
+        for node in self.vfs.tops():
             prefix = node.disk_name.split("/") if node.disk_name else []   # a granted directory's c_path
             if parts[:len(prefix)] == prefix and len(parts) > len(prefix):
                 parts = parts[len(prefix):]
@@ -67,7 +64,7 @@ class KeyResolver:
                 if i == len(parts) - 1:
                     header = self.vfs.replicas.read_file(rel, HEADER_LEN)
                     node_id = node_header.parse_prefix(header, (MAGIC_FILE, MAGIC_LINK))
-                    return self.vfs._child_keys(node, node_id)
+                    return self.vfs.child_keys(node, node_id)
                 node = self.vfs.entry(node, self._listing(node)[disk_name], disk_name)
         except (KeyError, OSError, PqcfsError):
             return None
@@ -228,7 +225,7 @@ def recover(vfs, primary: Drive, backups: list[Drive], block_size: int) -> int:
                 log.warning("no key for a differing file; the primary's copy is kept")
                 continue
             repaired += merge_file(primary, backup, _t(rel), keys, block_size)
-    settle_tables(vfs, [primary, *backups], block_size, ALL)
+    settle_tables(vfs, [primary, *backups], ALL)
     return repaired
 
 
@@ -269,13 +266,10 @@ def dirs_in_flux(intents) -> set[str]:
     return out
 
 
-def settle_tables(vfs, drives: list[Drive], block_size: int, in_flux) -> int:
+def settle_tables(vfs, drives: list[Drive], in_flux) -> int:
     """Format 2: the tables of the directories in flux become what the (repaired)
     primary holds, written to every replica. Returns how many were settled."""
-    if not vfs.tables:
-        return 0
-    settled = VaultFS(ReplicaSet(drives), vfs.inodes.root.keys, block_size, tables=True,
-                      in_flux=in_flux, shares=vfs.shares).settle_tree()
+    settled = vfs.settle_on(ReplicaSet(drives), in_flux)
     log.info("rebuilt %d directory table(s) from the drives", settled)
     return settled
 
@@ -303,7 +297,7 @@ def recover_intents(vfs, primary: Drive, backups: list[Drive], intents, block_si
 
     for backup in backups:
         _on_files_of_both(primary, backup, files, merge)
-    settle_tables(vfs, [primary, *backups], block_size, dirs_in_flux(intents))
+    settle_tables(vfs, [primary, *backups], dirs_in_flux(intents))
     for backup in backups:
         _on_files_of_both(primary, backup, files, copy)
         for rel in dirs:

@@ -2,9 +2,9 @@
 directory's table (d.t), so a stat, an `ls -l` or a negative lookup reads no file of its
 own, and a removed, added, swapped or rolled-back entry is caught.
 
-A mixin of VaultFS. The table is the authority; the drives' listing must equal it. A
-directory the last session may have left mid-change (named by the intent log after a
-crash) is reconciled instead: its table is rebuilt from what the drives hold.
+TabledFS is the format-2 tree. The table is the authority; the drives' listing must
+equal it. A directory the last session may have left mid-change (named by the intent
+log after a crash) is reconciled instead: its table is rebuilt from what the drives hold.
 """
 
 from __future__ import annotations
@@ -14,40 +14,50 @@ import heapq
 import itertools
 import logging
 import stat
-import time
 import weakref
 from collections import OrderedDict
 
 from pqcfs.crypto import content as content_layout
 from pqcfs.errors import CryptoError, DamagedStructure, NoGoodTable, NoSpace
 from pqcfs.format import dir_table, names, node_header
-from pqcfs.format.dir_table import DirTable, Entry
+from pqcfs.format.dir_table import FLAG_XATTRS, DirTable, Entry
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
-from pqcfs.fs.common import FsError
-from pqcfs.fs.inodes import Node, link_path
+from pqcfs.crypto.keys import NodeKeys
+from pqcfs.fs.common import FsError, now_ns
+from pqcfs.fs.inodes import InodeTable, Node, link_path
+from pqcfs.fs.vaultfs import VaultFS
+from pqcfs.store.replicas import ReplicaSet
 from pqcfs.store.intent import DIRECTORY
 from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
 TABLE_FILE_CAP = 512 << 20     # 10 million entries would not fit; a million do
 DAY_NS = 86_400 * 10**9
-FLAG_XATTRS = 2                # the node has an xattr table (none: no file to look for)
 OPEN_TABLES = 16               # table files kept open (2 descriptors each with two drives)
 ALL = frozenset({"*"})         # in_flux: every directory (a sentinel, compared by identity)
 DAMAGE = (CryptoError, DamagedStructure, OSError)
-
-
-def now_ns() -> int:
-    return time.time_ns()
 
 
 def meta_of(e: Entry) -> Meta:
     return Meta(mode=e.mode, uid=e.uid, gid=e.gid, rdev=e.rdev, nlink=e.nlink, counter=e.counter)
 
 
-class TableOps:
-    def _init_tables(self, tables: bool, in_flux) -> None:
-        self.tables = tables
+class TabledFS(VaultFS):
+    NEW_FILE_COUNTER = 1
+
+    def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, in_flux=None, **options):
+        """in_flux: the directories a crashed session may have left mid-change, reconciled
+        with the drives when first loaded (ALL: every one)."""
+        super().__init__(replicas, block_size, **options)
+        self._init_tables(in_flux)
+        self.inodes = InodeTable(self._owner_root(root_keys))
+        self.table_of(self.inodes.root)
+
+    def reopened(self, replicas: ReplicaSet, **options) -> "TabledFS":
+        """The same tree (same type and top) on other replicas."""
+        return TabledFS(replicas, self.inodes.root.keys, self.block_size, **options)
+
+    def _init_tables(self, in_flux) -> None:
         # c_paths of directories a crashed session may have left mid-change (ALL: any).
         self.in_flux: set[str] | frozenset = in_flux if in_flux is not None else set()
         self._live_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -68,7 +78,7 @@ class TableOps:
 
     # --- loading --------------------------------------------------------------------
 
-    def _table(self, dir_node: Node) -> DirTable:
+    def table_of(self, dir_node: Node) -> DirTable:
         if dir_node.table is None:
             table = self._live_tables.get(dir_node.keys.node_id)
             if table is None:
@@ -156,7 +166,7 @@ class TableOps:
         """For fsck: how a directory differs from its table, and whether its id file
         still belongs to it; each with the disk names on the drive its table does not hold,
         and what rebuilds it in place when no other replica has a good copy (or None)."""
-        table = self._table(dir_node)
+        table = self.table_of(dir_node)
         on_disk = {n for n in self.replicas.listdir(dir_node.c_path) if names.is_entry(n)}
         out = []
         if table.entries.keys() - on_disk:
@@ -193,17 +203,17 @@ class TableOps:
 
     def rebuild_child_table(self, dir_node: Node, p_name: bytes) -> None:
         """rebuild_table for a subdirectory a lookup could not open (its table failed)."""
-        e = self._table(dir_node).by_name[p_name]
+        e = self.table_of(dir_node).by_name[p_name]
         if not stat.S_ISDIR(e.mode):
             raise DamagedStructure("not a directory")
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=e.disk_name,
-                    keys=self._child_keys(dir_node, e.node_id), meta=meta_of(e), size=e.size, entry=e)
+                    keys=self.child_keys(dir_node, e.node_id), meta=meta_of(e), size=e.size, entry=e)
         self.rebuild_table(node)
 
     def rebuild_dir_id(self, dir_node: Node, replica: int) -> None:
         """A directory id file with no good copy: written again from the directory's own
         table (its `self` record holds the node id and all the id file's metadata)."""
-        table = self._table(dir_node)
+        table = self.table_of(dir_node)
         header = node_header.build(MAGIC_DIR, dir_node.keys.node_id, dir_node.keys.meta_key, meta_of(table.self_attrs))
         self.replicas.drive(replica).write_atomic(self.replicas.rel(self._join(dir_node.c_path, names.DIR_ID_NAME)),
                                                   header)
@@ -226,7 +236,7 @@ class TableOps:
         are); a record that can not be written (a full drive) leaves the table to be
         written whole at the next change or at unmount. Entries created but not yet
         written (see put_unsaved) need no record to go again."""
-        table = self._table(dir_node)
+        table = self.table_of(dir_node)
         dir_id = dir_node.keys.node_id
         self.intent.note(DIRECTORY, dir_node.c_path)
         self._unfolded[dir_id] = dir_node
@@ -265,7 +275,7 @@ class TableOps:
         request that also opens it, and its release writes the entry (with its size and
         times) in one record instead of two. A crash in between is covered like any
         other: the intent log names the directory, whose table is rebuilt."""
-        table = self._table(dir_node)
+        table = self.table_of(dir_node)
         self.intent.note(DIRECTORY, dir_node.c_path)
         table.entries[e.disk_name] = e
         table.by_name[e.p_name] = e
@@ -294,7 +304,7 @@ class TableOps:
             handle.close()
 
     def _write_table(self, dir_node: Node) -> None:
-        table = self._table(dir_node)
+        table = self.table_of(dir_node)
         dir_id = dir_node.keys.node_id
         data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
         table.unsaved.clear()
@@ -310,16 +320,14 @@ class TableOps:
         """Before unmount: entries and tables still only in memory (a full drive held a
         table back, a created file was never released) are written, and every changed
         table's sequence number is folded up into its parent's entry, up to the root.
-        Returns the root table's sequence number (0 for format 1)."""
-        if not self.tables:
-            return 0
+        Returns the root table's sequence number."""
         # A file still open, or whose release never came (the daemon was told to stop
         # with requests pending), has its size and times only in memory.
         for node in self.inodes.nodes():
             if node.dirty and not node.unlinked:
                 self.save_attrs(node)
         for node in list(self._unsaved.values()):
-            table = self._table(node)
+            table = self.table_of(node)
             if not node.unlinked and table.unsaved:
                 self._append(node, puts=[table.entries[d] for d in sorted(table.unsaved)])
         for node in list(self._pending.values()):
@@ -327,9 +335,8 @@ class TableOps:
                 self._write_table(node)
         self._pending.clear()
         self.fold()
-        root_seq = 0 if self.shares is not None else self._table(self.inodes.root).seq
         self.close_tables()
-        return root_seq
+        return self.tree_seq() or 0
 
     def close_tables(self) -> None:
         while self._handles:
@@ -353,12 +360,11 @@ class TableOps:
         while heap:
             _, _, node = heapq.heappop(heap)
             node = self._dir_nodes.get(node.keys.node_id) or node
-            if node.keys.node_id in done or node.parent is None or node.unlinked or node.table is None \
-                    or (self.shares is not None and node.parent is self.inodes.root):
+            if node.keys.node_id in done or node.unlinked or node.table is None or not self._has_parent_table(node):
                 continue
             done.add(node.keys.node_id)
             parent = node.parent
-            e = self._table(parent).entries.get(node.disk_name)
+            e = self.table_of(parent).entries.get(node.disk_name)
             if e is None or e.node_id != node.keys.node_id or e.seq >= node.table.seq:
                 continue
             e.seq = node.table.seq
@@ -387,7 +393,7 @@ class TableOps:
             return
         e.size = self.size_of(node)
         parent = node.parent
-        if parent is not None and self._table(parent).entries.get(e.disk_name) is e:
+        if parent is not None and self.table_of(parent).entries.get(e.disk_name) is e:
             self._append(parent, puts=[e])
 
     def sync_attrs(self, node: Node) -> None:
@@ -401,7 +407,7 @@ class TableOps:
             self._table_handle(holder).fsync()
 
     def _dir_changed(self, dir_node: Node, now: int) -> None:
-        e = self._table(dir_node).self_attrs
+        e = self.table_of(dir_node).self_attrs
         e.mtime = e.ctime = now
 
     # --- attributes -----------------------------------------------------------------
@@ -499,13 +505,13 @@ class TableOps:
     # --- building nodes from tables ---------------------------------------------------
 
     def _table_lookup(self, dir_node: Node, p_name: bytes) -> Node:
-        table = self._table(dir_node)
+        table = self.table_of(dir_node)
         e = table.by_name.get(p_name)
         if e is None:
             raise FsError(errno.ENOENT)
         if e.disk_name in table.missing:
             raise DamagedStructure("an entry of the directory table is gone from the drives")
-        keys = self._child_keys(dir_node, e.node_id)
+        keys = self.child_keys(dir_node, e.node_id)
         if e.flags & dir_table.FLAG_LINKED:
             known = self.inodes.hard_linked.get(e.node_id)
             if known is not None:
@@ -514,7 +520,7 @@ class TableOps:
         node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=e.disk_name,
                     keys=keys, meta=meta_of(e), size=e.size, entry=e)
         if stat.S_ISDIR(e.mode):
-            sub = self._table(node)
+            sub = self.table_of(node)
             self._check_rollback(node, sub, e.seq)
         return self.inodes.add(node)
 
@@ -531,7 +537,7 @@ class TableOps:
         return self.inodes.add(node)
 
     def _table_listing(self, dir_node: Node) -> list[tuple[bytes, str]]:
-        return sorted((e.p_name, e.disk_name) for e in self._table(dir_node).entries.values())
+        return sorted((e.p_name, e.disk_name) for e in self.table_of(dir_node).entries.values())
 
     # --- crash recovery: rebuild from the drives -------------------------------------
 
@@ -580,12 +586,12 @@ class TableOps:
             node_id = node_header.parse_prefix(header, MAGIC_DIR)
             if old is not None and old.node_id == node_id and stat.S_ISDIR(old.mode):
                 return old
-            node_header.open_meta(self._child_keys(dir_node, node_id).meta_key, header)
+            node_header.open_meta(self.child_keys(dir_node, node_id).meta_key, header)
             return Entry(node_id=node_id, mode=stat.S_IFDIR, p_name=self._p_name_on_disk(dir_node, disk_name),
                          disk_name=disk_name)
         header = self.replicas.read_file(rel, HEADER_LEN)
         node_id = node_header.parse_prefix(header, (MAGIC_FILE, MAGIC_LINK))
-        keys = self._child_keys(dir_node, node_id)
+        keys = self.child_keys(dir_node, node_id)
         meta = node_header.open_meta(keys.meta_key, header)
         if header[:4] == MAGIC_LINK:
             if old is not None and old.node_id == node_id and old.flags & dir_table.FLAG_LINKED:
@@ -609,19 +615,18 @@ class TableOps:
         full = disk_name
         if names.is_long(disk_name):
             full = self.replicas.read_file(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX),
-                                           cap=4096).decode("ascii")
+                                           cap=names.LONG_NAME_CAP).decode("ascii")
             if not names.long_name_matches(disk_name, full):
                 raise DamagedStructure("long name file does not match its entry")
         return names.decrypt_name(dir_node.keys, full)
 
     def settle_tree(self) -> int:
         """Load (and so reconcile) the table of every directory in flux; returns how many."""
-        root = self.inodes.root
-        done, pending = 0, list(root.children.values()) if self.shares is not None else [root]
+        done, pending = 0, self.tops()
         while pending:
             dir_node = pending.pop()
             try:
-                table = self._table(dir_node)
+                table = self.table_of(dir_node)
             except DAMAGE as e:
                 log.error("a directory could not be reconciled: %s", e)
                 continue
@@ -635,3 +640,127 @@ class TableOps:
                     except (*DAMAGE, FsError) as err:
                         log.error("a directory could not be reconciled: %s", err)
         return done
+
+    # --- what else format 2 decides (the hooks VaultFS declares) ---------------------
+
+    def tree_seq(self) -> int | None:
+        return self.table_of(self.inodes.root).seq
+
+    def _has_parent_table(self, node: Node) -> bool:
+        """Whether a directory's sequence number is recorded in a parent's table."""
+        return node.parent is not None
+
+    def settle_on(self, replicas: ReplicaSet, in_flux) -> int:
+        return self.reopened(replicas, in_flux=in_flux).settle_tree()
+
+    def listing_problems(self, dir_node: Node, entries: list, named: list[str]) -> list[tuple[str, list[str], object]]:
+        return self.table_problems(dir_node)
+
+    def _lookup_entry(self, dir_node: Node, p_name: bytes) -> Node:
+        return self._table_lookup(dir_node, p_name)
+
+    def _entry_node(self, dir_node: Node, p_name: bytes, disk_name: str) -> Node:
+        return self._table_lookup(dir_node, p_name)
+
+    def _list(self, dir_node: Node) -> list[tuple[bytes, str]]:
+        dir_node.listing = self._table_listing(dir_node)
+        return dir_node.listing
+
+    def _count_subdirs(self, node: Node) -> int:
+        return sum(1 for e in self.table_of(node).entries.values() if stat.S_ISDIR(e.mode))
+
+    def _heal_missing_entry(self, parent: Node, disk_name: str):
+        return self._heal_entry_on(parent, disk_name)
+
+    def _save_meta(self, node: Node) -> None:
+        # Every attribute but a hard-linked file's is in the directory tables.
+        if node.hard_linked:
+            self._write_header_meta(node)
+            return
+        node.entry.ctime = now_ns()
+        self.save_attrs(node)
+
+    def _name_taken(self, dir_node: Node, p_name: bytes, disk_name: str) -> bool:
+        # The table knows every name (and the create itself is exclusive).
+        return p_name in self.table_of(dir_node).by_name
+
+    def _file_made(self, dir_node: Node, node: Node, keep_open: bool) -> None:
+        now, meta = now_ns(), node.meta
+        node.entry = Entry(node_id=node.keys.node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, rdev=meta.rdev,
+                           size=node.size, atime=now, mtime=now, ctime=now, btime=now, counter=meta.counter,
+                           p_name=node.p_name, disk_name=node.disk_name)
+        self._dir_changed(dir_node, now)
+        if keep_open:
+            self.put_unsaved(dir_node, node.entry)
+            node.dirty = True
+        else:
+            self._append(dir_node, puts=[node.entry], self_changed=True)
+
+    def _dir_made(self, dir_node: Node, node: Node) -> None:
+        now, meta = now_ns(), node.meta
+        self._new_table(node, Entry(node_id=node.keys.node_id, mode=meta.mode, uid=meta.uid, gid=meta.gid, nlink=2,
+                                    atime=now, mtime=now, ctime=now, btime=now))
+        self._dir_changed(dir_node, now)
+        self._append(dir_node, puts=[Entry(node_id=node.keys.node_id, mode=stat.S_IFDIR, p_name=node.p_name,
+                                           disk_name=node.disk_name, seq=node.table.seq)], self_changed=True)
+
+    def _link_made(self, dir_node: Node, node: Node, p_name: bytes, disk_name: str) -> None:
+        self._dir_changed(dir_node, now_ns())
+        self._append(dir_node, puts=[Entry(node_id=node.keys.node_id, mode=node.meta.mode, flags=dir_table.FLAG_LINKED,
+                                           p_name=p_name, disk_name=disk_name)], self_changed=True)
+
+    def _now_hard_linked(self, node: Node) -> None:
+        if node.entry is not None:
+            # From now on the hard-linked node's header holds its attributes (every name's
+            # table only says where it is).
+            e = node.entry.copy()
+            e.flags |= dir_table.FLAG_LINKED
+            self._append(node.parent, puts=[e])
+            node.entry = None
+
+    def _entry_gone(self, dir_node: Node, disk_name: str) -> None:
+        self._dir_changed(dir_node, now_ns())
+        self._append(dir_node, dels=[disk_name], self_changed=True)
+
+    def _dir_leaving(self, node: Node) -> None:
+        self._drop_handle(node.keys.node_id)
+        self._live_tables.pop(node.keys.node_id, None)
+
+    def _renamed_entry(self, node: Node, dir_node: Node, old_disk: str, p_name: bytes, disk_name: str,
+                       now: int) -> Entry:
+        """The table entry that names node at its new place (a copy: tables never share one)."""
+        old = self.table_of(dir_node).entries.get(old_disk)
+        if old is None:
+            raise DamagedStructure("a renamed entry is not in its directory table")
+        e = old.copy()
+        e.p_name, e.disk_name = p_name, disk_name
+        if node.entry is old:
+            node.entry = e
+            e.ctime = now
+        return e
+
+    def _entries_renamed(self, node: Node, old_dir: Node, old_disk: str, new_dir: Node, new_disk: str,
+                        new_name: bytes) -> None:
+        now = now_ns()
+        e = self._renamed_entry(node, old_dir, old_disk, new_name, new_disk, now)
+        self._dir_changed(new_dir, now)
+        self._append(new_dir, puts=[e], dels=[old_disk] if new_dir is old_dir else (), self_changed=True)
+        if new_dir is not old_dir:
+            self._dir_changed(old_dir, now)
+            self._append(old_dir, dels=[old_disk], self_changed=True)
+        if node.is_dir:
+            node.entry.ctime = now
+            self._append(node, self_changed=True)
+
+    def _entries_exchanged(self, a: Node, dir_a: Node, a_disk: str, a_name: bytes,
+                           b: Node, dir_b: Node, b_disk: str, b_name: bytes) -> None:
+        now = now_ns()
+        ea = self._renamed_entry(a, dir_a, a_disk, b_name, b_disk, now)
+        eb = self._renamed_entry(b, dir_b, b_disk, a_name, a_disk, now)
+        self._dir_changed(dir_a, now)
+        self._dir_changed(dir_b, now)
+        if dir_a is dir_b:
+            self._append(dir_a, puts=[ea, eb], self_changed=True)
+        else:
+            self._append(dir_b, puts=[ea], self_changed=True)
+            self._append(dir_a, puts=[eb], self_changed=True)

@@ -2,7 +2,14 @@
 
 Plain Python (no pyfuse3 requests, no trio): the Operations class translates kernel
 requests into these calls, and tests call them directly. Errors are FsError(errno).
-Namespace changes (create, link, unlink, rename, ...) live in namespace.py.
+
+VaultFS is what every tree shares; what a directory format decides is declared below
+(`what a format decides`) and made by its two types: ListedFS (format 1, listed.py: a
+directory's entries are its names on the drives, a node's attributes its header) and
+TabledFS (format 2, tables.py: authenticated directory tables). A grantee's view is a
+TabledFS whose root is pqcfs' own (GranteeFS, grantee_tree.py). Namespace changes
+(create, link, unlink, rename, ...) read on their own in namespace.py. trees.open_tree
+makes the right one for a vault.
 """
 
 from __future__ import annotations
@@ -15,40 +22,33 @@ import time
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from pqcfs.crypto import content as content_layout
 from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError, DamagedStructure, NoSpace, PqcfsError
 from pqcfs.format import names, node_header, sealed_table
+from pqcfs.format.dir_table import FLAG_XATTRS
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
-from pqcfs.fs.common import Caller, FsError, full_c_name  # noqa: F401 - Caller, FsError are part of this API
+from pqcfs.fs.common import Caller, FsError, full_c_name, now_ns  # noqa: F401 - Caller, FsError are part of this API
 from pqcfs.fs.content import FileContent
-from pqcfs.fs.inodes import InodeTable, Node, link_path
+from pqcfs.fs.inodes import InodeTable, Node
 from pqcfs.fs.namespace import NamespaceOps
-from pqcfs.format.dir_table import Entry
-from pqcfs.fs.tables import FLAG_XATTRS, TableOps, now_ns
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
-from pqcfs.store.drive import UnsafeEntry
 from pqcfs.store import devices, reserve
 from pqcfs.store.replicas import MirroredFile, ReplicaSet
-from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
 XATTR_AD = b"pqcfs xattr v1"
 OVERRIDES_AD = b"pqcfs overrides v1"
 TABLE_CAP = 8 << 20       # xattr and override tables: far above what the kernel lets one write
-LONG_NAME_CAP = 4096      # a long-name sidecar holds one base32 name
 DAMAGE = (CryptoError, DamagedStructure, OSError)
 NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})   # one shared empty table, never changed
 
 
-class VaultFS(NamespaceOps, TableOps):
-    def __init__(self, replicas: ReplicaSet, root_keys: NodeKeys, block_size: int, read_only: bool = False,
-                 on_event=None, intent=None, tables: bool = False, in_flux=None,
-                 shares: list[tuple[bytes, NodeKeys, str]] | None = None):
-        """tables: format 2 (directory tables); in_flux: the directories a crashed session
-        may have left mid-change, reconciled with the drives when first loaded; shares: a
-        grantee's view instead of the vault's root: (label, keys, c_path) of each granted directory, shown as
-        the entries of a root of pqcfs' own that holds nothing else and never changes."""
+class VaultFS(NamespaceOps):
+    NEW_FILE_COUNTER = 0     # a new file's write counter (format 2 counts from 1)
+
+    def __init__(self, replicas: ReplicaSet, block_size: int, read_only: bool = False, on_event=None,
+                 intent=None):
+        """The state every tree shares; each type makes its root (self.inodes)."""
         self.replicas = replicas
         self.intent = intent or NoIntent()
         self.on_event = on_event or (lambda event, **details: None)
@@ -62,59 +62,107 @@ class VaultFS(NamespaceOps, TableOps):
         self.grant_roots: set[bytes] = set()
         # (the drives serving, the bytes the smallest of them holds without holes): EFBIG beyond
         self._capacity: tuple | None = None
-        self.shares = shares
-        if shares is not None:
-            self.inodes = InodeTable(self._share_root(shares))
-            self._init_tables(tables, in_flux)
-            self._add_shares(shares)
-            return
-        meta = self._root_meta(root_keys)
-        root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=meta)
-        self.inodes = InodeTable(root)
-        self._init_tables(tables, in_flux)
-        if tables:
-            self._table(root)
+        self.inodes: InodeTable
 
-    # --- a grantee's root: one entry per granted directory ------------------------------
+    def _owner_root(self, root_keys: NodeKeys) -> Node:
+        return Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=self._root_meta(root_keys))
 
-    @staticmethod
-    def _share_root(shares) -> Node:
-        now = now_ns()
-        mode = stat.S_IFDIR | 0o555
-        # Its key opens nothing on the drives: the root is made here, not read.
-        keys = NodeKeys(node_header.new_node_id(), os.urandom(32))
-        root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=keys,
-                    meta=Meta(mode=mode, uid=os.getuid(), gid=os.getgid(), nlink=2 + len(shares)))
-        root.entry = Entry(node_id=keys.node_id, mode=mode, uid=root.meta.uid, gid=root.meta.gid,
-                           nlink=root.meta.nlink, atime=now, mtime=now, ctime=now, btime=now)
-        root.xattrs, root.overrides, root.subdirs = NO_XATTRS, {}, len(shares)
-        root.listing = [(label, c_path) for label, _, c_path in shares]
-        return root
+    # --- what a format decides ------------------------------------------------------
 
-    def _add_shares(self, shares) -> None:
-        root = self.inodes.root
-        for label, keys, c_path in shares:
-            node = Node(ino=self.inodes.new_ino(), parent=root, p_name=label, disk_name=c_path, keys=keys,
-                        meta=Meta(mode=stat.S_IFDIR | 0o700, uid=0, gid=0), lookups=1)
-            self._table(node)     # its own attributes: its table's self record
-            self.inodes.add(node)
+    def _lookup_entry(self, dir_node: Node, p_name: bytes) -> Node:
+        """The node p_name names in dir_node (not cached yet), or FsError(ENOENT)."""
+        raise NotImplementedError
 
-    def share_of(self, node: Node) -> Node | None:
-        """The granted directory node is in (None: the grantee's root itself)."""
-        while node.parent is not None and node.parent.parent is not None:
-            node = node.parent
-        return node if node.parent is not None else None
+    def _entry_node(self, dir_node: Node, p_name: bytes, disk_name: str) -> Node:
+        """The node of a listed entry (p_name, disk_name) of dir_node (not cached yet)."""
+        raise NotImplementedError
+
+    def _list(self, dir_node: Node) -> list[tuple[bytes, str]]:
+        """(p_name, disk_name) of every entry of dir_node, in a stable order."""
+        raise NotImplementedError
+
+    def _count_subdirs(self, node: Node) -> int:
+        raise NotImplementedError
+
+    def _heal_missing_entry(self, parent: Node, disk_name: str):
+        """For open_file: what restores an entry a backup lacks (n -> None)."""
+        raise NotImplementedError
+
+    def _save_meta(self, node: Node) -> None:
+        """Mode or owner changed (node.meta): make it so on the drives."""
+        raise NotImplementedError
+
+    def _name_taken(self, dir_node: Node, p_name: bytes, disk_name: str) -> bool:
+        raise NotImplementedError
+
+    def _file_made(self, dir_node: Node, node: Node, keep_open: bool) -> None:
+        """After a file-like node's entry is on the drives (keep_open: its create opened it)."""
+
+    def _dir_made(self, dir_node: Node, node: Node) -> None:
+        """After a directory's entry and id file are on the drives."""
+
+    def _link_made(self, dir_node: Node, node: Node, p_name: bytes, disk_name: str) -> None:
+        """After a new hard-link stub is on the drives."""
+
+    def _now_hard_linked(self, node: Node) -> None:
+        """node's data moved to the link store; its old name is now a stub."""
+
+    def _entry_gone(self, dir_node: Node, disk_name: str) -> None:
+        """After an entry left the drives (unlink, rmdir)."""
+
+    def _dir_leaving(self, node: Node) -> None:
+        """Before a directory's files leave the drives (rmdir, replaced by a rename)."""
+
+    def _entries_renamed(self, node: Node, old_dir: Node, old_disk: str, new_dir: Node, new_disk: str,
+                         new_name: bytes) -> None:
+        """After a rename moved node's entry on the drives."""
+
+    def _entries_exchanged(self, a: Node, dir_a: Node, a_disk: str, a_name: bytes,
+                           b: Node, dir_b: Node, b_disk: str, b_name: bytes) -> None:
+        """After an exchange swapped two entries' contents on the drives."""
+
+    def verify_file(self, node: Node) -> None:
+        """Before a file opens: what refers to it agrees with it (healed when it can be)."""
+
+    def accessed(self, node: Node) -> None:
+        """A read: atime may move (where the format keeps it)."""
+
+    def wrote(self, node: Node) -> None:
+        """Before a change of an open file's contents."""
+
+    def save_attrs(self, node: Node) -> None:
+        """Attributes held in memory reach the drives."""
+
+    def sync_attrs(self, node: Node) -> None:
+        """fsync: as save_attrs, and durably."""
+
+    def settle(self) -> int:
+        """Before unmount: what is only in memory reaches the drives. Returns the tree's
+        rollback counter (the root table's sequence number; 0 where there is none)."""
+        return 0
+
+    def settle_on(self, replicas: ReplicaSet, in_flux) -> int:
+        """After a crash: the directories in flux made whole again on replicas (the
+        repaired primary first). Returns how many were settled."""
+        return 0
+
+    def tree_seq(self) -> int | None:
+        """The number that covers the whole tree against rollback (None: the format has none)."""
+        return None
+
+    def listing_problems(self, dir_node: Node, entries: list, named: list[str]) -> list[tuple[str, list[str], object]]:
+        """For fsck: how dir_node's entries on the drive (named) differ from what
+        authenticates (entries): (what, stray disk names, a rebuild or None) each."""
+        return []
+
+    # --- the tree's top: the owner's root, or a grantee's granted directories ------
+
+    def tops(self) -> list[Node]:
+        """The directories whose c_paths the tree's paths start from."""
+        return [self.inodes.root]
 
     def _check_namespace(self, *dirs: Node) -> None:
-        """A grantee's root holds the granted directories and nothing else: no entry is
-        made, removed or renamed in it, and nothing moves from one grant to another."""
-        if self.shares is None:
-            return
-        root = self.inodes.root
-        if any(d is root for d in dirs):
-            raise FsError(errno.EPERM)
-        if len({id(self.share_of(d)) for d in dirs}) > 1:
-            raise FsError(errno.EXDEV)
+        """Where names may be made, removed or moved (the owner: anywhere)."""
 
     def _root_meta(self, root_keys: NodeKeys) -> Meta:
         """The root directory's metadata; a root id file that fails on the primary heals
@@ -206,12 +254,10 @@ class VaultFS(NamespaceOps, TableOps):
     def _check_writable(self, node: Node | None = None) -> None:
         if self.read_only:
             self.refuse_write()
-        if node is not None and self.shares is not None and node is self.inodes.root:
-            raise FsError(errno.EPERM)
 
     # --- overrides: keys of nodes moved here from another parent ----------------------
 
-    def _overrides(self, dir_node: Node) -> dict[bytes, bytes]:
+    def overrides_of(self, dir_node: Node) -> dict[bytes, bytes]:
         if dir_node.overrides is None:
             dir_node.overrides = self._read_table(self._join(dir_node.c_path, names.OVERRIDES_NAME),
                                                   dir_node.keys.meta_key, OVERRIDES_AD + dir_node.keys.node_id)
@@ -234,8 +280,8 @@ class VaultFS(NamespaceOps, TableOps):
         self.replicas.write_atomic(path, sealed_table.encode(dir_node.keys.meta_key,
                                                              OVERRIDES_AD + dir_node.keys.node_id, table))
 
-    def _child_keys(self, dir_node: Node, node_id: bytes) -> NodeKeys:
-        wrapped = self._overrides(dir_node).get(node_id)
+    def child_keys(self, dir_node: Node, node_id: bytes) -> NodeKeys:
+        wrapped = self.overrides_of(dir_node).get(node_id)
         if wrapped is not None:
             return dir_node.keys.unwrap_override(node_id, wrapped)
         return dir_node.keys.child(node_id)
@@ -248,53 +294,7 @@ class VaultFS(NamespaceOps, TableOps):
         cached = dir_node.children.get(p_name)
         if cached is not None:
             return cached
-        if self.shares is not None and dir_node is self.inodes.root:
-            raise FsError(errno.ENOENT)
-        if self.tables:
-            return self._table_lookup(dir_node, p_name)
-        disk_name = names.on_disk_name(full_c_name(dir_node, p_name))
-        return self._load(dir_node, p_name, disk_name)
-
-    def _load(self, dir_node: Node, p_name: bytes, disk_name: str) -> Node:
-        rel = self._join(dir_node.c_path, disk_name)
-        try:
-            st = self.replicas.lstat(rel)
-        except FileNotFoundError:
-            # Replicas agree while mounted, so a name only a backup has is damage here:
-            # healing the listing brings it back.
-            if not self.replicas.on_backups(rel):
-                raise FsError(errno.ENOENT) from None
-            dir_node.listing = None    # listed again from the drives, and healed
-            self.listdir(dir_node)
-            try:
-                st = self.replicas.lstat(rel)
-            except FileNotFoundError:
-                raise FsError(errno.ENOENT) from None
-        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-            raise UnsafeEntry(f"entry {rel} is neither a file nor a directory on the primary")
-        is_dir = stat.S_ISDIR(st.st_mode)
-        header_rel = self._join(rel, names.DIR_ID_NAME) if is_dir else rel
-        header, node_id, keys, meta = self._read_header(dir_node, header_rel, MAGIC_DIR if is_dir else (MAGIC_FILE, MAGIC_LINK))
-        shared = header[:4] == MAGIC_LINK
-        if shared:
-            known = self.inodes.hard_linked.get(node_id)
-            if known is not None:
-                return self._add_name(known, dir_node, p_name)
-            # A stub: the header, metadata and contents are in the link store.
-            st = self.replicas.lstat(link_path(node_id))
-            header, shared_id, keys, meta = self._read_header(dir_node, link_path(node_id), MAGIC_FILE)
-            if shared_id != node_id:
-                raise DamagedStructure("hard-link stub and hard-linked node disagree")
-        if stat.S_ISDIR(meta.mode) != is_dir:
-            raise DamagedStructure("node type does not match its ciphertext entry")
-        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
-                    keys=keys, meta=meta, stat=st, hard_linked=shared)
-        if not is_dir:
-            node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
-        if shared:
-            self.inodes.hard_linked[node_id] = node
-            node.name_set().add((dir_node, p_name))
-        return self.inodes.add(node)
+        return self._lookup_entry(dir_node, p_name)
 
     def _add_name(self, node: Node, dir_node: Node, p_name: bytes) -> Node:
         dir_node.children[p_name] = node
@@ -307,7 +307,7 @@ class VaultFS(NamespaceOps, TableOps):
         def read(replica: int) -> tuple[bytes, bytes, NodeKeys, Meta]:
             header = self.replicas.read_file(rel, HEADER_LEN, replica)
             node_id = node_header.parse_prefix(header, magic)
-            keys = self._child_keys(dir_node, node_id)
+            keys = self.child_keys(dir_node, node_id)
             meta = node_header.open_meta(keys.meta_key, header)
             return header, node_id, keys, (Meta(0, 0, 0) if header[:4] == MAGIC_LINK else meta)
 
@@ -320,94 +320,18 @@ class VaultFS(NamespaceOps, TableOps):
         return self.replicas.first_good(read, None if self.read_only else heal, DAMAGE)[0]
 
     def listdir(self, dir_node: Node) -> list[tuple[bytes, str]]:
-        """(p_name, disk_name) of every entry, in a stable order. Entries whose names fail
-        on the primary are healed from another replica where they authenticate. Kept
-        until the directory changes (pqcfs is the only writer of its replicas while
-        mounted): a second `ls` decrypts no name again."""
-        if dir_node.listing is not None:
-            return dir_node.listing
-        if self.tables:
-            dir_node.listing = self._table_listing(dir_node)
-            return dir_node.listing
-        out, bad = self._listdir_on(dir_node, None)
-        if bad:
-            for source in self.replicas.healthy[1:]:
-                self._heal_dir(dir_node, target=self.replicas.serving, source=source)
-                out, bad = self._listdir_on(dir_node, None)
-                if not bad:
-                    break
-        if not bad:
-            dir_node.listing = out
-        return out
-
-    def _heal_dir(self, dir_node: Node, target: int, source: int) -> None:
-        """Entries that authenticate on source and are missing on target are copied over.
-        Entries that fail on target are quarantined (never deleted), and only when some
-        entry of this directory authenticates on either replica: when none does, the
-        directory's key is what is wrong (a copied d.id, say), and moving its entries
-        would turn a reversible tamper into damage."""
-        dir_node.listing = None
-        good, _ = self._listdir_on(dir_node, source)
-        have, bad = self._listdir_on(dir_node, target)
-        have_disk = {d for _, d in have}
-        target_drive, source_drive = self.replicas.drive(target), self.replicas.drive(source)
-        copied = quarantined = 0
-        for _, disk_name in good:
-            if disk_name in have_disk:
-                continue
-            rel = self.replicas.rel(self._join(dir_node.c_path, disk_name))
-            if disk_name in bad:
-                target_drive.quarantine(rel, "an entry that fails authentication")
-                bad.remove(disk_name)
-                quarantined += 1
-            copy_entry(source_drive, target_drive, rel)
-            copied += 1
-        if good or have:
-            for disk_name in bad:
-                target_drive.quarantine(self.replicas.rel(self._join(dir_node.c_path, disk_name)),
-                                        "an entry that fails authentication and is on no other replica")
-                quarantined += 1
-        if copied or quarantined:
-            self.heal_events += 1
-            self.on_event("self-heal", what="entry names", c_path=dir_node.c_path or ".",
-                          copied=copied, quarantined=quarantined, target=target, source=source)
-            log.warning("healed %d damaged entry name(s) on replica %d from replica %d (%d quarantined)",
-                        copied, target, source, quarantined)
-
-    def _listdir_on(self, dir_node: Node, replica: int | None) -> tuple[list[tuple[bytes, str]], list[str]]:
-        """Entries of dir_node on one replica (None: the serving one) and the disk names
-        that fail there."""
-        out, bad = [], []
-        for disk_name in sorted(self.replicas.listdir(dir_node.c_path, replica)):
-            if not names.is_entry(disk_name):
-                continue
-            full = disk_name
-            if names.is_long(disk_name):
-                try:
-                    full = self.replicas.read_file(self._join(dir_node.c_path, disk_name + names.LONG_SUFFIX),
-                                                   replica=replica, cap=LONG_NAME_CAP).decode("ascii")
-                except (OSError, UnicodeDecodeError, DamagedStructure):
-                    log.error("long name file of an entry is missing or damaged; entry skipped")
-                    bad.append(disk_name)
-                    continue
-                if not names.long_name_matches(disk_name, full):
-                    log.error("long name file does not match its entry; entry skipped")
-                    bad.append(disk_name)
-                    continue
-            try:
-                out.append((names.decrypt_name(dir_node.keys, full), disk_name))
-            except (CryptoError, DamagedStructure, names.InvalidName):
-                log.error("an entry name failed authentication; entry skipped")
-                bad.append(disk_name)
-        return out, bad
+        """(p_name, disk_name) of every entry, in a stable order. Kept until the directory
+        changes (pqcfs is the only writer of its replicas while mounted): a second `ls`
+        decrypts no name again."""
+        if dir_node.listing is None:
+            dir_node.listing = self._list(dir_node)
+        return dir_node.listing
 
     def entry(self, dir_node: Node, p_name: bytes, disk_name: str) -> Node:
         cached = dir_node.children.get(p_name)
         if cached is not None:
             return cached
-        if self.tables:
-            return self._table_lookup(dir_node, p_name)
-        return self._load(dir_node, p_name, disk_name)
+        return self._entry_node(dir_node, p_name, disk_name)
 
     # --- attributes -----------------------------------------------------------------
 
@@ -425,22 +349,15 @@ class VaultFS(NamespaceOps, TableOps):
         """As ext4 counts: a file's names; a directory's 2 plus one per subdirectory."""
         if not node.is_dir:
             return 0 if node.unlinked else node.meta.nlink
-        if node.subdirs is None and self.tables:
-            node.subdirs = sum(1 for e in self._table(node).entries.values() if stat.S_ISDIR(e.mode))
         if node.subdirs is None:
-            node.subdirs = sum(1 for name, kind in self.replicas.scandir(node.c_path)
-                               if kind == "dir" and names.is_entry(name))
+            node.subdirs = self._count_subdirs(node)
         return 2 + node.subdirs
 
-    def _write_meta(self, node: Node) -> None:
-        """Rewrite the sealed metadata in place. chmod and chown change a node's ctime,
-        never its mtime: the backing times are put back after the write (which sets the
-        backing ctime to now), and a directory's own ctime is bumped the same way. (Format 2
-        keeps every attribute but a hard-linked file's in the directory tables.)"""
-        if self.tables and not node.hard_linked:
-            node.entry.ctime = now_ns()
-            self.save_attrs(node)
-            return
+    def _write_header_meta(self, node: Node) -> None:
+        """Rewrite the sealed metadata in its header, in place. chmod and chown change a
+        node's ctime, never its mtime: the backing times are put back after the write
+        (which sets the backing ctime to now), and a directory's own ctime is bumped the
+        same way."""
         self.intent.note(FILE, self._meta_path(node))
         prefix = node_header.build(MAGIC_DIR if node.is_dir else MAGIC_FILE, node.keys.node_id,
                                    node.keys.meta_key, node.meta)
@@ -463,7 +380,7 @@ class VaultFS(NamespaceOps, TableOps):
     def set_mode(self, node: Node, mode: int) -> None:
         self._check_writable(node)
         node.meta.mode = stat.S_IFMT(node.meta.mode) | stat.S_IMODE(mode)
-        self._write_meta(node)
+        self._save_meta(node)
 
     def set_owner(self, node: Node, uid: int | None, gid: int | None) -> None:
         self._check_writable(node)
@@ -471,7 +388,7 @@ class VaultFS(NamespaceOps, TableOps):
             node.meta.uid = uid
         if gid is not None:
             node.meta.gid = gid
-        self._write_meta(node)
+        self._save_meta(node)
 
     def set_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> None:
         self._check_writable(node)
@@ -500,10 +417,7 @@ class VaultFS(NamespaceOps, TableOps):
                 self.intent.note(DIRECTORY, node.parent.c_path)   # its table follows at release
         if node.content is None:
             parent = None if node.hard_linked else node.parent
-            heal = None
-            if parent is not None:
-                heal = self._heal_entry_on(parent, node.disk_name) if self.tables else (
-                    lambda n: self._heal_dir(parent, target=n, source=0))
+            heal = None if parent is None else self._heal_missing_entry(parent, node.disk_name)
             self.verify_file(node)
             file = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
             node.bumped = False
@@ -637,14 +551,3 @@ class VaultFS(NamespaceOps, TableOps):
             node.entry.flags = node.entry.flags | FLAG_XATTRS if table else node.entry.flags & ~FLAG_XATTRS
             node.entry.ctime = now_ns()
             self.save_attrs(node)
-
-
-def open_tree(vault, location: str | None = None, replicas: ReplicaSet | None = None, **options) -> VaultFS:
-    """The owner's tree of an unlocked vault: on one location's drive, on the replicas
-    given (a session's set), or on all its drives; format and block size from its header.
-    The one way the layers above open a vault's tree."""
-    if replicas is None:
-        replicas = ReplicaSet([vault.drive(location)] if location else vault.drives)
-    options.setdefault("tables", vault.tables)
-    return VaultFS(replicas, vault.root_dir_keys(location), vault.header.block_size, **options)
-

@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from pqcfs.fs.grantee_tree import GranteeFS, Share
 from pqcfs import userdirs
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import vault_header
@@ -65,7 +66,7 @@ class GranteeVault:
     identity: object = None
 
 
-def shares(opened: list[Opened]) -> list[tuple[bytes, object, str]]:
+def shares(opened: list[Opened]) -> list[Share]:
     """(name, keys, c_path) of each granted directory: its label, made unique."""
     out, taken = [], set()
     for o in opened:
@@ -89,9 +90,8 @@ class GranteeSession(session_mod.Session):
         self.opened = vault.opened
         self.logged = self.opened[0]
 
-    def _fs(self, replicas, **kw) -> VaultFS:
-        return VaultFS(replicas, self.opened[0].keys, self.vault.header.block_size, tables=True,
-                       shares=shares(self.opened), **kw)
+    def _fs(self, replicas, **kw) -> GranteeFS:
+        return GranteeFS(replicas, shares(self.opened), self.vault.header.block_size, **kw)
 
     def prepare(self, progress_factory=None):
         if not self.read_only:

@@ -20,7 +20,8 @@ from pqcfs.format import grants
 from pqcfs.fs import recovery
 from pqcfs.session import grantee_intent
 from pqcfs.session.owner import MountOwner
-from pqcfs.fs.vaultfs import VaultFS, open_tree
+from pqcfs.fs.trees import open_tree
+from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
 from pqcfs.store import changes as changes_mod
 from pqcfs.store import intent as intent_mod

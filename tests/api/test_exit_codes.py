@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from pqcfs.fs.trees import open_tree
 from pqcfs import sharing
 from pqcfs import vault as vault_mod
 from pqcfs.cli import exitcodes
 from pqcfs.format.identity import PublicIdentity
-from pqcfs.fs.vaultfs import Caller, VaultFS
-from pqcfs.store.replicas import ReplicaSet
+from pqcfs.fs.vaultfs import Caller
 from tests.api.test_cli import DOCS, pqcfs
 from tests.conftest import PASSPHRASE
 
@@ -27,7 +27,7 @@ ROOT = os.geteuid() == 0
 @pytest.fixture
 def walk(new_vault, tmp_path):
     vault, _ = new_vault
-    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, tables=True)
+    fs = open_tree(vault)
     shared = fs.mkdir(fs.inodes.root, b"shared", 0o755, Caller(0, 0))
     fs.create_file(shared, b"note", stat.S_IFREG | 0o644, Caller(0, 0), content=b"hello")
     fs.settle()

@@ -4,19 +4,17 @@ replicas alike, repaired by the authenticated merge."""
 import os
 import stat
 
+from pqcfs.fs.trees import open_tree
 from pqcfs.errors import DamagedStructure
 from pqcfs.fs import recovery
 from pqcfs.fs.common import Caller
-from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.format.node_header import HEADER_LEN
-from pqcfs.store.replicas import ReplicaSet
 
 ME = Caller(uid=1000, gid=1000)
 
 
 def fs_of(vault):
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
-                   tables=vault.tables)
+    return open_tree(vault)
 
 
 def test_a_crash_while_a_file_grows_loses_nothing_written_before(new_vault):
@@ -38,8 +36,7 @@ def test_a_crash_while_a_file_grows_loses_nothing_written_before(new_vault):
     except (recovery.BlockCorrupt, DamagedStructure):
         pass   # format 2 sees it first: the file is longer than its directory table says
     intents = {("F", broken.data_path)}
-    recovering = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, read_only=True,
-                         tables=vault.tables, in_flux=recovery.dirs_in_flux(intents))
+    recovering = open_tree(vault, read_only=True, in_flux=recovery.dirs_in_flux(intents))
     repaired = recovery.recover_intents(recovering, vault.drives[0], vault.drives[1:], intents,
                                         vault.header.block_size)
     assert repaired >= 1

@@ -3,13 +3,13 @@ header rolled back to a copy that still lists the revoked grant."""
 
 import stat
 
+from pqcfs.fs.trees import open_tree
 from pqcfs import revoke, sharing
 from pqcfs import vault as vault_mod
 from pqcfs.format.identity import Identity
 from pqcfs.session.session import OfflineSession
-from pqcfs.fs.vaultfs import Caller, VaultFS
+from pqcfs.fs.vaultfs import Caller
 from pqcfs.store import seen
-from pqcfs.store.replicas import ReplicaSet
 from tests.conftest import PASSPHRASE
 
 ME = Caller(uid=1000, gid=1000)
@@ -17,7 +17,7 @@ ME = Caller(uid=1000, gid=1000)
 
 def test_a_rolled_back_header_does_not_bring_a_revoked_grant_back(new_vault):
     vault, _ = new_vault
-    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, tables=True)
+    fs = open_tree(vault)
     shared = fs.mkdir(fs.inodes.root, b"shared", 0o755, ME)
     fs.create_file(shared, b"note.txt", stat.S_IFREG | 0o644, ME, content=b"for bob, for a while")
     fs.settle()

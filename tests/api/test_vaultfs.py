@@ -8,9 +8,9 @@ import pyfuse3
 import pytest
 import trio
 
+from pqcfs.fs.trees import open_tree
 from pqcfs.fuse.operations import Operations
-from pqcfs.fs.vaultfs import Caller, FsError, VaultFS
-from pqcfs.store.replicas import ReplicaSet
+from pqcfs.fs.vaultfs import Caller, FsError
 
 ME = Caller(uid=1000, gid=1000)
 
@@ -22,8 +22,7 @@ def vfs(new_vault):
 
 
 def make_vfs(vault):
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
-                   tables=vault.tables)
+    return open_tree(vault)
 
 
 def write(vfs, node, offset, data):

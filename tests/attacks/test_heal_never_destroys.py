@@ -5,19 +5,17 @@ import os
 import shutil
 import stat
 
+from pqcfs.fs.trees import open_tree
 from pqcfs import fsck, mirror
 from pqcfs.format import names
 from pqcfs.fs.common import Caller
-from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.drive import QUARANTINE_DIR
-from pqcfs.store.replicas import ReplicaSet
 
 ME = Caller(uid=1000, gid=1000)
 
 
 def fs_of(vault):
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
-                   tables=vault.tables)
+    return open_tree(vault)
 
 
 def files_under(path):
@@ -98,8 +96,7 @@ def test_sync_never_copies_a_file_that_fails_authentication(new_vault):
     for name in (b"tampered", b"changed"):
         fs.create_file(fs.inodes.root, name, stat.S_IFREG | 0o644, ME, content=b"v1 " * 5000)
     # A legitimate change on the primary alone (the backup missed a session) ...
-    primary_only = VaultFS(ReplicaSet([vault.drive(vault.locations[0])]), vault.root_dir_keys(),
-                           vault.header.block_size, tables=vault.tables)
+    primary_only = open_tree(vault, vault.locations[0])
     node = primary_only.lookup(primary_only.inodes.root, b"changed")
     handle = primary_only.open(node, True)
     handle.write(0, b"v2 " * 6000)
@@ -111,7 +108,6 @@ def test_sync_never_copies_a_file_that_fails_authentication(new_vault):
         f.write(b"\x00evil")
     stats = mirror.sync_replica(vault, vault.locations[0], vault.locations[1])
     assert stats.damaged == 1 and stats.files_changed >= 1
-    backup_view = VaultFS(ReplicaSet([vault.drive(vault.locations[1])]), vault.root_dir_keys(),
-                          vault.header.block_size, read_only=True, tables=vault.tables)
+    backup_view = open_tree(vault, vault.locations[1], read_only=True)
     assert backup_view.read_all(backup_view.lookup(backup_view.inodes.root, b"tampered")) == b"v1 " * 5000
     assert backup_view.read_all(backup_view.lookup(backup_view.inodes.root, b"changed")) == b"v2 " * 6000

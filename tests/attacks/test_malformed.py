@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from pqcfs.fs.trees import open_tree
 from pqcfs import vault as vault_mod
 from pqcfs.cli import exitcodes
 from pqcfs.cli import main as cli_main
@@ -21,8 +22,6 @@ from pqcfs.errors import DamagedStructure, PqcfsError, WrongKey
 from pqcfs.crypto.kdf import calibrate
 from pqcfs.format import names, slots
 from pqcfs.fs.common import Caller
-from pqcfs.fs.vaultfs import VaultFS
-from pqcfs.store.replicas import ReplicaSet
 from tests.attacks.forge import forge_everywhere, forge_header
 from tests.conftest import PASSPHRASE
 
@@ -169,8 +168,7 @@ def test_wrong_types_in_the_state_are_damage(new_vault):
 
 
 def fs_of(vault):
-    return VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
-                   tables=vault.tables)
+    return open_tree(vault)
 
 
 def test_one_bad_entry_fails_alone(new_vault):

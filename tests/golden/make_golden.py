@@ -17,14 +17,14 @@ import os
 import stat
 import sys
 
+from pqcfs.fs.trees import open_tree
 from pqcfs import sharing
 from pqcfs import vault as vault_mod
 from pqcfs.crypto.kdf import FLOOR, SALT_LEN, Argon2Params
 from pqcfs.format import grants, slots
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format.identity import Identity
-from pqcfs.fs.vaultfs import Caller, VaultFS
-from pqcfs.store.replicas import ReplicaSet
+from pqcfs.fs.vaultfs import Caller
 
 PASSPHRASE = "golden vault passphrase v1"
 ME = Caller(uid=1000, gid=1000)
@@ -59,8 +59,7 @@ def main(out: str, with_grants: bool = False) -> None:
     # The floor parameters: a real Argon2id, cheap enough for every test run.
     kdf = Argon2Params(FLOOR["memory_kib"], FLOOR["iterations"], FLOOR["lanes"], os.urandom(SALT_LEN))
     vault, code = vault_mod.create([primary, backup], passphrase=PASSPHRASE.encode(), kdf=kdf)
-    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size,
-                   tables=vault.tables)
+    fs = open_tree(vault)
     root = fs.inodes.root
     fs.create_file(root, b"hello.txt", stat.S_IFREG | 0o644, ME, content=b"Hello, golden vault!\n")
     blocks = bytes(range(256)) * 40  # 10,240 bytes: two full blocks and a short one

@@ -7,6 +7,8 @@ import stat
 
 import pytest
 
+from pqcfs.fs.grantee_tree import GranteeFS
+from pqcfs.fs.trees import open_tree
 from pqcfs import fsck, sharing, upgrade
 from pqcfs.errors import PqcfsError
 from pqcfs import vault as vault_mod
@@ -50,8 +52,7 @@ def check_golden(golden, how):
              else Credentials(recovery_code=slots.parse_recovery_code(exp["recovery_code"])))
     vault = vault_mod.unlock(locations, creds)
     assert vault.header.version == exp["format"]
-    fs = VaultFS(ReplicaSet(vault.drives), vault.root_dir_keys(), vault.header.block_size, read_only=True,
-                   tables=vault.tables)
+    fs = open_tree(vault, read_only=True)
     for path, text in exp["files"].items():
         assert fs.read_all(walk(fs, path)) == text.encode()
     assert fs.read_all(walk(fs, exp["blocks.bin"]["path"])) == bytes(range(256)) * 40
@@ -143,8 +144,7 @@ def test_golden_grants_open_for_owner_and_recipient(version, tmp_path, monkeypat
                   for record, _ in found]
     assert {o.label for o in opened} == {x["label"] for x in g["granted"]}
     with Drive(locations[0]) as primary, Drive(locations[1]) as backup:
-        fs = VaultFS(ReplicaSet([primary, backup]), opened[0].keys, header.block_size, read_only=True,
-                     tables=True, shares=grantee.shares(opened))
+        fs = GranteeFS(ReplicaSet([primary, backup]), grantee.shares(opened), header.block_size, read_only=True)
         for o in opened:
             docs = fs.lookup(fs.inodes.root, o.label.encode())
             assert fs.read_all(fs.lookup(docs, b"blocks.bin")) == bytes(range(256)) * 40
