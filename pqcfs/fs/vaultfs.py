@@ -291,6 +291,10 @@ class VaultFS(NamespaceOps):
     def lookup(self, dir_node: Node, p_name: bytes) -> Node:
         if not dir_node.is_dir:
             raise FsError(errno.ENOTDIR)
+        if len(p_name) > names.MAX_P_NAME:
+            # ext4 says so for every operation on such a name, not "no such file" (which
+            # the kernel would also cache as a negative entry).
+            raise FsError(errno.ENAMETOOLONG)
         cached = dir_node.children.get(p_name)
         if cached is not None:
             return cached

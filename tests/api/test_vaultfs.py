@@ -94,6 +94,11 @@ def test_names_directories_and_errors(vfs):
     with pytest.raises(FsError) as e:
         vfs.create_file(root, b"x" * 256, stat.S_IFREG, ME)
     assert e.value.errno == errno.ENAMETOOLONG
+    for too_long in (lambda: vfs.lookup(root, b"x" * 256), lambda: vfs.unlink(root, b"x" * 256),
+                     lambda: vfs.rmdir(root, b"x" * 256), lambda: vfs.rename(root, b"x" * 256, root, b"y")):
+        with pytest.raises(FsError) as e:
+            too_long()
+        assert e.value.errno == errno.ENAMETOOLONG
     vfs.unlink(d, b"inner")
     vfs.rmdir(root, b"dir")
     assert vfs.listdir(root) == []

@@ -223,6 +223,14 @@ def long_names(d):
     with pytest.raises(OSError) as e:
         _write(os.path.join(d, "x" * 256), b"")
     assert e.value.errno == errno.ENAMETOOLONG
+    # Every operation that looks an existing name up says the same, as on ext4.
+    too_long = os.path.join(d, "x" * 256)
+    for op in (lambda: os.stat(too_long), lambda: os.chmod(too_long, 0o600), lambda: os.truncate(too_long, 0),
+               lambda: os.unlink(too_long), lambda: os.rmdir(too_long), lambda: os.link(too_long, os.path.join(d, "l")),
+               lambda: os.rename(too_long, os.path.join(d, "r")), lambda: os.chown(too_long, 0, 0)):
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.errno == errno.ENAMETOOLONG
 
 
 @check
