@@ -304,7 +304,13 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def readdir(self, fh, start_id, token):
         node, entries = self._open_dirs[fh]
-        for index in range(start_id, len(entries)):
+        # Offsets 0 and 1 are "." and ".." (the root is its own parent), as ext4 lists them.
+        # The kernel takes no reference for either (fuse_direntplus_link skips them), so
+        # neither counts as a lookup here.
+        for offset, name, target in ((0, b".", node), (1, b"..", node.parent or node)):
+            if start_id <= offset and not pyfuse3.readdir_reply(token, name, self.attrs(target), offset + 1):
+                return
+        for index in range(max(start_id - 2, 0), len(entries)):
             p_name, disk_name = entries[index]
             try:
                 child = self.vfs.entry(node, p_name, disk_name)
@@ -316,7 +322,7 @@ class Operations(pyfuse3.Operations):
                 log.error("readdir: an entry fails (%s); left out of the listing", e)
                 self.vfs.on_event("integrity-failure", operation="readdir", error=str(e))
                 continue
-            if not pyfuse3.readdir_reply(token, p_name, self.attrs(child), index + 1):
+            if not pyfuse3.readdir_reply(token, p_name, self.attrs(child), index + 3):
                 self.vfs.inodes.maybe_drop(child)
                 break
             self.vfs.inodes.remember(child)

@@ -234,6 +234,17 @@ def long_names(d):
 
 
 @check
+def dot_and_dotdot(d):
+    os.makedirs(os.path.join(d, "sub", "inner"))
+    for where in (d, os.path.join(d, "sub"), os.path.join(d, "sub", "inner")):
+        listed = subprocess.run(["ls", "-a1i", where], check=True, capture_output=True, text=True).stdout.split("\n")
+        inodes = {name: int(ino) for ino, name in (line.split(None, 1) for line in listed if line.strip())}
+        assert inodes["."] == os.stat(where).st_ino
+        assert inodes[".."] == os.stat(os.path.join(where, "..")).st_ino
+    assert sorted(os.listdir(os.path.join(d, "sub"))) == ["inner"]     # os.listdir leaves them out
+
+
+@check
 def symlinks(d):
     _write(os.path.join(d, "target"), b"T")
     os.symlink("target", os.path.join(d, "link"))
