@@ -33,7 +33,7 @@ class GranteeFS(TabledFS):
         self.inodes = InodeTable(self._share_root(shares))
         root = self.inodes.root
         for label, keys, c_path in shares:
-            node = Node(ino=self.inodes.new_ino(), parent=root, p_name=label, disk_name=c_path, keys=keys,
+            node = Node(parent=root, p_name=label, disk_name=c_path, keys=keys,
                         meta=Meta(mode=stat.S_IFDIR | 0o700, uid=0, gid=0), lookups=1)
             self.table_of(node)     # its own attributes: its table's self record
             self.inodes.add(node)
@@ -47,7 +47,7 @@ class GranteeFS(TabledFS):
         mode = stat.S_IFDIR | 0o555
         # Its key opens nothing on the drives: the root is made here, not read.
         keys = NodeKeys(node_header.new_node_id(), os.urandom(32))
-        root = Node(ino=0, parent=None, p_name=b"", disk_name="", keys=keys,
+        root = Node(parent=None, p_name=b"", disk_name="", keys=keys,
                     meta=Meta(mode=mode, uid=os.getuid(), gid=os.getgid(), nlink=2 + len(shares)))
         root.entry = Entry(node_id=keys.node_id, mode=mode, uid=root.meta.uid, gid=root.meta.gid,
                            nlink=root.meta.nlink, atime=now, mtime=now, ctime=now, btime=now)

@@ -8,6 +8,7 @@ dropped when it has no lookups and no open handles; the root is never dropped.
 
 from __future__ import annotations
 
+import logging
 import stat
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -18,9 +19,20 @@ from pqcfs.crypto.keys import NodeKeys
 from pqcfs.format.node_header import Meta
 
 
+log = logging.getLogger(__name__)
 NO_CHILDREN: Mapping[bytes, "Node"] = MappingProxyType({})
 ROOT_INODE = 1           # FUSE_ROOT_ID: the inode the kernel knows a mount's root by
+SPILL = 1 << 63          # inode numbers from here up are this mount's own (see InodeTable.add)
 LINKS_DIR = "h.links"   # in the tree root; the dot keeps it out of every listing
+
+
+def inode_number(node_id: bytes) -> int:
+    """A node's inode number: 63 bits of its node id, which is random, authenticated
+    wherever it is stored (the header's metadata key is derived from it, table entries
+    are sealed), the same on every replica, and kept for the node's life: across renames,
+    hard links, cache eviction and remounts. Never 0 or the root's 1."""
+    ino = int.from_bytes(node_id[:8], "big") >> 1
+    return ino if ino > ROOT_INODE else ino + 2
 
 
 def link_path(node_id: bytes) -> str:
@@ -29,12 +41,12 @@ def link_path(node_id: bytes) -> str:
 
 @dataclass(eq=False, slots=True, weakref_slot=True)
 class Node:
-    ino: int
     parent: "Node | None"
     p_name: bytes
     disk_name: str          # the entry name in the parent's ciphertext directory
     keys: NodeKeys
     meta: Meta
+    ino: int = 0            # its inode number, given by InodeTable.add (inode_number)
     size: int = 0           # plaintext size of file-like nodes (we own the replica: cache it)
     lookups: int = 0
     opens: int = 0
@@ -99,15 +111,30 @@ class InodeTable:
         root.lookups = 1
         self._nodes: dict[int, Node] = {root.ino: root}
         self.hard_linked: dict[bytes, Node] = {}   # node id -> the one Node of a hard-linked file
-        self._next = root.ino + 1
+        self._spilled = SPILL
+        self.collisions = 0      # nodes that got a number of this mount's own (see add)
         self.root = root
 
-    def new_ino(self) -> int:
-        ino, self._next = self._next, self._next + 1
-        return ino
-
     def add(self, node: Node) -> Node:
-        self._nodes[node.ino] = node
+        """Known from now on by its inode number (inode_number), or, when another node
+        the kernel holds has that number, by one of this mount's own: two distinct files
+        whose random node ids share 63 bits (about one pair in 10^7 for a vault of a
+        million files; ids are not checked against every node of the vault, only against
+        those held). The same file reached again through a fresh Node (its directory's
+        node was made anew) is the Node already held, which its open handles use."""
+        ino = inode_number(node.keys.node_id)
+        taken = self._nodes.get(ino)
+        if taken is not None and taken is not node:
+            if taken.keys.node_id == node.keys.node_id and not taken.unlinked and not taken.hard_linked:
+                taken.parent, taken.p_name, taken.disk_name = node.parent, node.p_name, node.disk_name
+                node = taken
+            else:
+                self._spilled += 1
+                self.collisions += 1
+                log.error("two nodes share an inode number; one is served under a number of this mount's own")
+                ino = self._spilled
+        node.ino = ino
+        self._nodes[ino] = node
         if node.parent is not None:
             node.parent.children[node.p_name] = node
         return node

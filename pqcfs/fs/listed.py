@@ -75,7 +75,7 @@ class ListedFS(VaultFS):
                 raise DamagedStructure("hard-link stub and hard-linked node disagree")
         if stat.S_ISDIR(meta.mode) != is_dir:
             raise DamagedStructure("node type does not match its ciphertext entry")
-        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
+        node = Node(parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta, stat=st, hard_linked=shared)
         if not is_dir:
             node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)

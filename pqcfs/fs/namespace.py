@@ -75,7 +75,7 @@ class NamespaceOps:
         rel = self._join(dir_node.c_path, disk_name)
         self.intent.note(FILE, rel)
         handle = self.replicas.create_file(rel, node_header.build(MAGIC_FILE, node_id, keys.meta_key, meta))
-        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
+        node = Node(parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta)
         if keep_open:
             node.content = self._file_content(node, handle)
@@ -101,7 +101,7 @@ class NamespaceOps:
         # The id file is written once, atomically: a directory without one is refused.
         self.replicas.write_atomic(self._join(rel, names.DIR_ID_NAME),
                                    node_header.build(MAGIC_DIR, node_id, keys.meta_key, meta), sync=False)
-        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
+        node = Node(parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta, overrides={}, subdirs=0)
         self._dir_made(dir_node, node)
         if dir_node.subdirs is not None:

@@ -206,7 +206,7 @@ class TabledFS(VaultFS):
         e = self.table_of(dir_node).by_name[p_name]
         if not stat.S_ISDIR(e.mode):
             raise DamagedStructure("not a directory")
-        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=e.disk_name,
+        node = Node(parent=dir_node, p_name=p_name, disk_name=e.disk_name,
                     keys=self.child_keys(dir_node, e.node_id), meta=meta_of(e), size=e.size, entry=e)
         self.rebuild_table(node)
 
@@ -517,7 +517,7 @@ class TabledFS(VaultFS):
             if known is not None:
                 return self._add_name(known, dir_node, p_name)
             return self._load_linked(dir_node, p_name, e.disk_name, e.node_id)
-        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=e.disk_name,
+        node = Node(parent=dir_node, p_name=p_name, disk_name=e.disk_name,
                     keys=keys, meta=meta_of(e), size=e.size, entry=e)
         if stat.S_ISDIR(e.mode):
             sub = self.table_of(node)
@@ -529,7 +529,7 @@ class TabledFS(VaultFS):
         _, shared_id, keys, meta = self._read_header(dir_node, link_path(node_id), MAGIC_FILE)
         if shared_id != node_id:
             raise DamagedStructure("hard-link stub and hard-linked node disagree")
-        node = Node(ino=self.inodes.new_ino(), parent=dir_node, p_name=p_name, disk_name=disk_name,
+        node = Node(parent=dir_node, p_name=p_name, disk_name=disk_name,
                     keys=keys, meta=meta, stat=st, hard_linked=True)
         node.size = content_layout.p_size(st.st_size - HEADER_LEN, self.block_size)
         self.inodes.hard_linked[node_id] = node

@@ -65,7 +65,7 @@ class VaultFS(NamespaceOps):
         self.inodes: InodeTable
 
     def _owner_root(self, root_keys: NodeKeys) -> Node:
-        return Node(ino=0, parent=None, p_name=b"", disk_name="", keys=root_keys, meta=self._root_meta(root_keys))
+        return Node(parent=None, p_name=b"", disk_name="", keys=root_keys, meta=self._root_meta(root_keys))
 
     # --- what a format decides ------------------------------------------------------
 

@@ -8,6 +8,7 @@ import pyfuse3
 import pytest
 import trio
 
+from pqcfs.fs.inodes import SPILL, Node, inode_number
 from pqcfs.fs.trees import open_tree
 from pqcfs.fuse.operations import Operations
 from pqcfs.fs.vaultfs import Caller, FsError
@@ -297,3 +298,44 @@ def test_the_size_cap_follows_the_drives_serving(vfs, monkeypatch):
         vfs.check_size(100 << 20)
     finally:
         bigger.close()
+
+
+def test_inode_numbers_never_change_for_the_life_of_a_file(new_vault, vfs):
+    """What backup tools and build systems rely on: st_ino of a file is the same after
+    the kernel forgets it, after a rename or a move, for every hard link, after a remount,
+    and on each replica alone."""
+    vault, _ = new_vault
+    root = vfs.inodes.root
+    d = vfs.mkdir(root, b"dir", 0o755, ME)
+    f = vfs.create_file(d, b"file", stat.S_IFREG | 0o644, ME, content=b"x")
+    numbers = {"dir": d.ino, "file": f.ino}
+    assert len(set(numbers.values()) | {root.ino}) == 3
+
+    vfs.inodes.forget(f.ino, f.lookups)       # the kernel evicted it: looked up anew
+    vfs.inodes.maybe_drop(f)
+    assert vfs.inodes.get(numbers["file"]) is None
+    assert vfs.lookup(d, b"file").ino == numbers["file"]
+
+    vfs.rename(d, b"file", root, b"moved")
+    assert vfs.lookup(root, b"moved").ino == numbers["file"]
+    linked = vfs.link(vfs.lookup(root, b"moved"), d, b"second name")
+    assert linked.ino == numbers["file"] and vfs.lookup(d, b"second name").ino == numbers["file"]
+
+    for location in (None, *vault.locations):          # remounted; each replica on its own
+        again = open_tree(vault, location, read_only=True)
+        assert again.lookup(again.inodes.root, b"dir").ino == numbers["dir"]
+        assert again.lookup(again.inodes.root, b"moved").ino == numbers["file"]
+        assert again.lookup(again.lookup(again.inodes.root, b"dir"), b"second name").ino == numbers["file"]
+
+
+def test_a_shared_inode_number_is_served_under_a_number_of_the_mounts_own(new_vault, vfs):
+    """Two files whose node ids share the 63 bits an inode number is made of (made here
+    on purpose) never share a number while the kernel holds both."""
+    root = vfs.inodes.root
+    a = vfs.create_file(root, b"a", stat.S_IFREG | 0o644, ME)
+    twin_id = a.keys.node_id[:8] + bytes(8)
+    assert inode_number(twin_id) == a.ino
+    twin = vfs.inodes.add(Node(parent=root, p_name=b"twin", disk_name="t", keys=root.keys.child(twin_id),
+                               meta=a.meta))
+    assert twin.ino >= SPILL and twin.ino != a.ino and vfs.inodes.collisions == 1
+    assert vfs.inodes[a.ino] is a and vfs.inodes[twin.ino] is twin

@@ -234,6 +234,25 @@ def long_names(d):
 
 
 @check
+def inode_numbers_survive_eviction(d):
+    """The kernel forgets inodes it does not use (memory pressure, drop_caches): looked up
+    again, each file has the number it had, as find -samefile, rsync -H and git expect."""
+    os.makedirs(os.path.join(d, "sub"))
+    _write(os.path.join(d, "sub", "f"), b"data")
+    os.link(os.path.join(d, "sub", "f"), os.path.join(d, "hard"))
+    os.symlink("f", os.path.join(d, "sub", "sym"))
+    paths = [os.path.join(d, "sub"), os.path.join(d, "sub", "f"), os.path.join(d, "sub", "sym")]
+    before = [os.lstat(p).st_ino for p in paths]
+    assert os.lstat(os.path.join(d, "hard")).st_ino == before[1]
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")                       # dentries and inodes: every unused one is forgotten
+    assert [os.lstat(p).st_ino for p in paths] == before
+    os.rename(os.path.join(d, "sub", "f"), os.path.join(d, "moved"))
+    assert os.lstat(os.path.join(d, "moved")).st_ino == before[1] == os.lstat(os.path.join(d, "hard")).st_ino
+    assert len(set(before)) == 3
+
+
+@check
 def dot_and_dotdot(d):
     os.makedirs(os.path.join(d, "sub", "inner"))
     for where in (d, os.path.join(d, "sub"), os.path.join(d, "sub", "inner")):

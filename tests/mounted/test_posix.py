@@ -47,6 +47,7 @@ def test_contents_survive_remount_and_nothing_plaintext_reaches_the_drives(vault
     with open(os.path.join(m, "x"), "wb") as f:
         f.write(b"")
     os.setxattr(os.path.join(m, "x"), "user.secretattr", MARKER)
+    numbers = {name: os.lstat(os.path.join(m, name)).st_ino for name in (SECRET_NAMES[1], "a-link", "x")}
     vault.umount()
     subprocess.run(["sync"], check=True)
     for image in vault.images:
@@ -60,3 +61,5 @@ def test_contents_survive_remount_and_nothing_plaintext_reaches_the_drives(vault
         assert f.read() == MARKER * 1000
     assert os.readlink(os.path.join(m, "a-link")) == SECRET_NAMES[2]
     assert os.getxattr(os.path.join(m, "x"), "user.secretattr") == MARKER
+    # Inode numbers are the files' own, not the mount's: the same after a remount.
+    assert {name: os.lstat(os.path.join(m, name)).st_ino for name in numbers} == numbers
