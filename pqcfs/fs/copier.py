@@ -90,8 +90,9 @@ class Copier:
         if not stat.S_ISLNK(node.meta.mode):
             dst.set_mode(new, node.meta.mode)
         dst.set_owner(new, node.meta.uid, node.meta.gid)
-        if node.entry is not None:
-            dst.set_times(new, node.entry.atime, node.entry.mtime)
+        times = self.src.times(node)
+        if times is not None:
+            dst.set_times(new, times[0], times[1])
 
 
 def exists(vfs, parent, p_name: bytes) -> bool:

@@ -65,6 +65,7 @@ class Node:
     entry: object = None    # format 2: the table Entry holding this node's attributes (a dir's own)
     dirty: bool = False     # format 2: attributes changed in memory, not yet in the table
     bumped: bool = False    # format 2: the write counter rose in this open session
+    link_times: object = None    # format 2, hard-linked files: their times (link_attrs.Times), once read
 
     def __post_init__(self) -> None:
         # Only directories have children: the others share one empty, read-only map

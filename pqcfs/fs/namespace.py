@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import stat
 
-from pqcfs.format import names, node_header
+from pqcfs.format import link_attrs, names, node_header
 from pqcfs.format.node_header import MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.fs.common import Caller, FsError, full_c_name
 from pqcfs.fs.content import FileContent
@@ -143,8 +143,8 @@ class NamespaceOps:
         if self.replicas.exists(entry + names.XATTR_SUFFIX):
             self.replicas.rename(entry + names.XATTR_SUFFIX, link_path(node.keys.node_id) + names.XATTR_SUFFIX)
         self.replicas.write_atomic(entry, stub, sync=False)
-        self._now_hard_linked(node)
         node.hard_linked = True
+        self._now_hard_linked(node)
         node.name_set().add((node.parent, node.p_name))
         self.inodes.hard_linked[node.keys.node_id] = node
 
@@ -301,6 +301,7 @@ class NamespaceOps:
             if node.meta.nlink == 0:
                 self.replicas.unlink(node.data_path)
                 self.replicas.unlink(node.data_path + names.XATTR_SUFFIX, missing_ok=True)
+                self.replicas.unlink(node.data_path + link_attrs.SUFFIX, missing_ok=True)
             else:
                 self._save_meta(node)
         else:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 from pqcfs.crypto import content as content_layout
 from pqcfs.errors import CryptoError, DamagedStructure, NoGoodTable, NoSpace
-from pqcfs.format import dir_table, names, node_header
+from pqcfs.format import dir_table, link_attrs, names, node_header
 from pqcfs.format.dir_table import FLAG_XATTRS, DirTable, Entry
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
 from pqcfs.crypto.keys import NodeKeys
@@ -27,7 +27,7 @@ from pqcfs.fs.common import FsError, now_ns
 from pqcfs.fs.inodes import InodeTable, Node, link_path
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.replicas import ReplicaSet
-from pqcfs.store.intent import DIRECTORY
+from pqcfs.store.intent import DIRECTORY, FILE
 from pqcfs.store.sync import copy_entry
 
 log = logging.getLogger(__name__)
@@ -383,6 +383,9 @@ class TabledFS(VaultFS):
         """Write a node's attributes (memory -> its table): a directory's to its own
         table, anything else's to its parent's."""
         node.dirty = False
+        if node.hard_linked:
+            self._save_link_times(node)
+            return
         e = node.entry
         if e is None or node.unlinked:
             return
@@ -398,6 +401,9 @@ class TabledFS(VaultFS):
 
     def sync_attrs(self, node: Node) -> None:
         """fsync: the node's attributes reach its table, and the table the drives."""
+        if node.hard_linked and node.dirty:
+            node.dirty = False
+            self._save_link_times(node, sync=True)
         if node.entry is None or node.unlinked or self.read_only:
             return
         if node.dirty:
@@ -412,20 +418,89 @@ class TabledFS(VaultFS):
 
     # --- attributes -----------------------------------------------------------------
 
+    def _own_times(self, node: Node):
+        """What holds the node's times: its table entry, or a hard-linked file's times
+        record (link_attrs); None for a hard-linked file already gone from the drives."""
+        if node.entry is not None:
+            return node.entry
+        if not node.hard_linked:
+            return None
+        if node.link_times is None and not node.unlinked:
+            node.link_times = self._read_link_times(node)
+        return node.link_times
+
+    def _read_link_times(self, node: Node) -> link_attrs.Times:
+        """A hard-linked file's times, healed from a replica where they authenticate. A
+        file hard-linked by an older pqcfs has no record: its data file's times stand in
+        (and a record is written at its next change); so do they, with an integrity
+        event, when no replica's record authenticates (times are not worth a file)."""
+        path = node.data_path + link_attrs.SUFFIX
+
+        def read(replica: int) -> link_attrs.Times:
+            data = self.replicas.read_file(path, cap=link_attrs.LENGTH, replica=replica)
+            return link_attrs.decode(node.keys.meta_key, node.keys.node_id, data)
+
+        def heal(serving: int, source: int, found, why: Exception) -> None:
+            self.replicas.copy_one(source, serving, path)
+            self._heal_event("hard-linked file's times", path, source)
+        try:
+            return self.replicas.first_good(read, None if self.read_only else heal, DAMAGE)[0]
+        except DAMAGE as e:
+            if not isinstance(e, FileNotFoundError):
+                log.error("a hard-linked file's times fail on every replica (%s); its data file's stand in", e)
+                self.on_event("integrity-failure", operation="hard-linked file times", c_path=path, error=str(e))
+        st = node.content.backing_stat() if node.content is not None else self.replicas.lstat(node.data_path)
+        return link_attrs.Times(st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_mtime_ns)
+
+    def _save_link_times(self, node: Node, sync: bool = False) -> None:
+        if node.link_times is None or node.unlinked or self.read_only:
+            return
+        path = node.data_path + link_attrs.SUFFIX
+        self.intent.note(FILE, path)
+        self.replicas.write_atomic(path, link_attrs.encode(node.keys.meta_key, node.keys.node_id, node.link_times),
+                                   sync=sync)
+
+    def times(self, node: Node) -> tuple[int, int, int] | None:
+        own = self._own_times(node)
+        return None if own is None else (own.atime, own.mtime, own.ctime)
+
+    def _keep_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> bool:
+        own = self._own_times(node)
+        if own is None:
+            return False
+        own.atime = own.atime if atime_ns is None else atime_ns
+        own.mtime = own.mtime if mtime_ns is None else mtime_ns
+        own.ctime = now_ns()
+        self.save_attrs(node)
+        return True
+
+    def _changed(self, node: Node) -> None:
+        """ctime moves (link, unlink, rename, chmod of a hard-linked file), as ext4's does."""
+        own = self._own_times(node)
+        if own is not None:
+            own.ctime = now_ns()
+            self.save_attrs(node)
+
     def accessed(self, node: Node) -> None:
         """relatime, the kernel's default: atime moves when it is older than the last
         change or a day old, and reaches the table with the node's next write-back."""
-        e = node.entry
-        if e is None or self.read_only:
+        if self.read_only or (node.entry is None and not node.hard_linked):
+            return
+        own = self._own_times(node)
+        if own is None:
             return
         now = now_ns()
-        if e.atime <= e.mtime or e.atime <= e.ctime or now - e.atime > DAY_NS:
-            e.atime = now
+        if own.atime <= own.mtime or own.atime <= own.ctime or now - own.atime > DAY_NS:
+            own.atime = now
             node.dirty = True
 
     def wrote(self, node: Node) -> None:
         e = node.entry
         if e is None:
+            own = self._own_times(node) if node.hard_linked else None
+            if own is not None:
+                own.mtime = own.ctime = now_ns()
+                node.dirty = True
             return
         if not node.bumped:
             self._bump(node)
@@ -676,6 +751,7 @@ class TabledFS(VaultFS):
         # Every attribute but a hard-linked file's is in the directory tables.
         if node.hard_linked:
             self._write_header_meta(node)
+            self._changed(node)
             return
         node.entry.ctime = now_ns()
         self.save_attrs(node)
@@ -711,10 +787,12 @@ class TabledFS(VaultFS):
 
     def _now_hard_linked(self, node: Node) -> None:
         if node.entry is not None:
-            # From now on the hard-linked node's header holds its attributes (every name's
-            # table only says where it is).
+            # From now on the hard-linked node's header holds its attributes and its times
+            # record its times (every name's table only says where it is).
             e = node.entry.copy()
             e.flags |= dir_table.FLAG_LINKED
+            node.link_times = link_attrs.Times(e.atime, e.mtime, now_ns(), e.btime)
+            self._save_link_times(node)
             self._append(node.parent, puts=[e])
             node.entry = None
 
@@ -751,12 +829,17 @@ class TabledFS(VaultFS):
         if node.is_dir:
             node.entry.ctime = now
             self._append(node, self_changed=True)
+        elif node.hard_linked:
+            self._changed(node)
 
     def _entries_exchanged(self, a: Node, dir_a: Node, a_disk: str, a_name: bytes,
                            b: Node, dir_b: Node, b_disk: str, b_name: bytes) -> None:
         now = now_ns()
         ea = self._renamed_entry(a, dir_a, a_disk, b_name, b_disk, now)
         eb = self._renamed_entry(b, dir_b, b_disk, a_name, a_disk, now)
+        for node in (a, b):
+            if node.hard_linked:
+                self._changed(node)
         self._dir_changed(dir_a, now)
         self._dir_changed(dir_b, now)
         if dir_a is dir_b:

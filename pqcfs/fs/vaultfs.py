@@ -105,7 +105,8 @@ class VaultFS(NamespaceOps):
         """After a new hard-link stub is on the drives."""
 
     def _now_hard_linked(self, node: Node) -> None:
-        """node's data moved to the link store; its old name is now a stub."""
+        """node's data moved to the link store (node.hard_linked is set); its old name is
+        now a stub."""
 
     def _entry_gone(self, dir_node: Node, disk_name: str) -> None:
         """After an entry left the drives (unlink, rmdir)."""
@@ -123,6 +124,14 @@ class VaultFS(NamespaceOps):
 
     def verify_file(self, node: Node) -> None:
         """Before a file opens: what refers to it agrees with it (healed when it can be)."""
+
+    def times(self, node: Node) -> tuple[int, int, int] | None:
+        """(atime, mtime, ctime) in nanoseconds where pqcfs keeps them; None: the drive's."""
+        return None
+
+    def _keep_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> bool:
+        """utimensat where pqcfs keeps the node's times (True), else the drive keeps them."""
+        return False
 
     def accessed(self, node: Node) -> None:
         """A read: atime may move (where the format keeps it)."""
@@ -396,12 +405,7 @@ class VaultFS(NamespaceOps):
 
     def set_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> None:
         self._check_writable(node)
-        if node.entry is not None:
-            e = node.entry
-            e.atime = e.atime if atime_ns is None else atime_ns
-            e.mtime = e.mtime if mtime_ns is None else mtime_ns
-            e.ctime = now_ns()
-            self.save_attrs(node)
+        if self._keep_times(node, atime_ns, mtime_ns):
             return
         self.intent.note(FILE, node.data_path)
         st = self.backing_stat(node)
@@ -431,7 +435,7 @@ class VaultFS(NamespaceOps):
 
     def _file_content(self, node: Node, file: MirroredFile) -> FileContent:
         return FileContent(node.cipher(self.block_size), file, node.size, on_heal=self._healed,
-                           on_change=(lambda: self.wrote(node)) if node.entry is not None else None)
+                           on_change=lambda: self.wrote(node))
 
     def read(self, node: Node, offset: int, length: int) -> bytes:
         """A read through an open handle (relatime: the access may move atime)."""

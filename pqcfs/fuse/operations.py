@@ -100,8 +100,8 @@ class Operations(pyfuse3.Operations):
         return node
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
-        e = node.entry    # format 2: pqcfs' own attributes; else the backing file's times
-        st = self.vfs.backing_stat(node) if e is None and not node.unlinked else None
+        times = self.vfs.times(node)    # pqcfs' own (format 2), else the backing file's
+        st = self.vfs.backing_stat(node) if times is None and not node.unlinked else None
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
@@ -112,9 +112,9 @@ class Operations(pyfuse3.Operations):
         a.st_uid, a.st_gid, a.st_rdev = node.meta.uid, node.meta.gid, node.meta.rdev
         a.st_size = 4096 if node.is_dir else self.vfs.size_of(node)
         a.st_blksize = self.vfs.block_size
-        if e is not None:
+        if times is not None:
             a.st_blocks = (a.st_size + 511) // 512
-            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = e.atime, e.mtime, e.ctime
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = times
         elif st is not None:
             a.st_blocks = st.st_blocks
             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns

@@ -8,10 +8,12 @@ import pyfuse3
 import pytest
 import trio
 
-from pqcfs.fs.inodes import SPILL, Node, inode_number
+from pqcfs.format import link_attrs
+from pqcfs.fs.inodes import SPILL, Node, inode_number, link_path
 from pqcfs.fs.trees import open_tree
 from pqcfs.fuse.operations import Operations
 from pqcfs.fs.vaultfs import Caller, FsError
+from pqcfs.store.replicas import TREE_DIR
 
 ME = Caller(uid=1000, gid=1000)
 
@@ -339,3 +341,34 @@ def test_a_shared_inode_number_is_served_under_a_number_of_the_mounts_own(new_va
                                meta=a.meta))
     assert twin.ino >= SPILL and twin.ino != a.ino and vfs.inodes.collisions == 1
     assert vfs.inodes[a.ino] is a and vfs.inodes[twin.ino] is twin
+
+
+def test_a_hard_linked_files_times_are_its_own_authenticated_and_healed(new_vault, vfs):
+    """Its times live in a sealed record beside its data (link_attrs), not in the drive's
+    timestamps: exact to the nanosecond after a remount; a record that fails on the
+    serving replica heals from another; one that fails everywhere leaves the file readable."""
+    vault, _ = new_vault
+    root = vfs.inodes.root
+    f = vfs.create_file(root, b"f", stat.S_IFREG | 0o644, ME, content=b"x")
+    vfs.link(f, root, b"g")
+    vfs.set_times(f, 1_111_111_111_123_456_789, 1_222_222_222_987_654_321)
+    record = f"{TREE_DIR}/{link_path(f.keys.node_id)}{link_attrs.SUFFIX}"
+    primary, backup = (vault.drive(location) for location in vault.locations)
+
+    def times_seen(tree):
+        return tree.times(tree.lookup(tree.inodes.root, b"g"))[:2]
+    assert times_seen(open_tree(vault, read_only=True)) == (1_111_111_111_123_456_789, 1_222_222_222_987_654_321)
+
+    good = primary.read(record, link_attrs.LENGTH)
+    primary.write_atomic(record, good[:20] + bytes([good[20] ^ 1]) + good[21:])
+    healing = open_tree(vault)
+    assert times_seen(healing) == (1_111_111_111_123_456_789, 1_222_222_222_987_654_321)
+    assert healing.heal_events == 1 and primary.read(record, link_attrs.LENGTH) == good
+
+    events = []
+    for drive in (primary, backup):
+        drive.write_atomic(record, good[:20] + bytes([good[20] ^ 1]) + good[21:])
+    damaged = open_tree(vault, read_only=True, on_event=lambda event, **details: events.append(event))
+    node = damaged.lookup(damaged.inodes.root, b"g")
+    assert damaged.times(node) is not None and damaged.read_all(node) == b"x"
+    assert events == ["integrity-failure"]

@@ -253,6 +253,33 @@ def inode_numbers_survive_eviction(d):
 
 
 @check
+def hard_linked_times(d):
+    """A hard-linked file's times are pqcfs' own, with nanoseconds, on exFAT too: set
+    times stay as set, and ctime moves on link, unlink, rename and chmod, as on ext4."""
+    j = lambda *p: os.path.join(d, *p)  # noqa: E731
+    _write(j("f"), b"x")
+    os.link(j("f"), j("g"))
+    os.utime(j("f"), ns=(1_111_111_111_123_456_789, 1_222_222_222_987_654_321))
+    st = os.stat(j("g"))
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_111_111_111_123_456_789, 1_222_222_222_987_654_321)
+    ctimes = [st.st_ctime_ns]
+    for change in (lambda: os.link(j("f"), j("h")), lambda: os.unlink(j("h")),
+                   lambda: os.rename(j("g"), j("g2")), lambda: os.chmod(j("f"), 0o600)):
+        time.sleep(0.01)
+        change()
+        ctimes.append(os.stat(j("f")).st_ctime_ns)
+    assert ctimes == sorted(ctimes) and len(set(ctimes)) == len(ctimes), ctimes
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+    st = os.stat(j("g2"))
+    assert (st.st_mtime_ns, st.st_ctime_ns) == (1_222_222_222_987_654_321, ctimes[-1])
+    before = st.st_mtime_ns
+    with open(j("g2"), "ab") as f:
+        f.write(b"more")
+    assert os.stat(j("f")).st_mtime_ns > before
+
+
+@check
 def dot_and_dotdot(d):
     os.makedirs(os.path.join(d, "sub", "inner"))
     for where in (d, os.path.join(d, "sub"), os.path.join(d, "sub", "inner")):

@@ -6,7 +6,7 @@ import re
 
 from pqcfs import grantee_log
 from pqcfs.audit import log as audit_log
-from pqcfs.format import dir_table, names, node_header, replica_state, vault_header
+from pqcfs.format import dir_table, link_attrs, names, node_header, replica_state, vault_header
 from pqcfs.fs import tables, vaultfs
 from pqcfs.session import grantee_intent
 from pqcfs.store import changes, intent
@@ -27,6 +27,8 @@ def test_the_caps_on_what_is_read_from_a_drive():
     assert stated(r"the replica state at (\d+) (KiB)") == replica_state.MAX_FILE
     assert stated(r"a node header or `d.id` at (\d+) (bytes)") == node_header.HEADER_LEN
     assert stated(r"a long-name sidecar at (\d+) (KiB)") == names.LONG_NAME_CAP
+    assert stated(r"a hard-linked file's times record at (\d+) (bytes)") == link_attrs.LENGTH
+    assert stated(r"`tree/h.links/<hex\(node_id\)>.a`, (\d+) (bytes)") == link_attrs.LENGTH
     assert stated(r"an xattr or override table at (\d+) (MiB)") == vaultfs.TABLE_CAP
     assert stated(r"the intent log and the change journal at (\d+) (MiB)") == intent.MAX_FILE == changes.MAX_FILE
     assert stated(r"a grantee's intent log and a grantee's audit log at (\d+) (MiB)") == grantee_intent.INTENT_CAP \
