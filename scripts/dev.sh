@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config exfatprogs exfat-fuse gocryptfs e2fsprogs util-linux procps
-              python3 python3-venv python3-dev gcc udev systemd)
+              python3 python3-venv python3-dev gcc udev systemd patch)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -48,12 +48,42 @@ install_python() {
     "$PYTHON" -m venv .venv
   fi
   if ! .venv/bin/python -c "import pqcfs, pyfuse3, kyber_py, pytest, shtab, argparse_manpage" 2>/dev/null \
-     || [ pyproject.toml -nt .venv/.installed ]; then
+     || [ pyproject.toml -nt .venv/.installed ] || ! patched_pyfuse3; then
     echo "==> installing pqcfs into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
+    install_pyfuse3
     .venv/bin/pip install -q -e '.[test]'
     touch .venv/.installed
   fi
+}
+
+# pyfuse3 3.5.0 with patches/ applied (a fallocate handler; docs/posix.md), built from its
+# source release once per patch set and kept as a wheel in the user's cache.
+PYFUSE3_VERSION=3.5.0
+patched_pyfuse3() {
+  .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.Operations, 'fallocate'))" 2>/dev/null
+}
+install_pyfuse3() {
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/pqcfs/wheels"
+  local tag
+  tag=$(cat patches/pyfuse3-"$PYFUSE3_VERSION"-*.patch | sha256sum | cut -c1-12)
+  local wheel
+  wheel=$(ls "$cache/$tag"/pyfuse3-"$PYFUSE3_VERSION"-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    echo "==> building pyfuse3 $PYFUSE3_VERSION with patches/ applied"
+    local src
+    src=$(mktemp -d)
+    .venv/bin/pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$PYFUSE3_VERSION" -d "$src"
+    tar -xzf "$src/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$src"
+    for p in patches/pyfuse3-"$PYFUSE3_VERSION"-*.patch; do
+      patch -s -p1 -d "$src/pyfuse3-$PYFUSE3_VERSION" < "$p"
+    done
+    mkdir -p "$cache/$tag"
+    .venv/bin/pip wheel -q --no-deps "$src/pyfuse3-$PYFUSE3_VERSION" -w "$cache/$tag"
+    rm -rf "$src"
+    wheel=$(ls "$cache/$tag"/pyfuse3-"$PYFUSE3_VERSION"-*.whl | head -1)
+  fi
+  .venv/bin/pip install -q --no-deps --force-reinstall "$wheel"
 }
 
 # What the operating system must find (/usr/bin/pqcfs, the mount(8) and umount helpers,

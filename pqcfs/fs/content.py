@@ -71,6 +71,14 @@ class FileContent:
     def set_backing_times(self, ns: tuple[int, int]) -> None:
         self.file.utime(ns)
 
+    def reserve(self, offset: int, length: int) -> None:
+        """Drive space for plaintext bytes [offset, offset + length): the ciphertext of
+        every block the range touches, reserved on each replica without changing the size."""
+        if length <= 0:
+            return
+        first, last = offset // self.B, (offset + length - 1) // self.B
+        self.file.reserve(self._c_off(first), self._c_off(last + 1) - self._c_off(first))
+
     def fsync(self, datasync: bool) -> None:
         self.file.fsync(datasync)
 

@@ -33,7 +33,7 @@ from pqcfs.fs.inodes import InodeTable, Node
 from pqcfs.fs.namespace import NamespaceOps
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store import devices, reserve
-from pqcfs.store.replicas import MirroredFile, ReplicaSet
+from pqcfs.store.replicas import FALLOC_FL_KEEP_SIZE, MirroredFile, ReplicaSet
 
 log = logging.getLogger(__name__)
 XATTR_AD = b"pqcfs xattr v1"
@@ -452,6 +452,34 @@ class VaultFS(NamespaceOps):
         if offset + len(data) > content.size:
             self.check_size(offset + len(data))
         return content.write(offset, data)
+
+    def fallocate(self, node: Node, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on an open file. Mode 0 reserves the drives' space for the range
+        and grows the file to its end (zeros); FALLOC_FL_KEEP_SIZE reserves only. Every
+        other mode (punching holes, zeroing, collapsing ranges) is EOPNOTSUPP: a punched
+        ciphertext block reads as a hole, so holes punched on purpose would show on the
+        drives which blocks a user zeroed (docs/posix.md)."""
+        if mode & ~FALLOC_FL_KEEP_SIZE:
+            raise FsError(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        if self.read_only:
+            self.refuse_write()
+        self.check_room()
+        content = node.content
+        end = offset + length
+        grows = not mode & FALLOC_FL_KEEP_SIZE and end > content.size
+        if grows:
+            self.check_size(end)
+        try:
+            content.reserve(offset, length)
+        except OSError as e:
+            # A drive without fallocate (exFAT through FUSE) holds no holes: growing the
+            # file allocates the range there anyway; only a reservation alone is refused.
+            if e.errno != errno.EOPNOTSUPP or not grows:
+                raise
+        if grows:
+            content.truncate(end)
 
     def fsync(self, node: Node, datasync: bool) -> None:
         """An open file's contents, then its attributes, reach the drives."""

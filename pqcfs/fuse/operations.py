@@ -277,6 +277,12 @@ class Operations(pyfuse3.Operations):
         return self.vfs.write(self._node(fh), off, buf)
 
     @_errors
+    async def fallocate(self, fh, mode, offset, length):
+        # Reached only through pyfuse3 with patches/ applied (scripts/dev.sh builds it);
+        # a stock pyfuse3 never asks, and the kernel says EOPNOTSUPP itself.
+        self.vfs.fallocate(self._node(fh), mode, offset, length)
+
+    @_errors
     async def flush(self, fh):
         pass
 

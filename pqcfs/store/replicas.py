@@ -11,6 +11,7 @@ to each replica's `tree/` directory; every access goes through the replica's Dri
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -31,6 +32,17 @@ DRIVE_FAILURES = {errno.EIO, errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV, e
 
 def _no_space(e: OSError) -> OSError | NoSpace:
     return NoSpace("the primary drive is full") if e.errno == errno.ENOSPC else e
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+FALLOC_FL_KEEP_SIZE = 0x01      # linux/falloc.h (os has posix_fallocate only, which grows the file)
+
+
+def reserve_space(fd: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def drive_failed(e: BaseException) -> bool:
@@ -389,6 +401,17 @@ class MirroredFile:
     def first_good(self, read, heal=None, errors: tuple = (OSError,)):
         """The replica set's one healing policy, over the replicas this file is open on."""
         return self.replicas.first_good(read, heal, errors, among=self.readable_replicas)
+
+    def reserve(self, offset: int, length: int) -> None:
+        """Space for bytes [offset, offset + length) on every replica, the file's size
+        unchanged (fallocate with FALLOC_FL_KEEP_SIZE): writing there later does not run
+        out of space. A full drive is NoSpace and a drive that can not reserve space is
+        EOPNOTSUPP, for the caller; neither drops a replica (its data is whole)."""
+        for n in self.readable_replicas:
+            try:
+                reserve_space(self.fds[n], offset, length)
+            except OSError as e:
+                raise _no_space(e) from None
 
     def pwrite_one(self, replica: int, data: bytes, offset: int) -> None:
         os.pwrite(self.fds[replica], data, offset)

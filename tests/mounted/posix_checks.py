@@ -280,6 +280,31 @@ def hard_linked_times(d):
 
 
 @check
+def fallocate_modes(d, fstype):
+    """fallocate(2) reaches pqcfs (pyfuse3 with patches/ applied): mode 0 reserves and
+    grows the file with zeros, FALLOC_FL_KEEP_SIZE reserves only (EOPNOTSUPP on exFAT
+    drives, which can not reserve past a file's end), punching holes is EOPNOTSUPP
+    (docs/posix.md); the file stays whole through all of them."""
+    f = os.path.join(d, "f")
+    _write(f, b"head")
+    subprocess.run(["fallocate", "-l", "1048576", f], check=True, capture_output=True)
+    assert os.stat(f).st_size == 1048576
+    assert _read(f) == b"head" + bytes(1048572)
+    keep = subprocess.run(["fallocate", "-n", "-o", "1048576", "-l", "1048576", f], capture_output=True, text=True)
+    if fstype == "exfat":
+        assert keep.returncode != 0 and "unsupported" in keep.stderr, (keep.returncode, keep.stderr)
+    else:
+        assert keep.returncode == 0, keep.stderr
+    assert os.stat(f).st_size == 1048576
+    punch = subprocess.run(["fallocate", "-p", "-o", "0", "-l", "4096", f], capture_output=True, text=True)
+    assert punch.returncode != 0 and "unsupported" in punch.stderr, (punch.returncode, punch.stderr)
+    with open(f, "r+b") as out:
+        out.seek(2_000_000)
+        out.write(b"tail")
+    assert _read(f) == b"head" + bytes(1_999_996) + b"tail"
+
+
+@check
 def dot_and_dotdot(d):
     os.makedirs(os.path.join(d, "sub", "inner"))
     for where in (d, os.path.join(d, "sub"), os.path.join(d, "sub", "inner")):

@@ -5,6 +5,7 @@ import os
 from pqcfs.format import replica_state as rs
 from pqcfs.store import intent, sync
 from pqcfs.store.drive import Drive
+from pqcfs.store.replicas import TREE_DIR, ReplicaSet
 
 
 def state(*sessions):
@@ -155,3 +156,19 @@ def test_a_primary_that_fails_a_write_leaves_the_backup_as_the_primary_is(tmp_pa
     f.close()
     assert pb.read_bytes() == pa.read_bytes() == b"old " * 1000
     assert not replicas.failed
+
+
+def test_a_reservation_takes_space_on_every_replica_and_keeps_the_size(tmp_path):
+    """fallocate(FALLOC_FL_KEEP_SIZE) on each replica: blocks allocated on the drives,
+    the ciphertext's size (which the plaintext size is derived from) unchanged."""
+    drives = []
+    for name in ("a", "b"):
+        (tmp_path / name / TREE_DIR).mkdir(parents=True)
+        drives.append(Drive(str(tmp_path / name)))
+    replicas = ReplicaSet(drives)
+    f = replicas.create_file("f", b"header")
+    f.reserve(4096, 1 << 20)
+    f.close()
+    for name in ("a", "b"):
+        st = os.stat(tmp_path / name / TREE_DIR / "f")
+        assert st.st_size == len(b"header") and st.st_blocks * 512 >= 1 << 20
