@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pqcfs import vault as vault_mod
 from pqcfs.crypto.content import BlockCorrupt
 from pqcfs.errors import CryptoError, NoGoodTable, PqcfsError
-from pqcfs.format import dir_table, names
+from pqcfs.format import dir_table, link_attrs, names
 from pqcfs.format.names import DIR_ID_NAME, is_entry
 from pqcfs.fs import recovery
 from pqcfs.store import seen
@@ -68,6 +68,7 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
     if seq is not None:
         report.root_seqs[location] = seq
     stack = [fs.inodes.root]
+    linked: set[bytes] = set()     # hard-linked nodes whose times record was checked (one per node)
     while stack:
         node = stack.pop()
         try:
@@ -107,6 +108,13 @@ def check_replica(vault: vault_mod.UnlockedVault, location: str, report: Report,
             if child.is_dir:
                 stack.append(child)
                 continue
+            if child.hard_linked and child.keys.node_id not in linked:
+                linked.add(child.keys.node_id)
+                try:
+                    fs.check_times(child)
+                except (PqcfsError, OSError) as e:
+                    report.problems.append(Problem(location, f"{child.data_path}{link_attrs.SUFFIX}", f"times: {e}",
+                                                   rebuild=lambda child=child: fs.rebuild_times(child, vault.drives)))
             _check_file(fs, child, location, report, progress)
 
 

@@ -452,6 +452,31 @@ class TabledFS(VaultFS):
         st = node.content.backing_stat() if node.content is not None else self.replicas.lstat(node.data_path)
         return link_attrs.Times(st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_mtime_ns)
 
+    def check_times(self, node: Node) -> None:
+        if not node.hard_linked:
+            return
+        try:
+            data = self.replicas.read_file(node.data_path + link_attrs.SUFFIX, cap=link_attrs.LENGTH)
+        except FileNotFoundError:
+            return      # hard-linked by an older pqcfs: no record yet
+        link_attrs.decode(node.keys.meta_key, node.keys.node_id, data)
+
+    def rebuild_times(self, node: Node, drives: list | None = None) -> None:
+        """Made again from the data file's times, the same bytes on each of drives (the
+        tree's own by default), unless this tree's copy authenticates by now (an earlier
+        rebuild wrote it): replicas that agree byte for byte stay in sync."""
+        try:
+            self.check_times(node)
+            return
+        except DAMAGE:
+            pass
+        st = self.replicas.lstat(node.data_path)
+        data = link_attrs.encode(node.keys.meta_key, node.keys.node_id,
+                                 link_attrs.Times(st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_mtime_ns))
+        rel = self.replicas.rel(node.data_path + link_attrs.SUFFIX)
+        for drive in drives if drives is not None else [self.replicas.drive(n) for n in self.replicas.healthy]:
+            drive.write_atomic(rel, data)
+
     def _save_link_times(self, node: Node, sync: bool = False) -> None:
         if node.link_times is None or node.unlinked or self.read_only:
             return

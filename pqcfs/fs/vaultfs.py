@@ -129,6 +129,13 @@ class VaultFS(NamespaceOps):
         """(atime, mtime, ctime) in nanoseconds where pqcfs keeps them; None: the drive's."""
         return None
 
+    def check_times(self, node: Node) -> None:
+        """For fsck: where the format keeps a node's times in a record of its own, that
+        record authenticates on this tree's replicas (raises what fails)."""
+
+    def rebuild_times(self, node: Node, drives: list | None = None) -> None:
+        """For fsck --repair, when no replica has a good copy of that record."""
+
     def _keep_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> bool:
         """utimensat where pqcfs keeps the node's times (True), else the drive keeps them."""
         return False
