@@ -171,7 +171,8 @@ class NamespaceOps:
         rel = self._entry_rel(dir_node, p_name)
         self.replicas.unlink(rel)
         # A plain file's xattrs sit beside its entry; a hard-linked node's beside its data.
-        self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1], with_xattrs=not node.hard_linked)
+        self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1],
+                            with_xattrs=not node.hard_linked and self._may_have_xattr_file(node))
         self._lose_name(node, dir_node, p_name)
         self._entry_gone(dir_node, rel.rsplit("/", 1)[-1])
 

@@ -452,6 +452,10 @@ class TabledFS(VaultFS):
         st = node.content.backing_stat() if node.content is not None else self.replicas.lstat(node.data_path)
         return link_attrs.Times(st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_mtime_ns)
 
+    def _may_have_xattr_file(self, node: Node) -> bool:
+        # The table's flag says (set_xattr keeps it, a crash's rebuild looks at the drive).
+        return node.entry is None or bool(node.entry.flags & FLAG_XATTRS)
+
     def check_times(self, node: Node) -> None:
         if not node.hard_linked:
             return

@@ -129,6 +129,11 @@ class VaultFS(NamespaceOps):
         """(atime, mtime, ctime) in nanoseconds where pqcfs keeps them; None: the drive's."""
         return None
 
+    def _may_have_xattr_file(self, node: Node) -> bool:
+        """Whether a file's xattr side file may exist (removing one that does not costs a
+        failed unlink on every replica: format 1 can not tell)."""
+        return True
+
     def check_times(self, node: Node) -> None:
         """For fsck: where the format keeps a node's times in a record of its own, that
         record authenticates on this tree's replicas (raises what fails)."""

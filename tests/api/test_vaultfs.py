@@ -395,3 +395,23 @@ def test_fsck_checks_a_hard_linked_files_times_and_repair_rebuilds_them(new_vaul
     assert after.clean and not after.problems and not after.differing_files
     again = open_tree(vault, read_only=True)
     assert again.read_all(again.lookup(again.inodes.root, b"g")) == b"kept"
+
+
+def test_unlink_removes_an_xattr_side_file_only_where_the_table_says_there_is_one(new_vault, vfs):
+    """rm -rf of 1,000 files once made 2,000 failed unlinks (an absent `.x` on each
+    replica); the table's flag says whether there is one to remove."""
+    vault, _ = new_vault
+    root = vfs.inodes.root
+    plain = vfs.create_file(root, b"plain", stat.S_IFREG | 0o644, ME)
+    tagged = vfs.create_file(root, b"tagged", stat.S_IFREG | 0o644, ME)
+    vfs.set_xattr(tagged, b"user.tag", b"v")
+    sidecars = [f"{TREE_DIR}/{node.c_path}.x" for node in (plain, tagged)]
+    asked = []
+    real_unlink = vfs.replicas.unlink
+    vfs.replicas.unlink = lambda rel, missing_ok=False: (asked.append(rel), real_unlink(rel, missing_ok))
+    vfs.unlink(root, b"plain")
+    vfs.unlink(root, b"tagged")
+    assert not any(rel.endswith(plain.disk_name + ".x") for rel in asked)
+    assert any(rel.endswith(tagged.disk_name + ".x") for rel in asked)
+    for location in vault.locations:
+        assert not any(vault.drive(location).exists(sidecar) for sidecar in sidecars)
