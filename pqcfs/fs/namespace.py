@@ -277,9 +277,10 @@ class NamespaceOps:
         self.replicas.rename(old_rel, new_rel)
         # A plain file's xattrs sit beside its entry and move with it; a hard-linked node's sit
         # beside its data, which does not move.
-        if not node.is_dir and not node.hard_linked and self.replicas.exists(old_rel + names.XATTR_SUFFIX):
+        if not node.is_dir and not node.hard_linked and self._may_have_xattr_file(node) \
+                and self.replicas.exists(old_rel + names.XATTR_SUFFIX):
             self.replicas.rename(old_rel + names.XATTR_SUFFIX, new_rel + names.XATTR_SUFFIX)
-        elif target is not None and not target.is_dir and not target.hard_linked:
+        elif target is not None and not target.is_dir and not target.hard_linked and self._may_have_xattr_file(target):
             self.replicas.unlink(new_rel + names.XATTR_SUFFIX, missing_ok=True)
         if names.is_long(old_disk) and old_rel != new_rel:
             self.replicas.unlink(old_rel + names.LONG_SUFFIX, missing_ok=True)
