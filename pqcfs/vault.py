@@ -221,12 +221,14 @@ class UnlockedVault:
         """The end of the command that unlocked it: the audit log's head recorded in each
         replica's state and the log closed (unless a mount's session writes it until
         unmount, in the daemon), the lock released, the drives closed."""
-        if self.audit is not None and not self.audit_served:
-            self.audit.sync()
-            self.audit.close()
-        if self.lock is not None:
-            self.lock.release()
-        self.close()
+        try:
+            if self.audit is not None and not self.audit_served:
+                self.audit.sync()
+                self.audit.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+            self.close()
 
     def close(self) -> None:
         for drive in self._drives.values():

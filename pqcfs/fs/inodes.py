@@ -119,9 +119,9 @@ class InodeTable:
     def add(self, node: Node) -> Node:
         """Known from now on by its inode number (inode_number), or, when another node
         the kernel holds has that number, by one of this mount's own: two distinct files
-        whose random node ids share 63 bits (about one pair in 10^7 for a vault of a
-        million files; ids are not checked against every node of the vault, only against
-        those held). The same file reached again through a fresh Node (its directory's
+        whose random node ids share 63 bits (for n files a probability of about n²/2⁶⁴,
+        5·10⁻⁸ for a million; ids are not checked against every node of the vault, only
+        against those held). The same file reached again through a fresh Node (its directory's
         node was made anew) is the Node already held, which its open handles use."""
         ino = inode_number(node.keys.node_id)
         taken = self._nodes.get(ino)

@@ -87,7 +87,12 @@ class NamespaceOps:
                     node.size = len(content)
             finally:
                 handle.close()
-        self._file_made(dir_node, node, keep_open)
+        try:
+            self._file_made(dir_node, node, keep_open)
+        except BaseException:
+            if node.content is not None:
+                node.content.close()    # the node never reached the inode table: nobody would
+            raise
         return self.inodes.add(node)
 
     def mkdir(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller) -> Node:

@@ -437,8 +437,7 @@ class TabledFS(VaultFS):
         path = node.data_path + link_attrs.SUFFIX
 
         def read(replica: int) -> link_attrs.Times:
-            data = self.replicas.read_file(path, cap=link_attrs.LENGTH, replica=replica)
-            return link_attrs.decode(node.keys.meta_key, node.keys.node_id, data)
+            return self._times_record(node, replica)
 
         def heal(serving: int, source: int, found, why: Exception) -> None:
             self.replicas.copy_one(source, serving, path)
@@ -456,14 +455,19 @@ class TabledFS(VaultFS):
         # The table's flag says (set_xattr keeps it, a crash's rebuild looks at the drive).
         return node.entry is None or bool(node.entry.flags & FLAG_XATTRS)
 
+    def _times_record(self, node: Node, replica: int | None = None) -> link_attrs.Times:
+        """A hard-linked file's times record on one replica (None: the serving one),
+        read within its fixed length and authenticated before use."""
+        data = self.replicas.read_file(node.data_path + link_attrs.SUFFIX, cap=link_attrs.LENGTH, replica=replica)
+        return link_attrs.decode(node.keys.meta_key, node.keys.node_id, data)
+
     def check_times(self, node: Node) -> None:
         if not node.hard_linked:
             return
         try:
-            data = self.replicas.read_file(node.data_path + link_attrs.SUFFIX, cap=link_attrs.LENGTH)
+            self._times_record(node)
         except FileNotFoundError:
             return      # hard-linked by an older pqcfs: no record yet
-        link_attrs.decode(node.keys.meta_key, node.keys.node_id, data)
 
     def rebuild_times(self, node: Node, drives: list | None = None) -> None:
         """Made again from the data file's times, the same bytes on each of drives (the
@@ -513,9 +517,9 @@ class TabledFS(VaultFS):
     def accessed(self, node: Node) -> None:
         """relatime, the kernel's default: atime moves when it is older than the last
         change or a day old, and reaches the table with the node's next write-back."""
-        if self.read_only or (node.entry is None and not node.hard_linked):
+        if self.read_only:
             return
-        own = self._own_times(node)
+        own = node.entry if node.entry is not None else self._own_times(node)   # every read: the entry first
         if own is None:
             return
         now = now_ns()
@@ -820,8 +824,8 @@ class TabledFS(VaultFS):
             # record its times (every name's table only says where it is).
             e = node.entry.copy()
             e.flags |= dir_table.FLAG_LINKED
-            node.link_times = link_attrs.Times(e.atime, e.mtime, now_ns(), e.btime)
-            self._save_link_times(node)
+            # Written by the link that made it hard-linked (its _save_meta), right after.
+            node.link_times = link_attrs.Times(e.atime, e.mtime, e.ctime, e.btime)
             self._append(node.parent, puts=[e])
             node.entry = None
 

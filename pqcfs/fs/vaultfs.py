@@ -486,9 +486,10 @@ class VaultFS(NamespaceOps):
         try:
             content.reserve(offset, length)
         except OSError as e:
-            # A drive without fallocate (exFAT through FUSE) holds no holes: growing the
-            # file allocates the range there anyway; only a reservation alone is refused.
-            if e.errno != errno.EOPNOTSUPP or not grows:
+            # A drive without fallocate (exFAT through FUSE) holds no holes: what is inside
+            # the file is allocated and growing it allocates the rest, so mode 0 holds there;
+            # a reservation past the end alone (KEEP_SIZE) can not be made.
+            if e.errno != errno.EOPNOTSUPP or mode & FALLOC_FL_KEEP_SIZE:
                 raise
         if grows:
             content.truncate(end)

@@ -411,7 +411,9 @@ class MirroredFile:
             try:
                 reserve_space(self.fds[n], offset, length)
             except OSError as e:
-                raise _no_space(e) from None
+                if e.errno == errno.ENOSPC:
+                    raise NoSpace(f"{self.replicas.drives[n].location} is full") from None
+                raise
 
     def pwrite_one(self, replica: int, data: bytes, offset: int) -> None:
         os.pwrite(self.fds[replica], data, offset)
