@@ -1,11 +1,14 @@
-"""Side-by-side benchmark: a plain directory, gocryptfs and pqcfs on the same machine.
+"""Side by side in one run: a plain directory, gocryptfs and pqcfs (one replica and two).
 
     bash scripts/dev.sh bench            (or: .venv/bin/python benchmarks/bench.py)
 
-Every contender lives on its own loop-mounted ext4 image of the same size on the same
-disk; pqcfs is measured with one replica (like for like with gocryptfs) and with its
-everyday two (primary + backup, every write goes to both). Page caches are dropped
-before each read phase. Prints a table and writes docs/benchmarks.md.
+Every repetition gives each contender fresh loop-device ext4 images of the same size on
+the same disk, mounts it, runs every workload on it in a fixed order and unmounts it; the
+contenders' order is shuffled in each repetition. A workload's ratio is pqcfs' time
+divided by gocryptfs' time *in the same repetition*; the table shows the median over the
+repetitions (and the spread), the daemon's CPU seconds for each workload and its peak
+RSS. The test tree is made here (no network) and gocryptfs comes from Debian when
+missing. Writes the table to docs/benchmarks.md unless --no-write-docs.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gzip
+import io
+import json
 import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import tempfile
 import time
@@ -31,6 +37,17 @@ from tests import standin as drives  # noqa: E402
 
 PW = "benchmark passphrase"
 MARKER = "<!-- analysis: kept across runs -->"
+PAGE = 4096
+
+# name, what the ratio must be at most (pqcfs(2) time / gocryptfs time), unit of the count
+WORKLOADS = [
+    ("create", 1.5, "files"), ("stat (cold)", 1.2, "files"), ("rm -rf", 1.5, "files"),
+    ("untar (tar xzf)", 1.5, "entries"), ("ls -lR (cold)", None, "entries"),
+    ("tar c (cold)", 1.2, "entries"), ("sequential write", 1.0, "MiB"),
+    ("sequential read (cold)", 1.0, "MiB"), ("random 4 KiB read (cold)", 1.0, "ops"),
+    ("random 4 KiB write", 1.0, "ops"),
+]
+RSS_LIMIT_MIB = 64
 
 
 def sh(*cmd, **kw):
@@ -43,30 +60,32 @@ def drop_caches():
         f.write("3\n")
 
 
+# -- contenders: each yields (mountpoint, daemon pid or None) -----------------------------
+
 @contextlib.contextmanager
-def plain(work):
-    with drives.loop_drive(work, "plain", "ext4", 4096) as (mnt, _):
-        yield mnt
+def plain(work, size_mb):
+    with drives.loop_drive(work, "plain", "ext4", size_mb) as (mnt, _):
+        yield mnt, None
 
 
 @contextlib.contextmanager
-def gocryptfs(work):
-    with drives.loop_drive(work, "gcfs", "ext4", 4096) as (drive, _):
+def gocryptfs(work, size_mb):
+    with drives.loop_drive(work, "gcfs", "ext4", size_mb) as (drive, _):
         cipher, mnt = os.path.join(drive, "cipher"), os.path.join(work, "gcfs-mnt")
         os.mkdir(cipher)
         os.mkdir(mnt)
         sh("gocryptfs", "-q", "-init", "-extpass", f"echo {PW}", "-scryptn", "12", cipher)
         sh("gocryptfs", "-q", "-extpass", f"echo {PW}", cipher, mnt)
         try:
-            yield mnt
+            yield mnt, _fuse_daemon(mnt)
         finally:
             drives.unmount(mnt)
 
 
 @contextlib.contextmanager
-def passthrough(work):
+def passthrough(work, size_mb):
     """The bare pyfuse3 passthrough (benchmarks/passthrough.py): the Python ceiling."""
-    with drives.loop_drive(work, "pt", "ext4", 4096) as (drive, _):
+    with drives.loop_drive(work, "pt", "ext4", size_mb) as (drive, _):
         backing, mnt = os.path.join(drive, "backing"), os.path.join(work, "pt-mnt")
         os.mkdir(backing)
         os.mkdir(mnt)
@@ -77,7 +96,7 @@ def passthrough(work):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the passthrough did not mount")
                 time.sleep(0.05)
-            yield mnt
+            yield mnt, proc.pid
         finally:
             proc.terminate()
             try:
@@ -88,10 +107,10 @@ def passthrough(work):
 
 
 @contextlib.contextmanager
-def pqcfs(work, replicas):
+def pqcfs(work, replicas, size_mb=4096):
     names = ["pq-primary", "pq-backup"][:replicas]
     with contextlib.ExitStack() as stack:
-        locs = [stack.enter_context(drives.loop_drive(work, n, "ext4", 4096))[0] for n in names]
+        locs = [stack.enter_context(drives.loop_drive(work, n, "ext4", size_mb))[0] for n in names]
         passfile, mnt = os.path.join(work, "pq-pass"), os.path.join(work, f"pq{replicas}-mnt")
         with open(passfile, "w") as f:
             f.write(PW + "\n")
@@ -102,132 +121,208 @@ def pqcfs(work, replicas):
            env=env, cwd=REPO)
         sh(*py, "mount", locs[0], mnt, "--passfile", passfile, "--allow-fixed", env=env, cwd=REPO)
         try:
-            yield mnt
+            from pqcfs.session.session import runtime_file
+            with open(runtime_file(mnt)) as f:
+                pid = json.load(f)["pid"]
+            yield mnt, pid
         finally:
             subprocess.run([*py, "umount", mnt], capture_output=True, cwd=REPO)
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _fuse_daemon(mnt: str) -> int | None:
+    """The pid of the process serving mnt (gocryptfs: the one whose arguments name it)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"gocryptfs") and mnt.encode() in args:
+            return int(pid)
+    return None
 
 
-def workloads(size_mb: int, small_files: int, rand_ops: int, tarball: str, tar_files: int):
-    def seq_write(d):
-        def go():
-            sh("dd", "if=/dev/zero", f"of={d}/big", "bs=1M", f"count={size_mb}", "conv=fsync")
-        return size_mb / timed(go), "MB/s"
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def seq_read(d):
-        drop_caches()
-        return size_mb / timed(lambda: sh("dd", f"if={d}/big", "of=/dev/null", "bs=1M")), "MB/s"
 
-    def rand_read(d):
-        drop_caches()
-        fd = os.open(f"{d}/big", os.O_RDONLY)
-        rng = random.Random(1)
-        blocks = size_mb * 256
-        offsets = [rng.randrange(blocks) * 4096 for _ in range(rand_ops)]
-        t = timed(lambda: [os.pread(fd, 4096, o) for o in offsets])
+def peak_rss_mib(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+# -- the test tree -------------------------------------------------------------------------
+
+def make_tree_tarball(work: str, entries: int, seed: int = 7) -> tuple[str, int]:
+    """A source-like tree as a .tar.gz: directories of 5-40 files whose sizes follow a
+    log-normal law (median about 3 KiB, a few of 100 KiB and more), text-like contents."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz_") for _ in range(rng.randint(2, 10)))
+             for _ in range(2000)]
+    path = os.path.join(work, "tree.tar.gz")
+    made = 0
+    dirs = ["src"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add_dir(name):
+            nonlocal made
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tar.addfile(info)
+            made += 1
+        add_dir("src")
+        while made < entries:
+            parent = rng.choice(dirs[-50:])
+            d = f"{parent}/d{made}"
+            add_dir(d)
+            dirs.append(d)
+            for i in range(min(rng.randint(5, 40), entries - made)):
+                size = min(int(rng.lognormvariate(8.0, 1.3)), 2 << 20)
+                line = b" ".join(rng.choices(words, k=12)) + b"\n"
+                data = (line * (size // len(line) + 1))[:size]
+                info = tarfile.TarInfo(f"{d}/f{i}.c")
+                info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+                tar.addfile(info, io.BytesIO(data))
+                made += 1
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(buf.getvalue())
+    return path, made
+
+
+# -- workloads: each returns seconds; they run in this order on one fresh mount -----------
+
+def run_workloads(d: str, pid: int | None, args, tarball: str) -> dict[str, tuple[float, float]]:
+    """{workload: (seconds, daemon CPU seconds)}."""
+    out = {}
+
+    def measure(name, fn, cold=False):
+        if cold:
+            drop_caches()
+        cpu = cpu_seconds(pid)
+        start = time.perf_counter()
+        fn()
+        out[name] = (time.perf_counter() - start, cpu_seconds(pid) - cpu)
+
+    payload = os.urandom(4096)
+    small = os.path.join(d, "small")
+    per_dir = 1000
+    paths = [os.path.join(small, f"d{n // per_dir:02d}", f"f{n:05d}") for n in range(args.files)]
+
+    def create():
+        os.mkdir(small)
+        for n, p in enumerate(paths):
+            if n % per_dir == 0:
+                os.mkdir(os.path.dirname(p))
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, payload)
+            os.close(fd)
+        os.sync()
+
+    measure("create", create)
+    measure("stat (cold)", lambda: [os.stat(p) for p in paths], cold=True)
+    measure("rm -rf", lambda: (sh("rm", "-rf", small), os.sync()))
+    measure("untar (tar xzf)", lambda: (sh("tar", "-xzf", tarball, "-C", d), os.sync()))
+    measure("ls -lR (cold)", lambda: sh("sh", "-c", f"ls -lR {d}/src > /dev/null"), cold=True)
+    # GNU tar skips reading data when the archive is /dev/null: give it a pipe.
+    measure("tar c (cold)", lambda: sh("sh", "-c", f"tar -C {d} -cf - src | cat > /dev/null"), cold=True)
+    sh("rm", "-rf", os.path.join(d, "src"))
+
+    big = os.path.join(d, "big")
+    measure("sequential write",
+            lambda: sh("dd", "if=/dev/zero", f"of={big}", "bs=1M",
+                       f"count={args.size_mb}", "conv=fsync"))
+    measure("sequential read (cold)", lambda: sh("dd", f"if={big}", "of=/dev/null", "bs=1M"), cold=True)
+    rng = random.Random(1)
+    blocks = args.size_mb * (1 << 20) // PAGE
+    reads = [rng.randrange(blocks) * PAGE for _ in range(args.rand_ops)]
+    writes = [rng.randrange(blocks) * PAGE for _ in range(args.rand_ops)]
+
+    def rand_read():
+        fd = os.open(big, os.O_RDONLY)
+        for o in reads:
+            os.pread(fd, PAGE, o)
         os.close(fd)
-        return rand_ops / t, "IOPS"
 
-    def rand_write(d):
-        fd = os.open(f"{d}/big", os.O_WRONLY)
-        rng = random.Random(2)
-        blocks = size_mb * 256
-        data = os.urandom(4096)
-        offsets = [rng.randrange(blocks) * 4096 for _ in range(rand_ops)]
-
-        def go():
-            for o in offsets:
-                os.pwrite(fd, data, o)
-            os.fsync(fd)
-        t = timed(go)
+    def rand_write():
+        fd = os.open(big, os.O_WRONLY)
+        for o in writes:
+            os.pwrite(fd, payload, o)
+        os.fsync(fd)
         os.close(fd)
-        os.unlink(f"{d}/big")
-        return rand_ops / t, "IOPS"
 
-    def create(d):
-        os.mkdir(f"{d}/small")
-        payload = b"x" * 1024
-
-        def go():
-            for n in range(small_files):
-                with open(f"{d}/small/{n:05d}.txt", "wb") as f:
-                    f.write(payload)
-        return small_files / timed(go), "files/s"
-
-    def stat_all(d):
-        drop_caches()
-        return small_files / timed(lambda: [os.stat(f"{d}/small/{n:05d}.txt") for n in range(small_files)]), "files/s"
-
-    def listing(d):
-        drop_caches()
-        return small_files / timed(lambda: sh("ls", "-l", f"{d}/small")), "entries/s"
-
-    def delete(d):
-        return small_files / timed(lambda: shutil.rmtree(f"{d}/small")), "files/s"
-
-    def untar(d):
-        def go():
-            sh("tar", "-xf", tarball, "-C", d)
-            os.sync()
-        return tar_files / timed(go), "files/s"
-
-    return [("sequential write", seq_write), ("sequential read", seq_read), ("random 4 KiB read", rand_read),
-            ("random 4 KiB write", rand_write), ("create small files", create), ("stat small files", stat_all),
-            ("ls -l small files", listing), ("delete small files", delete), ("extract source tarball", untar)]
+    measure("random 4 KiB read (cold)", rand_read, cold=True)
+    measure("random 4 KiB write", rand_write)
+    os.unlink(big)
+    return out
 
 
-def make_tarball(work) -> tuple[str, int]:
-    """A real source tree: this Python's standard library (thousands of files)."""
-    src = sysconfig.get_paths()["stdlib"]
-    path = os.path.join(work, "stdlib.tar")
-    count = 0
-    with tarfile.open(path, "w") as tar:
-        for dirpath, dirnames, filenames in os.walk(src):
-            dirnames[:] = [n for n in dirnames if n not in ("site-packages", "__pycache__")]
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                if os.path.isfile(full) and not os.path.islink(full):
-                    tar.add(full, arcname=os.path.relpath(full, os.path.dirname(src)))
-                    count += 1
-    return path, count
+# -- the run -------------------------------------------------------------------------------
+
+def ensure_gocryptfs() -> None:
+    if shutil.which("gocryptfs") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "gocryptfs"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mb", type=int, default=1024)
-    ap.add_argument("--small-files", type=int, default=10000)
-    ap.add_argument("--rand-ops", type=int, default=20000)
+    ap.add_argument("--repetitions", type=int, default=3)
+    ap.add_argument("--files", type=int, default=10000, help="4 KiB files created, stat'ed and removed")
+    ap.add_argument("--tree-entries", type=int, default=9910, help="entries of the generated source tree")
+    ap.add_argument("--size-mb", type=int, default=512, help="the big file of sequential and random I/O")
+    ap.add_argument("--rand-ops", type=int, default=10000)
+    ap.add_argument("--image-mb", type=int, default=4096)
+    ap.add_argument("--passthrough", action="store_true", help="also the bare pyfuse3 passthrough")
+    ap.add_argument("--only", nargs="*", help="workloads to run (default all)")
     ap.add_argument("--no-write-docs", action="store_true")
+    ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("the benchmark needs root (loop devices, FUSE, drop_caches)", file=sys.stderr)
         return 2
+    ensure_gocryptfs()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    order_rng = random.Random(seed)
+    contenders = {"plain": lambda w: plain(w, args.image_mb), "gocryptfs": lambda w: gocryptfs(w, args.image_mb),
+                  "pqcfs-1": lambda w: pqcfs(w, 1, args.image_mb), "pqcfs-2": lambda w: pqcfs(w, 2, args.image_mb)}
+    if args.passthrough:
+        contenders["passthrough"] = lambda w: passthrough(w, args.image_mb)
     work = tempfile.mkdtemp(prefix="pqcfs-bench-", dir="/var/tmp")
-    results: dict[str, dict[str, tuple[float, str]]] = {}
-    contenders = [("plain", plain), ("gocryptfs", gocryptfs), ("passthrough", passthrough),
-                  ("pqcfs (1 replica)", lambda w: pqcfs(w, 1)), ("pqcfs (2 replicas)", lambda w: pqcfs(w, 2))]
+    runs: list[dict[str, dict]] = []   # per repetition: {contender: {workload: (s, cpu)}, "_rss": ...}
+    started = time.monotonic()
     try:
-        tarball, tar_files = make_tarball(work)
-        for name, ctx in contenders:
-            sub = os.path.join(work, name.split()[0] + str(len(results)))
-            os.mkdir(sub)
-            with ctx(sub) as d:
-                results[name] = {}
-                for wl_name, fn in workloads(args.size_mb, args.small_files, args.rand_ops, tarball, tar_files):
-                    results[name][wl_name] = fn(d)
-                    print(f"{name:>20} {wl_name:<24} {results[name][wl_name][0]:>12.1f} {results[name][wl_name][1]}",
-                          flush=True)
+        tarball, entries = make_tree_tarball(work, args.tree_entries)
+        print(f"seed {seed}; tree of {entries} entries; {args.repetitions} repetitions", flush=True)
+        for rep in range(args.repetitions):
+            order = list(contenders)
+            order_rng.shuffle(order)
+            results: dict[str, dict] = {"_rss": {}}
+            for name in order:
+                sub = os.path.join(work, f"{name}-{rep}")
+                os.mkdir(sub)
+                with contenders[name](sub) as (mnt, pid):
+                    results[name] = run_workloads(mnt, pid, args, tarball)
+                    results["_rss"][name] = peak_rss_mib(pid)
+                shutil.rmtree(sub, ignore_errors=True)
+                print(f"rep {rep + 1}: {name:<11} "
+                      + "  ".join(f"{w.split()[0]} {s:.2f}s" for w, (s, _) in results[name].items()), flush=True)
+            runs.append(results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = render(results, args, tar_files)
+    report = render(runs, list(contenders), args, entries, seed, time.monotonic() - started)
     print("\n" + report)
     if not args.no_write_docs:
-        # The hand-written analysis below the marker survives a re-run.
         path = os.path.join(REPO, "docs", "benchmarks.md")
         kept = ""
         if os.path.exists(path):
@@ -240,34 +335,61 @@ def main() -> int:
     return 0
 
 
-def render(results, args, tar_files) -> str:
-    names = list(results)
-    wls = list(results[names[0]])
+def _count(w: str, args, entries: int) -> float:
+    unit = dict((n, u) for n, _, u in WORKLOADS)[w]
+    return {"files": args.files, "entries": entries, "MiB": args.size_mb, "ops": args.rand_ops}[unit]
+
+
+def render(runs, names, args, entries, seed, took) -> str:
+    workloads = [w for w, _, _ in WORKLOADS if w in runs[0][names[0]]]
+    med = {n: {w: statistics.median(r[n][w][0] for r in runs) for w in workloads} for n in names}
+    cpu = {n: {w: statistics.median(r[n][w][1] for r in runs) for w in workloads} for n in names}
     lines = [
         "# Benchmarks", "",
-        f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
-        f"Linux {platform.release()}, Python {platform.python_version()}, gocryptfs "
-        f"{sh('gocryptfs', '-version').stdout.split()[1]}.", "",
-        "Command: `bash scripts/dev.sh bench` (runs `benchmarks/bench.py "
-        f"--size-mb {args.size_mb} --small-files {args.small_files} --rand-ops {args.rand_ops}`).", "",
-        "Each contender on its own 4 GiB loop-mounted ext4 image on the same disk; page caches dropped "
-        "before read phases; sequential I/O with `dd bs=1M` (write ends with fsync); random I/O is "
-        "4 KiB `pread`/`pwrite` from one process at random block offsets (writes end with fsync); "
-        f"small files are 1 KiB each; the tarball is this Python's standard library ({tar_files} files). "
-        "Higher is better everywhere.", "",
-        "`passthrough` is a bare pyfuse3 passthrough (benchmarks/passthrough.py: no crypto, no "
-        "mirror, 1 s cache timeouts), the Python ceiling.", "",
-        "| workload | " + " | ".join(names)
-        + " | pqcfs(1)/gocryptfs | pqcfs(2)/gocryptfs | pqcfs(1)/passthrough | pqcfs(1)/plain |",
-        "|---|" + "---:|" * (len(names) + 4)]
-    for wl in wls:
-        cells = [f"{results[n][wl][0]:,.1f} {results[n][wl][1]}" for n in names]
-        g = results["gocryptfs"][wl][0]
-        p1, p2, pl = results["pqcfs (1 replica)"][wl][0], results["pqcfs (2 replicas)"][wl][0], results["plain"][wl][0]
-        pt = results["passthrough"][wl][0]
-        lines.append(f"| {wl} | " + " | ".join(cells)
-                     + f" | {p1 / g:.2f}× | {p2 / g:.2f}× | {p1 / pt:.2f}× | {p1 / pl:.2f}× |")
-    lines += ["", "Ratios are throughput ratios: above 1.00× pqcfs is faster than the other.", ""]
+        f"Measured {dt.date.today().isoformat()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, gocryptfs {sh('gocryptfs', '-version').stdout.split()[1].rstrip(';')}; "
+        f"{len(runs)} repetitions in {took / 60:.0f} min (contender order shuffled, seed {seed}).", "",
+        f"Command: `.venv/bin/python benchmarks/bench.py --repetitions {args.repetitions} --files {args.files} "
+        f"--tree-entries {args.tree_entries} --size-mb {args.size_mb} --rand-ops {args.rand_ops}`", "",
+        "Every repetition mounts each contender on fresh loop-device ext4 images and runs, in this order: "
+        f"create {args.files:,} files of 4 KiB (in directories of 1,000, then `sync`), `stat` them after "
+        f"dropping the caches, `rm -rf` them, `tar xzf` a generated {entries:,}-entry source tree "
+        "(then `sync`), `ls -lR` and `tar c` of it (cold), a sequential write of "
+        f"{args.size_mb} MiB (`dd bs=1M conv=fsync`) and read (cold), then {args.rand_ops:,} random "
+        "4 KiB `pread`s (cold) and `pwrite`s (ending with `fsync`). gocryptfs writes one copy; "
+        "pqcfs-2 writes every byte to two drives (its everyday set-up), pqcfs-1 to one.", "",
+        "**Time ratios** (pqcfs time ÷ gocryptfs time in the same repetition; median, with the "
+        "range over repetitions; below 1.00 pqcfs is faster):", "",
+        "| workload | target (pqcfs-2) | pqcfs-2 ÷ gocryptfs | met | pqcfs-1 ÷ gocryptfs | pqcfs-2 ÷ plain |",
+        "|---|---:|---:|:---:|---:|---:|"]
+    verdicts = []
+    for w, target, _ in WORKLOADS:
+        if w not in workloads:
+            continue
+        r2 = [r["pqcfs-2"][w][0] / r["gocryptfs"][w][0] for r in runs]
+        r1 = [r["pqcfs-1"][w][0] / r["gocryptfs"][w][0] for r in runs]
+        rp = [r["pqcfs-2"][w][0] / r["plain"][w][0] for r in runs]
+        m2 = statistics.median(r2)
+        ok = "" if target is None else ("yes" if m2 <= target else "**no**")
+        if target is not None:
+            verdicts.append(m2 <= target)
+        lines.append(f"| {w} | {'' if target is None else f'≤ {target:.1f}'} | {m2:.2f} ({min(r2):.2f}–{max(r2):.2f}) "
+                     f"| {ok} | {statistics.median(r1):.2f} | {statistics.median(rp):.1f} |")
+    rss = {n: max((r["_rss"].get(n) or 0) for r in runs) for n in names}
+    rss_ok = rss["pqcfs-2"] < RSS_LIMIT_MIB
+    verdicts.append(rss_ok)
+    lines += ["", "Daemon peak RSS (VmHWM, largest over repetitions): "
+              + ", ".join(f"{n} {rss[n]:.0f} MiB" for n in names if rss[n])
+              + f"; target for pqcfs-2 under {RSS_LIMIT_MIB} MiB: {'met' if rss_ok else '**not met**'}.", "",
+              f"**Verdict: {sum(verdicts)} of {len(verdicts)} targets met.**", "",
+              "Medians in seconds, and the FUSE daemon's CPU seconds for the same step "
+              "(user + system, from /proc; the plain directory has no daemon):", "",
+              "| workload | count | " + " | ".join(names) + " | " + " | ".join(f"{n} CPU" for n in names if n != "plain") + " |",
+              "|---|---:|" + "---:|" * (2 * len(names) - 1)]
+    for w in workloads:
+        lines.append(f"| {w} | {_count(w, args, entries):,.0f} | " + " | ".join(f"{med[n][w]:.2f}" for n in names)
+                     + " | " + " | ".join(f"{cpu[n][w]:.2f}" for n in names if n != "plain") + " |")
+    lines.append("")
     return "\n".join(lines)
 
 

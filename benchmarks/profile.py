@@ -9,7 +9,6 @@ what they call) are printed.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import random
 import subprocess
@@ -20,7 +19,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from benchmarks.bench import drop_caches, pqcfs  # noqa: E402
-from pqcfs.session import session as session_mod  # noqa: E402
 
 
 def create(mnt):
@@ -51,9 +49,7 @@ def randwrite(mnt):
 
 def main(which: str) -> None:
     work = tempfile.mkdtemp(prefix="pqcfs-prof-")
-    with pqcfs(work, 1) as mnt:
-        with open(session_mod.runtime_file(mnt)) as f:
-            pid = json.load(f)["pid"]
+    with pqcfs(work, int(os.environ.get("PQCFS_PROFILE_REPLICAS", "2"))) as (mnt, pid):
         raw = os.path.join(work, "samples.txt")
         spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", raw,
                                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
