@@ -51,8 +51,8 @@ def main(which: str) -> None:
     work = tempfile.mkdtemp(prefix="pqcfs-prof-")
     with pqcfs(work, int(os.environ.get("PQCFS_PROFILE_REPLICAS", "2"))) as (mnt, pid):
         raw = os.path.join(work, "samples.txt")
-        spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", raw,
-                                "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", raw,
+                                "--nonblocking", *(["--gil"] if os.environ.get("PQCFS_PROFILE_GIL") else [])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
         start = time.perf_counter()
         globals()[which](mnt)
@@ -74,10 +74,10 @@ def main(which: str) -> None:
                 total[fr] += n
     print(f"{which}: {took:.2f} s, {samples} samples")
     print("own time:")
-    for fr, n in own.most_common(15):
+    for fr, n in own.most_common(30):
         print(f"  {100 * n / samples:5.1f} %  {fr}")
     print("with callees:")
-    for fr, n in total.most_common(25):
+    for fr, n in total.most_common(45):
         print(f"  {100 * n / samples:5.1f} %  {fr}")
 
 

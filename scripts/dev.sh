@@ -57,11 +57,15 @@ install_python() {
   fi
 }
 
-# pyfuse3 3.5.0 with patches/ applied (a fallocate handler; docs/posix.md), built from its
+# pyfuse3 3.5.0 with patches/ applied (a fallocate handler, docs/posix.md; a worker that
+# waits for the next request outside trio's loop, docs/benchmarks.md), built from its
 # source release once per patch set and kept as a wheel in the user's cache.
 PYFUSE3_VERSION=3.5.0
 patched_pyfuse3() {
-  .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.Operations, 'fallocate'))" 2>/dev/null
+  .venv/bin/python -c "
+import inspect, pyfuse3, sys
+sys.exit(not (hasattr(pyfuse3.Operations, 'fallocate')
+              and 'next_request_wait_ms' in inspect.signature(pyfuse3.main).parameters))" 2>/dev/null
 }
 install_pyfuse3() {
   local cache="${XDG_CACHE_HOME:-$HOME/.cache}/pqcfs/wheels"

@@ -235,10 +235,10 @@ class VaultFS(NamespaceOps):
         for n in self.replicas.healthy:
             drive = self.replicas.drives[n]
             try:
-                st = drive.statvfs()
+                room = drive.has_room(reserve.ROOM_TO_CREATE)
             except OSError:
                 continue
-            if st.f_bavail * st.f_frsize < reserve.ROOM_TO_CREATE:
+            if not room:
                 raise NoSpace(f"{drive.location} is full; free some space in the vault")
 
     def check_room(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -83,8 +84,21 @@ async def _main(session) -> None:
             if interval > 0:
                 nursery.start_soon(session.rejoin.watch, interval)
         # One worker: handlers never await, so more would only cost dispatch.
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        await pyfuse3.main(min_tasks=1, max_tasks=1, **_main_options())
         nursery.cancel_scope.cancel()
+
+
+def _main_options() -> dict:
+    """With pyfuse3 built from patches/ (scripts/dev.sh), the worker waits up to 1 ms in
+    poll(2) for the next request before it goes back to trio: a program that works
+    through many files sends one request right after another, and trio's round trip
+    (register, wait, reschedule) cost more than most handlers. docs/benchmarks.md."""
+    try:
+        if "next_request_wait_ms" in inspect.signature(pyfuse3.main).parameters:
+            return {"next_request_wait_ms": 1}
+    except (TypeError, ValueError):
+        pass
+    return {}
 
 
 async def _signals(session, scope) -> None:

@@ -81,6 +81,7 @@ class Drive:
         self.location = location
         self.reserve_in_use = False   # store/reserve.py: the drive's reserve was given back
         self.root_fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._plenty_until = 0.0      # has_room: plenty of space was seen, trusted until then
         self._dirs: OrderedDict[str, int] = OrderedDict()
         self._depth = 0
         # root working on a user's vault (a sync, fsck or automount): what it creates is
@@ -241,16 +242,18 @@ class Drive:
         anything but a regular file is refused before it is opened (a FIFO would block,
         a device would be read or written)."""
         fd, name = self._at(rel)
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            if not flags & os.O_CREAT:
-                raise
-        else:
-            if flags & os.O_CREAT and flags & os.O_EXCL:
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), self.describe(rel))
-            if not stat.S_ISREG(st.st_mode):
-                self._refuse(rel, "a regular file", st.st_mode)
+        exclusive = flags & os.O_CREAT and flags & os.O_EXCL
+        if not exclusive:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not flags & os.O_CREAT:
+                    raise
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    self._refuse(rel, "a regular file", st.st_mode)
+        # O_CREAT | O_EXCL opens nothing that exists (not even through a symlink): the
+        # file is the new regular file this call made, and needs no look before or after.
         try:
             file_fd = os.open(name, flags | os.O_NONBLOCK | _NOFOLLOW, mode, dir_fd=fd)
         except OSError as e:
@@ -259,6 +262,9 @@ class Drive:
             if e.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left on {self.location}") from None
             raise
+        if exclusive:
+            self._give(file_fd)
+            return file_fd
         # Checked again on the descriptor: the entry may have changed between the two calls.
         st_now = os.fstat(file_fd)
         if not stat.S_ISREG(st_now.st_mode):
@@ -467,6 +473,21 @@ class Drive:
     @_operation
     def statvfs(self) -> os.statvfs_result:
         return os.fstatvfs(self.root_fd)
+
+    # With this much free, nothing pqcfs writes fills the drive within PLENTY_FOR seconds
+    # (a stick takes 100-200 MB/s), so a create need not ask the drive again before then.
+    PLENTY, PLENTY_FOR = 256 << 20, 0.5
+
+    def has_room(self, need: int) -> bool:
+        """At least need bytes free, asked of the drive unless it had plenty moments ago
+        (one fstatvfs per created file and drive was a tenth of a create's system time)."""
+        now = time.monotonic()
+        if now < self._plenty_until:
+            return True
+        st = os.fstatvfs(self.root_fd)
+        free = st.f_bavail * st.f_frsize
+        self._plenty_until = now + self.PLENTY_FOR if free >= self.PLENTY else 0.0
+        return free >= need
 
     @property
     def read_only(self) -> bool:
