@@ -283,6 +283,10 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=512, help="the big file of sequential and random I/O")
     ap.add_argument("--rand-ops", type=int, default=10000)
     ap.add_argument("--image-mb", type=int, default=4096)
+    ap.add_argument("--images", choices=["ram", "disk"], default="ram",
+                    help="where the loop devices' image files live: a tmpfs of the script's own "
+                         "(default: every replica gets its own bandwidth, as two USB sticks do) or "
+                         "/var/tmp on this machine's one disk (a second replica then halves it)")
     ap.add_argument("--passthrough", action="store_true", help="also the bare pyfuse3 passthrough")
     ap.add_argument("--only", nargs="*", help="workloads to run (default all)")
     ap.add_argument("--no-write-docs", action="store_true")
@@ -301,7 +305,12 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="pqcfs-bench-", dir="/var/tmp")
     runs: list[dict[str, dict]] = []   # per repetition: {contender: {workload: (s, cpu)}, "_rss": ...}
     started = time.monotonic()
+    ram = False
     try:
+        if args.images == "ram":
+            # Images are sparse: a tmpfs holds only what the file systems wrote.
+            sh("mount", "-t", "tmpfs", "-o", f"size={3 * args.image_mb}m,mode=0755", "pqcfs-bench", work)
+            ram = True
         tarball, entries = make_tree_tarball(work, args.tree_entries)
         print(f"seed {seed}; tree of {entries} entries; {args.repetitions} repetitions", flush=True)
         for rep in range(args.repetitions):
@@ -319,6 +328,14 @@ def main() -> int:
                       + "  ".join(f"{w.split()[0]} {s:.2f}s" for w, (s, _) in results[name].items()), flush=True)
             runs.append(results)
     finally:
+        if ram:
+            # A loop device lets go of its image a moment after it is detached.
+            for _ in range(50):
+                if subprocess.run(["umount", work], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.2)
+            else:
+                sh("umount", "-l", work)
         shutil.rmtree(work, ignore_errors=True)
     report = render(runs, list(contenders), args, entries, seed, time.monotonic() - started)
     print("\n" + report)
@@ -350,8 +367,12 @@ def render(runs, names, args, entries, seed, took) -> str:
         f"Python {platform.python_version()}, gocryptfs {sh('gocryptfs', '-version').stdout.split()[1].rstrip(';')}; "
         f"{len(runs)} repetitions in {took / 60:.0f} min (contender order shuffled, seed {seed}).", "",
         f"Command: `.venv/bin/python benchmarks/bench.py --repetitions {args.repetitions} --files {args.files} "
-        f"--tree-entries {args.tree_entries} --size-mb {args.size_mb} --rand-ops {args.rand_ops}`", "",
-        "Every repetition mounts each contender on fresh loop-device ext4 images and runs, in this order: "
+        f"--tree-entries {args.tree_entries} --size-mb {args.size_mb} --rand-ops {args.rand_ops} --images {args.images}`", "",
+        "Every repetition mounts each contender on fresh loop-device ext4 images "
+        + ("in a tmpfs (so that a second replica has a device of its own, as a second USB stick does, instead of "
+           "sharing this machine's one disk; cold reads then come from memory through the loop device) "
+           if args.images == "ram" else "on this machine's one disk (a second replica shares its bandwidth) ")
+        + "and runs, in this order: "
         f"create {args.files:,} files of 4 KiB (in directories of 1,000, then `sync`), `stat` them after "
         f"dropping the caches, `rm -rf` them, `tar xzf` a generated {entries:,}-entry source tree "
         "(then `sync`), `ls -lR` and `tar c` of it (cold), a sequential write of "

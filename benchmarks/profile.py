@@ -3,7 +3,10 @@ while a workload runs, and the functions with the most samples (own time, then w
 what they call) are printed.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python benchmarks/profile.py create      (or: randwrite, stat)
+    .venv/bin/python benchmarks/profile.py create      (or: stat, rm, readall, randwrite)
+
+PQCFS_PROFILE_REPLICAS=1 profiles a one-drive vault (default two), PQCFS_PROFILE_GIL=1
+samples only while the daemon holds the GIL (its Python work, not its waits).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,9 +51,29 @@ def randwrite(mnt):
     os.close(fd)
 
 
+def statcold(mnt):
+    for n in range(5000):
+        os.stat(os.path.join(mnt, "many", f"f{n:05d}"))
+
+
+def rm(mnt):
+    subprocess.run(["rm", "-rf", os.path.join(mnt, "many")], check=True)
+
+
+def readall(mnt):
+    subprocess.run(["sh", "-c", f"tar -C {mnt} -cf - many | cat > /dev/null"], check=True)
+
+
+# What runs before the profiler starts, for the workloads that need something to work on.
+PREPARE = {"rm": create, "readall": create, "statcold": create}
+
+
 def main(which: str) -> None:
-    work = tempfile.mkdtemp(prefix="pqcfs-prof-")
+    work = tempfile.mkdtemp(prefix="pqcfs-prof-", dir="/var/tmp")
     with pqcfs(work, int(os.environ.get("PQCFS_PROFILE_REPLICAS", "2"))) as (mnt, pid):
+        if which in PREPARE:
+            PREPARE[which](mnt)
+            drop_caches()
         raw = os.path.join(work, "samples.txt")
         spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", raw,
                                 "--nonblocking", *(["--gil"] if os.environ.get("PQCFS_PROFILE_GIL") else [])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -60,6 +84,8 @@ def main(which: str) -> None:
         spy.send_signal(2)
         spy.wait()
     own, total, samples = collections.Counter(), collections.Counter(), 0
+    if os.environ.get("PQCFS_PROFILE_KEEP"):
+        shutil.copy(raw, os.environ["PQCFS_PROFILE_KEEP"])
     with open(raw) as f:
         for line in f:
             stack, _, count = line.rstrip().rpartition(" ")
