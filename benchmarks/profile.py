@@ -3,7 +3,7 @@ while a workload runs, and the functions with the most samples (own time, then w
 what they call) are printed.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python benchmarks/profile.py create      (or: stat, rm, readall, randwrite)
+    .venv/bin/python benchmarks/profile.py create      (or: stat, statcold, rm, readall, untar, randwrite)
 
 PQCFS_PROFILE_REPLICAS=1 profiles a one-drive vault (default two), PQCFS_PROFILE_GIL=1
 samples only while the daemon holds the GIL (its Python work, not its waits).
@@ -22,7 +22,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from benchmarks.bench import drop_caches, pqcfs  # noqa: E402
+from benchmarks.bench import drop_caches, make_tree_tarball, pqcfs  # noqa: E402
 
 
 def create(mnt):
@@ -54,6 +54,11 @@ def randwrite(mnt):
 def statcold(mnt):
     for n in range(5000):
         os.stat(os.path.join(mnt, "many", f"f{n:05d}"))
+
+
+def untar(mnt):
+    tarball, _ = make_tree_tarball(os.path.dirname(mnt), 5000)
+    subprocess.run(["tar", "-xzf", tarball, "-C", mnt], check=True)
 
 
 def rm(mnt):

@@ -10,6 +10,7 @@ log after a crash) is reconciled instead: its table is rebuilt from what the dri
 from __future__ import annotations
 
 import errno
+import os
 import heapq
 import itertools
 import logging
@@ -548,43 +549,54 @@ class TabledFS(VaultFS):
         header = node_header.build(MAGIC_FILE, node.keys.node_id, node.keys.meta_key, node.meta)
         node.content.write_header(header)
 
-    def _file_matches(self, node: Node, rel: str, replica: int) -> tuple[bytes, Meta, int]:
+    def _file_matches(self, node: Node, rel: str, replica: int, fds: dict | None = None) -> tuple[bytes, Meta, int]:
         e = node.entry
-        header = self.replicas.read_file(rel, HEADER_LEN, replica)
+        fd = fds.get(replica) if fds else None
+        if fd is not None:
+            # The file is open there already (a regular file, checked as it opened).
+            header, c_size = os.pread(fd, HEADER_LEN, 0), os.fstat(fd).st_size
+        else:
+            header = self.replicas.read_file(rel, HEADER_LEN, replica)
+            c_size = self.replicas.lstat(rel, replica).st_size
         if node_header.parse_prefix(header, MAGIC_FILE) != e.node_id:
             raise DamagedStructure("a file is not the node its directory table names (swapped)")
         meta = node_header.open_meta(node.keys.meta_key, header)
         if meta.counter < e.counter:
             raise DamagedStructure("a file is older than its directory table says (rolled back)")
-        size = content_layout.p_size(self.replicas.lstat(rel, replica).st_size - HEADER_LEN, self.block_size)
+        size = content_layout.p_size(c_size - HEADER_LEN, self.block_size)
         if meta.counter == e.counter and size != e.size:
             raise DamagedStructure("a file's size differs from its directory table")
         return header, meta, size
 
-    def verify_file(self, node: Node) -> None:
+    def verify_file(self, node: Node, fds: dict | None = None) -> bool:
         """Before a file opens, what its table says against the file: the same node, not
         older, the same size. A primary copy that fails is healed from a replica whose copy
         passes: a damaged header by rewriting it, an older or foreign file by moving it to
-        quarantine and copying the good one."""
+        quarantine and copying the good one. fds: the file's descriptors where it is open
+        already (read through them: no second open). True when a copy was replaced (the
+        caller's descriptor there is the quarantined file's)."""
         e = node.entry
         if e is None:
-            return
+            return False
         rel = node.data_path
         unsealed = []     # replicas whose header is there but its metadata fails authentication
+        replaced = False
 
         def read(replica: int) -> tuple[bytes, Meta, int]:
             try:
-                return self._file_matches(node, rel, replica)
+                return self._file_matches(node, rel, replica, fds)
             except CryptoError:
                 unsealed.append(replica)
                 raise
 
         def heal(first: int, source: int, found: tuple, why: Exception) -> None:
+            nonlocal replaced
             if isinstance(why, CryptoError):
                 self.replicas.write_one(first, rel, found[0])
             else:
                 self.replicas.drive(first).quarantine(self.replicas.rel(rel), str(why))
                 self.replicas.copy_one(source, first, rel)
+                replaced = True
             self._heal_event("file header", rel, source)
         try:
             (_, meta, size), _, _ = self.replicas.first_good(read, None if self.read_only else heal, DAMAGE)
@@ -594,10 +606,11 @@ class TabledFS(VaultFS):
             for replica in unsealed:
                 self.rebuild_file_header(node, replica)
             self._heal_event("file header (rebuilt from its directory table)", rel, self.replicas.serving)
-            return
+            return False
         if meta.counter > e.counter:   # written after the table last was (a crash in between)
             e.counter, node.size, e.size = meta.counter, size, size
             node.dirty = True
+        return replaced
 
     def rebuild_file_header(self, node: Node, replica: int) -> None:
         """A header whose metadata fails authentication with no good copy on any replica:

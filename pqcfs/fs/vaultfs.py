@@ -122,8 +122,10 @@ class VaultFS(NamespaceOps):
                            b: Node, dir_b: Node, b_disk: str, b_name: bytes) -> None:
         """After an exchange swapped two entries' contents on the drives."""
 
-    def verify_file(self, node: Node) -> None:
-        """Before a file opens: what refers to it agrees with it (healed when it can be)."""
+    def verify_file(self, node: Node, fds: dict | None = None) -> bool:
+        """Before a file opens: what refers to it agrees with it (healed when it can be).
+        fds: where the file is open already. True when a copy was replaced (reopen it)."""
+        return False
 
     def times(self, node: Node) -> tuple[int, int, int] | None:
         """(atime, mtime, ctime) in nanoseconds where pqcfs keeps them; None: the drive's."""
@@ -438,8 +440,14 @@ class VaultFS(NamespaceOps):
         if node.content is None:
             parent = None if node.hard_linked else node.parent
             heal = None if parent is None else self._heal_missing_entry(parent, node.disk_name)
-            self.verify_file(node)
             file = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
+            try:
+                if self.verify_file(node, file.fds):
+                    file.close()
+                    file = self.replicas.open_file(node.data_path, writable=not self.read_only)
+            except BaseException:
+                file.close()
+                raise
             node.bumped = False
             node.content = self._file_content(node, file)
         node.opens += 1
