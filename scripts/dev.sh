@@ -65,7 +65,7 @@ patched_pyfuse3() {
   .venv/bin/python -c "
 import inspect, pyfuse3, sys
 sys.exit(not (hasattr(pyfuse3.Operations, 'fallocate')
-              and 'next_request_wait_ms' in inspect.signature(pyfuse3.main).parameters))" 2>/dev/null
+              and 'next_request_spin_us' in inspect.signature(pyfuse3.main).parameters))" 2>/dev/null
 }
 install_pyfuse3() {
   local cache="${XDG_CACHE_HOME:-$HOME/.cache}/pqcfs/wheels"

@@ -105,16 +105,27 @@ async def _main(session) -> None:
 
 
 def _main_options() -> dict:
-    """With pyfuse3 built from patches/ (scripts/dev.sh), the worker waits up to 1 ms in
-    poll(2) for the next request before it goes back to trio: a program that works
-    through many files sends one request right after another, and trio's round trip
-    (register, wait, reschedule) cost more than most handlers. docs/benchmarks.md."""
+    """With pyfuse3 built from patches/ (scripts/dev.sh), the worker waits for the next
+    request outside trio's loop: first asking without sleeping for up to 200 us, then
+    asleep in poll(2) for up to 1 ms, and only then through trio. A program that works
+    through many files sends one request right after another; trio's round trip
+    (register, wait, reschedule) cost more than most handlers, and being woken by the
+    kernel costs a create a third of its time on this 2-core VM. PQCFS_SPIN_US changes
+    the first wait (0: never spin). docs/benchmarks.md has the measurements."""
     try:
-        if "next_request_wait_ms" in inspect.signature(pyfuse3.main).parameters:
-            return {"next_request_wait_ms": 1}
+        params = inspect.signature(pyfuse3.main).parameters
     except (TypeError, ValueError):
-        pass
-    return {}
+        return {}
+    options = {}
+    if "next_request_wait_ms" in params:
+        options["next_request_wait_ms"] = 1
+    if "next_request_spin_us" in params:
+        try:
+            spin = int(os.environ.get("PQCFS_SPIN_US", "200"))
+        except ValueError:
+            spin = 200
+        options["next_request_spin_us"] = max(0, min(spin, 10_000))
+    return options
 
 
 async def _signals(session, scope) -> None:
