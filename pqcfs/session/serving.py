@@ -106,12 +106,13 @@ async def _main(session) -> None:
 
 def _main_options() -> dict:
     """With pyfuse3 built from patches/ (scripts/dev.sh), the worker waits for the next
-    request outside trio's loop: first asking without sleeping for up to 200 us, then
-    asleep in poll(2) for up to 1 ms, and only then through trio. A program that works
-    through many files sends one request right after another; trio's round trip
-    (register, wait, reschedule) cost more than most handlers, and being woken by the
-    kernel costs a create a third of its time on this 2-core VM. PQCFS_SPIN_US changes
-    the first wait (0: never spin). docs/benchmarks.md has the measurements."""
+    request outside trio's loop: first asking without sleeping for up to 200 us (when
+    the last request came that soon), then asleep in poll(2) for up to 1 ms, and only
+    then through trio. A program that works through many files sends one request right
+    after another; trio's round trip (register, wait, reschedule) cost more than most
+    handlers, and being woken by the kernel costs a create a third of its time on this
+    2-core VM. PQCFS_SPIN_US changes the first wait (0: never spin).
+    docs/benchmarks.md has the measurements."""
     try:
         params = inspect.signature(pyfuse3.main).parameters
     except (TypeError, ValueError):
