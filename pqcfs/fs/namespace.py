@@ -173,7 +173,7 @@ class NamespaceOps:
         node = self.lookup(dir_node, p_name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
-        rel = self._entry_rel(dir_node, p_name)
+        rel = self._entry_rel(dir_node, p_name, node)
         self.replicas.unlink(rel)
         # A plain file's xattrs sit beside its entry; a hard-linked node's beside its data.
         self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1],
@@ -268,7 +268,7 @@ class NamespaceOps:
         new_full = full_c_name(new_dir, new_name)
         new_disk = names.on_disk_name(new_full)
         new_rel = self._join(new_dir.c_path, new_disk)
-        old_rel = self._entry_rel(old_dir, old_name)
+        old_rel = self._entry_rel(old_dir, old_name, node)
         old_disk = old_rel.rsplit("/", 1)[-1]
         # Write order keeps a crash harmless: the override and long-name file first, then
         # the rename, then the stale override (a leftover one is never used).

@@ -224,9 +224,12 @@ class VaultFS(NamespaceOps):
             return self._join(node.c_path, "d" + names.XATTR_SUFFIX)
         return node.data_path + names.XATTR_SUFFIX
 
-    def _entry_rel(self, dir_node: Node, p_name: bytes) -> str:
+    def _entry_rel(self, dir_node: Node, p_name: bytes, node: Node | None = None) -> str:
         """The backing entry of the name p_name in dir_node (for a hard-linked node, each
-        of its names has its own stub entry; node.c_path names only one of them)."""
+        of its names has its own stub entry; node.c_path names only one of them). node,
+        when it is what p_name names: its one name needs no encrypting again."""
+        if node is not None and not node.hard_linked and node.parent is dir_node and node.p_name == p_name:
+            return self._join(dir_node.c_path, node.disk_name)
         return self._join(dir_node.c_path, names.on_disk_name(full_c_name(dir_node, p_name)))
 
     def check_room_to_create(self) -> None:
