@@ -443,11 +443,14 @@ class VaultFS(NamespaceOps):
         if node.content is None:
             parent = None if node.hard_linked else node.parent
             heal = None if parent is None else self._heal_missing_entry(parent, node.disk_name)
-            file = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal)
+            # Opened to be read, a file is opened on the serving replica alone until a
+            # change, a heal or a failing drive needs the others.
+            file = self.replicas.open_file(node.data_path, writable=not self.read_only, heal_missing=heal,
+                                           lazy=not writable)
             try:
                 if self.verify_file(node, file.fds):
                     file.close()
-                    file = self.replicas.open_file(node.data_path, writable=not self.read_only)
+                    file = self.replicas.open_file(node.data_path, writable=not self.read_only, lazy=not writable)
             except BaseException:
                 file.close()
                 raise

@@ -267,23 +267,24 @@ class ReplicaSet:
             raise
         return MirroredFile(self, fds, full, os.O_RDWR)
 
-    def open_file(self, rel: str, writable: bool = True, heal_missing=None) -> "MirroredFile":
+    def open_file(self, rel: str, writable: bool = True, heal_missing=None, lazy: bool = False) -> "MirroredFile":
         """Open rel on every healthy replica. A backup that lacks it while the primary has
         it holds a damaged name: heal_missing(n) may restore it before the backup is
-        given up on."""
+        given up on. lazy: on the serving replica only, the others when first needed (a
+        change, a heal, the serving drive failing): most files opened to be read never
+        need them."""
         flags = os.O_RDWR if writable else os.O_RDONLY
         fds: dict[int, int] = {}
         full = self.rel(rel)
 
         def open_one(n: int) -> None:
-            try:
-                fds[n] = self.drives[n].open(full, flags)
-            except FileNotFoundError:
-                if n == self.serving or heal_missing is None:
-                    raise
-                heal_missing(n)
-                fds[n] = self.drives[n].open(full, flags)
+            _open_replica(self, n, full, flags, fds, heal_missing)
 
+        if lazy:
+            serving = self.serving
+            self.serve(None, lambda: self.serving, open_one)
+            later = [n for n in self.healthy if n not in fds and n != serving]
+            return MirroredFile(self, fds, full, flags, later=later, heal_missing=heal_missing)
         try:
             self.each(open_one)
         except (OSError, NoSpace):
@@ -339,12 +340,26 @@ class ReplicaSet:
         return min(results, key=lambda st: st.f_bavail * st.f_frsize)
 
 
-class MirroredFile:
-    """One open ciphertext file on every healthy replica (replica index -> fd)."""
+def _open_replica(replicas: ReplicaSet, n: int, full: str, flags: int, fds: dict[int, int], heal_missing) -> None:
+    try:
+        fds[n] = replicas.drives[n].open(full, flags)
+    except FileNotFoundError:
+        if n == replicas.serving or heal_missing is None:
+            raise
+        heal_missing(n)
+        fds[n] = replicas.drives[n].open(full, flags)
 
-    def __init__(self, replicas: ReplicaSet, fds: dict[int, int], rel: str = "", flags: int = os.O_RDONLY):
+
+class MirroredFile:
+    """One open ciphertext file on every healthy replica (replica index -> fd); a file
+    opened lazily is open on the serving one and the rest (later) are opened on first need."""
+
+    def __init__(self, replicas: ReplicaSet, fds: dict[int, int], rel: str = "", flags: int = os.O_RDONLY,
+                 later: list[int] | None = None, heal_missing=None):
         self.replicas = replicas
         self.fds = fds
+        self.later = later or []
+        self._heal_missing = heal_missing
         # pqcfs' own file (a directory table): on a full drive its writes may use the
         # reserve; a user's file never does (store/reserve.py).
         self.bookkeeping = False
@@ -364,10 +379,29 @@ class MirroredFile:
                 pass
         self.fds[n] = self.replicas.drives[n].open(self.rel, self.flags)
 
+    def _open_later(self) -> None:
+        """Open the file on the replicas a lazy open left for later (each as the replica
+        set's policy says: a backup that fails is dropped, the serving one's error is the
+        caller's)."""
+        later, self.later = self.later, []
+        if not self.fds:
+            return    # closed
+        for n in later:
+            if n not in self.replicas.healthy or n in self.fds:
+                continue
+            try:
+                _open_replica(self.replicas, n, self.rel, self.flags, self.fds, self._heal_missing)
+            except (OSError, NoSpace) as e:
+                if not self.replicas.survives(n, e):
+                    raise
+
     def _changing(self) -> None:
         self.replicas.on_change(self.rel)
 
     def _each(self, fn) -> None:
+        if self.later:
+            self._open_later()
+
         def run(n: int) -> None:
             fd = self.fds.get(n)
             if fd is not None:
@@ -384,6 +418,9 @@ class MirroredFile:
     @property
     def serving(self) -> int:
         readable = self.readable_replicas
+        if not readable and self.later:
+            self._open_later()     # the serving drive failed: the next one serves
+            readable = self.readable_replicas
         if not readable:
             raise OSError(errno.EIO, "every replica of this file has failed")
         return readable[0]
@@ -399,7 +436,10 @@ class MirroredFile:
         self._each(write)
 
     def first_good(self, read, heal=None, errors: tuple = (OSError,)):
-        """The replica set's one healing policy, over the replicas this file is open on."""
+        """The replica set's one healing policy, over the replicas this file is open on
+        (all of them: a lazy open opens the rest now)."""
+        if self.later:
+            self._open_later()
         return self.replicas.first_good(read, heal, errors, among=self.readable_replicas)
 
     def reserve(self, offset: int, length: int) -> None:
@@ -407,6 +447,8 @@ class MirroredFile:
         unchanged (fallocate with FALLOC_FL_KEEP_SIZE): writing there later does not run
         out of space. A full drive is NoSpace and a drive that can not reserve space is
         EOPNOTSUPP, for the caller; neither drops a replica (its data is whole)."""
+        if self.later:
+            self._open_later()
         for n in self.readable_replicas:
             try:
                 reserve_space(self.fds[n], offset, length)
@@ -447,3 +489,4 @@ class MirroredFile:
             except OSError:
                 pass
         self.fds = {}
+        self.later = []
