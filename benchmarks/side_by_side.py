@@ -1,0 +1,85 @@
+"""Two pqcfs vaults mounted at once and used in turn: the measure of one change on a
+machine whose speed drifts. Each vault's daemon gets its own environment (here the
+worker's spin time, PQCFS_SPIN_US); rounds alternate which vault goes first.
+
+    .venv/bin/python benchmarks/side_by_side.py 0 200          (spin 0 us against 200 us)
+    .venv/bin/python benchmarks/side_by_side.py 0 200 --tar    (tar xzf and cold tar c)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks.bench import drop_caches, make_tree_tarball, pqcfs  # noqa: E402
+
+
+def files(mnt: str, r: int, count: int, payload: bytes) -> dict[str, float]:
+    d = f"{mnt}/r{r}"
+    os.mkdir(d)
+    start = time.perf_counter()
+    for n in range(count):
+        fd = os.open(f"{d}/f{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+    made = time.perf_counter()
+    for n in range(count):
+        os.unlink(f"{d}/f{n}")
+    gone = time.perf_counter()
+    return {"create us/file": (made - start) / count * 1e6, "unlink us/file": (gone - made) / count * 1e6}
+
+
+def tars(mnt: str, r: int, tarball: str) -> dict[str, float]:
+    d = f"{mnt}/r{r}"
+    os.mkdir(d)
+    start = time.perf_counter()
+    subprocess.run(["tar", "-xzf", tarball, "-C", d], check=True)
+    untar = time.perf_counter() - start
+    drop_caches()
+    start = time.perf_counter()
+    subprocess.run(["sh", "-c", f"tar -C {d} -cf - . | cat > /dev/null"], check=True)
+    return {"tar xzf s": untar, "tar c s": time.perf_counter() - start}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", help="PQCFS_SPIN_US of the first vault")
+    ap.add_argument("b", help="PQCFS_SPIN_US of the second vault")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--files", type=int, default=400)
+    ap.add_argument("--tar", action="store_true", help="tar xzf of a generated tree and tar c of it")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="pqcfs-sbs-", dir="/var/tmp")
+    tarball = make_tree_tarball(work, 1500)[0] if args.tar else None
+    payload = os.urandom(4096)
+    results: dict[str, dict[str, list[float]]] = {args.a: {}, args.b: {}}
+    with contextlib.ExitStack() as stack:
+        mnts = {}
+        for name in (args.a, args.b):
+            os.environ["PQCFS_SPIN_US"] = name
+            sub = os.path.join(work, "v" + name)
+            os.mkdir(sub)
+            mnts[name] = stack.enter_context(pqcfs(sub, 2))[0]
+        for r in range(args.rounds):
+            for name in ((args.a, args.b) if r % 2 == 0 else (args.b, args.a)):
+                got = tars(mnts[name], r, tarball) if args.tar else files(mnts[name], r, args.files, payload)
+                for k, v in got.items():
+                    results[name].setdefault(k, []).append(v)
+    subprocess.run(["rm", "-rf", work])
+    for name, got in results.items():
+        for k, v in got.items():
+            print(f"PQCFS_SPIN_US={name:>5}  {k:<15} median {statistics.median(v):9.2f}   "
+                  + " ".join(f"{x:.2f}" for x in v))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
