@@ -10,10 +10,10 @@ log after a crash) is reconciled instead: its table is rebuilt from what the dri
 from __future__ import annotations
 
 import errno
-import os
 import heapq
 import itertools
 import logging
+import os
 import stat
 import weakref
 from collections import OrderedDict

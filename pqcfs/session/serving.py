@@ -38,8 +38,9 @@ def _steady_heap() -> None:
     """Keep the buffers of large requests in the heap between requests. glibc's defaults
     give each buffer over 128 KiB (a 1 MiB write's ciphertext) its own mmap and hand a
     freed heap top back at once, so every large request faulted fresh pages in again:
-    2,555 brk calls for 1,024 writes of 512 KiB (strace), a quarter of the daemon's time
-    on a two-replica sequential write. At most 8 MiB more stays resident."""
+    2,555 brk calls for 1,024 writes of 512 KiB (strace); keeping them took the daemon's
+    CPU time for a 512 MiB two-replica write from 2.1 s to 1.0 s. At most 8 MiB more
+    stays resident."""
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 4 << 20)    # M_MMAP_THRESHOLD: requests of up to 4 MiB from the heap
