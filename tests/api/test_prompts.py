@@ -41,9 +41,7 @@ class Terminal:
     def type(self, line: str) -> None:
         os.write(self.fd, line.encode() + b"\r")
 
-    def finish(self, timeout: float = 60, give_up: bool = True) -> int | None:
-        """The exit code; at the timeout the process is killed and the test fails, or
-        (give_up False) None is returned and it runs on."""
+    def finish(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.fd], [], [], 0.2)
@@ -65,22 +63,8 @@ class Terminal:
                     self.seen += chunk.decode(errors="replace")
                 os.close(self.fd)
                 return os.waitstatus_to_exitcode(status)
-        if not give_up:
-            return None
         os.kill(self.pid, signal.SIGKILL)
         raise AssertionError(f"no exit; the terminal shows {self.seen!r}")
-
-    def interrupt(self) -> int:
-        """Ctrl-C, as the terminal sends it, until the program ends. A SIGINT that lands
-        between CPython's check for signals and its blocking read() of the terminal is
-        acted on only when the read returns, so under load one Ctrl-C can go unanswered,
-        as it can for a person, who presses it again."""
-        for _ in range(3):
-            os.write(self.fd, b"\x03")
-            code = self.finish(timeout=10, give_up=False)
-            if code is not None:
-                return code
-        return self.finish(timeout=10)
 
 
 def test_a_mismatched_confirmation_is_asked_again_and_a_weak_passphrase_is_judged(tmp_path):
@@ -127,7 +111,8 @@ def test_ctrl_c_at_a_prompt_ends_the_line_and_exits_130(tmp_path):
     a.mkdir(), b.mkdir()
     term = Terminal("init", str(a), str(b), "--allow-fixed", "--allow-same-device")
     term.expect("New vault passphrase: ")
-    assert term.interrupt() == exitcodes.INTERRUPTED
+    os.write(term.fd, b"\x03")           # Ctrl-C, as the terminal sends it
+    assert term.finish() == exitcodes.INTERRUPTED
     assert re.search(r"New vault passphrase: \^?C?\r?\n(.*\n)*pqcfs: interrupted", term.seen.replace("\r\n", "\n")), \
         term.seen
     assert not os.listdir(a) and not os.listdir(b)      # nothing was made
