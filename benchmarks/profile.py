@@ -92,17 +92,19 @@ def main(which: str) -> None:
     if os.environ.get("PQCFS_PROFILE_KEEP"):
         shutil.copy(raw, os.environ["PQCFS_PROFILE_KEEP"])
     with open(raw) as f:
-        for line in f:
-            stack, _, count = line.rstrip().rpartition(" ")
-            frames = [fr.split(" (")[0] + " (" + fr.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                      for fr in stack.split(";") if " (" in fr]
-            if not frames:
-                continue
-            n = int(count)
-            samples += n
-            own[frames[-1]] += n
-            for fr in set(frames):
-                total[fr] += n
+        lines = f.readlines()
+    shutil.rmtree(work, ignore_errors=True)
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        frames = [fr.split(" (")[0] + " (" + fr.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  for fr in stack.split(";") if " (" in fr]
+        if not frames:
+            continue
+        n = int(count)
+        samples += n
+        own[frames[-1]] += n
+        for fr in set(frames):
+            total[fr] += n
     print(f"{which}: {took:.2f} s, {samples} samples")
     print("own time:")
     for fr, n in own.most_common(30):
