@@ -281,9 +281,8 @@ class ReplicaSet:
             _open_replica(self, n, full, flags, fds, heal_missing)
 
         if lazy:
-            serving = self.serving
             self.serve(None, lambda: self.serving, open_one)
-            later = [n for n in self.healthy if n not in fds and n != serving]
+            later = [n for n in self.healthy if n not in fds]
             return MirroredFile(self, fds, full, flags, later=later, heal_missing=heal_missing)
         try:
             self.each(open_one)
