@@ -61,3 +61,12 @@ class NoSuchPath(PqcfsError):
 
 class SetupError(PqcfsError):
     """This machine's set-up is missing something pqcfs needs (a program, a helper)."""
+
+
+class RemoteError(PqcfsError):
+    """An offsite remote could not be reached, refused, or holds something pqcfs did not
+    write (its rclone exit code, when rclone gave one)."""
+
+    def __init__(self, message: str, rclone_code: int | None = None):
+        super().__init__(message)
+        self.rclone_code = rclone_code

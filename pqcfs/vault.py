@@ -104,7 +104,9 @@ def write_state(where: "str | Drive", state: replica_state.ReplicaState, root_ke
         drive.write_atomic(replica_state.FILE_NAME, replica_state.encode(state, root_key))
 
 
-def _check_empty(location: str) -> None:
+def check_empty(location: str, command: str = "init") -> None:
+    """A location a new replica may be written to: an existing directory holding no vault
+    and nothing of a user's (lost+found and the like aside)."""
     if not os.path.isdir(location):
         raise NotAVault(f"{location}: no such directory")
     if os.path.lexists(os.path.join(location, vault_header.FILE_NAME)):
@@ -112,7 +114,7 @@ def _check_empty(location: str) -> None:
     extra = sorted(name for name in os.listdir(location) if not ignorable(name))
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        raise PqcfsError(f"{location} is not empty (it holds {shown}); init needs an empty drive or directory")
+        raise PqcfsError(f"{location} is not empty (it holds {shown}); {command} needs an empty drive or directory")
 
 
 def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params | None = None,
@@ -130,7 +132,7 @@ def create(locations: list[str], *, passphrase: bytes | None, kdf: Argon2Params 
     if passphrase is None and identity is None:
         raise PqcfsError("a vault needs a passphrase or an identity")
     for location in locations:
-        _check_empty(location)
+        check_empty(location)
     root_key, vault_id = os.urandom(ROOT_KEY_LEN), os.urandom(16)
     header = vault_header.VaultHeader(vault_id=vault_id, suite=suite, block_size=block_size,
                                       created=_now(), version=format_version)

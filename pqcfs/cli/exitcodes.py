@@ -20,6 +20,7 @@ DEGRADED = 12        # status/fsck: a vault runs degraded, a replica is missing 
 GRANT = 13           # a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown
 NO_SUCH_PATH = 14    # a path inside the vault does not exist, or is not a directory
 SETUP = 15           # the set-up is broken: a program or helper missing, gone or another version (doctor)
+REMOTE = 16          # an offsite remote can not be reached or refused (rclone's error is shown)
 INTERRUPTED = 130    # Ctrl-C
 
 # What each code means, for the man page and `--help` (docs/cli.md has the same table).
@@ -40,6 +41,7 @@ MEANINGS = {
     GRANT: "a grant refused (expired, not yet valid, forged, revoked, for another identity) or unknown",
     NO_SUCH_PATH: "a path inside the vault does not exist, or is not a directory",
     SETUP: "the set-up is broken: a program or helper is missing, gone or another version (see `pqcfs doctor`)",
+    REMOTE: "an offsite remote can not be reached or refused (rclone's own error is shown)",
     INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -55,6 +57,7 @@ _BY_EXCEPTION = [
     (errors.GrantRefused, GRANT),
     (errors.NoSuchPath, NO_SUCH_PATH),
     (errors.SetupError, SETUP),
+    (errors.RemoteError, REMOTE),
     (errors.CryptoError, CRYPTO),
 ]
 

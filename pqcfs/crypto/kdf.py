@@ -37,6 +37,9 @@ LABEL_OWNER_SIGN = b"pqcfs owner sign v1"  # ML-DSA-65 seed of the vault owner's
 LABEL_GRANT_NOTE = b"pqcfs grant note v1"  # AES-GCM of the owner's notes on a grant (its label)
 LABEL_GRANTEE_INTENT = b"pqcfs grantee intent v1"  # a read-write grantee session's intent log (salt: grant id)
 LABEL_GRANTEE_AUDIT = b"pqcfs grantee audit v1"  # a grant's own audit log, from the subtree key (salt: grant id)
+LABEL_REMOTE_OBJECT = b"pqcfs remote object v1"  # keyed BLAKE3: the name of an object on an offsite remote
+LABEL_REMOTE_SEAL = b"pqcfs remote seal v1"      # AES-256-GCM: a remote's epoch records and directory pages
+LABEL_REMOTE_INDEX = b"pqcfs remote index v1"    # HMAC-SHA256 over this machine's index of a remote
 
 
 def hkdf(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:

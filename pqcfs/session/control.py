@@ -9,6 +9,10 @@ connection, one JSON object per line:
   <- {"progress": {"bytes", "bytes_total", "files", "files_total"}}   (while it runs)
   <- {"results": [{"replica", "location", "ok", ...}]}                 (last line)
 
+  -> {"op": "push", "remote": NAME or null, "bwlimit": RATE or null}
+  <- {"progress": {"remote", "bytes", "bytes_total"}}                  (while it uploads)
+  <- {"results": [{"remote", "epoch", "objects_sent", ...}]} or {"error", "kind"}
+
 No key material and no plaintext name ever crosses it.
 """
 
@@ -28,9 +32,15 @@ def socket_path(runtime_path: str) -> str:
 
 def request_sync(path: str, backup: str | None, on_progress=None) -> dict:
     """Ask the daemon at path to bring its missing replicas back (blocks until done)."""
+    return request(path, {"op": "sync", "backup": backup}, on_progress)
+
+
+def request(path: str, message: dict, on_progress=None) -> dict:
+    """One request to the daemon at path; its progress lines go to on_progress, its last
+    line is the answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
-        sock.sendall(json.dumps({"op": "sync", "backup": backup}).encode() + b"\n")
+        sock.sendall(json.dumps(message).encode() + b"\n")
         buffer = b""
         while True:
             chunk = sock.recv(65536)

@@ -10,6 +10,7 @@ import socket
 
 import trio
 
+from pqcfs.errors import PqcfsError
 from pqcfs.session.control import MAX_REQUEST
 
 log = logging.getLogger(__name__)
@@ -55,17 +56,29 @@ async def _handle(session, stream) -> None:
             data += chunk
         try:
             request = json.loads(data)
-            if not isinstance(request, dict) or request.get("op") != "sync":
+            if not isinstance(request, dict) or request.get("op") not in ("sync", "push"):
                 raise ValueError("unknown request")
-            backup = request.get("backup")
-            if backup is not None and not isinstance(backup, str):
-                raise ValueError("backup must be a path")
+            for key in ("backup", "remote", "bwlimit"):
+                if request.get(key) is not None and not isinstance(request[key], str):
+                    raise ValueError(f"{key} must be a string")
         except ValueError as e:
             await _send(stream, {"error": f"bad request: {e}"})
             return
+        if request["op"] == "push":
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_report_progress, lambda: session.offsite.progress, stream)
+                try:
+                    results = await session.offsite.push(request.get("remote"), request.get("bwlimit"))
+                except PqcfsError as e:
+                    await _send(stream, {"error": str(e), "kind": type(e).__name__})
+                    return
+                finally:
+                    nursery.cancel_scope.cancel()
+            await _send(stream, {"results": results})
+            return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_report_progress, session, stream)
-            results = await session.rejoin.run(location=backup)
+            nursery.start_soon(_report_progress, lambda: session.rejoin.progress, stream)
+            results = await session.rejoin.run(location=request.get("backup"))
             nursery.cancel_scope.cancel()
         await _send(stream, {"results": results, "missing": list(session.missing)})
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -80,11 +93,12 @@ async def _handle(session, stream) -> None:
         await stream.aclose()
 
 
-async def _report_progress(session, stream) -> None:
+async def _report_progress(progress, stream) -> None:
     try:
         while True:
             await trio.sleep(0.5)
-            if session.rejoin.progress:
-                await _send(stream, {"progress": dict(session.rejoin.progress)})
+            now = progress()
+            if now:
+                await _send(stream, {"progress": dict(now)})
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass   # the client went away: the sync itself goes on

@@ -18,6 +18,7 @@ import trio
 from pqcfs.errors import MountError
 from pqcfs.fuse.operations import Operations
 from pqcfs.session import control, control_server
+from pqcfs.session import offsite
 from pqcfs.session import rejoin as rejoin_mod
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def serve(session, extra_options: list[str], ready=None) -> None:
     ops = Operations(vfs, audit_files=session.audit_files)
     if session.services:
         session.rejoin = rejoin_mod.Rejoin(session)
+        session.offsite = offsite.Offsite(session)
     if session.owner is not None:
         session._give_top_directory(vfs)
     try:

@@ -86,6 +86,7 @@ class Session:
         self._since = ""                # the primary's last session before this one
         self.failed_ids: dict[int, str] = {}   # replica set index -> id of a replica that failed
         self.rejoin = None              # online rejoin: made by the serving loop (session/serving.py)
+        self.offsite = None             # pushes to remotes while mounted: likewise
         self.vfs: VaultFS | None = None  # the tree, once built
         self.missing: list[str] = []
         self.session_id = ""

@@ -1,0 +1,1 @@
+"""Offsite replicas: the vault's ciphertext on any rclone remote (docs/offsite.md)."""

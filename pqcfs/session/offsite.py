@@ -1,0 +1,64 @@
+"""Pushing a mounted vault to its remotes (pqcfs push while mounted): the consistent point
+is taken in the mount's trio loop, between two requests, where nothing can change the
+drives; reading the remote before and uploading after run in worker threads while the
+mount goes on serving."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from pqcfs import vault as vault_mod
+from pqcfs.errors import PqcfsError
+from pqcfs.remote import registry
+from pqcfs.remote.push import Pusher, replica_state_fields
+
+log = logging.getLogger(__name__)
+
+
+class Offsite:
+    def __init__(self, session):
+        self.session = session
+        self.running = trio.Lock()
+        self.progress: dict | None = None
+
+    async def push(self, only: str | None = None, bwlimit: str | None = None) -> list[dict]:
+        vault = self.session.vault
+        vault_id = vault.header.vault_id
+        entries = [registry.find(vault_id, only)] if only else registry.load(vault_id)
+        if not entries:
+            raise PqcfsError("this vault has no remote on this machine; `pqcfs remote add VAULT REMOTE:PATH` adds one")
+        results = []
+        async with self.running:
+            for entry in entries:
+                results.append(await self._push_one(entry, bwlimit))
+        return results
+
+    async def _push_one(self, entry, bwlimit) -> dict:
+        vault, vfs = self.session.vault, self.session.vfs
+        pusher = Pusher(entry, vault.header.vault_id, vault.root_key, bwlimit)
+        try:
+            checked = await trio.to_thread.run_sync(pusher.check)
+            # The consistent point: no await from here to the end of stage(), so no request
+            # runs in between. What only memory holds (entries, attributes, sequence numbers)
+            # is written first, as an unmount would.
+            vfs.settle()
+            drive = vfs.replicas.drive()
+            state = vault_mod.read_state(drive, vault.root_key)
+            staged = pusher.stage(drive, checked, replica_state_fields(state))
+            total = sum(staged.sizes.get(p.rsplit("/", 1)[-1], 0) for p in staged.staged)
+            self.progress = {"remote": entry.name, "bytes": 0, "bytes_total": total}
+
+            def on_bytes(done: int) -> None:
+                self.progress = {"remote": entry.name, "bytes": done, "bytes_total": total}
+            result = await trio.to_thread.run_sync(pusher.send, checked, staged, on_bytes)
+        except (PqcfsError, OSError) as e:
+            pusher.failed(e)
+            self.session.event("remote-push-failed", remote=entry.name, error=type(e).__name__)
+            raise
+        finally:
+            self.progress = None
+        self.session.event("remote-push", remote=entry.name, epoch=result.epoch, objects=result.objects_sent,
+                           bytes=result.bytes_sent, removed=result.removed)
+        return {"remote": entry.name, **result.__dict__}
