@@ -67,6 +67,9 @@ def add_parser(sub) -> None:
     u.add_argument("mountpoint", help="where the vault is mounted")
     u.add_argument("-l", "--lazy", action="store_true",
                    help="detach now even if busy; the vault is written out once the last file is closed")
+    u.add_argument("--wait-remote", action="store_true",
+                   help="first bring the vault's offsite remotes up to date (a push now, progress bar); when that "
+                        "fails the vault stays mounted")
     u.set_defaults(func=run_umount)
 
 
@@ -270,6 +273,19 @@ def _leave_out_read_only(vault, read_only: bool) -> None:
         vault.locations.remove(location)
 
 
+def _push_before_unmount(mount) -> None:
+    from pqcfs.cli import remote_cmd
+    if not mount.info:
+        raise MountError(f"{mount.mountpoint}: its daemon's runtime file is not visible to this user, so "
+                         "--wait-remote can not reach it")
+    args = argparse.Namespace(remote=None, bwlimit=None, json=False)
+    try:
+        remote_cmd.push_mounted(args, mount.info)
+    except PqcfsError as e:
+        raise type(e)(f"{e}. {mount.mountpoint} stays mounted; `pqcfs umount` without --wait-remote unmounts it, "
+                      "and the next mount goes on with the push") from None
+
+
 def run_umount(args) -> int:
     mount = mounttable.find(args.mountpoint)
     if mount is None:
@@ -279,6 +295,8 @@ def run_umount(args) -> int:
         print(f"pqcfs: the daemon of {mount.mountpoint} had died; its dead mount is detached now "
               "(the next mount repairs the vault)", file=sys.stderr)
         return 0
+    if args.wait_remote:
+        _push_before_unmount(mount)
     # The daemon: named by its runtime file, else found among the processes (a mount made
     # from another login session); None only when it can not be seen (another user's).
     pid = (mount.info or {}).get("pid") or _daemon_of(mount.mountpoint)

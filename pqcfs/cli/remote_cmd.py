@@ -14,11 +14,12 @@ from pqcfs import vault as vault_mod
 from pqcfs.audit import host
 from pqcfs.cli import options
 from pqcfs.cli.progress import Progress
-from pqcfs.errors import DriveError, MountError, PqcfsError, RemoteError
+from pqcfs.errors import (CryptoError, DamagedStructure, DriveError, MountError, PqcfsError, RemoteError,
+                          RolledBack, SetupError)
 from pqcfs.format import replica_state as rs
 from pqcfs.format import vault_header
 from pqcfs.remote import registry
-from pqcfs.remote.push import EPOCHS, HEADER, Pusher, behind, replica_state_fields
+from pqcfs.remote.push import EPOCHS, HEADER, Pusher, replica_state_fields
 from pqcfs.remote.rclone import Remote
 from pqcfs.remote import restore
 from pqcfs.store import devices
@@ -140,7 +141,7 @@ def run_push(args) -> int:
     from pqcfs.cli.sync_cmd import _live_mount     # the one place that knows what a live mount looks like
     info = _live_mount(args.vault)
     if info is not None:
-        return _push_mounted(args, info)
+        return push_mounted(args, info)
     vault = options.unlock(args, require_all=False)
     vault_id = vault.header.vault_id
     results = []
@@ -180,7 +181,7 @@ def _push_line(r: dict) -> str:
     return line
 
 
-def _push_mounted(args, info: dict) -> int:
+def push_mounted(args, info: dict) -> int:
     from pqcfs.session import control
     from pqcfs.session import session as session_mod
     socket_path = control.socket_path(session_mod.runtime_file(info["mountpoint"]))
@@ -199,7 +200,9 @@ def _push_mounted(args, info: dict) -> int:
         if progress:
             progress.close()
     if "error" in answer:
-        raise RemoteError(f"the mount daemon of {info['mountpoint']}: {answer['error']}")
+        kind = {"RolledBack": RolledBack, "CryptoError": CryptoError, "DamagedStructure": DamagedStructure,
+                "SetupError": SetupError}.get(answer.get("kind"), RemoteError)
+        raise kind(f"the mount daemon of {info['mountpoint']}: {answer['error']}")
     options.emit(args, {"pushed": answer["results"]}, "\n".join(_push_line(r) for r in answer["results"]))
     return 0
 
@@ -304,23 +307,3 @@ def _finish_replicas(args, header, header_bytes: bytes, root_key: bytes, epoch, 
         recovered.refresh_replica_hints()
     finally:
         recovered.close()
-
-
-def status_lines(vault_id: bytes, primary: str | None) -> list[dict]:
-    """For `pqcfs status VAULT`: each remote, its last push and, when the primary is here,
-    how many files changed since (stat signatures against the index; no key needed)."""
-    out = []
-    for entry in registry.load(vault_id):
-        status = registry.load_status(entry, vault_id)
-        row = {"name": entry.name, "path": entry.path, "epoch": status.get("epoch"),
-               "pushed_at": status.get("pushed_at"), "error": status.get("error")}
-        if primary is not None:
-            try:
-                from pqcfs.store.drive import Drive
-                index = registry.peek_index(entry, vault_id)
-                with Drive(primary) as drive:
-                    row["changes_behind"], row["bytes_behind"] = behind(drive, index)
-            except (OSError, PqcfsError):
-                pass
-        out.append(row)
-    return out

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import time
 
 from pqcfs import vault as vault_mod
 from pqcfs.cli import exitcodes, options
 from pqcfs.errors import DamagedStructure, NotAVault, PqcfsError
 from pqcfs.format import vault_header
 from pqcfs.format import replica_state as rs
+from pqcfs.remote import push as remote_push
 from pqcfs.session import mounttable
 
 
@@ -116,7 +118,22 @@ def vault_status(primary: str) -> dict:
         replicas.append(entry)
     pending = [r["id"] for r in replicas if r.get("relation") == rs.STALE] + list(ref.missing)
     return {"vault_id": header.vault_id.hex(), "replicas": replicas, "pending_sync": sorted(set(pending)),
-            "mounted_at": [m["mountpoint"] for m in mounts], "backup": len(replicas) > 1}
+            "mounted_at": [m["mountpoint"] for m in mounts], "backup": len(replicas) > 1,
+            "remotes": remote_push.status(header.vault_id, primary)}
+
+
+def _remote_text(r: dict) -> str:
+    if r.get("pushed_at"):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["pushed_at"]))
+        text = f"  remote {r['name']} ({r['path']}): epoch {r['epoch']}, last reached {when}"
+    else:
+        text = f"  remote {r['name']} ({r['path']}): never pushed"
+    if "changes_behind" in r:
+        text += ("; up to date" if not r["changes_behind"] else
+                 f"; {r['changes_behind']} changes ({r['bytes_behind'] / 2**20:.1f} MiB) behind")
+    if r.get("error") and (r.get("failed_at") or 0) >= (r.get("pushed_at") or 0):
+        text += f"; the last push FAILED: {r['error']}"
+    return text
 
 
 def run(args) -> int:
@@ -147,6 +164,7 @@ def run(args) -> int:
         if len(doc["replicas"]) == 1:
             lines.append("  no backup: a single-drive vault (made with --single)")
         lines.append(f"  pending sync: {', '.join(doc['pending_sync']) or 'none'}")
+        lines += [_remote_text(r) for r in doc["remotes"]]
         options.emit(args, doc, "\n".join(lines))
         in_use = bool(doc["mounted_at"])
         healthy = all(r["present"] and not r.get("header_damage") and not r.get("state_damage")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from pqcfs.errors import CryptoError, DamagedStructure, RemoteError, RolledBack
+from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError, RemoteError, RolledBack
 from pqcfs.format import remote as fmt
 from pqcfs.format import vault_header
 from pqcfs.grantee_log import AUDIT_PREFIX
@@ -314,7 +314,9 @@ def replica_state_fields(state) -> dict:
 
 
 def behind(drive: Drive, index: Index) -> tuple[int, int]:
-    """Files changed since the last push (stat signatures only) and their bytes."""
+    """Files changed since the last push (stat signatures only) and their bytes. The audit
+    logs are not counted: every command appends to them (a push too, after its consistent
+    point), and they go with the next push of anything else."""
     changed, size, seen = 0, 0, set()
     stack = [""]
     while stack:
@@ -327,9 +329,31 @@ def behind(drive: Drive, index: Index) -> tuple[int, int]:
                 stack.append(child)
             elif kind == "file":
                 seen.add(child)
+                if not rel and name.startswith("pqcfs.audit"):
+                    continue
                 st = drive.lstat(child)
                 known = index.files.get(child)
                 if not known or known[:4] != [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]:
                     changed += 1
                     size += st.st_size
-    return changed + len(set(index.files) - seen), size
+    gone = [rel for rel in set(index.files) - seen if not rel.startswith("pqcfs.audit")]
+    return changed + len(gone), size
+
+
+def status(vault_id: bytes, primary: str | None) -> list[dict]:
+    """For `pqcfs status VAULT`: each remote, its last push and, when the primary is here,
+    how many files changed since (stat signatures against the index; no key is used, so
+    this only informs, never decides)."""
+    out = []
+    for entry in registry.load(vault_id):
+        last = registry.load_status(entry, vault_id)
+        row = {"name": entry.name, "path": entry.path, "epoch": last.get("epoch"), "pushed_at": last.get("pushed_at"),
+               "error": last.get("error"), "failed_at": last.get("failed_at")}
+        if primary is not None:
+            try:
+                with Drive(primary) as drive:
+                    row["changes_behind"], row["bytes_behind"] = behind(drive, registry.peek_index(entry, vault_id))
+            except (OSError, PqcfsError):
+                pass
+        out.append(row)
+    return out

@@ -50,7 +50,9 @@ class Remote:
         return self.path + rel if self.path.endswith((":", "/")) else f"{self.path}/{rel}"
 
     def _argv(self, *args: str) -> list[str]:
-        argv = ["rclone", *args]
+        # rclone dies with whoever started it: a mount daemon killed mid-push must not leave
+        # an upload running that the next mount's push would race.
+        argv = (["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []) + ["rclone", *args]
         if self.config:
             argv += ["--config", self.config]
         if self.bwlimit:

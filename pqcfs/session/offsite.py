@@ -1,7 +1,14 @@
-"""Pushing a mounted vault to its remotes (pqcfs push while mounted): the consistent point
-is taken in the mount's trio loop, between two requests, where nothing can change the
-drives; reading the remote before and uploading after run in worker threads while the
-mount goes on serving."""
+"""Pushing a mounted vault to its remotes, in the background and on request (`pqcfs push`,
+`pqcfs umount --wait-remote`): the consistent point is taken in the mount's trio loop,
+between two requests, where nothing can change the drives; reading the remote before and
+uploading after run in worker threads while the mount goes on serving.
+
+The upload queue is the vault itself: what the remote lacks is what differs between the
+primary and this machine's authenticated index of the remote (registry.py), and what an
+interrupted push already sent is on the remote's listing. So it survives unmount, kill -9
+and reboot with nothing of its own to lose: each mount pushes once at its start (what an
+earlier session left), then whenever the vault changed, every interval; a push that fails
+(network down, server gone) is tried again with a backoff doubling up to BACKOFF_MAX."""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from pqcfs.remote import registry
 from pqcfs.remote.push import Pusher, replica_state_fields
 
 log = logging.getLogger(__name__)
+BACKOFF_MAX = 3600.0
 
 
 class Offsite:
@@ -22,6 +30,33 @@ class Offsite:
         self.session = session
         self.running = trio.Lock()
         self.progress: dict | None = None
+        self.changed: dict[str, bool] = {}    # paths changed since the last consistent point
+        self.last_error: str | None = None
+
+    async def watch(self, interval: float) -> None:
+        """The background push: at the start, then after changes, every interval."""
+        vault_id = self.session.vault.header.vault_id
+        if self.session.changes is not None:
+            self.session.changes.watchers.append(self.changed)
+        dirty, wait, backoff = True, 0.0, interval
+        try:
+            while True:
+                await trio.sleep(wait)
+                wait = interval
+                if not (dirty or self.changed) or not registry.load(vault_id):
+                    continue
+                try:
+                    await self.push()
+                except (PqcfsError, OSError) as e:
+                    # Nothing is lost: the next try stages again and sends what is still missing.
+                    dirty, self.last_error = True, str(e)
+                    backoff = wait = min(backoff * 2, BACKOFF_MAX)
+                    log.warning("pushing to the remote failed (%s); tried again in %.0f s", e, wait)
+                else:
+                    dirty, self.last_error, backoff = False, None, interval
+        finally:
+            if self.session.changes is not None and self.changed in self.session.changes.watchers:
+                self.session.changes.watchers.remove(self.changed)
 
     async def push(self, only: str | None = None, bwlimit: str | None = None) -> list[dict]:
         vault = self.session.vault
@@ -47,6 +82,7 @@ class Offsite:
             drive = vfs.replicas.drive()
             state = vault_mod.read_state(drive, vault.root_key)
             staged = pusher.stage(drive, checked, replica_state_fields(state))
+            self.changed.clear()         # everything noted so far is in what was staged
             total = sum(staged.sizes.get(p.rsplit("/", 1)[-1], 0) for p in staged.staged)
             self.progress = {"remote": entry.name, "bytes": 0, "bytes_total": total}
 

@@ -102,6 +102,9 @@ async def _main(session) -> None:
             interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))
             if interval > 0:
                 nursery.start_soon(session.rejoin.watch, interval)
+            push_interval = float(os.environ.get("PQCFS_PUSH_INTERVAL", "60"))
+            if push_interval > 0:
+                nursery.start_soon(session.offsite.watch, push_interval)
         # One worker: handlers never await, so more would only cost dispatch.
         await pyfuse3.main(min_tasks=1, max_tasks=1, **_main_options())
         nursery.cancel_scope.cancel()
