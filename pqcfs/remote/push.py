@@ -310,7 +310,7 @@ def epoch_numbers(remote) -> list[int]:
 def replica_state_fields(state) -> dict:
     """What a drive recovered from this epoch continues: the pushed replica's history."""
     return {"lineage": list(state.lineage), "generation": state.generation, "audit_head": state.audit_head,
-            "grantee_heads": state.grantee_heads}
+            "grantee_heads": state.grantee_heads, "clean": state.clean}
 
 
 def behind(drive: Drive, index: Index) -> tuple[int, int]:

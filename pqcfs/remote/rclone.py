@@ -31,6 +31,12 @@ _EXIT = {
 }
 NOT_FOUND = (3, 4)
 TIMEOUT = 600
+# rclone's own defaults wait 5 minutes on a silent connection and retry a whole copy 3
+# times, each transfer trying 10 times: a push to a server that died hangs for many minutes. pqcfs retries
+# a failed push itself (with a backoff), so rclone gives up sooner. Any of these can be
+# set in the environment (rclone reads RCLONE_<FLAG> for every flag).
+DEFAULTS = {"RCLONE_TIMEOUT": "30s", "RCLONE_CONTIMEOUT": "15s", "RCLONE_RETRIES": "1",
+            "RCLONE_LOW_LEVEL_RETRIES": "3"}
 
 
 def available() -> bool:
@@ -57,7 +63,7 @@ class Remote:
             argv += ["--config", self.config]
         if self.bwlimit:
             argv += ["--bwlimit", self.bwlimit]
-        return argv + ["--retries", "3", "--low-level-retries", "10", "--contimeout", "15s", "--timeout", "60s"]
+        return argv
 
     def run(self, *args: str, data: bytes | None = None, ok=(0,), timeout: float = TIMEOUT,
             on_line=None) -> subprocess.CompletedProcess:
@@ -66,7 +72,7 @@ class Remote:
         argv = self._argv(*args)
         if on_line is None:
             try:
-                proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout,
+                proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout, env=_env(),
                                       stdin=None if data is not None else subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
                 raise RemoteError(f"rclone {args[0]} on {self.path} did not finish in {timeout:.0f} s") from None
@@ -149,9 +155,14 @@ def _file_list(files: list[str]):
         os.unlink(path)
 
 
+def _env() -> dict:
+    return {**DEFAULTS, **os.environ}
+
+
 def _streamed(argv: list[str], on_line, timeout: float) -> subprocess.CompletedProcess:
     """Run rclone, handing each stderr line (its JSON log) to on_line as it comes."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
     lines = []
     try:
         for text in proc.stderr:

@@ -13,6 +13,7 @@ from tests.standin import loop_drive, run, unmount, workdir  # noqa: F401
 
 ROOT = os.geteuid() == 0 and os.path.exists("/dev/fuse")
 PASSPHRASE = "mounted test passphrase"
+PQCFS = [sys.executable, "-m", "pqcfs"]      # the CLI, for a test that starts it in the background
 
 
 def pqcfs(*args, check=True, timeout=120):
