@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +35,8 @@ from pqcfs.store.drive import Drive, TEMP_PREFIX, is_sparse
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+SAMPLE = 16        # objects of the last epoch each push downloads and checks (a changed byte is found)
+SAMPLE_MAX = 8 << 20   # ... among those no larger than this
 OBJECTS, EPOCHS, HEADER = "objects", "epochs", "pqcfs.vault"
 TOP_FILES = (vault_header.FILE_NAME, "pqcfs.audit")
 TREE = "tree"
@@ -61,6 +65,7 @@ class Checked:
     present: dict[str, int]          # object id -> size
     newest: int
     adopted: bool = False            # the remote's newest epoch was not this machine's (say so)
+    damaged: list[str] = field(default_factory=list)   # objects found changed or missing (sent again)
 
 
 @dataclass
@@ -126,7 +131,37 @@ class Pusher:
             oid = rel.rsplit("/", 1)[-1]
             if fmt.is_object_id(oid) and rel == fmt.object_path(oid):
                 present[oid] = size
-        return Checked(index, present, newest, adopted)
+        checked = Checked(index, present, newest, adopted)
+        checked.damaged = [oid for oid in index.objects if oid not in present]
+        self._sample(checked)
+        for oid in checked.damaged:
+            present.pop(oid, None)      # staged again from the drive, and sent
+        if checked.damaged:
+            log.warning("remote %s: %d object(s) of epoch %d were missing or changed there (%s); sent again",
+                        self.entry.name, len(checked.damaged), index.epoch, ", ".join(o[:16] for o in checked.damaged[:5]))
+        return checked
+
+    def _sample(self, checked: Checked) -> None:
+        """A few objects the last epoch needs, downloaded and checked against their keyed
+        ids: a remote that changes bytes is found by pushes too, not only by fsck --remote."""
+        held = [o for o in checked.index.objects if checked.present.get(o, SAMPLE_MAX + 1) <= SAMPLE_MAX]
+        chosen = random.sample(held, min(SAMPLE, len(held)))
+        if not chosen:
+            return
+        with tempfile.TemporaryDirectory(prefix="pqcfs-push-sample-") as work:
+            self.remote.download(OBJECTS, work, [fmt.object_path(o) for o in chosen])
+            for oid in chosen:
+                path = os.path.join(work, fmt.object_path(oid))
+                hasher = self.keys.hasher()
+                try:
+                    with open(path, "rb") as f:
+                        while chunk := f.read(CHUNK):
+                            hasher.update(chunk)
+                except FileNotFoundError:
+                    checked.damaged.append(oid)
+                    continue
+                if hasher.hexdigest() != oid:
+                    checked.damaged.append(oid)
 
     # --- stage: the consistent point ---
 

@@ -20,7 +20,7 @@ from pqcfs.errors import RemoteError, SetupError
 
 # rclone's exit codes (rclone docs, "Exit Code"): what each means for a pqcfs user.
 _EXIT = {
-    1: "rclone refused the command (syntax or usage)",
+    1: "rclone could not open the remote (or refused the command)",
     2: "rclone failed",
     3: "not found on the remote (directory)",
     4: "not found on the remote (file)",

@@ -57,8 +57,11 @@ class RemoteEntry:
 
 def default_name(path: str) -> str:
     """`offsite:vaults/v1` -> "offsite"; a connection string `:sftp,host=...:` -> "sftp"."""
-    head = path.split(":", 1)[0] if ":" in path and not path.startswith("/") else "local"
-    head = head.lstrip(":").split(",", 1)[0].lower()
+    if path.startswith(":"):                 # a connection string: its backend
+        head = re.split(r"[,:]", path[1:], maxsplit=1)[0]
+    else:
+        head = path.split(":", 1)[0] if ":" in path and not path.startswith(("/", ".")) else "local"
+    head = head.lower()
     head = re.sub(r"[^a-z0-9_-]", "-", head)[:32].strip("-")
     return head or "remote"
 
