@@ -219,3 +219,37 @@ def test_daemon_killed_mid_push_resumes_at_the_next_mount(plain_vault, tmp_path,
         assert snapshot(recovered.mountpoint) == expected
     finally:
         recovered.umount()
+
+
+def test_a_grantees_view_is_the_same_after_push_and_recover(plain_vault, monkeypatch):
+    from tests.mounted.test_sharing import make_identity
+    monkeypatch.setenv("PQCFS_PUSH_INTERVAL", "0")
+    work, v = plain_vault.workdir, plain_vault
+    v.mount()
+    os.makedirs(os.path.join(v.mountpoint, "shared/deeper"))
+    os.makedirs(os.path.join(v.mountpoint, "private"))
+    with open(os.path.join(v.mountpoint, "shared/deeper/for-bob.txt"), "w") as f:
+        f.write("bob may read this")
+    with open(os.path.join(v.mountpoint, "private/diary.txt"), "w") as f:
+        f.write("bob may not")
+    v.umount()
+    bob, bob_pass = make_identity(work, "bob")
+    owner = ["--passfile", v.passfile, "--backup", v.backup, "--allow-same-device"]
+    pqcfs("share", v.primary, "shared", "--to", bob + ".pub", *owner)
+    bob_mnt = os.path.join(work, "bob-mnt")
+    os.makedirs(bob_mnt)
+
+    def bobs_view(primary, backup):
+        pqcfs("mount", primary, bob_mnt, "--identity", bob, "--passfile", bob_pass, "--backup", backup,
+              "--allow-same-device", "--ro")
+        try:
+            return snapshot(bob_mnt)
+        finally:
+            pqcfs("umount", bob_mnt)
+    before = bobs_view(v.primary, v.backup)
+    assert any(k.endswith("for-bob.txt") for k in before) and not any("diary" in k for k in before)
+    remote_dir = os.path.join(work, "offsite")
+    pqcfs("remote", "add", v.primary, remote_dir)
+    pqcfs("push", v.primary, *owner)
+    r, new_a, new_b = recover_into(v, remote_dir, "/dev/null")
+    assert bobs_view(new_a, new_b) == before

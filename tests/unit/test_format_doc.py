@@ -44,3 +44,13 @@ def test_sizes_and_versions():
     assert f"directory tables version {dir_table.VERSION}" in DOC
     assert f"the last {replica_state.ReplicaState.LINEAGE_KEPT} sessions" in DOC.replace("\n", " ")
     assert f"`{vault_header.SPARE_NAME}`" in DOC and f"`{vault_header.FILE_NAME}`" in DOC
+
+
+def test_the_offsite_remote_caps_and_labels():
+    from pqcfs.crypto import kdf
+    from pqcfs.format import remote
+    assert stated(r"an epoch record over (\d+) (KiB)") == remote.EPOCH_CAP
+    assert stated(r"a page over (\d+) (MiB)") == remote.PAGE_CAP
+    assert "2^46" in DOC and remote.MAX_OBJECT == 1 << 46
+    for label in (kdf.LABEL_REMOTE_OBJECT, kdf.LABEL_REMOTE_SEAL, kdf.LABEL_REMOTE_INDEX):
+        assert f'"{label.decode()}"' in DOC
