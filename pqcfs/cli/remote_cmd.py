@@ -19,7 +19,7 @@ from pqcfs.errors import (CryptoError, DamagedStructure, DriveError, MountError,
 from pqcfs.format import replica_state as rs
 from pqcfs.format import vault_header
 from pqcfs.remote import registry
-from pqcfs.remote.push import EPOCHS, HEADER, Pusher, replica_state_fields
+from pqcfs.remote.push import EPOCHS, HEADER, Pusher, recovered_lineage, replica_state_fields
 from pqcfs.remote.rclone import Remote
 from pqcfs.remote import restore
 from pqcfs.store import devices
@@ -280,14 +280,11 @@ def _finish_replicas(args, header, header_bytes: bytes, root_key: bytes, epoch, 
     if args.backup and "backup" not in roles:
         raise DriveError("this vault was made with a single replica; recover it onto one drive")
     pushed = epoch.state
-    lineage = [x for x in pushed.get("lineage", []) if isinstance(x, str)]
-    if not pushed.get("clean", False) and lineage:
-        # Pushed from inside a mount session: the drives went on in that session after the
-        # push. Not claiming it keeps those drives, should they turn up again, from looking
-        # older than the recovered ones (a sync would overwrite what they hold that the
-        # remote does not): the two are diverged, and the user chooses.
-        lineage = lineage[:-1]
-    lineage.append("recover-" + os.urandom(8).hex())
+    # Pushed from inside a mount session, the drives went on in that session after the
+    # push: not claiming it keeps those drives, should they turn up again, from looking
+    # older than the recovered ones (a sync would overwrite what they hold that the remote
+    # does not). The two are diverged, and the user chooses.
+    lineage = recovered_lineage(pushed, "recover-" + os.urandom(8).hex())
     targets = [(args.primary, header.replicas[0])]
     if args.backup:
         targets.append((args.backup, next(r for r in header.replicas[1:])))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError, RemoteError, RolledBack
+from pqcfs.errors import CryptoError, DamagedStructure, DriveError, PqcfsError, RemoteError, RolledBack
 from pqcfs.format import remote as fmt
 from pqcfs.format import vault_header
 from pqcfs.grantee_log import AUDIT_PREFIX
@@ -65,6 +65,7 @@ class Checked:
     present: dict[str, int]          # object id -> size
     newest: int
     adopted: bool = False            # the remote's newest epoch was not this machine's (say so)
+    base: str | None = None          # the last session of the drives' history the newest epoch holds
     damaged: list[str] = field(default_factory=list)   # objects found changed or missing (sent again)
 
 
@@ -107,7 +108,7 @@ class Pusher:
         index = registry.load_index(self.entry, self.vault_id, self.root_key)
         numbers = epoch_numbers(self.remote)
         newest = numbers[-1] if numbers else 0
-        adopted = False
+        adopted, newest_state = False, None
         if newest < index.epoch:
             raise RolledBack(f"remote {self.entry.name!r} went back: it holds epoch {newest or 'none'}, and this "
                              f"machine committed epoch {index.epoch} there (restored from an old copy, or emptied). "
@@ -120,7 +121,7 @@ class Pusher:
             if newest == index.epoch and digest != index.epoch_digest:
                 raise CryptoError(f"remote {self.entry.name!r}: epoch record {newest} is not the one this machine "
                                   "committed (replaced or changed on the remote). Nothing was sent")
-            fmt.open_epoch(self.keys, self.vault_id, newest, data)    # authenticates, or raises naming it
+            newest_state = fmt.open_epoch(self.keys, self.vault_id, newest, data).state   # authenticates, or raises
             if newest > index.epoch:
                 # Pushed by another machine holding the key (or this machine's index was lost):
                 # authentic, so it is the remote's state; the next epoch follows it.
@@ -131,7 +132,7 @@ class Pusher:
             oid = rel.rsplit("/", 1)[-1]
             if fmt.is_object_id(oid) and rel == fmt.object_path(oid):
                 present[oid] = size
-        checked = Checked(index, present, newest, adopted)
+        checked = Checked(index, present, newest, adopted, base=history_base(newest_state) if newest_state else None)
         checked.damaged = [oid for oid in index.objects if oid not in present]
         self._sample(checked)
         for oid in checked.damaged:
@@ -168,6 +169,13 @@ class Pusher:
     def stage(self, drive: Drive, checked: Checked, state: dict) -> Staged:
         """Walk the primary (nothing may change it meanwhile: the caller holds the vault's
         lock, or runs this between two requests of the mount)."""
+        if checked.base and checked.base not in state.get("lineage", []):
+            # The remote holds a state these drives never were in: pushed from other drives of
+            # this vault (recovered ones, or ones used apart). Pushing would replace it.
+            raise DriveError(f"remote {self.entry.name!r} holds epoch {checked.newest}, pushed from drives whose "
+                             f"history {drive.location} does not continue (other drives of this vault: recovered "
+                             "ones, or ones used apart); pushing would replace what they pushed. Push from those "
+                             "drives, or give these drives a remote of their own (`pqcfs remote add --name`)")
         shutil.rmtree(self.staging, ignore_errors=True)
         os.makedirs(os.path.join(self.staging, OBJECTS), mode=0o700)
         old, present = checked.index, checked.present
@@ -340,6 +348,20 @@ def epoch_numbers(remote) -> list[int]:
         if number is not None:
             numbers.append(number)
     return sorted(numbers)
+
+
+def history_base(state: dict) -> str | None:
+    """The last session of the pushed drives' history that a recovered drive claims (and
+    that drives continuing it hold): a push from inside a session that went on after it
+    does not claim that session (restore.py writes the same)."""
+    lineage = [x for x in state.get("lineage", []) if isinstance(x, str)]
+    base = lineage if state.get("clean", False) else lineage[:-1]
+    return base[-1] if base else None
+
+
+def recovered_lineage(state: dict, session_id: str) -> list[str]:
+    lineage = [x for x in state.get("lineage", []) if isinstance(x, str)]
+    return (lineage if state.get("clean", False) else lineage[:-1]) + [session_id]
 
 
 def replica_state_fields(state) -> dict:

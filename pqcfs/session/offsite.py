@@ -47,11 +47,14 @@ class Offsite:
                     continue
                 try:
                     await self.push()
-                except (PqcfsError, OSError) as e:
+                except Exception as e:  # noqa: BLE001 - a push must never take the mount down
                     # Nothing is lost: the next try stages again and sends what is still missing.
                     dirty, self.last_error = True, str(e)
                     backoff = wait = min(backoff * 2, BACKOFF_MAX)
-                    log.warning("pushing to the remote failed (%s); tried again in %.0f s", e, wait)
+                    if isinstance(e, (PqcfsError, OSError)):
+                        log.warning("pushing to the remote failed (%s); tried again in %.0f s", e, wait)
+                    else:
+                        log.exception("pushing to the remote failed; tried again in %.0f s", wait)
                 else:
                     dirty, self.last_error, backoff = False, None, interval
         finally:

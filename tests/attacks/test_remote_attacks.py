@@ -195,3 +195,16 @@ def test_the_remotes_address_and_password_never_reach_a_replica(pushed):
                     data = f.read()
                 for needle in (b"vaultbox:v", str(tmp).encode() + b"/aliased", b"rclone.conf", str(remote).encode()):
                     assert needle not in data, (name, needle)
+
+
+def test_drives_that_do_not_continue_the_remotes_history_do_not_replace_it(pushed):
+    a, b, pw, remote, tmp = pushed
+    r, new_a = recover(tmp, remote, pw)
+    assert r.returncode == 0, r.stderr
+    new_b = tmp / "new-b"
+    r = pqcfs("push", str(new_a), "--passfile", str(pw), "--backup", str(new_b), "--allow-same-device", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["pushed"][0]["epoch"] == 2, r.stderr
+    # The lost drives turn up again and try to push: their history is not the remote's.
+    r = pqcfs("push", str(a), "--passfile", str(pw))
+    assert r.returncode == exitcodes.DRIVE and "does not continue" in r.stderr, r.stderr
+    assert sorted(os.listdir(os.path.join(remote, "epochs"))) == ["00000000000000000001", "00000000000000000002"]

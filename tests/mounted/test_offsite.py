@@ -253,3 +253,58 @@ def test_a_grantees_view_is_the_same_after_push_and_recover(plain_vault, monkeyp
     pqcfs("push", v.primary, *owner)
     r, new_a, new_b = recover_into(v, remote_dir, "/dev/null")
     assert bobs_view(new_a, new_b) == before
+
+
+def test_background_pushes_under_load_leave_every_epoch_consistent(plain_vault, tmp_path, monkeypatch):
+    """Random operations from two processes while the daemon pushes every half second (each
+    push writes out what only memory holds, mid-session): the vault stays what the
+    processes' models say, fsck finds it clean, and the last epoch recovers to it."""
+    import sys
+    from tests.mounted.exerciser import snapshot as model_snapshot
+    script = os.path.join(os.path.dirname(__file__), "exerciser.py")
+    remote_dir = str(tmp_path / "offsite")
+    pqcfs("remote", "add", plain_vault.primary, remote_dir)
+    monkeypatch.setenv("PQCFS_PUSH_INTERVAL", "0.5")
+    plain_vault.mount()
+    procs, outs = [], []
+    for n in range(2):
+        outs.append(os.path.join(plain_vault.workdir, f"model-{n}.json"))
+        procs.append(subprocess.Popen([sys.executable, script, os.path.join(plain_vault.mountpoint, f"w{n}"),
+                                       str(40 + n), os.environ.get("PQCFS_OFFSITE_OPS", "600"), outs[-1]],
+                                      stderr=subprocess.PIPE, text=True))
+    # Meanwhile, copies of the remote taken at moments the pushes do not choose (the epoch
+    # records first: an epoch's objects stay until two later epochs commit).
+    moments = []
+    while any(p.poll() is None for p in procs) and len(moments) < 3:
+        time.sleep(1.3)
+        if os.path.isdir(os.path.join(remote_dir, "epochs")):
+            copy = os.path.join(plain_vault.workdir, f"moment-{len(moments)}")
+            shutil.copytree(os.path.join(remote_dir, "epochs"), os.path.join(copy, "epochs"))
+            subprocess.run(["cp", "-al", os.path.join(remote_dir, "objects"), os.path.join(copy, "objects")],
+                           check=True)
+            shutil.copy(os.path.join(remote_dir, "pqcfs.vault"), copy)
+            moments.append(copy)
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+    pushes_during = json.loads(pqcfs("status", plain_vault.primary, "--json", check=False).stdout)["remotes"][0]
+    assert pushes_during["epoch"] and pushes_during["epoch"] >= 2, pushes_during
+    pqcfs("umount", "--wait-remote", plain_vault.mountpoint)
+    assert pqcfs("fsck", plain_vault.primary, "--passfile", plain_vault.passfile, "--backup", plain_vault.backup,
+                 "--allow-same-device", check=False).returncode == 0
+    # The remote at any of those moments was a whole vault: an earlier epoch, complete.
+    assert moments
+    for copy in moments:
+        r, new_a, new_b = recover_into(plain_vault, copy, "/dev/null", "--accept-older")
+        assert pqcfs("fsck", new_a, "--passfile", plain_vault.passfile, "--backup", new_b, "--allow-same-device",
+                     check=False).returncode == 0, copy
+    r, new_a, new_b = recover_into(plain_vault, remote_dir, "/dev/null")
+    recovered = other_vault(plain_vault, new_a, new_b)
+    monkeypatch.setenv("PQCFS_PUSH_INTERVAL", "0")
+    recovered.mount()
+    try:
+        for n, out in enumerate(outs):
+            with open(out) as f:
+                want = {k: tuple(v) for k, v in json.load(f)["expected"].items()}
+            assert model_snapshot(os.path.join(recovered.mountpoint, f"w{n}")) == want, f"worker {n}"
+    finally:
+        recovered.umount()
