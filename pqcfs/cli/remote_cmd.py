@@ -4,6 +4,7 @@ on any rclone remote (docs/offsite.md)."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -224,6 +225,24 @@ def run_recover(args) -> int:
     vault_id, root_key = unlocked.header.vault_id, unlocked.root_key
     seen = max((registry.load_index(e, vault_id, root_key).epoch for e in registry.load(vault_id)
                 if e.path == args.path), default=0)
+    before = {location: set(os.listdir(location)) for location in locations}
+    try:
+        epoch, record, tree, written = _recover(args, remote, vault_id, root_key, seen)
+    except BaseException:
+        # Nothing half-written stays: the directories are as empty as they were, and the
+        # same command can run again (after `pqcfs push` mended the remote, say).
+        for location, names in before.items():
+            for name in set(os.listdir(location)) - names:
+                path = os.path.join(location, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+        raise
+    return _after_recover(args, vault_id, root_key, remote.config, epoch, record, tree, written)
+
+
+def _recover(args, remote: Remote, vault_id: bytes, root_key: bytes, seen: int):
     work = os.path.join(args.primary, "pqcfs.recovering")
     os.mkdir(work, 0o700)
     try:
@@ -244,6 +263,11 @@ def run_recover(args) -> int:
     finally:
         restore.cleanup(work)
     _finish_replicas(args, header, header_bytes, root_key, epoch, written)
+    return epoch, record, tree, written
+
+
+def _after_recover(args, vault_id: bytes, root_key: bytes, config, epoch, record, tree, written) -> int:
+    locations = [args.primary] + ([args.backup] if args.backup else [])
     entry = next((e for e in registry.load(vault_id) if e.path == args.path), None)
     if entry is None:
         entry = registry.RemoteEntry(_free_name(vault_id, registry.default_name(args.path)), args.path, config)

@@ -100,10 +100,13 @@ def test_a_deleted_object_is_named_and_pushed_again(pushed):
     r = pqcfs("fsck", str(a), "--remote", "--passfile", str(pw), "--json")
     report = json.loads(r.stdout)["remotes"][0]
     assert r.returncode == exitcodes.CRYPTO and len(report["missing"]) == 1 and report["missing"][0].startswith("tree/")
-    r, _ = recover(tmp, remote, pw)
-    assert r.returncode == exitcodes.CRYPTO and "1 object(s) missing" in r.stderr
-    assert pqcfs("push", str(a), "--passfile", str(pw)).returncode == 0
     r, new_a = recover(tmp, remote, pw)
+    assert r.returncode == exitcodes.CRYPTO and "1 object(s) missing" in r.stderr
+    assert os.listdir(new_a) == [] and os.listdir(tmp / "new-b") == []     # as empty as they were
+    assert pqcfs("push", str(a), "--passfile", str(pw)).returncode == 0
+    # The same command again, into the same directories, now that the push mended the remote.
+    r = pqcfs("recover", remote, str(new_a), str(tmp / "new-b"), "--passfile", str(pw), "--allow-fixed",
+              "--allow-same-device")
     assert r.returncode == 0, r.stderr
 
 
