@@ -275,7 +275,7 @@ def _after_recover(args, vault_id: bytes, root_key: bytes, config, epoch, record
     registry.save_index(entry, vault_id, root_key, registry.Index(
         epoch=epoch.number, epoch_digest=blake3.blake3(record).hexdigest(), header=epoch.header,
         files=written | {vault_header.FILE_NAME: [0, 0, 0, 0, epoch.header]},
-        pages={rel: list(v) for rel, v in tree.pages.items()}, objects=list(epoch.objects), pushed_at=time.time()))
+        pages={rel: list(v) for rel, v in tree.pages.items()}, objects=sorted(_ids(tree)), pushed_at=time.time()))
     host.record(vault_id.hex(), "remote-recovered", name=entry.name, epoch=epoch.number)
     options.emit(args, {"epoch": epoch.number, "time": epoch.time, "files": epoch.files, "bytes": epoch.size,
                         "primary": args.primary, "backup": args.backup, "remote": entry.name},
@@ -283,6 +283,10 @@ def _after_recover(args, vault_id: bytes, root_key: bytes, config, epoch, record
                  f"{epoch.size / 2**20:.1f} MiB onto {' and '.join(locations)}; changes made after that push "
                  "are not in it. Mount it as usual; `pqcfs push` goes on from this epoch")
     return 0
+
+
+def _ids(tree) -> set[str]:
+    return {oid for _, oid, _ in tree.files} | {pid for _, pid in tree.pages.values()}
 
 
 def _free_name(vault_id: bytes, name: str) -> str:

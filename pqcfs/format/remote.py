@@ -9,8 +9,8 @@ pages and sealed epoch records (docs/offsite.md has the layout and the reasoning
 
 A page lists one directory of the replica: {"d": {name: page id}, "f": {name: [object id,
 size]}}, sealed with aad "pqcfs remote page v1" || vault_id. The epoch record names the
-top page (the replica directory), the replica state a recovered drive continues from,
-and the ids of every object the epoch needs.
+top page (the replica directory; every other page and object is reached from it, each
+checked against its keyed id) and the replica state a recovered drive continues from.
 
 The remote is untrusted: a reader authenticates an epoch record before using a byte of it,
 checks a page's and an object's id (keyed: the remote can not make a matching one) and size
@@ -130,8 +130,8 @@ class Epoch:
     time: str
     top: str                  # page id of the replica directory
     header: str               # object id of the vault header the epoch was pushed with
-    state: dict               # lineage, generation, audit_head, grantee_heads of the pushed replica
-    objects: list[str]        # every object id the epoch needs (pages included)
+    state: dict               # lineage, generation, audit_head, grantee_heads, clean of the pushed replica
+    objects: int              # how many objects the epoch needs (pages included; the pages list them)
     files: int = 0
     size: int = 0             # bytes of the replica's files
     format: int = VERSION
@@ -161,7 +161,7 @@ def open_epoch(keys: RemoteKeys, vault_id: bytes, number: int, data: bytes) -> E
     except TypeError:
         raise DamagedStructure(f"remote epoch record {number} has the wrong shape") from None
     if (epoch.number != number or not is_object_id(epoch.top) or not is_object_id(epoch.header)
-            or not isinstance(epoch.state, dict) or not isinstance(epoch.objects, list)
-            or not all(is_object_id(o) for o in epoch.objects)):
+            or not isinstance(epoch.state, dict) or type(epoch.objects) is not int or type(epoch.files) is not int
+            or type(epoch.size) is not int):
         raise DamagedStructure(f"remote epoch record {number} has the wrong shape")
     return epoch

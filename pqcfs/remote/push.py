@@ -300,7 +300,7 @@ class Pusher:
         number = max(old.epoch, checked.newest) + 1
         record = fmt.seal_epoch(self.keys, self.vault_id, fmt.Epoch(
             number=number, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), top=staged.top,
-            header=header_id, state=staged.state, objects=sorted(needed), files=staged.files, size=staged.size))
+            header=header_id, state=staged.state, objects=len(needed), files=staged.files, size=staged.size))
         part = f"{EPOCHS}/{fmt.epoch_name(number)}.part"
         self.remote.write(part, record)
         self.remote.move(part, f"{EPOCHS}/{fmt.epoch_name(number)}")     # the commit

@@ -16,7 +16,7 @@ KEYS = fmt.RemoteKeys.derive(ROOT)
 def epoch(number=3):
     return fmt.Epoch(number=number, time="2026-12-03T00:00:00Z", top="a" * 64, header="b" * 64,
                      state={"lineage": ["s1"], "generation": 4, "audit_head": None, "grantee_heads": None,
-                            "clean": True}, objects=["a" * 64, "b" * 64], files=1, size=10)
+                            "clean": True}, objects=2, files=1, size=10)
 
 
 def test_object_ids_are_keyed_and_incremental():
