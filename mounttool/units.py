@@ -22,7 +22,7 @@ DRIVES_DIR = "/run/pqcfs/drives"
 UNIT_DIR = "etc/systemd/system"
 RULES_DIR = "etc/udev/rules.d"
 CONFIG_DIR = "etc/pqcfs/automount"
-UNLOCK = ("ask", "host-key", "identity", "passfile")
+UNLOCK = ("ask", "host-key", "identity", "passfile", "tpm2")
 ASK_TIMEOUT = 120    # seconds systemd-ask-password waits for each try
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
 # What may reach a rule or a unit. A file system UUID is letters, digits and dashes (as
@@ -33,6 +33,9 @@ FS_UUID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 VAULT_ID = re.compile(r"[0-9a-f]{32}")
 USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?")
 FUSE_OPTION = re.compile(r"[A-Za-z0-9_.=/-]{1,128}")
+# A TPM's TCTI as tpm2-tools takes it: the kernel's devices, a TPM simulator on an address,
+# the access broker; nothing else reaches a unit.
+TCTI = re.compile(r"device:/dev/tpm(rm)?[0-9]{1,3}|swtpm:host=[0-9A-Za-z.-]{1,64},port=[0-9]{1,5}|tabrmd(:bus_name=[a-z.]{1,64})?")
 
 
 class UnsafeValue(ValueError):
@@ -66,6 +69,8 @@ class AutomountSpec:
     wait_backup: int = 30
     fuse_options: list[str] = field(default_factory=list)
     user: str | None = None     # the mount belongs to this user (None: root's)
+    tcti: str | None = None     # --unlock tpm2: which TPM (None: the default device)
+    pin_file: str | None = None  # --unlock tpm2: a root-only file with the slot's PIN
 
     @property
     def primary(self) -> DriveSpec:
@@ -93,7 +98,9 @@ def check(spec: AutomountSpec) -> None:
             problems.append(f"file system type of the {d.role!r} drive")
     if spec.unlock not in UNLOCK:
         problems.append("unlock method")
-    for name, path in (("passfile", spec.passfile), ("identity file", spec.identity)):
+    if spec.tcti is not None and not TCTI.fullmatch(spec.tcti):
+        problems.append("TPM TCTI")
+    for name, path in (("passfile", spec.passfile), ("identity file", spec.identity), ("PIN file", spec.pin_file)):
         if path is not None and not _path_ok(path):
             problems.append(name)
     if spec.user is not None and not USER.fullmatch(spec.user):
@@ -167,6 +174,9 @@ def _unlock_words(spec: AutomountSpec) -> list[str]:
         return ["--passfile", spec.passfile or ""]
     if spec.unlock == "host-key":
         return ["--host-key"]
+    if spec.unlock == "tpm2":
+        return (["--tpm2"] + (["--tcti", spec.tcti] if spec.tcti else [])
+                + (["--pin-file", spec.pin_file] if spec.pin_file else []))
     if spec.unlock == "identity":
         return ["--identity", spec.identity or "", *ask]
     return ask

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pqcfs.crypto import kem
 from pqcfs.crypto.kdf import Argon2Params, calibrate
 from pqcfs.crypto.keys import NodeKeys, root_dir_keys
-from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, WrongKey
+from pqcfs.errors import DamagedStructure, DriveError, NotAVault, PqcfsError, SetupError, WrongKey
 from pqcfs.format import dir_table, node_header, replica_state, slots, vault_header
 from pqcfs.format.identity import Identity, PublicIdentity
 from pqcfs.format.names import DIR_ID_NAME
-from pqcfs.store import devices, hostkeys
+from pqcfs.store import devices, hostkeys, tpm2
 from pqcfs.store.drive import Drive
 
 TREE_DIR = "tree"
@@ -46,6 +46,14 @@ class Credentials:
     recovery_code: bytes | None = None
     identity: Identity | None = None
     host: bool = False       # this machine's host keys (store/hostkeys.py)
+    tpm2: "Tpm2Unlock | None" = None   # this machine's TPM (store/tpm2.py)
+
+
+@dataclass
+class Tpm2Unlock:
+    tcti: str | None = None
+    pin: bytes | None = None         # asked for (or read) only when a TPM slot has one
+    ask_pin: object = None           # () -> bytes, when no PIN was given and a slot needs one
 
 
 def _now() -> str:
@@ -338,7 +346,26 @@ class UnlockedVault:
             raise
         return slot_id, key_id, kept
 
-    def remove_slot(self, slot_id: int) -> None:
+    def add_tpm2(self, tpm: "tpm2.Tpm", pcrs: list[int], pin: bytes | None, label: str = "",
+                 kdf: Argon2Params | None = None) -> tuple[int, dict]:
+        """A slot whose secret this machine's TPM seals (to pcrs, and a PIN when given)."""
+        secret = os.urandom(slots.TPM2_SECRET_LEN)
+        params = (kdf or calibrate()) if pin is not None else None
+        pin_key = slots.tpm2_pin_key(pin, params) if params else None
+        fields = tpm.seal(secret, slots.tpm2_auth(pin_key), pcrs)
+        slot_id = self.header.next_slot_id()
+        self.header.slots.append(slots.tpm2_slot(slot_id, self.root_key, self.header.vault_id, secret, fields, params,
+                                                 pin_key, label or os.uname().nodename))
+        try:
+            self.save_header()
+        except BaseException:
+            tpm.evict(fields)
+            raise
+        return slot_id, fields
+
+    def remove_slot(self, slot_id: int, tpm: "tpm2.Tpm | None" = None) -> bool | None:
+        """Remove a slot; for a TPM slot also its sealed key in tpm (returns whether that
+        TPM held it: False means a TPM elsewhere may still hold it)."""
         remaining = [s for s in self.header.slots if s["id"] != slot_id]
         if len(remaining) == len(self.header.slots):
             raise PqcfsError(f"there is no key slot {slot_id}")
@@ -349,6 +376,11 @@ class UnlockedVault:
         self.save_header()
         if gone["type"] == slots.HOST:    # the machine's copy of the secret goes too, where it is this one
                 hostkeys.remove(self.header.vault_id.hex(), gone["key_id"])
+        if gone["type"] == slots.TPM2:
+            # The sealed key is the slot's only secret: gone from the TPM, no copy of the
+            # header (however old) opens the slot again.
+            return (tpm or tpm2.Tpm()).evict(gone["tpm"])
+        return None
 
     def change_passphrase(self, slot_id: int, passphrase: bytes, kdf: Argon2Params | None = None) -> None:
         for n, slot in enumerate(self.header.slots):
@@ -382,11 +414,25 @@ def _try_slot(slot: dict, vault_id: bytes, creds: Credentials) -> bytes | None:
         if slot["type"] == slots.HOST and creds.host:
             secret = _host_secret(vault_id, slot)
             return None if secret is None else slots.open_host_slot(slot, vault_id, secret)
-    except HostKeyRefused:
-        raise
+        if slot["type"] == slots.TPM2 and creds.tpm2 is not None:
+            return _open_tpm2(slot, vault_id, creds.tpm2)
+    except (HostKeyRefused, tpm2.TpmError, SetupError):
+        raise      # the TPM's own answer (wrong PIN and tries left, lockout, PCRs): said, not skipped
     except (PqcfsError, KeyError, TypeError, ValueError):
         return None
     return None
+
+
+def _open_tpm2(slot: dict, vault_id: bytes, unlock: Tpm2Unlock) -> bytes:
+    pin_key = None
+    if slot.get("pin") is not None:
+        if unlock.pin is None and unlock.ask_pin is not None:
+            unlock.pin = unlock.ask_pin()
+        if unlock.pin is None:
+            raise tpm2.TpmError(f"TPM slot {slot['id']} needs its PIN (--pin-file FILE, or asked at a terminal)")
+        pin_key = slots.tpm2_pin_key(unlock.pin, Argon2Params.from_dict(slot["pin"]))
+    secret = tpm2.Tpm(unlock.tcti).unseal(slot["tpm"], slots.tpm2_auth(pin_key))
+    return slots.open_tpm2_slot(slot, vault_id, secret, pin_key)
 
 
 class HostKeyRefused(PqcfsError):
@@ -411,6 +457,8 @@ def _candidates(header: vault_header.VaultHeader, creds: Credentials, slot_id: i
     if creds.passphrase is not None:
         tried = [s for s in header.slots if s["type"] == slots.PASSPHRASE]
         return tried[:MAX_PASSPHRASE_TRIES]
+    if creds.tpm2 is not None:
+        return [s for s in header.slots if s["type"] == slots.TPM2]
     return list(header.slots)
 
 
@@ -440,12 +488,18 @@ def unlock(locations: list[str], creds: Credentials, slot: int | None = None) ->
     if not readable:
         raise _named(locations[0], first_error)
     damaged = [(loc, str(c)) for loc, c in copies if isinstance(c, Exception)]
-    opened_any, tamper, tried = False, None, []
+    opened_any, tamper, tried, tpm_refused = False, None, [], None
     for where, (header, signed, mac) in readable:
         if any(signed == other for _, other, _ in tried):
             continue      # the same copy: its slots were tried (a wrong passphrase costs one KDF run)
         for candidate in _candidates(header, creds, slot):
-            root_key = _try_slot(candidate, header.vault_id, creds)
+            try:
+                root_key = _try_slot(candidate, header.vault_id, creds)
+            except tpm2.TpmError as e:
+                if not e.another_slot_may_open:
+                    raise
+                tpm_refused = tpm_refused or e
+                continue
             if root_key is None:
                 continue
             opened_any = True
@@ -474,6 +528,10 @@ def unlock(locations: list[str], creds: Credentials, slot: int | None = None) ->
             tried.append((where, signed, mac))
     if tamper is not None:
         raise tamper
+    if tpm_refused is not None:
+        raise tpm_refused
+    if creds.tpm2 is not None:
+        raise WrongKey("the vault has no TPM2 slot (`pqcfs keys add VAULT --tpm2` makes one)")
     if creds.host and not opened_any:
         raise WrongKey("this machine holds no host key of this vault (`pqcfs keys add VAULT --host` makes one; "
                        "removing its slot revokes it)")

@@ -17,7 +17,7 @@ from pqcfs.errors import PqcfsError
 from pqcfs.format import vault_header
 from pqcfs.session import mounttable
 from pqcfs.session.owner import MountOwner
-from pqcfs.store import devices, hostkeys
+from pqcfs.store import devices, hostkeys, tpm2
 from pqcfs.store.atomic import write_atomic
 
 
@@ -29,9 +29,12 @@ def add_parser(sub) -> None:
     en.add_argument("--at", required=True, metavar="MOUNTPOINT", help="where the vault is mounted")
     en.add_argument("--unlock", choices=units.UNLOCK, default="ask",
                     help="ask: systemd-ask-password (default); host-key: this machine's host key, unattended "
-                    "(`pqcfs keys add VAULT --host` first); identity: an identity file and its passphrase (asked); "
+                    "(`pqcfs keys add VAULT --host` first); tpm2: this machine's TPM, unattended (`pqcfs keys add "
+                    "VAULT --tpm2` first; the secret can not leave the machine); identity: an identity file and its passphrase (asked); "
                     "passfile: a root-only file holding the passphrase")
     en.add_argument("--passfile", metavar="FILE", help="with --unlock passfile: the file")
+    en.add_argument("--tcti", metavar="TCTI", help="with --unlock tpm2: which TPM (default: device:/dev/tpmrm0)")
+    en.add_argument("--pin-file", metavar="FILE", help="with --unlock tpm2: a root-only file with the slot's PIN")
     en.add_argument("--identity-file", metavar="FILE", help="with --unlock identity: the identity file")
     en.add_argument("--user", metavar="NAME",
                     help="the mount belongs to user NAME: only NAME sees inside it (their file manager shows it), "
@@ -124,6 +127,15 @@ def spec_for(args) -> units.AutomountSpec:
     drives += [_backup_drive(r, header.vault_id, args.vault) for r in header.replicas if r["role"] != "primary"]
     if args.unlock == "host-key":
         _check_host_key(header)
+        if tpm2.present(args.tcti):
+            print("pqcfs: this machine has a TPM: a TPM2 slot (`pqcfs keys add VAULT --tpm2`, then --unlock tpm2) "
+                  "keeps the secret in it, where a copy of /etc or of the disk can not take it along",
+                  file=sys.stderr)
+    if args.unlock == "tpm2" and not any(s["type"] == "tpm2" for s in header.slots):
+        raise PqcfsError("the vault has no TPM2 slot: `pqcfs keys add VAULT --tpm2` first, then enable automount "
+                         "with --unlock tpm2")
+    if (args.tcti or args.pin_file) and args.unlock != "tpm2":
+        raise PqcfsError("--tcti and --pin-file go with --unlock tpm2")
     if args.unlock == "passfile" and not args.passfile:
         raise PqcfsError("--unlock passfile needs --passfile FILE")
     if args.unlock == "identity" and not args.identity_file:
@@ -133,7 +145,8 @@ def spec_for(args) -> units.AutomountSpec:
     spec = units.AutomountSpec(header.vault_id.hex(), mountpoint, drives, args.unlock,
                                os.path.abspath(args.passfile) if args.passfile else None,
                                os.path.abspath(args.identity_file) if args.identity_file else None,
-                               args.wait_backup, options_list(args.fuse_options), user)
+                               args.wait_backup, options_list(args.fuse_options), user, args.tcti,
+                               os.path.abspath(args.pin_file) if args.pin_file else None)
     try:
         units.check(spec)
     except units.UnsafeValue as e:

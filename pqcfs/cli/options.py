@@ -17,7 +17,7 @@ from pqcfs.format import identity as identity_fmt
 from pqcfs.format import slots
 from pqcfs import grantee_log, state_heal
 from pqcfs.store.lock import VaultLock
-from pqcfs.vault import Credentials
+from pqcfs.vault import Credentials, Tpm2Unlock
 
 
 def config_dir() -> str:
@@ -34,8 +34,15 @@ def add_secret_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extpass", metavar="CMD", help="run CMD and read the passphrase from its first line")
 
 
-def add_unlock_options(p: argparse.ArgumentParser, slot_option: bool = True) -> None:
+def add_tpm2_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tcti", metavar="TCTI",
+                   help="which TPM (a tpm2-tools TCTI: device:/dev/tpmrm0 (default), swtpm:host=H,port=P, tabrmd)")
+    p.add_argument("--pin-file", metavar="FILE", help="the TPM slot's PIN, from the first line of FILE")
+
+
+def add_unlock_options(p: argparse.ArgumentParser, slot_option: bool = True, tpm2_option: bool = True) -> None:
     add_secret_options(p)
+    add_tpm2_options(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--identity", nargs="?", const=default_identity_path(), metavar="FILE",
                        help="unlock with an identity (default: %(const)s); the passphrase is the identity's")
@@ -43,6 +50,10 @@ def add_unlock_options(p: argparse.ArgumentParser, slot_option: bool = True) -> 
     group.add_argument("--recovery-code-file", metavar="FILE", help="unlock with the recovery code in FILE")
     group.add_argument("--host-key", action="store_true",
                        help="unlock with this machine's host key, unattended (a slot made by `keys add --host`)")
+    if tpm2_option:
+        group.add_argument("--tpm2", action="store_true",
+                           help="unlock with this machine's TPM (a slot made by `keys add --tpm2`; its PIN from "
+                                "--pin-file, or asked at a terminal)")
     if slot_option:
         p.add_argument("--slot", dest="unlock_slot", type=int, metavar="N",
                        help="try only key slot N (by default at most 4 passphrase slots are tried)")
@@ -80,6 +91,10 @@ def load_identity(path: str, passphrase: bytes) -> identity_fmt.Identity:
 def credentials(args) -> Credentials:
     if getattr(args, "host_key", False):
         return Credentials(host=True)
+    if getattr(args, "tpm2", False) and getattr(args, "keys_cmd", None) != "add":
+        pin = secrets.from_file(args.pin_file) if args.pin_file else None
+        ask = (lambda: secrets.prompt("TPM PIN", False)) if sys.stdin.isatty() else None
+        return Credentials(tpm2=Tpm2Unlock(tcti=args.tcti, pin=pin, ask_pin=ask))
     if getattr(args, "identity", None):
         pw = secrets.passphrase(args.passfile, args.extpass, f"Passphrase for identity {args.identity}")
         return Credentials(identity=load_identity(args.identity, pw))
@@ -94,7 +109,7 @@ def _asks(args) -> bool:
     """The secret comes from a person (a prompt or an asking program such as
     systemd-ask-password), who may mistype: then a wrong one is asked again."""
     return not (getattr(args, "host_key", False) or getattr(args, "recovery_code_file", None)
-                or getattr(args, "passfile", None))
+                or getattr(args, "passfile", None) or getattr(args, "tpm2", False))
 
 
 def _unlock_tries(args, locations: list[str], vault_id: str | None):

@@ -10,6 +10,16 @@ commit  = HKDF(KEK, info = "pqcfs slot commit v1" || aad)   (hex; checked in con
   identity:   (ss, kem_ct) = Encap(suite, pk); KEK = HKDF(ss, salt=vault_id, info="pqcfs slot kem v1")
   host:       KEK = HKDF(host secret (32 random bytes kept on one machine), salt=vault_id,
               info="pqcfs slot host v1"); the slot names the secret by key_id (8 random bytes, hex)
+  tpm2:       KEK = HKDF(secret || pin_key, salt=vault_id, info="pqcfs slot tpm2 v1"), where secret
+              (32 random bytes) is sealed in a TPM (store/tpm2.py) and released only to the slot's
+              policy (its PCRs) and auth value HKDF(pin_key, info="pqcfs slot tpm2 auth v1");
+              pin_key = Argon2id(PIN, the slot's "pin" parameters), empty without a PIN. The slot
+              keeps where the TPM holds it ("tpm": handle, name, pcrs, pcr_bank, pcr_values).
+
+A hardware slot is "a device releases a secret to whoever proves something to it": a
+FIDO2 hmac-secret slot fits the same shape with no format change — its own type name,
+its device fields (credential id, relying party, salt) where "tpm" is, the same optional
+"pin", and KEK = HKDF(hmac-secret output || pin_key, info="pqcfs slot fido2 v1").
 """
 
 from __future__ import annotations
@@ -22,12 +32,13 @@ import struct
 import blake3
 
 from pqcfs.crypto import aead, kem
-from pqcfs.crypto.kdf import (LABEL_SLOT_COMMIT, LABEL_SLOT_HOST, LABEL_SLOT_KEM, LABEL_SLOT_RECOVERY, Argon2Params,
-                              argon2id, hkdf)
+from pqcfs.crypto.kdf import (LABEL_SLOT_COMMIT, LABEL_SLOT_HOST, LABEL_SLOT_KEM, LABEL_SLOT_RECOVERY,
+                              LABEL_SLOT_TPM2, LABEL_SLOT_TPM2_AUTH, Argon2Params, argon2id, hkdf)
 from pqcfs.errors import CryptoError, DamagedStructure, WrongKey
 
-PASSPHRASE, RECOVERY, IDENTITY, HOST = "passphrase", "recovery", "identity", "host"
-SLOT_TYPES = (PASSPHRASE, RECOVERY, IDENTITY, HOST)
+PASSPHRASE, RECOVERY, IDENTITY, HOST, TPM2 = "passphrase", "recovery", "identity", "host", "tpm2"
+SLOT_TYPES = (PASSPHRASE, RECOVERY, IDENTITY, HOST, TPM2)
+TPM2_SECRET_LEN = 32
 HOST_SECRET_LEN = 32
 RECOVERY_CODE_LEN = 20  # 160 bits, shown as 32 base32 characters (and 8 check characters)
 
@@ -159,10 +170,36 @@ def open_host_slot(slot: dict, vault_id: bytes, secret: bytes) -> bytes:
     return _unwrap(hkdf(secret, LABEL_SLOT_HOST, salt=vault_id), slot, vault_id)
 
 
+def tpm2_pin_key(pin: bytes, params: Argon2Params) -> bytes:
+    return argon2id(pin, params)
+
+
+def tpm2_auth(pin_key: bytes | None) -> bytes | None:
+    """What the TPM checks (and counts against its lockout): derived from the PIN's
+    Argon2id, so the PIN itself never reaches the TPM or its bus."""
+    return None if pin_key is None else hkdf(pin_key, LABEL_SLOT_TPM2_AUTH)
+
+
+def _tpm2_kek(secret: bytes, pin_key: bytes | None, vault_id: bytes) -> bytes:
+    if len(secret) != TPM2_SECRET_LEN:
+        raise CryptoError("the TPM released a secret of the wrong length")
+    return hkdf(secret + (pin_key or b""), LABEL_SLOT_TPM2, salt=vault_id)
+
+
+def tpm2_slot(slot_id: int, root_key: bytes, vault_id: bytes, secret: bytes, tpm: dict,
+              pin: Argon2Params | None, pin_key: bytes | None, label: str) -> dict:
+    return {"id": slot_id, "type": TPM2, "tpm": tpm, "pin": pin.to_dict() if pin else None, "label": label,
+            **_wrap(_tpm2_kek(secret, pin_key, vault_id), root_key, vault_id, slot_id, TPM2)}
+
+
+def open_tpm2_slot(slot: dict, vault_id: bytes, secret: bytes, pin_key: bytes | None) -> bytes:
+    return _unwrap(_tpm2_kek(secret, pin_key, vault_id), slot, vault_id)
+
+
 MAX_SLOTS = 32
 _FIELDS = {PASSPHRASE: {"kdf": dict}, RECOVERY: {},
            IDENTITY: {"suite": str, "recipient": str, "kem_ct": str, "label": str},
-           HOST: {"key_id": str, "label": str}}
+           HOST: {"key_id": str, "label": str}, TPM2: {"tpm": dict, "label": str}}
 
 
 def check_shape(slot) -> None:
@@ -170,7 +207,9 @@ def check_shape(slot) -> None:
     ok = (isinstance(slot, dict) and type(slot.get("id")) is int and 0 < slot["id"] < 1 << 31
           and slot.get("type") in SLOT_TYPES and isinstance(slot.get("wrapped"), str)
           and isinstance(slot.get("commit", ""), str)
-          and all(isinstance(slot.get(k), t) for k, t in _FIELDS[slot["type"]].items()))
+          and all(isinstance(slot.get(k), t) for k, t in _FIELDS[slot["type"]].items())
+          and (slot["type"] != TPM2 or (slot.get("pin") is None or isinstance(slot["pin"], dict))
+               and isinstance(slot["tpm"].get("pcrs", []), list)))
     if not ok:
         raise DamagedStructure(f"key slot {slot.get('id') if isinstance(slot, dict) else '?'} is malformed")
 
@@ -183,4 +222,9 @@ def describe(slot: dict) -> str:
         return f"identity {slot['recipient']} ({slot['suite']}) {slot.get('label', '')}".rstrip()
     if slot["type"] == HOST:
         return f"host key {slot['key_id']} {slot.get('label', '')}".rstrip()
+    if slot["type"] == TPM2:
+        pcrs = slot["tpm"].get("pcrs") or []
+        policy = f"PCRs {','.join(map(str, pcrs))} ({slot['tpm'].get('pcr_bank', 'sha256')})" if pcrs else "no PCRs"
+        return (f"tpm2 {hex(slot['tpm'].get('handle', 0))}: {policy}, {'PIN' if slot.get('pin') else 'no PIN'} "
+                f"{slot.get('label', '')}").rstrip()
     return "recovery code"
