@@ -6,13 +6,12 @@ machine's TPM, a removed slot, also from an old copy of the header)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
 
 from pqcfs.cli import exitcodes
-from tests.api.test_cli import cli_vault, pqcfs  # noqa: F401 (a fixture)
+from tests.api.test_cli import pqcfs
 from tests.swtpm import swtpm
 
 pytestmark = pytest.mark.skipif(shutil.which("swtpm") is None or shutil.which("tpm2_unseal") is None,
@@ -20,10 +19,15 @@ pytestmark = pytest.mark.skipif(shutil.which("swtpm") is None or shutil.which("t
 
 
 @pytest.fixture
-def machine(cli_vault):
-    a, b, pw, tmp, _ = cli_vault
-    with swtpm(str(tmp)) as tpm:
-        yield a, b, pw, tmp, tpm
+def machine(tmp_path):
+    """A vault on two directories, and this machine's TPM."""
+    a, b, pw = tmp_path / "a", tmp_path / "b", tmp_path / "pw"
+    a.mkdir(), b.mkdir()
+    pw.write_text("hunter2\n")
+    r = pqcfs("init", str(a), str(b), "--passfile", str(pw), "--allow-fixed", "--allow-same-device")
+    assert r.returncode == 0, r.stderr
+    with swtpm(str(tmp_path)) as tpm:
+        yield a, b, pw, tmp_path, tpm
 
 
 def unlock(a, tpm, *extra):
