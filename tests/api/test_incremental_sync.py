@@ -32,15 +32,19 @@ def unlock(locations):
     return vault_mod.unlock(list(locations), Credentials(passphrase=PASSPHRASE))
 
 
-def session_without_backup(primary, tmp_path, change):
-    """A mount session (no FUSE) on the primary alone; change(vfs) runs inside it."""
-    vault = unlock([primary])
+def session_on(locations, tmp_path, change):
+    """A mount session (no FUSE) on these replicas; change(vfs) runs inside it."""
+    vault = unlock(locations)
     session = Session(vault, str(tmp_path / "mnt"))
     session.prepare()
     vfs = session.build()
     change(vfs)
     session._finish()
     vault.close()
+
+
+def session_without_backup(primary, tmp_path, change):
+    session_on([primary], tmp_path, change)
 
 
 def write(vfs, node, data, offset=0):

@@ -11,25 +11,14 @@ import stat
 import pytest
 
 from pqcfs.fs.common import Caller
-from pqcfs.session.session import Session
 from tests.api.test_cli import pqcfs
-from tests.api.test_incremental_sync import unlock, write
+from tests.api.test_incremental_sync import session_on, write
 from tests.conftest import PASSPHRASE
 
 pytestmark = pytest.mark.skipif(shutil.which("rclone") is None, reason="needs rclone (scripts/dev.sh installs it)")
 ME = Caller(uid=1000, gid=1000)
 FILES = int(os.environ.get("PQCFS_OFFSITE_FILES", "2000"))
 PER_DIR = 500
-
-
-def session_on(locations, tmp_path, change):
-    vault = unlock(locations)
-    session = Session(vault, str(tmp_path / "mnt"))
-    session.prepare()
-    vfs = session.build()
-    change(vfs)
-    session._finish()
-    vault.close()
 
 
 def test_one_changed_file_pushes_that_file_and_what_it_touched(new_vault, tmp_path):

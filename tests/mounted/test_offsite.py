@@ -73,6 +73,18 @@ def recover_into(vault, path: str, config: str, *extra, check=True):
     return r, new_a, new_b
 
 
+def assert_recovers_to(vault, path: str, config: str, expected: dict, *extra) -> tuple:
+    """recover into new directories, mount what it wrote, and find expected there."""
+    r, new_a, new_b = recover_into(vault, path, config, *extra)
+    recovered = other_vault(vault, new_a, new_b)
+    recovered.mount()
+    try:
+        assert snapshot(recovered.mountpoint) == expected
+    finally:
+        recovered.umount()
+    return r, new_a, new_b
+
+
 def other_vault(vault, primary: str, backup: str):
     other = drives.Vault(vault.workdir, primary, backup)
     other.passfile = vault.passfile
@@ -102,14 +114,8 @@ def test_push_then_recover_gives_the_same_tree(plain_vault, kind, monkeypatch):
                 assert "letter" not in name and "docs" not in name
                 with open(os.path.join(here, name), "rb") as f:
                     assert b"dear remote" not in f.read()
-        r, new_a, new_b = recover_into(plain_vault, server.path("vaults/v1"), server.config, "--json")
+        r, new_a, new_b = assert_recovers_to(plain_vault, server.path("vaults/v1"), server.config, before, "--json")
         assert json.loads(r.stdout)["epoch"] == 2
-        recovered = other_vault(plain_vault, new_a, new_b)
-        recovered.mount()
-        try:
-            assert snapshot(recovered.mountpoint) == before
-        finally:
-            recovered.umount()
         assert pqcfs("fsck", new_a, "--passfile", plain_vault.passfile, "--backup", new_b, "--allow-same-device",
                      check=False).returncode == 0
         # The recovered vault goes on pushing from the epoch it came from.
@@ -171,13 +177,7 @@ def test_server_killed_mid_push_resumes_and_the_remote_stays_consistent(plain_va
         server.start()
         plain_vault.umount()
         # Recovering now gives the last complete epoch: the state of the first push.
-        r, new_a, new_b = recover_into(plain_vault, remote, server.config)
-        recovered = other_vault(plain_vault, new_a, new_b)
-        recovered.mount()
-        try:
-            assert snapshot(recovered.mountpoint) == first
-        finally:
-            recovered.umount()
+        assert_recovers_to(plain_vault, remote, server.config, first)
         # The push goes on where it stopped: what reached the server is not sent again.
         done = json.loads(pqcfs("push", plain_vault.primary, "--json", "--passfile", plain_vault.passfile,
                                 "--backup", plain_vault.backup, "--allow-same-device").stdout)["pushed"][0]
@@ -212,13 +212,7 @@ def test_daemon_killed_mid_push_resumes_at_the_next_mount(plain_vault, tmp_path,
             break
         time.sleep(0.5)
     plain_vault.umount()
-    r, new_a, new_b = recover_into(plain_vault, remote_dir, "/dev/null")
-    recovered = other_vault(plain_vault, new_a, new_b)
-    recovered.mount()
-    try:
-        assert snapshot(recovered.mountpoint) == expected
-    finally:
-        recovered.umount()
+    assert_recovers_to(plain_vault, remote_dir, "/dev/null", expected)
 
 
 def test_a_grantees_view_is_the_same_after_push_and_recover(plain_vault, monkeypatch):
