@@ -31,6 +31,7 @@ _EXIT = {
 }
 NOT_FOUND = (3, 4)
 TIMEOUT = 600
+LISTING_CAP = 256 << 20      # rclone's JSON listing of a remote directory (~2 million objects)
 # rclone's own defaults wait 5 minutes on a silent connection and retry a whole copy 3
 # times, each transfer trying 10 times: a push to a server that died hangs for many minutes. pqcfs retries
 # a failed push itself (with a backoff), so rclone gives up sooner. Any of these can be
@@ -66,11 +67,16 @@ class Remote:
         return argv
 
     def run(self, *args: str, data: bytes | None = None, ok=(0,), timeout: float = TIMEOUT,
-            on_line=None) -> subprocess.CompletedProcess:
+            on_line=None, cap: int | None = None) -> subprocess.CompletedProcess:
         if not available():
             raise SetupError("rclone is not installed (Debian: apt-get install rclone)")
         argv = self._argv(*args)
-        if on_line is None:
+        if cap is not None:
+            proc = _capped(argv, cap, timeout)
+            if proc is None:
+                raise RemoteError(f"{self.path}: rclone {args[0]} printed more than {cap >> 20} MiB: the remote "
+                                  "holds far more than any vault pqcfs wrote")
+        elif on_line is None:
             try:
                 proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout, env=_env(),
                                       stdin=None if data is not None else subprocess.DEVNULL)
@@ -87,7 +93,7 @@ class Remote:
     def list_files(self, rel: str) -> dict[str, int]:
         """Every file under rel (recursive): relative path -> size; {} when rel is absent."""
         proc = self.run("lsjson", "-R", "--files-only", "--no-modtime", "--no-mimetype", self.at(rel),
-                        ok=(0, *NOT_FOUND))
+                        ok=(0, *NOT_FOUND), cap=LISTING_CAP)
         if proc.returncode in NOT_FOUND:
             return {}
         try:
@@ -98,7 +104,7 @@ class Remote:
 
     def read(self, rel: str, cap: int) -> bytes | None:
         """The file's bytes (None: it is not there); more than cap bytes is an error."""
-        proc = self.run("cat", "--count", str(cap + 1), self.at(rel), ok=(0, *NOT_FOUND))
+        proc = self.run("cat", "--count", str(cap + 1), self.at(rel), ok=(0, *NOT_FOUND), cap=cap + 1)
         if proc.returncode in NOT_FOUND:
             return None
         if len(proc.stdout) > cap:
@@ -153,6 +159,32 @@ def _file_list(files: list[str]):
         yield path
     finally:
         os.unlink(path)
+
+
+def _capped(argv: list[str], cap: int, timeout: float) -> subprocess.CompletedProcess | None:
+    """Run rclone, keeping at most cap bytes of its output (None: it printed more, and was
+    stopped): a remote's answer is never read without bound."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=_env())
+        chunks, size = [], 0
+        try:
+            while chunk := proc.stdout.read(1 << 20):
+                size += len(chunk)
+                if size > cap:
+                    proc.kill()
+                    return None
+                chunks.append(chunk)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RemoteError(f"rclone {argv[argv.index('rclone') + 1]} did not finish in {timeout:.0f} s") from None
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, proc.returncode, b"".join(chunks), err.read(1 << 20))
 
 
 def _env() -> dict:

@@ -211,3 +211,16 @@ def test_drives_that_do_not_continue_the_remotes_history_do_not_replace_it(pushe
     r = pqcfs("push", str(a), "--passfile", str(pw))
     assert r.returncode == exitcodes.DRIVE and "does not continue" in r.stderr, r.stderr
     assert sorted(os.listdir(os.path.join(remote, "epochs"))) == ["00000000000000000001", "00000000000000000002"]
+
+
+def test_a_remotes_answers_are_read_with_a_bound(pushed, monkeypatch):
+    """A listing (or a file) longer than pqcfs would ever write is cut off and refused,
+    never read whole into memory."""
+    from pqcfs.errors import RemoteError
+    from pqcfs.remote import rclone
+    a, b, pw, remote, tmp = pushed
+    monkeypatch.setattr(rclone, "LISTING_CAP", 200)
+    with pytest.raises(RemoteError, match="printed more than"):
+        rclone.Remote(remote).list_files("objects")
+    with pytest.raises(RemoteError, match="larger than 100 bytes"):
+        rclone.Remote(remote).read("pqcfs.vault", 100)
