@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from mounttool import units
 from pqcfs import __version__, install
 from pqcfs.errors import PqcfsError, SetupError
-from pqcfs.store import hostkeys
+from pqcfs.store import hostkeys, tpm2
 
 
 @dataclass
@@ -156,11 +156,32 @@ def _units(root: str, versions: dict) -> list[Check]:
             ok = bool(spec.get("identity")) and os.path.isfile(spec["identity"])
             out.append(Check(f"{what}: its identity file", ok, spec.get("identity") or "none named",
                              "" if ok else "put the identity file back, or enable automount again"))
+        elif unlock == "tpm2":
+            tcti = spec.get("tcti") or tpm2.default_tcti()
+            ok = tpm2.present(spec.get("tcti"))
+            out.append(Check(f"{what}: unlocks with the TPM at {tcti}", ok, "it answers" if ok else "no TPM answers",
+                             "" if ok else "install tpm2-tools, check the TPM (/dev/tpmrm0), or enable automount "
+                             "with another --unlock"))
+            if spec.get("pin_file"):
+                ok = os.path.isfile(spec["pin_file"])
+                out.append(Check(f"{what}: its PIN file", ok, spec["pin_file"],
+                                 "" if ok else "put the PIN file back, or enable automount again"))
         exfat |= any(d.get("fs_type") in ("exfat", "exfat-fuse") for d in spec.get("drives", []))
     tools = [t for t in ("mount.exfat-fuse", "fsck.exfat") if shutil.which(t, path="/sbin:/usr/sbin:/usr/bin:/bin")
              is None]
     out.append(Check("exFAT tools", not tools, "present" if not tools else "missing " + ", ".join(tools),
                      "" if not tools else "apt-get install exfat-fuse exfatprogs", needed=exfat))
+    return out
+
+
+def _optional_tools() -> list[Check]:
+    """Tools only some features need: said, never a fault."""
+    out = []
+    for tool, feature, package in (("rclone", "offsite remotes (pqcfs remote, push, recover)", "rclone"),
+                                   ("tpm2_unseal", "TPM2 key slots (keys add --tpm2, --tpm2)", "tpm2-tools")):
+        found = shutil.which(tool)
+        out.append(Check(f"{tool}: {feature}", found is not None, found or "missing",
+                         "" if found else f"apt-get install {package}", needed=False))
     return out
 
 
@@ -174,7 +195,7 @@ def check_program(root: str) -> None:
 
 def run(root: str = "/") -> list[Check]:
     versions: dict[str, str | None] = {}
-    return _fuse() + _installation(root, versions) + _units(root, versions)
+    return _fuse() + _installation(root, versions) + _units(root, versions) + _optional_tools()
 
 
 def healthy(checks: list[Check]) -> bool:

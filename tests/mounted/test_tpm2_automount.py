@@ -45,6 +45,8 @@ def test_the_service_unlocks_with_the_tpm_and_only_this_machines(tmp_path, with_
         service = read(next(f for f in doc["files"] if f.endswith(".service")))
         start, stop = systemd_words(unit_value(service, "ExecStart")), systemd_words(unit_value(service, "ExecStop"))
         assert "--tpm2" in start and tpm.tcti in start and ("--pin-file" in start) == with_pin
+        doctor = drives.pqcfs("doctor", "--root", str(tmp_path / "root"), check=False).stdout
+        assert f"unlocks with the TPM at {tpm.tcti}: it answers" in doctor, doctor
         header = json.loads(drives.pqcfs("info", v.primary, "--json").stdout)
         uuid = {r["role"]: r["fs_uuid"] for r in header["replicas"]}
         binds, notify = [], NotifySocket(os.path.join(work, "notify"))
