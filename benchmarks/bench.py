@@ -3,7 +3,8 @@
     bash scripts/dev.sh bench            (or: .venv/bin/python benchmarks/bench.py)
 
 Every repetition gives each contender fresh loop-device ext4 images of the same size on
-the same disk, mounts it, runs every workload on it in a fixed order and unmounts it; the
+the same disk (made whole at mkfs: no lazy-init thread zeroing inode tables during the
+workloads, which cost two-image contenders twice), mounts it, runs every workload on it in a fixed order and unmounts it; the
 contenders' order is shuffled in each repetition. A workload's ratio is pqcfs' time
 divided by gocryptfs' time *in the same repetition*; the table shows the median over the
 repetitions (and the spread), the daemon's CPU seconds for each workload and its peak
@@ -64,13 +65,13 @@ def drop_caches():
 
 @contextlib.contextmanager
 def plain(work, size_mb):
-    with drives.loop_drive(work, "plain", "ext4", size_mb) as (mnt, _):
+    with drives.loop_drive(work, "plain", "ext4", size_mb, settled=True) as (mnt, _):
         yield mnt, None
 
 
 @contextlib.contextmanager
 def gocryptfs(work, size_mb):
-    with drives.loop_drive(work, "gcfs", "ext4", size_mb) as (drive, _):
+    with drives.loop_drive(work, "gcfs", "ext4", size_mb, settled=True) as (drive, _):
         cipher, mnt = os.path.join(drive, "cipher"), os.path.join(work, "gcfs-mnt")
         os.mkdir(cipher)
         os.mkdir(mnt)
@@ -85,7 +86,7 @@ def gocryptfs(work, size_mb):
 @contextlib.contextmanager
 def passthrough(work, size_mb):
     """The bare pyfuse3 passthrough (benchmarks/passthrough.py): the Python ceiling."""
-    with drives.loop_drive(work, "pt", "ext4", size_mb) as (drive, _):
+    with drives.loop_drive(work, "pt", "ext4", size_mb, settled=True) as (drive, _):
         backing, mnt = os.path.join(drive, "backing"), os.path.join(work, "pt-mnt")
         os.mkdir(backing)
         os.mkdir(mnt)
@@ -110,7 +111,7 @@ def passthrough(work, size_mb):
 def pqcfs(work, replicas, size_mb=4096):
     names = ["pq-primary", "pq-backup"][:replicas]
     with contextlib.ExitStack() as stack:
-        locs = [stack.enter_context(drives.loop_drive(work, n, "ext4", size_mb))[0] for n in names]
+        locs = [stack.enter_context(drives.loop_drive(work, n, "ext4", size_mb, settled=True))[0] for n in names]
         passfile, mnt = os.path.join(work, "pq-pass"), os.path.join(work, f"pq{replicas}-mnt")
         with open(passfile, "w") as f:
             f.write(PW + "\n")
@@ -368,7 +369,8 @@ def render(runs, names, args, entries, seed, took) -> str:
         f"{len(runs)} repetitions in {took / 60:.0f} min (contender order shuffled, seed {seed}).", "",
         f"Command: `.venv/bin/python benchmarks/bench.py --repetitions {args.repetitions} --files {args.files} "
         f"--tree-entries {args.tree_entries} --size-mb {args.size_mb} --rand-ops {args.rand_ops} --images {args.images}`", "",
-        "Every repetition mounts each contender on fresh loop-device ext4 images "
+        "Every repetition mounts each contender on fresh loop-device ext4 images (made whole at mkfs: "
+        "`-E lazy_itable_init=0,lazy_journal_init=0`, as on a drive formatted long ago) "
         + ("in a tmpfs (so that a second replica has a device of its own, as a second USB stick does, instead of "
            "sharing this machine's one disk; cold reads then come from memory through the loop device) "
            if args.images == "ram" else "on this machine's one disk (a second replica shares its bandwidth) ")

@@ -31,9 +31,11 @@ def unmount(path: str) -> None:
 
 
 @contextlib.contextmanager
-def loop_drive(workdir: str, name: str, fstype: str, size_mb: int = 512):
+def loop_drive(workdir: str, name: str, fstype: str, size_mb: int = 512, settled: bool = False):
     """A file system image (ext4, or exFAT through exfat-fuse) on a loop device, mounted
-    at workdir/name; yields (mountpoint, image path)."""
+    at workdir/name; yields (mountpoint, image path). settled: an ext4 made whole at mkfs
+    (its inode tables and journal zeroed then), as a drive formatted long ago is, instead of
+    by the kernel's lazy-init thread writing for seconds after the first mount."""
     image = os.path.join(workdir, f"{name}.img")
     mnt = os.path.join(workdir, name)
     os.makedirs(mnt, exist_ok=True)
@@ -43,7 +45,7 @@ def loop_drive(workdir: str, name: str, fstype: str, size_mb: int = 512):
     mounted = False
     try:
         if fstype == "ext4":
-            run("mkfs.ext4", "-q", "-F", loop)
+            run("mkfs.ext4", "-q", "-F", *(["-E", "lazy_itable_init=0,lazy_journal_init=0"] if settled else []), loop)
             run("mount", loop, mnt)
         elif fstype == "exfat":
             run("mkfs.exfat", loop)
