@@ -25,12 +25,30 @@ log = logging.getLogger(__name__)
 BACKOFF_MAX = 3600.0
 
 
+class _Changed(dict):
+    """A change-journal watcher that only remembers that something changed: a session
+    with no remote (or a remote long unreachable) must not keep every path it touched."""
+
+    def __init__(self):
+        super().__init__()
+        self.dirty = False
+
+    def __setitem__(self, rel, subtree) -> None:
+        self.dirty = True
+
+    def get(self, rel, default=None):
+        return default
+
+    def clear(self) -> None:
+        self.dirty = False
+
+
 class Offsite:
     def __init__(self, session):
         self.session = session
         self.running = trio.Lock()
         self.progress: dict | None = None
-        self.changed: dict[str, bool] = {}    # paths changed since the last consistent point
+        self.changed = _Changed()             # whether anything changed since the last consistent point
         self.last_error: str | None = None
 
     async def watch(self, interval: float) -> None:
@@ -43,7 +61,7 @@ class Offsite:
             while True:
                 await trio.sleep(wait)
                 wait = interval
-                if not (dirty or self.changed) or not registry.load(vault_id):
+                if not (dirty or self.changed.dirty) or not registry.load(vault_id):
                     continue
                 try:
                     await self.push()
