@@ -4,7 +4,9 @@
 
 Every repetition gives each contender fresh loop-device ext4 images of the same size on
 the same disk (made whole at mkfs: no lazy-init thread zeroing inode tables during the
-workloads, which cost two-image contenders twice), mounts it, runs every workload on it in a fixed order and unmounts it; the
+workloads, which cost two-image contenders twice; loop devices with direct I/O: one page
+cache in front of each drive, as a real drive has, not the loop device's and its image
+file's), mounts it, runs every workload on it in a fixed order and unmounts it; the
 contenders' order is shuffled in each repetition. A workload's ratio is pqcfs' time
 divided by gocryptfs' time *in the same repetition*; the table shows the median over the
 repetitions (and the spread), the daemon's CPU seconds for each workload and its peak
@@ -370,7 +372,8 @@ def render(runs, names, args, entries, seed, took) -> str:
         f"Command: `.venv/bin/python benchmarks/bench.py --repetitions {args.repetitions} --files {args.files} "
         f"--tree-entries {args.tree_entries} --size-mb {args.size_mb} --rand-ops {args.rand_ops} --images {args.images}`", "",
         "Every repetition mounts each contender on fresh loop-device ext4 images (made whole at mkfs: "
-        "`-E lazy_itable_init=0,lazy_journal_init=0`, as on a drive formatted long ago) "
+        "`-E lazy_itable_init=0,lazy_journal_init=0`, as on a drive formatted long ago; loop devices with "
+        "`--direct-io=on`, so that one page cache sits in front of each drive, as with a real one) "
         + ("in a tmpfs (so that a second replica has a device of its own, as a second USB stick does, instead of "
            "sharing this machine's one disk; cold reads then come from memory through the loop device) "
            if args.images == "ram" else "on this machine's one disk (a second replica shares its bandwidth) ")

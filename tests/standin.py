@@ -35,13 +35,15 @@ def loop_drive(workdir: str, name: str, fstype: str, size_mb: int = 512, settled
     """A file system image (ext4, or exFAT through exfat-fuse) on a loop device, mounted
     at workdir/name; yields (mountpoint, image path). settled: an ext4 made whole at mkfs
     (its inode tables and journal zeroed then), as a drive formatted long ago is, instead of
-    by the kernel's lazy-init thread writing for seconds after the first mount."""
+    by the kernel's lazy-init thread writing for seconds after the first mount), on a loop
+    device with direct I/O (a real drive has one page cache in front of it, not the loop
+    device's and its image file's)."""
     image = os.path.join(workdir, f"{name}.img")
     mnt = os.path.join(workdir, name)
     os.makedirs(mnt, exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(size_mb * 1024 * 1024)
-    loop = run("losetup", "--find", "--show", image).stdout.strip()
+    loop = run("losetup", "--find", "--show", *(["--direct-io=on"] if settled else []), image).stdout.strip()
     mounted = False
     try:
         if fstype == "ext4":

@@ -152,16 +152,10 @@ class Pusher:
         with tempfile.TemporaryDirectory(prefix="pqcfs-push-sample-") as work:
             self.remote.download(OBJECTS, work, [fmt.object_path(o) for o in chosen])
             for oid in chosen:
-                path = os.path.join(work, fmt.object_path(oid))
-                hasher = self.keys.hasher()
                 try:
-                    with open(path, "rb") as f:
-                        while chunk := f.read(CHUNK):
-                            hasher.update(chunk)
+                    if file_id(self.keys, os.path.join(work, fmt.object_path(oid))) != oid:
+                        checked.damaged.append(oid)
                 except FileNotFoundError:
-                    checked.damaged.append(oid)
-                    continue
-                if hasher.hexdigest() != oid:
                     checked.damaged.append(oid)
 
     # --- stage: the consistent point ---
@@ -291,6 +285,7 @@ class Pusher:
             shutil.rmtree(self.staging, ignore_errors=True)
             self._status(old.epoch, 0, 0)
             return PushResult(old.epoch, 0, 0, staged.files, staged.size, 0, staged.damaged, checked.adopted, True)
+        staged.staged = sorted(set(staged.staged))      # two files of the same bytes are one object
         sent_bytes = sum(os.path.getsize(os.path.join(self.staging, OBJECTS, p)) for p in staged.staged)
         self.remote.upload(os.path.join(self.staging, OBJECTS), OBJECTS, staged.staged, on_bytes)
         header_id = self.keys.object_id(staged.header)
@@ -339,6 +334,15 @@ class Pusher:
 
     def failed(self, error: Exception) -> None:
         registry.save_status(self.entry, self.vault_id, error=str(error), failed_at=time.time())
+
+
+def file_id(keys: fmt.RemoteKeys, path: str) -> str:
+    """The object id of a downloaded file (a local file of ours, read in chunks)."""
+    hasher = keys.hasher()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def epoch_numbers(remote) -> list[int]:

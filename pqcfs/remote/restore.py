@@ -19,11 +19,10 @@ import blake3
 
 from pqcfs.errors import CryptoError, DamagedStructure, RemoteError, RolledBack
 from pqcfs.format import remote as fmt
-from pqcfs.remote.push import EPOCHS, HEADER, OBJECTS, epoch_numbers
+from pqcfs.remote.push import EPOCHS, HEADER, OBJECTS, epoch_numbers, file_id
 from pqcfs.remote.rclone import Remote
 from pqcfs.format import vault_header
 
-CHUNK = 1 << 20
 
 
 @dataclass
@@ -165,20 +164,12 @@ class Reader:
             except FileNotFoundError:
                 missing_ids.add(oid)
                 continue
-            if st.st_size != objects[oid] or self._id_of(path) != oid:
+            if st.st_size != objects[oid] or file_id(self.keys, path) != oid:
                 changed_ids.add(oid)
                 os.unlink(path)
         missing = [f"{rel} ({oid[:16]}…)" for rel, oid, _ in files if oid in missing_ids]
         changed = [f"{rel} ({oid[:16]}…)" for rel, oid, _ in files if oid in changed_ids]
         return missing, changed
-
-
-    def _id_of(self, path: str) -> str:
-        hasher = self.keys.hasher()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                hasher.update(chunk)
-        return hasher.hexdigest()
 
 
 def check_remote(remote: Remote, vault_id: bytes, root_key: bytes, seen: int, sample: float | None,
