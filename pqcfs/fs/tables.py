@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TABLE_FILE_CAP = 512 << 20     # 10 million entries would not fit; a million do
 DAY_NS = 86_400 * 10**9
 OPEN_TABLES = 16               # table files kept open (2 descriptors each with two drives)
+LAZY_ATIMES = 10_000          # atime-only changes held in memory at most (then written out)
 ALL = frozenset({"*"})         # in_flux: every directory (a sentinel, compared by identity)
 DAMAGE = (CryptoError, DamagedStructure, OSError)
 
@@ -64,6 +65,11 @@ class TabledFS(VaultFS):
         self._live_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._pending: dict[bytes, Node] = {}   # tables whose last append failed (a full drive)
         self._unsaved: dict[bytes, Node] = {}   # tables holding entries not yet written (put_unsaved)
+        # Lazy atime (as ext4's lazytime): a read that only moves a file's atime writes no
+        # record; the entry goes with its directory's next record, an fsync, or the unmount
+        # (a crash loses those atimes and nothing else). dir id -> (dir node, {disk name: entry}).
+        self._lazy_atimes: dict[bytes, tuple[Node, dict]] = {}
+        self._lazy_count = 0
         self._handles: OrderedDict = OrderedDict()   # dir id -> its table file, open (LRU)
         # Tables changed since their parents last recorded their sequence numbers, and
         # the newest Node of each directory (a forgotten Node may hold a stale path).
@@ -239,6 +245,13 @@ class TabledFS(VaultFS):
         written (see put_unsaved) need no record to go again."""
         table = self.table_of(dir_node)
         dir_id = dir_node.keys.node_id
+        lazy = self._lazy_atimes.pop(dir_id, None)
+        if lazy is not None:
+            # The atimes only memory held ride along (still the table's own entries: one
+            # renamed, removed or reloaded since is not written from a stale copy).
+            self._lazy_count -= len(lazy[1])
+            named = {e.disk_name for e in puts} | set(dels)
+            puts = list(puts) + [e for d, e in lazy[1].items() if d not in named and table.entries.get(d) is e]
         self.intent.note(DIRECTORY, dir_node.c_path)
         self._unfolded[dir_id] = dir_node
         self_changed = self_changed or table.self_dirty
@@ -307,6 +320,9 @@ class TabledFS(VaultFS):
     def _write_table(self, dir_node: Node) -> None:
         table = self.table_of(dir_node)
         dir_id = dir_node.keys.node_id
+        lazy = self._lazy_atimes.pop(dir_id, None)    # the whole table, atimes included, is written
+        if lazy is not None:
+            self._lazy_count -= len(lazy[1])
         data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
         table.unsaved.clear()
         table.self_dirty = False
@@ -327,6 +343,7 @@ class TabledFS(VaultFS):
         for node in self.inodes.nodes():
             if node.dirty and not node.unlinked:
                 self.save_attrs(node)
+        self.write_lazy_atimes()
         for node in list(self._unsaved.values()):
             table = self.table_of(node)
             if not node.unlinked and table.unsaved:
@@ -338,6 +355,15 @@ class TabledFS(VaultFS):
         self.fold()
         self.close_tables()
         return self.tree_seq() or 0
+
+    def write_lazy_atimes(self) -> None:
+        for dir_node, _ in list(self._lazy_atimes.values()):
+            if dir_node.unlinked or self.inodes.get(dir_node.ino) is not dir_node:
+                # Gone, or forgotten by the kernel since (its path may have moved under
+                # another node): those atimes are let go, as a crash would.
+                self._lazy_count -= len(self._lazy_atimes.pop(dir_node.keys.node_id)[1])
+            else:
+                self._append(dir_node)
 
     def close_tables(self) -> None:
         while self._handles:
@@ -409,6 +435,8 @@ class TabledFS(VaultFS):
             return
         if node.dirty:
             self.save_attrs(node)
+        elif not node.is_dir and node.parent is not None and node.parent.keys.node_id in self._lazy_atimes:
+            self._append(node.parent)      # fsync makes a lazy atime durable too
         holder = node if node.is_dir else node.parent
         if holder is not None:
             self._table_handle(holder).fsync()
@@ -526,7 +554,16 @@ class TabledFS(VaultFS):
         now = now_ns()
         if own.atime <= own.mtime or own.atime <= own.ctime or now - own.atime > DAY_NS:
             own.atime = now
-            node.dirty = True
+            if node.entry is None or node.hard_linked or node.is_dir or node.parent is None:
+                node.dirty = True
+                return
+            parent = node.parent
+            _, entries = self._lazy_atimes.setdefault(parent.keys.node_id, (parent, {}))
+            if node.entry.disk_name not in entries:
+                entries[node.entry.disk_name] = node.entry
+                self._lazy_count += 1
+                if self._lazy_count > LAZY_ATIMES:
+                    self.write_lazy_atimes()
 
     def wrote(self, node: Node) -> None:
         e = node.entry

@@ -415,3 +415,35 @@ def test_unlink_removes_an_xattr_side_file_only_where_the_table_says_there_is_on
     assert any(rel.endswith(tagged.disk_name + ".x") for rel in asked)
     for location in vault.locations:
         assert not any(vault.drive(location).exists(sidecar) for sidecar in sidecars)
+
+
+def test_a_read_moves_atime_in_memory_and_its_directory_writes_it_later(new_vault, vfs):
+    """Lazy atime: a read that only moves atime writes no table record; the atime goes
+    with the directory's next record, an fsync, or the unmount, and survives a remount."""
+    root = vfs.inodes.root
+    f = vfs.create_file(root, b"old.txt", stat.S_IFREG | 0o644, ME)
+    write(vfs, f, 0, b"read me")
+    vfs.set_times(f, 1_000_000_000_000_000_000, 1_000_000_000_000_000_000)   # 2001: relatime will move it
+    table = os.path.join(new_vault[0].locations[0], TREE_DIR, "d.t")
+    before = os.path.getsize(table)
+    content = vfs.open(f, False)
+    content.read(0, 7)
+    vfs.accessed(f)
+    vfs.release(f)
+    moved = f.entry.atime
+    assert moved > 1_000_000_000_000_000_000
+    assert os.path.getsize(table) == before                  # no record for an atime
+    vfs.settle()                                             # what unmount does
+    assert os.path.getsize(table) > before
+    again = make_vfs(new_vault[0])
+    node = again.lookup(again.inodes.root, b"old.txt")
+    assert node.entry.atime == moved
+    # The next change in the directory takes a pending atime along.
+    g = again.create_file(again.inodes.root, b"other.txt", stat.S_IFREG | 0o644, ME)
+    write(again, g, 0, b"x")
+    again.set_times(node, 1_000_000_000_000_000_000, 1_000_000_000_000_000_000)
+    again.accessed(node)
+    later = node.entry.atime
+    again.unlink(again.inodes.root, b"other.txt")
+    third = make_vfs(new_vault[0])
+    assert third.lookup(third.inodes.root, b"old.txt").entry.atime == later
