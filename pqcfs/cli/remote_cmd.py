@@ -4,7 +4,6 @@ on any rclone remote (docs/offsite.md)."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pqcfs.remote.push import EPOCHS, HEADER, Pusher, recovered_lineage, replica
 from pqcfs.remote.rclone import Remote
 from pqcfs.remote import restore
 from pqcfs.store import devices
+from pqcfs.store.drive import Drive
 
 
 def add_parser(sub) -> None:
@@ -225,19 +225,23 @@ def run_recover(args) -> int:
     vault_id, root_key = unlocked.header.vault_id, unlocked.root_key
     seen = max((registry.load_index(e, vault_id, root_key).epoch for e in registry.load(vault_id)
                 if e.path == args.path), default=0)
-    before = {location: set(os.listdir(location)) for location in locations}
+    before = {}
+    for location in locations:
+        with Drive(location) as drive:
+            before[location] = set(drive.listdir(""))
+    os.umask(0o077)     # what rclone downloads onto the new drive is the owner's alone, as a replica's files are
     try:
         epoch, record, tree, written = _recover(args, remote, vault_id, root_key, seen)
     except BaseException:
         # Nothing half-written stays: the directories are as empty as they were, and the
         # same command can run again (after `pqcfs push` mended the remote, say).
         for location, names in before.items():
-            for name in set(os.listdir(location)) - names:
-                path = os.path.join(location, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+            with Drive(location) as drive:
+                for name in set(drive.listdir("")) - names:
+                    if drive.kind(name) == "dir":
+                        drive.remove_tree(name)
+                    else:
+                        drive.unlink(name)
         raise
     return _after_recover(args, vault_id, root_key, remote.config, epoch, record, tree, written)
 
@@ -253,7 +257,8 @@ def _recover(args, remote: Remote, vault_id: bytes, root_key: bytes, seen: int):
         recovery = restore.Recovery(reader, epoch, tree)
         progress = Progress(f"recover epoch {epoch.number}", epoch.size, files=epoch.files)
         try:
-            written = recovery.write(args.primary, lambda done: progress(done - progress.done))
+            with Drive(args.primary) as drive:
+                written = recovery.write(drive, lambda done: progress(done - progress.done))
         finally:
             progress.close()
         header_bytes = recovery.header_bytes()
@@ -303,7 +308,6 @@ def _finish_replicas(args, header, header_bytes: bytes, root_key: bytes, epoch, 
     found again later is a diverged copy, never silently merged), the backup copied from
     the primary, and the headers last."""
     from pqcfs.store import sync as sync_mod
-    from pqcfs.store.drive import Drive
     roles = {r["role"]: r for r in header.replicas}
     if args.backup and "backup" not in roles:
         raise DriveError("this vault was made with a single replica; recover it onto one drive")

@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -164,7 +165,6 @@ def load_status(entry: RemoteEntry, vault_id: bytes) -> dict:
 
 
 def forget(entry: RemoteEntry, vault_id: bytes) -> None:
-    import shutil
     for suffix in ("index", "status"):
         try:
             os.unlink(entry.file(vault_id, suffix))

@@ -21,6 +21,7 @@ from pqcfs.errors import CryptoError, DamagedStructure, RemoteError, RolledBack
 from pqcfs.format import remote as fmt
 from pqcfs.remote.push import EPOCHS, HEADER, OBJECTS, epoch_numbers, file_id
 from pqcfs.remote.rclone import Remote
+from pqcfs.store.drive import Drive
 from pqcfs.format import vault_header
 
 
@@ -40,12 +41,10 @@ class Report:
     checked: int = 0
     missing: list[str] = field(default_factory=list)     # "rel (object id)" the remote does not hold
     changed: list[str] = field(default_factory=list)     # held, but not what the epoch committed
-    other_epochs: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.changed or self.problems)
+        return not (self.missing or self.changed)
 
 
 def read_header(remote: Remote) -> bytes:
@@ -180,7 +179,6 @@ def check_remote(remote: Remote, vault_id: bytes, root_key: bytes, seen: int, sa
         reader = Reader(remote, vault_id, root_key, work)
         epoch, _ = reader.epoch(seen)
         report = Report(epoch.number, files=0)
-        report.other_epochs = [n for n in epoch_numbers(remote) if n != epoch.number]
         tree = reader.tree(epoch)
         report.files = len(tree.files)
         files = tree.files
@@ -201,9 +199,10 @@ class Recovery:
     def __init__(self, reader: Reader, epoch: fmt.Epoch, tree: Tree):
         self.reader, self.epoch, self.tree = reader, epoch, tree
 
-    def write(self, location: str, on_bytes=None) -> dict[str, list]:
-        """The replica's files under location (not its state, not its header yet); returns
-        rel -> [size, mtime_ns, ctime_ns, ino, object id] of what was written."""
+    def write(self, drive: Drive, on_bytes=None) -> dict[str, list]:
+        """The replica's files on the new drive (not its state, not its header yet), moved
+        into place from the work directory there; returns rel -> [size, mtime_ns, ctime_ns,
+        ino, object id] of what was written."""
         objects = os.path.join(self.reader.work, "objects")
         missing, changed = self.reader.fetch(self.tree.files, objects, on_bytes)
         if missing or changed:
@@ -211,25 +210,20 @@ class Recovery:
             raise CryptoError(f"{self.reader.remote.path}: epoch {self.epoch.number} can not be recovered whole: "
                               f"{len(missing)} object(s) missing and {len(changed)} changed on the remote "
                               f"({', '.join(named)}). Nothing was written as a vault")
+        work_rel = os.path.relpath(objects, drive.location)
         for rel in self.tree.dirs:
             if rel:
-                os.mkdir(os.path.join(location, rel), 0o700)
-        written, used = {}, set()
-        last = {}
-        for rel, oid, _ in self.tree.files:
-            last[oid] = rel
+                drive.mkdir(rel, 0o700)
+        written, placed = {}, {}       # object id -> where it was moved to
         for rel, oid, size in self.tree.files:
-            src = os.path.join(objects, fmt.object_path(oid))
-            dst = os.path.join(location, rel)
-            if rel.split("/", 1)[0] == vault_header.FILE_NAME:
-                continue          # the header goes last, by finish()
-            if last[oid] == rel and oid not in used:
-                os.replace(src, dst)
+            if rel == vault_header.FILE_NAME:
+                continue          # the header goes last
+            if oid in placed:     # the same bytes twice (never two ciphertexts, but cheap to allow)
+                drive.write_atomic(rel, drive.read(placed[oid], size))
             else:
-                shutil.copyfile(src, dst)
-            used.add(oid)
-            os.chmod(dst, 0o600)
-            st = os.lstat(dst)
+                drive.rename(f"{work_rel}/{fmt.object_path(oid)}", rel)
+                placed[oid] = rel
+            st = drive.lstat(rel)
             written[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, oid]
         return written
 
