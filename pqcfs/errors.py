@@ -70,3 +70,7 @@ class RemoteError(PqcfsError):
     def __init__(self, message: str, rclone_code: int | None = None):
         super().__init__(message)
         self.rclone_code = rclone_code
+
+
+class NoSuchSnapshot(PqcfsError):
+    """No snapshot of the vault has that id or label."""

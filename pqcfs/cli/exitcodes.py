@@ -21,6 +21,7 @@ GRANT = 13           # a grant refused (expired, not yet valid, forged, revoked,
 NO_SUCH_PATH = 14    # a path inside the vault does not exist, or is not a directory
 SETUP = 15           # the set-up is broken: a program or helper missing, gone or another version (doctor)
 REMOTE = 16          # an offsite remote can not be reached or refused (rclone's error is shown)
+NO_SUCH_SNAPSHOT = 17  # no snapshot has that id or label
 INTERRUPTED = 130    # Ctrl-C
 
 # What each code means, for the man page and `--help` (docs/cli.md has the same table).
@@ -42,6 +43,7 @@ MEANINGS = {
     NO_SUCH_PATH: "a path inside the vault does not exist, or is not a directory",
     SETUP: "the set-up is broken: a program or helper is missing, gone or another version (see `pqcfs doctor`)",
     REMOTE: "an offsite remote can not be reached or refused (rclone's own error is shown)",
+    NO_SUCH_SNAPSHOT: "no snapshot of the vault has that id or label (see `pqcfs snapshot list`)",
     INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -58,6 +60,7 @@ _BY_EXCEPTION = [
     (errors.NoSuchPath, NO_SUCH_PATH),
     (errors.SetupError, SETUP),
     (errors.RemoteError, REMOTE),
+    (errors.NoSuchSnapshot, NO_SUCH_SNAPSHOT),
     (errors.CryptoError, CRYPTO),
 ]
 

@@ -12,12 +12,13 @@ from mounttool import helper
 from mounttool.options import MountOptionError
 from pqcfs import __version__, hygiene
 from pqcfs.cli import (audit_cmd, automount_cmd, exitcodes, options, fsck_cmd, identity_cmd, info_cmd, init_cmd,
-                       keys_cmd, mount_cmd, progress, remote_cmd, share_cmd, status_cmd, sync_cmd, system_cmd, upgrade_cmd)
+                       keys_cmd, mount_cmd, progress, remote_cmd, share_cmd, snapshot_cmd, status_cmd, sync_cmd, system_cmd,
+                       upgrade_cmd)
 from pqcfs.errors import PqcfsError
 from pqcfs.format.names import InvalidName
 
 COMMANDS = [identity_cmd, init_cmd, info_cmd, keys_cmd, mount_cmd, status_cmd, sync_cmd, fsck_cmd, audit_cmd, upgrade_cmd,
-            share_cmd, remote_cmd, automount_cmd, system_cmd]
+            share_cmd, snapshot_cmd, remote_cmd, automount_cmd, system_cmd]
 
 
 EPILOG = "Exit codes: see EXIT STATUS in `man pqcfs`, or docs/cli.md. Documentation: docs/ in the pqcfs sources."

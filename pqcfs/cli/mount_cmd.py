@@ -22,6 +22,7 @@ from pqcfs.cli.progress import Progress
 from pqcfs.errors import DriveError, MountError, PqcfsError
 from pqcfs.session import fuseenv, mounttable
 from pqcfs.session import session as session_mod
+from pqcfs.session import snapshot_mount
 from pqcfs.session.owner import MountOwner, open_no_links
 from pqcfs.store import devices
 
@@ -43,6 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--debug", action="store_true", help="log FUSE operations (never keys or names)")
     p.add_argument("--audit-files", action="store_true",
                    help="also record every open, create, rename and removal in the audit log (encrypted)")
+    p.add_argument("--snapshot", metavar="ID",
+                   help="mount this snapshot instead, read-only (its id, a unique start of it, its label, or "
+                   "\"latest\"; `pqcfs snapshot list`); the live vault may be mounted at the same time")
     p.add_argument("--grant", metavar="ID",
                    help="with --identity, when it holds several grants in this vault: the one to mount "
                    "(its id, or the first characters of it)")
@@ -134,6 +138,14 @@ def _mount(args, owner: MountOwner | None) -> int:
         _check_vault_id(args.vault, args.vault_id)
     if args.wait_backup > 0 and not args.backup:
         _wait_for_replicas(args.vault, args.wait_backup)
+    if args.snapshot:
+        # Lock-free and read-only: the live vault may be mounted (its daemon owns the lock
+        # and the audit log) while a snapshot of it is read.
+        vault = options.unlock(args, require_all=False, audit=False)
+        session = snapshot_mount.SnapshotSession(vault, args.mountpoint, args.snapshot, owner=owner,
+                                                 accept_older=args.accept_older)
+        session.mount_fd = mount_fd
+        return _serve(session, args)
     if args.identity and grantee_mount.is_grantee(args):
         session = grantee_mount.prepare(args)
         session.owner = owner

@@ -89,14 +89,14 @@ class DirTable:
         return self.journal_bytes > max(64 << 10, self.snapshot_bytes)
 
 
-def _pack_entry(e: Entry) -> bytes:
+def pack_entry(e: Entry) -> bytes:
     p_name, disk = e.p_name, e.disk_name.encode("ascii")
     return (_ATTRS.pack(e.node_id, e.mode, e.uid, e.gid, e.rdev, e.nlink, e.flags, e.size,
                         e.atime, e.mtime, e.ctime, e.btime, e.counter, e.seq)
             + bytes((len(p_name),)) + p_name + bytes((len(disk),)) + disk)
 
 
-def _unpack_entry(buf: memoryview, off: int) -> tuple[Entry, int]:
+def unpack_entry(buf: memoryview, off: int) -> tuple[Entry, int]:
     try:
         fields = _ATTRS.unpack_from(buf, off)
         off += _ATTRS.size
@@ -126,8 +126,8 @@ def encode_snapshot(key: bytes, table: DirTable) -> bytes:
     """A whole table file holding one snapshot record at the table's next sequence number
     (numbers only grow, also across compactions). Updates table's bookkeeping."""
     seq = table.seq + 1
-    payload = b"".join([bytes((SNAPSHOT,)), _pack_entry(table.self_attrs), _COUNT.pack(len(table.entries)),
-                        *(_pack_entry(e) for e in table.entries.values())])
+    payload = b"".join([bytes((SNAPSHOT,)), pack_entry(table.self_attrs), _COUNT.pack(len(table.entries)),
+                        *(pack_entry(e) for e in table.entries.values())])
     record = _seal(key, table.dir_id, seq, payload)
     table.first_seq = table.seq = seq
     table.records, table.snapshot_bytes, table.journal_bytes = 1, len(record), 0
@@ -147,9 +147,9 @@ def encode_delta(key: bytes, table: DirTable, puts: list[Entry] = (), dels: list
     and return the record to append."""
     parts = [bytes((DELTA, 1 if self_changed else 0))]
     if self_changed:
-        parts.append(_pack_entry(table.self_attrs))
+        parts.append(pack_entry(table.self_attrs))
     parts.append(_COUNT.pack(len(puts)))
-    parts.extend(_pack_entry(e) for e in puts)
+    parts.extend(pack_entry(e) for e in puts)
     parts.append(_COUNT.pack(len(dels)))
     for disk_name in dels:
         raw = disk_name.encode("ascii")
@@ -176,13 +176,13 @@ def _apply(table: DirTable | None, dir_id: bytes, payload: bytes) -> DirTable:
         if kind == SNAPSHOT:
             if table is not None:
                 raise DamagedStructure("directory table has a second snapshot")
-            self_attrs, off = _unpack_entry(buf, 1)
+            self_attrs, off = unpack_entry(buf, 1)
             (count,), off = _COUNT.unpack_from(buf, off), off + _COUNT.size
             if count > MAX_ENTRIES:
                 raise DamagedStructure("directory table claims too many entries")
             table = DirTable(dir_id=dir_id, self_attrs=self_attrs)
             for _ in range(count):
-                e, off = _unpack_entry(buf, off)
+                e, off = unpack_entry(buf, off)
                 if e.disk_name in table.entries:
                     raise DamagedStructure("directory table names an entry twice")
                 table.entries[e.disk_name] = e
@@ -193,10 +193,10 @@ def _apply(table: DirTable | None, dir_id: bytes, payload: bytes) -> DirTable:
             if payload[1] not in (0, 1):
                 raise DamagedStructure("directory table record has unknown flags")
             if payload[1]:
-                table.self_attrs, off = _unpack_entry(buf, off)
+                table.self_attrs, off = unpack_entry(buf, off)
             (puts,), off = _COUNT.unpack_from(buf, off), off + _COUNT.size
             for _ in range(min(puts, MAX_ENTRIES + 1)):
-                e, off = _unpack_entry(buf, off)
+                e, off = unpack_entry(buf, off)
                 table.entries[e.disk_name] = e
             (dels,), off = _COUNT.unpack_from(buf, off), off + _COUNT.size
             for _ in range(min(dels, MAX_ENTRIES + 1)):

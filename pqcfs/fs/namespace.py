@@ -174,7 +174,8 @@ class NamespaceOps:
         if node.is_dir:
             raise FsError(errno.EISDIR)
         rel = self._entry_rel(dir_node, p_name, node)
-        self.replicas.unlink(rel)
+        if node.hard_linked or not self._kept_instead(node, rel):
+            self.replicas.unlink(rel)
         # A plain file's xattrs sit beside its entry; a hard-linked node's beside its data.
         self._drop_sidecars(dir_node, rel.rsplit("/", 1)[-1],
                             with_xattrs=not node.hard_linked and self._may_have_xattr_file(node))
@@ -279,6 +280,8 @@ class NamespaceOps:
         if target is not None and target.is_dir:
             self._dir_leaving(target)
             self.replicas.rmdir_tree(new_rel)
+        elif target is not None and not target.hard_linked:
+            self._kept_instead(target, new_rel)      # a snapshot's version leaves before the rename replaces it
         self.replicas.rename(old_rel, new_rel)
         # A plain file's xattrs sit beside its entry and move with it; a hard-linked node's sit
         # beside its data, which does not move.
@@ -298,6 +301,14 @@ class NamespaceOps:
         self._move_name(node, old_dir, old_name, new_dir, new_name, new_disk)
         self._entries_renamed(node, old_dir, old_disk, new_dir, new_disk, new_name)
 
+    def _kept_instead(self, node: Node, rel: str) -> bool:
+        """A file about to leave the drives: True when a snapshot holds it and it went to
+        the snapshots' data instead (snapshots/history.py)."""
+        if self.history is None:
+            return False
+        counter = node.entry.counter if node.entry is not None else node.meta.counter
+        return self.history.before_remove(node.keys.node_id, counter, rel)
+
     def _lose_name(self, node: Node, dir_node: Node, p_name: bytes) -> None:
         """Bookkeeping once the entry p_name that named node is gone (unlink, or replaced
         by a rename). A hard-linked node's overrides stay: another of its names may live in the
@@ -306,7 +317,8 @@ class NamespaceOps:
             node.name_set().discard((dir_node, p_name))
             node.meta.nlink -= 1
             if node.meta.nlink == 0:
-                self.replicas.unlink(node.data_path)
+                if not self._kept_instead(node, node.data_path):
+                    self.replicas.unlink(node.data_path)
                 self.replicas.unlink(node.data_path + names.XATTR_SUFFIX, missing_ok=True)
                 self.replicas.unlink(node.data_path + link_attrs.SUFFIX, missing_ok=True)
             else:

@@ -568,6 +568,8 @@ class TabledFS(VaultFS):
     def wrote(self, node: Node) -> None:
         e = node.entry
         if e is None:
+            if node.hard_linked and not node.bumped and self.history is not None:
+                self._bump(node)    # a snapshot tells its versions apart by the counter
             own = self._own_times(node) if node.hard_linked else None
             if own is not None:
                 own.mtime = own.ctime = now_ns()
@@ -581,8 +583,13 @@ class TabledFS(VaultFS):
     def _bump(self, node: Node) -> None:
         """The first change of an open session raises the file's write counter in its
         header; the table follows at release. A copy older than the table is refused."""
+        counter = node.entry.counter if node.entry is not None else node.meta.counter
+        if self.history is not None:
+            self.history.before_change(node.keys.node_id, counter, node.data_path)
         node.bumped = True
-        node.meta.counter = node.entry.counter = node.entry.counter + 1
+        node.meta.counter = counter + 1
+        if node.entry is not None:
+            node.entry.counter = counter + 1
         header = node_header.build(MAGIC_FILE, node.keys.node_id, node.keys.meta_key, node.meta)
         node.content.write_header(header)
 

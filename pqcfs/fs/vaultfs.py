@@ -62,6 +62,9 @@ class VaultFS(NamespaceOps):
         self.grant_roots: set[bytes] = set()
         # (the drives serving, the bytes the smallest of them holds without holes): EFBIG beyond
         self._capacity: tuple | None = None
+        # Told before a file a snapshot may hold changes or leaves (snapshots/history.py);
+        # None: the vault keeps no history (or this is a grantee's or a format 1 tree).
+        self.history = None
         self.inodes: InodeTable
 
     def _owner_root(self, root_keys: NodeKeys) -> Node:

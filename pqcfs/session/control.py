@@ -13,7 +13,13 @@ connection, one JSON object per line:
   <- {"progress": {"remote", "bytes", "bytes_total"}}                  (while it uploads)
   <- {"results": [{"remote", "epoch", "objects_sent", ...}]} or {"error", "kind"}
 
-No key material and no plaintext name ever crosses it.
+  -> {"op": "snapshot", "action": "create", "label": TEXT}           <- {"snapshot": {"id", "created", ...}}
+  -> {"op": "snapshot", "action": "delete", "ids": [ID or label]}    <- {"deleted", "freed_files", "freed_bytes"}
+  -> {"op": "snapshot", "action": "policy", "policy": {"keep", "max_space"} or null}
+                                                                     <- {"policy", "thinned"}
+  (any of them may answer {"error", "kind"})
+
+No key material ever crosses it; a snapshot's label does (the user's own words).
 """
 
 from __future__ import annotations

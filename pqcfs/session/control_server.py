@@ -56,13 +56,20 @@ async def _handle(session, stream) -> None:
             data += chunk
         try:
             request = json.loads(data)
-            if not isinstance(request, dict) or request.get("op") not in ("sync", "push"):
+            if not isinstance(request, dict) or request.get("op") not in ("sync", "push", "snapshot"):
                 raise ValueError("unknown request")
             for key in ("backup", "remote", "bwlimit"):
                 if request.get(key) is not None and not isinstance(request[key], str):
                     raise ValueError(f"{key} must be a string")
         except ValueError as e:
             await _send(stream, {"error": f"bad request: {e}"})
+            return
+        if request["op"] == "snapshot":
+            try:
+                answer = session.snapshots.handle(request)
+            except (PqcfsError, ValueError, KeyError, TypeError) as e:
+                answer = {"error": str(e), "kind": type(e).__name__}
+            await _send(stream, answer)
             return
         if request["op"] == "push":
             async with trio.open_nursery() as nursery:

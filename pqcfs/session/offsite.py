@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 BACKOFF_MAX = 3600.0
 
 
-class _Changed(dict):
+class ChangeFlag(dict):
     """A change-journal watcher that only remembers that something changed: a session
     with no remote (or a remote long unreachable) must not keep every path it touched."""
 
@@ -48,7 +48,7 @@ class Offsite:
         self.session = session
         self.running = trio.Lock()
         self.progress: dict | None = None
-        self.changed = _Changed()             # whether anything changed since the last consistent point
+        self.changed = ChangeFlag()             # whether anything changed since the last consistent point
         self.last_error: str | None = None
 
     async def watch(self, interval: float) -> None:

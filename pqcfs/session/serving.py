@@ -17,7 +17,8 @@ import trio
 
 from pqcfs.errors import MountError
 from pqcfs.fuse.operations import Operations
-from pqcfs.session import control, control_server
+from pqcfs.fuse.snapshot_ops import SnapshotOperations
+from pqcfs.session import control, control_server, history
 from pqcfs.session import offsite
 from pqcfs.session import rejoin as rejoin_mod
 
@@ -54,10 +55,14 @@ def serve(session, extra_options: list[str], ready=None) -> None:
     """Mount and serve until unmounted or signalled; ready() runs once mounted."""
     _steady_heap()
     vfs = session.build()
-    ops = Operations(vfs, audit_files=session.audit_files)
+    if session.snapshot is not None:
+        ops = SnapshotOperations(vfs)
+    else:
+        ops = Operations(vfs, audit_files=session.audit_files)
     if session.services:
         session.rejoin = rejoin_mod.Rejoin(session)
         session.offsite = offsite.Offsite(session)
+        session.snapshots = history.HistoryService(session)
     if session.owner is not None:
         session._give_top_directory(vfs)
     try:
@@ -105,6 +110,9 @@ async def _main(session) -> None:
             push_interval = float(os.environ.get("PQCFS_PUSH_INTERVAL", "60"))
             if push_interval > 0:
                 nursery.start_soon(session.offsite.watch, push_interval)
+            history_interval = float(os.environ.get("PQCFS_HISTORY_INTERVAL", "3600"))
+            if history_interval > 0:
+                nursery.start_soon(session.snapshots.watch, history_interval)
         # One worker: handlers never await, so more would only cost dispatch.
         await pyfuse3.main(min_tasks=1, max_tasks=1, **_main_options())
         nursery.cancel_scope.cancel()

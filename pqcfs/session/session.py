@@ -20,6 +20,8 @@ from pqcfs.format import grants
 from pqcfs.fs import recovery
 from pqcfs.session import grantee_intent
 from pqcfs.session.owner import MountOwner
+from pqcfs.snapshots.history import History
+from pqcfs.snapshots.store import SnapshotStore
 from pqcfs.fs.trees import open_tree
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.store.atomic import write_atomic
@@ -63,6 +65,7 @@ def check_mountpoint(mountpoint: str) -> None:
 
 
 class Session:
+    SNAPSHOT_AT_END = True     # automatic history: a snapshot at every clean unmount
     def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False,
                  audit_files: bool = False, accept_older: bool = False, owner: MountOwner | None = None):
         self.vault = vault
@@ -87,6 +90,9 @@ class Session:
         self.failed_ids: dict[int, str] = {}   # replica set index -> id of a replica that failed
         self.rejoin = None              # online rejoin: made by the serving loop (session/serving.py)
         self.offsite = None             # pushes to remotes while mounted: likewise
+        self.snapshots = None           # snapshot requests and hourly history while mounted: likewise
+        self.history: History | None = None   # the vault's snapshots (format 2, read-write sessions)
+        self.snapshot: str | None = None      # a snapshot's mount (snapshot_mount.py): which one
         self.vfs: VaultFS | None = None  # the tree, once built
         self.missing: list[str] = []
         self.session_id = ""
@@ -276,6 +282,11 @@ class Session:
         # Everything on the drives before anything says "clean": the drives may be pulled
         # right after `pqcfs umount` returns.
         root_seq = 0
+        if self.history is not None and self.history.index.policy is not None and self.SNAPSHOT_AT_END:
+            try:
+                self.history.create(self.vfs, label="unmount", kind="auto")
+            except (OSError, PqcfsError) as e:
+                log.error("the automatic snapshot at unmount failed: %s", e)
         if self.vfs is not None:
             try:
                 root_seq = self.vfs.settle()
@@ -330,10 +341,24 @@ class Session:
         vfs = open_tree(self.vault, replicas=self.replicas, read_only=self.read_only, on_event=self.event,
                         intent=self.intent)
         vfs.grant_roots = grant_roots(self.vault.header)
+        if not self.read_only and self.vault.tables:
+            self.history = self._history()
+            vfs.history = self.history
         if self.audit is not None:
             self.audit.follow(healthy, self.drives)
         self.vfs = vfs
         return vfs
+
+    def _history(self) -> History:
+        """The vault's snapshots, kept through this session's replica set: its failures
+        and its change journal (a replica brought back gets them too)."""
+        header = self.vault.header
+        store = SnapshotStore(self.drives, header.vault_id, self.vault.root_key, lambda: self.replicas.healthy,
+                              on_change=lambda rel, subtree=False: self.replicas.on_change(rel, subtree))
+        history = History(store, header.vault_id, self.vault.root_key, on_event=self.event,
+                          accept_older=self.accept_older)
+        history.attach(self.replicas)
+        return history
 
     def _fill_reserves(self) -> None:
         """Each drive's reserve made whole before anything is written (store/reserve.py);
@@ -374,7 +399,10 @@ class Session:
         failed = [os.path.abspath(self.vault.locations[n]) for n in sorted(self.replicas.failed)] if self.replicas else []
         data = json.dumps({
             "pid": os.getpid(), "mountpoint": self.mountpoint,
-            "replicas": [os.path.abspath(location) for location in self.vault.locations],
+            # A snapshot's mount is not the vault's: commands that reach a mounted vault's
+            # daemon (sync, push, snapshot) must not find it by its replicas.
+            "replicas": [] if self.snapshot else [os.path.abspath(location) for location in self.vault.locations],
+            "snapshot": self.snapshot,
             "failed": failed, "missing": self.missing, "vault_id": self.vault.header.vault_id.hex(),
             "read_only": self.read_only, "single": len(self.vault.header.replicas) == 1,
             "log": self.log_path, "user": self.owner.name if self.owner else None}).encode()
@@ -395,6 +423,8 @@ class OfflineSession(Session):
     """A session without a mount, for a command that changes the tree (a revoke's
     re-key): the same intent log, change journal, degraded mode and crash recovery as a
     mount, and its start and end in the audit log under the command's name."""
+
+    SNAPSHOT_AT_END = False    # a command's session is not an unmount
 
     def __init__(self, vault: vault_mod.UnlockedVault, purpose: str):
         super().__init__(vault, purpose)

@@ -355,17 +355,20 @@ class Drive:
             fsync_dir_fd(fd)
 
     @_operation
-    def copy_from(self, source: "Drive", rel: str, sync: bool = True) -> int:
-        """Make rel here a copy of source's regular file rel (temp file and rename, so a
-        failure leaves the old copy whole); returns the bytes copied. A heal or a sync is
-        pqcfs' own write: it may use the reserve."""
-        return reserve.retrying(self, lambda: self._copy_from(source, rel, sync))
+    def copy_from(self, source: "Drive", rel: str, sync: bool = True, to: str | None = None,
+                  use_reserve: bool = True) -> int:
+        """Make rel here (or `to`) a copy of source's regular file rel (temp file and
+        rename, so a failure leaves the old copy whole); returns the bytes copied. A heal
+        or a sync is pqcfs' own write: it may use the reserve (history may not: it yields)."""
+        if not use_reserve:
+            return self._copy_from(source, rel, sync, to or rel)
+        return reserve.retrying(self, lambda: self._copy_from(source, rel, sync, to or rel))
 
-    def _copy_from(self, source: "Drive", rel: str, sync: bool) -> int:
+    def _copy_from(self, source: "Drive", rel: str, sync: bool, to: str) -> int:
         src_fd = source.open(rel)
         try:
             st = os.fstat(src_fd)
-            fd, name = self._at(rel)
+            fd, name = self._at(to)
             tmp = TEMP_PREFIX + os.urandom(6).hex()
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=fd)
             try:
@@ -384,8 +387,8 @@ class Drive:
                 os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
                 os.close(out)
                 out = -1
-                if self.kind(rel) == "dir":
-                    self.quarantine(rel, "a directory where the other replica has a file")
+                if self.kind(to) == "dir":
+                    self.quarantine(to, "a directory where the other replica has a file")
                 os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
             except BaseException as e:
                 if out >= 0:

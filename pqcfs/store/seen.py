@@ -3,7 +3,8 @@ the root directory table's sequence number at the last unmount. Drives that come
 holding an older root table have been rolled back as a whole (both drives alike), which
 nothing on the drives themselves can show.
 
-  <state dir>/<vault id hex>.seen = JSON {"format": 1, "root_seq": N, "lineage": [...], "revoked": [grant ids]}
+  <state dir>/<vault id hex>.seen = JSON {"format": 1, "root_seq": N, "lineage": [...], "revoked": [grant ids],
+                                          "snapshots": the snapshot index's sequence number}
                                     "\\n" hex(HMAC) "\\n"
 
 The lineage (the replica state's, authenticated there) tells a rollback (the drives'
@@ -99,7 +100,37 @@ def record(vault_id: bytes, root_key: bytes, root_seq: int, lineage: list[str],
     except DamagedStructure:
         gone = set()
     gone |= set(revoked_grants)
+    _write(vault_id, root_key, {"format": 1, "root_seq": root_seq, "lineage": lineage[-256:],
+                                "revoked": sorted(gone)[-4096:], "snapshots": _snapshots_or_0(vault_id, root_key)})
+
+
+def _snapshots_or_0(vault_id: bytes, root_key: bytes) -> int:
+    try:
+        return snapshots(vault_id, root_key)
+    except DamagedStructure:
+        return 0
+
+
+def _write(vault_id: bytes, root_key: bytes, record: dict) -> None:
     os.makedirs(userdirs.state_dir(), mode=0o700, exist_ok=True)
-    body = json.dumps({"format": 1, "root_seq": root_seq, "lineage": lineage[-256:],
-                       "revoked": sorted(gone)[-4096:]}, sort_keys=True).encode()
+    body = json.dumps(record, sort_keys=True).encode()
     write_atomic(_path(vault_id), body + b"\n" + _mac(root_key, body).encode() + b"\n")
+
+
+def snapshots(vault_id: bytes, root_key: bytes) -> int:
+    """The newest snapshot index sequence number this machine has seen (0: none)."""
+    value = _load(vault_id, root_key).get("snapshots", 0)
+    if not isinstance(value, int) or value < 0:
+        raise DamagedStructure(f"this machine's record of the vault ({_path(vault_id)}) is damaged")
+    return value
+
+
+def record_snapshots(vault_id: bytes, root_key: bytes, seq: int) -> None:
+    """The snapshot index reached seq (kept as the highest seen: an index put back to an
+    older copy is a rollback)."""
+    record = _load(vault_id, root_key)
+    if seq <= record.get("snapshots", 0):
+        return
+    record["snapshots"] = seq
+    record.setdefault("format", 1)
+    _write(vault_id, root_key, record)

@@ -1,0 +1,79 @@
+"""A snapshot's tree, opened from its manifest: every directory record reached from the
+root (the owner) or from one directory (a grantee), each authenticated under its own key."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+
+from pqcfs.crypto.keys import NodeKeys, root_dir_keys
+from pqcfs.errors import DamagedStructure
+from pqcfs.format import snapshot as fmt
+from pqcfs.format.dir_table import FLAG_LINKED
+from pqcfs.snapshots.store import data_name
+
+
+@dataclass
+class Manifest:
+    snap_id: bytes
+    head: fmt.Head | None                         # None: opened by a grantee (no head key)
+    top: bytes                                    # the directory it was opened from
+    dirs: dict[bytes, fmt.DirRecord] = field(default_factory=dict)
+    dir_keys: dict[bytes, NodeKeys] = field(default_factory=dict)
+
+    def files(self):
+        """(node id, write counter, plaintext size, hard-linked) of every file-like entry;
+        a hard-linked node once per name."""
+        for rec in self.dirs.values():
+            for child in rec.children:
+                e = child.entry
+                if not stat.S_ISDIR(e.mode):
+                    yield e.node_id, e.counter, e.size, bool(e.flags & FLAG_LINKED)
+
+    def kept_names(self) -> set[str]:
+        return {data_name(node_id, counter) for node_id, counter, _, _ in self.files()}
+
+
+def _walk(data: bytes, snap_id: bytes, located: dict, top: NodeKeys, manifest: Manifest) -> Manifest:
+    pending = [top]
+    while pending:
+        keys = pending.pop()
+        where = located.pop(fmt.locator(keys.meta_key, snap_id), None)
+        if where is None:
+            raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: a directory's record is missing")
+        off, n = where
+        rec = fmt.decode_record(keys.meta_key, snap_id, keys.node_id, bytes(data[off:off + n]))
+        if rec.dir_id in manifest.dirs:
+            raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: a directory is named twice")
+        manifest.dirs[rec.dir_id] = rec
+        manifest.dir_keys[rec.dir_id] = keys
+        for child in rec.children:
+            if stat.S_ISDIR(child.entry.mode):
+                pending.append(NodeKeys(child.entry.node_id, child.key))
+    return manifest
+
+
+def load(data: bytes, snap_key: bytes, vault_id: bytes, root_key: bytes, snap_id: bytes) -> Manifest:
+    """The owner's view: the head authenticates, every record is reached from the root
+    exactly once, and there is no record the tree does not reach."""
+    head, start = fmt.decode_head(snap_key, vault_id, data, snap_id)
+    located = fmt.split_records(data, start)
+    if len(located) != head.records:
+        raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: {len(located)} records, its head names {head.records}")
+    manifest = _walk(data, snap_id, located, root_dir_keys(root_key, head.root_id),
+                     Manifest(snap_id=snap_id, head=head, top=head.root_id))
+    if located:
+        raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: records that no directory of it names")
+    return manifest
+
+
+def load_subtree(data: bytes, top: NodeKeys) -> Manifest | None:
+    """A grantee's view from the directory whose key it holds: None when the snapshot does
+    not hold that directory (taken before the grant, or after a revoke re-keyed it)."""
+    snap_id = fmt.manifest_id(data)
+    located = fmt.split_records(data, fmt.records_start(data))
+    if fmt.locator(top.meta_key, snap_id) not in located:
+        return None
+    manifest = Manifest(snap_id=snap_id, head=None, top=top.node_id)
+    manifest = _walk(data, snap_id, located, top, manifest)
+    return manifest

@@ -1,0 +1,251 @@
+"""A snapshot as a read-only tree: what `mount --snapshot`, `restore` and `diff` read.
+
+Its nodes answer the same calls a tree's do for a copy (lookup, listdir, open, read,
+xattrs, times: fs/copier.py reads either). A file's contents come from the snapshots'
+data when the live tree has changed it since, else from the live file; either is used
+only when its header names the node and the write counter the snapshot recorded (both
+authenticated under the node's key), and the live file is checked again after it is
+read, so a change racing the read (the vault is mounted meanwhile) is never served: the
+read starts over from the kept copy the change made first.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+from dataclasses import dataclass, field
+
+from pqcfs.crypto.content import BlockCorrupt, ContentCipher, p_size
+from pqcfs.crypto.keys import NodeKeys
+from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError
+from pqcfs.format import node_header
+from pqcfs.format.dir_table import FLAG_LINKED, Entry
+from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, Meta
+from pqcfs.fs.common import FsError
+from pqcfs.fs.inodes import inode_number, link_path
+from pqcfs.snapshots.manifest import Manifest
+from pqcfs.snapshots.store import data_rel
+from pqcfs.store.replicas import TREE_DIR
+
+log = logging.getLogger(__name__)
+ATTEMPTS = 3
+
+
+@dataclass(eq=False)
+class SnapNode:
+    entry: Entry                    # its attributes (a directory's: its record's own)
+    keys: NodeKeys
+    parent: "SnapNode | None"
+    p_name: bytes
+    c_dir: str                      # where its directory was on the drives (tree-relative)
+    xattrs: dict = field(default_factory=dict)
+    ino: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.entry.mode)
+
+    @property
+    def hard_linked(self) -> bool:
+        return bool(self.entry.flags & FLAG_LINKED)
+
+    @property
+    def meta(self) -> Meta:
+        e = self.entry
+        return Meta(mode=e.mode, uid=e.uid, gid=e.gid, rdev=e.rdev, nlink=e.nlink, counter=e.counter)
+
+    @property
+    def size(self) -> int:
+        return 0 if self.is_dir else self.entry.size
+
+    @property
+    def live_path(self) -> str:
+        if self.hard_linked:
+            return link_path(self.keys.node_id)
+        return f"{self.c_dir}/{self.entry.disk_name}" if self.c_dir else self.entry.disk_name
+
+
+class SnapContent:
+    """One file's plaintext as the snapshot holds it."""
+
+    def __init__(self, tree: "SnapshotTree", node: SnapNode):
+        self.tree, self.node = tree, node
+        self.size = node.entry.size
+        self.cipher = ContentCipher(node.keys.content_key, node.keys.node_id, tree.block_size)
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        B, C = self.cipher.p_block, self.cipher.c_block
+        first, last = offset // B, (end - 1) // B
+        eof_index = (self.size - 1) // B
+        c_data = self.tree.read_version(self.node, HEADER_LEN + first * C, (last - first + 1) * C)
+        try:
+            plain = self.cipher.open(first, c_data, eof_index)
+        except BlockCorrupt as e:
+            raise DamagedStructure(f"snapshot data of a file is damaged ({e})") from None
+        return plain[offset - first * B: end - first * B]
+
+
+class SnapshotTree:
+    """A snapshot's tree over the vault's drives (read only)."""
+
+    def __init__(self, manifest: Manifest, drives: list, block_size: int, top_name: bytes = b""):
+        self.manifest = manifest
+        self.drives = drives
+        self.block_size = block_size
+        self.read_only = True
+        self.on_event = lambda event, **details: None     # told of damage found while reading
+        rec = manifest.dirs[manifest.top]
+        self.root = SnapNode(entry=rec.self_attrs, keys=manifest.dir_keys[manifest.top], parent=None, p_name=top_name,
+                             c_dir=rec.c_path, xattrs=rec.xattrs, ino=1)
+        self._live: dict[bytes, str] | None = None     # node id -> tree path, once the live tree was searched
+        self.by_ino: dict[int, SnapNode] = {1: self.root}
+
+    # --- the tree -------------------------------------------------------------------------
+
+    def _children(self, node: SnapNode) -> dict[bytes, SnapNode]:
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        rec = self.manifest.dirs[node.keys.node_id]
+        out = {}
+        for child in rec.children:
+            e = child.entry
+            keys = NodeKeys(e.node_id, child.key)
+            if stat.S_ISDIR(e.mode):
+                sub = self.manifest.dirs[e.node_id]
+                kid = SnapNode(entry=sub.self_attrs, keys=keys, parent=node, p_name=e.p_name, c_dir=sub.c_path,
+                               xattrs=sub.xattrs)
+            else:
+                kid = SnapNode(entry=e, keys=keys, parent=node, p_name=e.p_name, c_dir=rec.c_path,
+                               xattrs=child.xattrs)
+            kid.ino = inode_number(e.node_id)
+            out[e.p_name] = kid
+        return out
+
+    def listdir(self, node: SnapNode) -> list[tuple[bytes, str]]:
+        rec = self.manifest.dirs.get(node.keys.node_id)
+        if rec is None or not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return sorted((c.entry.p_name, c.entry.disk_name) for c in rec.children)
+
+    def lookup(self, node: SnapNode, p_name: bytes) -> SnapNode:
+        kid = self._children(node).get(p_name)
+        if kid is None:
+            raise FsError(errno.ENOENT)
+        self.by_ino.setdefault(kid.ino, kid)
+        return kid
+
+    def resolve(self, p_path: str) -> SnapNode:
+        node = self.root
+        for part in [p for p in p_path.split("/") if p and p != "."]:
+            if part == "..":
+                raise PqcfsError(f"{p_path}: '..' is not allowed in a vault path")
+            try:
+                node = self.lookup(node, part.encode())
+            except FsError:
+                raise PqcfsError(f"{p_path}: not in this snapshot") from None
+        return node
+
+    def walk(self, node: SnapNode | None = None, prefix: bytes = b""):
+        """(plaintext path, node) of everything below node, parents first."""
+        pending = [(node or self.root, prefix)]
+        while pending:
+            here, path = pending.pop()
+            for name, kid in sorted(self._children(here).items(), reverse=True):
+                kid_path = path + b"/" + name if path else name
+                yield kid_path, kid
+                if kid.is_dir:
+                    pending.append((kid, kid_path))
+
+    def times(self, node: SnapNode) -> tuple[int, int, int]:
+        e = node.entry
+        return e.atime, e.mtime, e.ctime
+
+    def xattrs(self, node: SnapNode) -> dict[bytes, bytes]:
+        return node.xattrs
+
+    def size_of(self, node: SnapNode) -> int:
+        return node.size
+
+    def open(self, node: SnapNode, writable: bool = False) -> SnapContent:
+        if writable:
+            raise FsError(errno.EROFS)
+        return SnapContent(self, node)
+
+    def release(self, node: SnapNode) -> None:
+        pass
+
+    def read_all(self, node: SnapNode) -> bytes:
+        return self.open(node).read(0, node.size)
+
+    # --- where a version's ciphertext is ----------------------------------------------------
+
+    def _version_ok(self, drive, rel: str, node: SnapNode) -> bool:
+        """rel on drive is the node at the snapshot's write counter and size."""
+        try:
+            header = drive.read_at(rel, HEADER_LEN)
+            if node_header.parse_prefix(header, MAGIC_FILE) != node.keys.node_id:
+                return False
+            meta = node_header.open_meta(node.keys.meta_key, header)
+            return meta.counter == node.entry.counter and \
+                p_size(drive.lstat(rel).st_size - HEADER_LEN, self.block_size) == node.entry.size
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except (CryptoError, DamagedStructure, OSError, PqcfsError) as e:
+            log.warning("%s is not the file a snapshot holds: %s", drive.describe(rel), e)
+            return False
+
+    def read_version(self, node: SnapNode, offset: int, length: int) -> bytes:
+        kept = data_rel(node.keys.node_id, node.entry.counter)
+        for attempt in range(ATTEMPTS):
+            for drive in self.drives:
+                if self._version_ok(drive, kept, node):
+                    return drive.read_at(kept, length, offset)
+            for drive in self.drives[:1] if attempt < ATTEMPTS - 1 else self.drives:
+                for rel in self._live_paths(node, search=attempt > 0):
+                    if not self._version_ok(drive, rel, node):
+                        continue
+                    data = drive.read_at(rel, length, offset)
+                    # The live file may have changed while it was read: the change raised
+                    # the counter only after the keeper copied this version away.
+                    if self._version_ok(drive, rel, node):
+                        return data
+        raise DamagedStructure(f"a file of the snapshot ({node.p_name.decode(errors='replace')}) is on no "
+                               "drive: neither its kept copy nor the live file is that version")
+
+    def _live_paths(self, node: SnapNode, search: bool) -> list[str]:
+        paths = [f"{TREE_DIR}/{node.live_path}"]
+        if search and not node.hard_linked:
+            if self._live is None:
+                self._live = self._index_live()
+            moved = self._live.get(node.keys.node_id)
+            if moved is not None:
+                paths.append(f"{TREE_DIR}/{moved}")
+        return paths
+
+    def _index_live(self) -> dict[bytes, str]:
+        """node id -> tree path of every file on the first drive (a file a snapshot holds
+        was moved since, or its directory was): its header's unauthenticated prefix names
+        it, and _version_ok authenticates whatever is found."""
+        drive, found, pending = self.drives[0], {}, [""]
+        while pending:
+            here = pending.pop()
+            rel = f"{TREE_DIR}/{here}" if here else TREE_DIR
+            try:
+                listing = drive.scandir(rel)
+            except OSError:
+                continue
+            for name, kind in listing:
+                path = f"{here}/{name}" if here else name
+                if kind == "dir" and name != "h.links":
+                    pending.append(path)
+                elif kind == "file" and "." not in name.removeprefix("l."):
+                    try:
+                        node_id = node_header.parse_prefix(drive.read_at(f"{TREE_DIR}/{path}", HEADER_LEN), MAGIC_FILE)
+                    except (OSError, PqcfsError):
+                        continue
+                    found.setdefault(node_id, path)
+        return found
