@@ -14,6 +14,7 @@ from pqcfs.fs import recovery
 from pqcfs.store import seen
 from pqcfs.fs.trees import open_tree
 from pqcfs.fs.vaultfs import FsError, VaultFS
+from pqcfs.snapshots import check as snapshot_check
 from pqcfs.store.drive import Drive
 from pqcfs.store.replicas import TREE_DIR
 from pqcfs.store.sync import copy_entry, same_file
@@ -41,6 +42,7 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     differing_files: int = 0
     root_seqs: dict[str, int] = field(default_factory=dict)   # format 2: each replica's root table
+    snapshot_versions: int = 0     # file versions the snapshots hold, each checked
 
     @property
     def clean(self) -> bool:
@@ -48,6 +50,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"replicas": self.replicas, "nodes": self.nodes, "bytes_checked": self.bytes_checked,
+                "snapshot_versions": self.snapshot_versions,
                 "differing_files": self.differing_files, "clean": self.clean,
                 "problems": [{"replica": p.replica, "c_path": p.c_path, "what": p.what, "repaired": p.repaired}
                              for p in self.problems]}
@@ -162,6 +165,8 @@ def run(vault: vault_mod.UnlockedVault, repair: bool = False, progress=lambda n:
             seen.check(vault.header.vault_id, vault.root_key, report.root_seqs[newest], lineage)
         except PqcfsError as e:
             report.problems.append(Problem(newest, ".", str(e), kind="rollback"))
+    if vault.tables:
+        _check_snapshots(vault, report, repair)
     if repair:
         _repair(vault, report)
     drives = vault.drives
@@ -171,6 +176,20 @@ def run(vault: vault_mod.UnlockedVault, repair: bool = False, progress=lambda n:
         except (PqcfsError, OSError) as e:
             report.problems.append(Problem(other.location, ".", f"could not compare with the primary: {e}"))
     return report
+
+
+def _check_snapshots(vault: vault_mod.UnlockedVault, report: Report, repair: bool) -> None:
+    """Snapshots (format 2): found and, with repair, mended by snapshots/check.py itself
+    (its structures are not the tree's)."""
+    try:
+        findings, versions = snapshot_check.check(vault, repair)
+    except (PqcfsError, OSError) as e:
+        report.problems.append(Problem(vault.locations[0], "pqcfs.snapshots", f"snapshots: {e}", kind="snapshots"))
+        return
+    report.snapshot_versions = versions
+    for f in findings:
+        report.problems.append(Problem(f.location, f.where, f.what, repaired=f.repaired,
+                                       kind="rollback" if f.rollback else "snapshots"))
 
 
 def _repair_names(good: Drive, damaged: Drive, rel: str) -> None:
@@ -206,8 +225,8 @@ def _repair(vault: vault_mod.UnlockedVault, report: Report) -> None:
     for problem in report.problems:
         damaged = vault.drive(problem.replica)
         path = _t(problem.c_path if problem.c_path != "." else "")
-        if problem.kind == "rollback":
-            continue    # nothing on the drives to repair it from
+        if problem.kind in ("rollback", "snapshots"):
+            continue    # nothing on the drives to repair it from; or mended where it was found
         if problem.kind == "odd":
             damaged.quarantine(path, "not a file or directory (fsck)")
         for location in vault.locations:

@@ -21,6 +21,7 @@ from pqcfs import userdirs
 from pqcfs.errors import DamagedStructure, GrantRefused, PqcfsError
 from pqcfs.format import vault_header
 from pqcfs.session import session as session_mod
+from pqcfs.snapshots.history import BlindKeeper
 from pqcfs.session.grantee_intent import intent_key, intent_name, recover
 from pqcfs.fs.vaultfs import VaultFS
 from pqcfs.sharing import Opened
@@ -116,6 +117,8 @@ class GranteeSession(session_mod.Session):
             self.intent.clear()
             self.replicas.before_sync = self.intent.sync
         self.vfs = self._fs(self.replicas, read_only=self.read_only, on_event=self.event, intent=self.intent)
+        if not self.read_only:
+            self.vfs.history = BlindKeeper(self.replicas)
         return self.vfs
 
     def _give_top_directory(self, vfs: VaultFS) -> None:

@@ -28,7 +28,7 @@ from pqcfs.format import snapshot as fmt
 from pqcfs.snapshots import manifest as manifest_mod
 from pqcfs.snapshots import policy as policy_mod
 from pqcfs.snapshots import take
-from pqcfs.snapshots.store import DATA, SnapshotStore, data_name, data_rel
+from pqcfs.snapshots.store import DATA, INDEX, SnapshotStore, data_name, data_rel
 from pqcfs.store import seen
 from pqcfs.store.replicas import TREE_DIR
 
@@ -75,7 +75,7 @@ class History:
         self.held: dict[bytes, int] = {}
         self.kept_bytes = 0
         self.replicas = None
-        if self.index.snapshots and store.writable:
+        if store.writable and not self.unfinished_cleanup() and self.index.snapshots:
             self._load_held()
 
     # --- reading ----------------------------------------------------------------------
@@ -87,6 +87,8 @@ class History:
     def _load_held(self) -> None:
         kept = self.store.kept()
         self.kept_bytes = sum(kept.values())
+        for n in self.store.healthy[1:]:     # kept means kept on every replica (a crash may have cut a copy short)
+            kept = {name: size for name, size in self.store.kept(n).items() if name in kept}
         if not self.index.snapshots:
             self.held = {}
             return
@@ -185,20 +187,34 @@ class History:
         self.store.commit(self.index)       # from here on they are gone; the rest is cleanup
         self._recorded()
         for snap_id in snap_ids:
-            self.store.remove_manifest(snap_id)
             self.on_event("snapshot-deleted", snapshot=snap_id.hex(), why=why)
         return self.collect()
 
     def collect(self) -> tuple[int, int]:
-        """Kept files and manifests no listed snapshot needs (a delete's cleanup, or what a
-        crash left) leave every replica."""
+        """Kept files no listed snapshot needs leave every replica, then manifests the
+        index does not list. In that order: a manifest left over says that a cleanup was
+        cut short (a crash), and the next session (unfinished_cleanup) does it again."""
         referenced: set[str] = set()
         for listed in self.index.snapshots:
             referenced |= self.manifest(listed).kept_names()
-        self.store.sweep_manifests({s.snap_id for s in self.index.snapshots})
         freed = self.store.drop_unreferenced(referenced)
+        self.store.sweep_manifests({s.snap_id for s in self.index.snapshots})
         self._load_held()
         return freed
+
+    def unfinished_cleanup(self) -> bool:
+        """A create or delete cut short left a manifest the index does not list (or a
+        copy half made): collect what nothing holds now."""
+        listed = {s.snap_id.hex() + ".s" for s in self.index.snapshots}
+        drive = self.store.drives[self.store.healthy[0]]
+        strays = [n for n in self.store.listing(drive) if n.endswith(".s") and n not in listed]
+        half_made = [n for n in self.store.kept_listing(drive) if n.startswith("t.")]
+        if not (strays or half_made):
+            return False
+        log.info("snapshots: finishing a cleanup a crash cut short (%d manifests, %d partial copies)",
+                 len(strays), len(half_made))
+        self.collect()
+        return True
 
     def thin(self, now_ns: int | None = None) -> list[bytes]:
         policy = self.index.policy
@@ -251,3 +267,41 @@ class History:
         self.on_event("history-yielded", snapshot=oldest.snap_id.hex(), label=oldest.label, why=why)
         self.delete([oldest.snap_id], why="history-yielded")
         return True
+
+
+class BlindKeeper:
+    """What a read-write grantee's tree calls instead: a grantee can not read the snapshot
+    index (its key comes from the owner's root key), so it can not tell which versions a
+    snapshot holds. While the vault has snapshots it keeps every version it changes or
+    removes; the owner's next collect drops the ones no snapshot holds. (A grantee holds
+    the keys of its subtree: what it keeps is authenticated like the owner's copies, and
+    it could as well forge them; docs/snapshots.md says so.)"""
+
+    def __init__(self, replicas):
+        self.replicas = replicas
+
+    def _active(self) -> bool:
+        drive = self.replicas.drive()
+        return drive.kind(INDEX) == "file" and drive.kind(DATA) == "dir"
+
+    def before_change(self, node_id: bytes, counter: int, data_path: str) -> None:
+        if self._active():
+            self._each(node_id, counter, lambda d, src, dst: d.copy_from(d, src, to=dst, use_reserve=False), data_path)
+
+    def before_remove(self, node_id: bytes, counter: int, data_path: str) -> bool:
+        if not self._active():
+            return False
+        self._each(node_id, counter, lambda d, src, dst: d.rename(src, dst), data_path)
+        return True
+
+    def _each(self, node_id: bytes, counter: int, op, data_path: str) -> None:
+        src, dst = f"{TREE_DIR}/{data_path}", data_rel(node_id, counter)
+        for rel in (src, dst):
+            self.replicas.on_change(rel)
+
+        def keep(n: int) -> None:
+            drive = self.replicas.drives[n]
+            if drive.kind(DATA) == "dir" and not drive.exists(dst):
+                op(drive, src, dst)
+                drive.fsync_dir(DATA)
+        self.replicas.each(keep)

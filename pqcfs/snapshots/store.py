@@ -21,9 +21,10 @@ import blake3
 from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError, UnsupportedVersion
 from pqcfs.format import snapshot as fmt
 from pqcfs.store.drive import Drive
+from pqcfs.store.sync import SNAPSHOTS
 
 log = logging.getLogger(__name__)
-DIR = "pqcfs.snapshots"
+DIR = SNAPSHOTS
 INDEX = f"{DIR}/index"
 DATA = f"{DIR}/data"
 DAMAGE = (CryptoError, DamagedStructure, UnsupportedVersion, OSError, PqcfsError)
@@ -171,16 +172,15 @@ class SnapshotStore:
                 self.on_change(rel)
         return data
 
-    def remove_manifest(self, snap_id: bytes) -> None:
-        rel = manifest_rel(snap_id)
-        self.on_change(rel)
-        for n in self.healthy:
-            try:
-                self.drives[n].unlink(rel)
-            except FileNotFoundError:
-                pass
-
     # --- kept data ----------------------------------------------------------------------
+
+    @staticmethod
+    def listing(drive: Drive) -> list[str]:
+        return [name for name, kind in drive.scandir(DIR)] if drive.kind(DIR) == "dir" else []
+
+    @staticmethod
+    def kept_listing(drive: Drive) -> list[str]:
+        return [name for name, kind in drive.scandir(DATA)] if drive.kind(DATA) == "dir" else []
 
     def kept(self, n: int | None = None) -> dict[str, int]:
         """name -> bytes of every kept file on replica n (the first healthy one)."""

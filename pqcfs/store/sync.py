@@ -4,7 +4,7 @@ This works on ciphertext bytes; the caller may pass `vet(rel)`, which authentica
 source's copy of a file before it replaces the target's (False: the source copy is
 damaged, so the target keeps what it has and the file counts as damaged). Which replica
 is the source is policy decided elsewhere (replica states); this code never chooses. It touches only what the vault owns on a drive (the header, the
-audit log and `tree/`), never the other files a user keeps on the same stick, and only
+audit log, `tree/` and the snapshots), never the other files a user keeps on the same stick, and only
 regular files and directories: a symlink, FIFO or device on either side is damage, left
 unfollowed (and moved out of the way into the quarantine on the target).
 """
@@ -27,6 +27,7 @@ CHUNK = 1 << 20
 TREE = "tree"
 AUDIT_FILE = "pqcfs.audit"
 COPIED_FILES = ("pqcfs.vault", "pqcfs.vault.spare", AUDIT_FILE)   # per-replica files (state, lock, intent, changes) are never copied
+SNAPSHOTS = "pqcfs.snapshots"     # snapshots/store.py: an index, then files written once under names of their own
 TAIL_CHECK = 64 << 10
 
 
@@ -329,6 +330,43 @@ def sync_own_files(src: Drive, dst: Drive, stats: SyncStats) -> None:
         elif kind == "other":
             log.error("%s is not a regular file; not copied", src.describe(name))
             stats.damaged += 1
+    sync_snapshots(src, dst, stats)
+
+
+def sync_snapshots(src: Drive, dst: Drive, stats: SyncStats) -> None:
+    """The snapshots' directory: the index compared whole; manifests and kept file
+    versions are written once under names that say what they are, so one of the same
+    name and size is the same (only their presence is compared, not every byte)."""
+    kind = src.kind(SNAPSHOTS)
+    if kind != "dir":
+        if kind == "other":
+            log.error("%s is not a directory; not copied", src.describe(SNAPSHOTS))
+            stats.damaged += 1
+        elif dst.kind(SNAPSHOTS) is not None:
+            _remove(dst, SNAPSHOTS, stats)
+        return
+    for rel in (SNAPSHOTS, f"{SNAPSHOTS}/data"):
+        if src.kind(rel) != "dir":
+            continue
+        if dst.kind(rel) != "dir":
+            if dst.exists(rel):
+                _remove(dst, rel, stats)
+            dst.mkdir(rel, 0o700)
+        wanted, have = dict(src.scandir(rel)), dict(dst.scandir(rel))
+        for name, kind in have.items():
+            if name not in wanted or kind != wanted[name]:
+                _remove(dst, f"{rel}/{name}", stats)
+        for name, kind in sorted(wanted.items()):
+            child = f"{rel}/{name}"
+            if kind != "file":
+                continue
+            stats.files_checked += 1
+            if have.get(name) == "file" and (same_file(src, dst, child) if name == "index"
+                                             else src.lstat(child).st_size == dst.lstat(child).st_size):
+                continue
+            stats.bytes_written += dst.copy_from(src, child)
+            stats.files_changed += 1
+        dst.fsync_dir(rel)
 
 
 def _append_tail(src: Drive, dst: Drive, rel: str) -> bool:
