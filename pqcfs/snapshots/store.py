@@ -161,6 +161,17 @@ class SnapshotStore:
                 data = found
                 break
             bad.append((n, "not the manifest the snapshot index lists (altered or swapped)"))
+        if data is not None:
+            # The replicas after the one read: missing or of another size is seen at the cost
+            # of a stat (a copy altered in place is fsck's to find: it reads every byte).
+            for n in self.healthy[self.healthy.index(n) + 1:]:
+                try:
+                    if self.drives[n].lstat(rel).st_size != listed.size:
+                        bad.append((n, "not the manifest the snapshot index lists (altered or swapped)"))
+                except FileNotFoundError:
+                    bad.append((n, "missing"))
+                except OSError as e:
+                    bad.append((n, str(e)))
         for n, why in bad:
             self.problems.append(f"snapshot {listed.snap_id.hex()[:12]} on {self.drives[n].location}: {why}")
         if data is None:
