@@ -2,9 +2,11 @@
 
     .venv/bin/python tests/golden/make_golden.py tests/golden/v2
     .venv/bin/python tests/golden/make_golden.py tests/golden/v2-grants --grants
+    .venv/bin/python tests/golden/make_golden.py tests/golden/v2-snapshots --snapshots
 
 (--grants: the same vault plus two grants of `docs` to a golden identity, whose file and
-passphrase are checked in too.)
+passphrase are checked in too. --snapshots: plus two snapshots (snapshot format 1), with a
+file overwritten and one deleted after the first, so each holds kept versions.)
 
 The result is checked in with its passphrase and recovery code (expected.json) and must
 open with every later version of pqcfs (tests/golden/test_golden.py).
@@ -24,7 +26,7 @@ from pqcfs.crypto.kdf import FLOOR, SALT_LEN, Argon2Params
 from pqcfs.format import grants, slots
 from pqcfs.format import identity as identity_fmt
 from pqcfs.format.identity import Identity
-from pqcfs.fs.vaultfs import Caller
+from pqcfs.fs.vaultfs import Caller, FsError
 
 PASSPHRASE = "golden vault passphrase v1"
 ME = Caller(uid=1000, gid=1000)
@@ -52,7 +54,43 @@ def add_grants(out: str, vault, expected: dict) -> None:
                           "granted": made, "reads": {"blocks.bin": "pattern", "moved/inside.txt": "moved with its key\n"}}
 
 
-def main(out: str, with_grants: bool = False) -> None:
+def add_snapshots(fs, vault, expected: dict) -> None:
+    """Snapshot "golden-1" of diary.txt (first entry) and old.txt; then diary.txt is
+    overwritten and old.txt deleted; snapshot "golden-2"; then diary.txt again."""
+    from pqcfs.snapshots.history import History
+    from pqcfs.snapshots.store import SnapshotStore
+    store = SnapshotStore(vault.drives, vault.header.vault_id, vault.root_key)
+    history = History(store, vault.header.vault_id, vault.root_key)
+    history.attach(fs.replicas)
+    fs.history = history
+    root = fs.inodes.root
+
+    def put(name: bytes, data: bytes) -> None:
+        try:
+            node = fs.lookup(root, name)
+        except FsError:
+            node = fs.create_file(root, name, stat.S_IFREG | 0o644, ME)
+        fs.inodes.remember(node)
+        handle = fs.open(node, True)
+        handle.truncate(0)
+        handle.write(0, data)
+        fs.release(node)
+    put(b"diary.txt", b"first entry\n")
+    put(b"old.txt", b"deleted after the first snapshot\n")
+    history.create(fs, label="golden-1")
+    put(b"diary.txt", b"second entry\n")
+    fs.unlink(root, b"old.txt")
+    history.create(fs, label="golden-2")
+    put(b"diary.txt", b"third entry\n")
+    fs.settle()
+    expected["snapshots"] = {
+        "golden-1": {"diary.txt": "first entry\n", "old.txt": "deleted after the first snapshot\n",
+                     "hello.txt": "Hello, golden vault!\n"},
+        "golden-2": {"diary.txt": "second entry\n", "hello.txt": "Hello, golden vault!\n"},
+        "live": {"diary.txt": "third entry\n"}}
+
+
+def main(out: str, with_grants: bool = False, with_snapshots: bool = False) -> None:
     primary, backup = os.path.join(out, "primary"), os.path.join(out, "backup")
     os.makedirs(primary)
     os.makedirs(backup)
@@ -94,10 +132,12 @@ def main(out: str, with_grants: bool = False) -> None:
         "modes": {"docs": 0o750, "docs/blocks.bin": 0o600, "fifo": 0o640}, "uid": 1000, "gid": 1000}
     if with_grants:
         add_grants(out, vault, expected)
+    if with_snapshots:
+        add_snapshots(fs, vault, expected)
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1, ensure_ascii=False)
         f.write("\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], with_grants="--grants" in sys.argv[2:])
+    main(sys.argv[1], with_grants="--grants" in sys.argv[2:], with_snapshots="--snapshots" in sys.argv[2:])

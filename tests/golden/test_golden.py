@@ -150,3 +150,51 @@ def test_golden_grants_open_for_owner_and_recipient(version, tmp_path, monkeypat
             assert fs.read_all(fs.lookup(docs, b"blocks.bin")) == bytes(range(256)) * 40
             moved = fs.lookup(fs.lookup(docs, b"moved"), b"inside.txt")
             assert fs.read_all(moved) == g["reads"]["moved/inside.txt"].encode()
+
+
+def test_golden_snapshots_read_as_they_were_taken(tmp_path, monkeypatch):
+    monkeypatch.delenv("PQCFS_INSECURE_FAST_KDF", raising=False)
+    from pqcfs.session.snapshot_mount import open_snapshot
+    shutil.copytree(HERE / "v2-snapshots", tmp_path / "v")
+    exp = json.loads((tmp_path / "v" / "expected.json").read_text())
+    locations = [str(tmp_path / "v" / "primary"), str(tmp_path / "v" / "backup")]
+    vault = vault_mod.unlock(locations, Credentials(passphrase=exp["passphrase"].encode()))
+    try:
+        for label, files in exp["snapshots"].items():
+            if label == "live":
+                fs = open_tree(vault, read_only=True)
+                got = {p: fs.read_all(walk(fs, p)).decode() for p in files}
+            else:
+                tree, _ = open_snapshot(vault, label)
+                got = {p.decode(): tree.read_all(n).decode() for p, n in tree.walk() if p.decode() in files}
+            assert got == files, label
+        report = fsck.run(vault)
+        assert report.clean and report.snapshot_versions >= 5
+    finally:
+        vault.close()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_vault_made_before_snapshots_takes_them(version, tmp_path, monkeypatch):
+    """Snapshots need nothing of a vault but format 2: an older one (upgraded from format 1
+    when it is one) takes them, and keeps what changes after."""
+    monkeypatch.delenv("PQCFS_INSECURE_FAST_KDF", raising=False)
+    from tests.api.test_snapshots import Open, snapshot_files
+    root = tmp_path / version
+    shutil.copytree(HERE / version, root)
+    exp = json.loads((root / "expected.json").read_text())
+    locations = [str(root / "primary"), str(root / "backup")]
+    if version == "v1":
+        # Each slot gets its key commitment when it opens (the upgrade test above says more).
+        vault = vault_mod.unlock(locations, Credentials(passphrase=exp["passphrase"].encode()))
+        with pytest.raises(PqcfsError):
+            upgrade.upgrade(vault)
+        vault.close()
+        vault = vault_mod.unlock(locations, Credentials(recovery_code=slots.parse_recovery_code(exp["recovery_code"])))
+        upgrade.upgrade(vault)
+        vault.close()
+    monkeypatch.setattr("tests.api.test_incremental_sync.PASSPHRASE", exp["passphrase"].encode())
+    with Open(locations, tmp_path) as v:
+        v.history.create(v.vfs, label="first")
+        v.put("hello.txt", b"overwritten")
+    assert snapshot_files(locations, "first")["hello.txt"] == b"Hello, golden vault!\n"
