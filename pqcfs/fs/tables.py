@@ -568,8 +568,8 @@ class TabledFS(VaultFS):
     def wrote(self, node: Node) -> None:
         e = node.entry
         if e is None:
-            if node.hard_linked and not node.bumped and self.history is not None:
-                self._bump(node)    # a snapshot tells its versions apart by the counter
+            if node.hard_linked and not node.bumped:
+                self._bump(node)    # a snapshot tells a file's versions apart by the counter
             own = self._own_times(node) if node.hard_linked else None
             if own is not None:
                 own.mtime = own.ctime = now_ns()

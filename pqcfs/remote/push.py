@@ -40,14 +40,15 @@ SAMPLE_MAX = 8 << 20   # ... among those no larger than this
 OBJECTS, EPOCHS, HEADER = "objects", "epochs", "pqcfs.vault"
 TOP_FILES = (vault_header.FILE_NAME, "pqcfs.audit")
 TREE = "tree"
+SNAPSHOTS = "pqcfs.snapshots"     # snapshots/store.py: its index, manifests and kept versions, like the tree's files
 
 
 def pushed_top(name: str, kind: str) -> bool:
     """What of a replica's top directory a remote holds: what a drive shares with every other
-    (the header, the audit logs, the tree); never a replica's own files (state, intent,
-    change journal, reserve, quarantine) or a user's files beside the vault."""
+    (the header, the audit logs, the tree, the snapshots); never a replica's own files (state,
+    intent, change journal, reserve, quarantine) or a user's files beside the vault."""
     if kind == "dir":
-        return name == TREE
+        return name in (TREE, SNAPSHOTS)
     return name in TOP_FILES or (name.startswith(AUDIT_PREFIX) and len(name) > len(AUDIT_PREFIX)
                                  and all(c in "0123456789abcdef" for c in name[len(AUDIT_PREFIX):]))
 

@@ -123,6 +123,10 @@ def test_every_exit_code_is_what_a_real_run_gives(walk):
         expect(exitcodes.REMOTE, "remote", "add", a, ":webdav,url='http://127.0.0.1:1/':v", said="connection refused",
                env_extra={"RCLONE_CONTIMEOUT": "2s", "RCLONE_LOW_LEVEL_RETRIES": "1"})
 
+    # A snapshot that is not there (the vault has none yet).
+    expect(exitcodes.NO_SUCH_SNAPSHOT, "restore", a, "shared", "--snapshot", "yesterday", "--to", str(tmp / "back"),
+           "--passfile", pw, said="no snapshot")
+
     # Grants: an expired one refused at the recipient's mount, a path that is not there.
     bob, bob_pw = str(tmp / "bob.json"), tmp / "bob-pw"
     bob_pw.write_text("bob's own long passphrase here\n")

@@ -3,6 +3,7 @@ versions a snapshot holds, reads find moved files, deleting frees what only it h
 thinning and the space share work as docs/snapshots.md says."""
 
 import os
+import shutil
 import stat
 
 import pytest
@@ -14,7 +15,9 @@ from pqcfs.session.session import Session
 from pqcfs.session.snapshot_mount import open_snapshot
 from pqcfs.snapshots import plain, policy
 from pqcfs.snapshots.store import DATA, INDEX
+from tests.api.test_cli import pqcfs
 from tests.api.test_incremental_sync import unlock
+from tests.conftest import PASSPHRASE
 
 ME = Caller(uid=1000, gid=1000)
 FILE = stat.S_IFREG | 0o644
@@ -246,3 +249,26 @@ def test_one_replica_behind_is_brought_up_to_the_newest_list(locations, tmp_path
         assert any("behind the newest snapshot index" in p for p in v.history.store.problems)
     assert read(os.path.join(locations[1], INDEX)) == read(os.path.join(locations[0], INDEX))
     assert snapshot_files(locations, "one") == {"f": b"1"}
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="needs rclone (scripts/dev.sh installs it)")
+def test_snapshots_go_to_the_offsite_remote_and_come_back_with_a_recovery(locations, tmp_path):
+    with Open(locations, tmp_path) as v:
+        v.put("report.txt", b"draft 1")
+        v.history.create(v.vfs, label="draft")
+        v.put("report.txt", b"draft 2")
+    pw = tmp_path / "pw"
+    pw.write_bytes(PASSPHRASE + b"\n")
+    remote = str(tmp_path / "remote")
+    assert pqcfs("remote", "add", locations[0], remote).returncode == 0
+    assert pqcfs("push", locations[0], "--passfile", str(pw)).returncode == 0
+    new_a, new_b = tmp_path / "new-a", tmp_path / "new-b"
+    new_a.mkdir()
+    new_b.mkdir()
+    r = pqcfs("recover", remote, str(new_a), str(new_b), "--passfile", str(pw), "--allow-fixed",
+              "--allow-same-device")
+    assert r.returncode == 0, r.stderr
+    out = pqcfs("restore", str(new_a), "report.txt", "--snapshot", "draft", "--to", str(tmp_path / "back"),
+                "--passfile", str(pw), "--backup", str(new_b))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "back").read_bytes() == b"draft 1"

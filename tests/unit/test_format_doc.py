@@ -54,3 +54,13 @@ def test_the_offsite_remote_caps_and_labels():
     assert "2^46" in DOC and remote.MAX_OBJECT == 1 << 46
     for label in (kdf.LABEL_REMOTE_OBJECT, kdf.LABEL_REMOTE_SEAL, kdf.LABEL_REMOTE_INDEX):
         assert f'"{label.decode()}"' in DOC
+
+
+def test_the_snapshot_caps_and_labels():
+    from pqcfs.format import snapshot
+    assert stated(r"no record over (\d+) (MiB)") == snapshot.RECORD_CAP
+    assert stated(r"a manifest over (\d+) (MiB)") == snapshot.MANIFEST_CAP
+    assert stated(r"an index over (\d+) (KiB)") == snapshot.INDEX_CAP
+    assert f"over {snapshot.MAX_SNAPSHOTS} snapshots" in DOC.replace("\n", " ")
+    for label in (snapshot.HEAD_AD, snapshot.DIR_AD, snapshot.INDEX_AD, snapshot.LOCATOR_INFO, b"pqcfs snapshot v1"):
+        assert f'"{label.decode()}"' in DOC
