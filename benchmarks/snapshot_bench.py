@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import statistics
 import stat
 import subprocess

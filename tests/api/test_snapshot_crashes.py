@@ -14,7 +14,6 @@ import pytest
 
 from pqcfs.store.drive import Drive
 from pqcfs.snapshots.store import DATA, DIR
-from tests.api.test_incremental_sync import unlock
 from tests.api.test_snapshots import Open, snapshot_files
 
 WRITES = ("write_atomic", "copy_from", "rename", "unlink", "mkdir", "fsync_dir")

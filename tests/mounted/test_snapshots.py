@@ -202,14 +202,14 @@ def test_a_full_drive_with_history_on_yields_history_not_the_write(tmp_path):
 def test_kill_9_while_a_snapshot_is_taken_or_deleted(plain_vault, seed):
     vault, rng = plain_vault, random.Random(seed)
     vault.mount()
-    for d in range(8):
+    for d in range(6):
         os.makedirs(os.path.join(vault.mountpoint, f"d{d}"))
         for n in range(150):
             with open(os.path.join(vault.mountpoint, f"d{d}/f{n}"), "wb") as f:
                 f.write(b"%d" % n)
     vault.umount()
     cli(vault, "snapshot", "create", vault.primary, "--label", "base")
-    for round_ in range(6):
+    for round_ in range(4):
         vault.mount()
         with open(os.path.join(vault.mountpoint, f"d{round_}/f0"), "wb") as f:
             f.write(b"round %d" % round_)
