@@ -19,6 +19,7 @@ from pqcfs.session import session as session_mod
 from pqcfs.session.snapshot_mount import open_snapshot
 from pqcfs.snapshots import plain, policy
 from pqcfs.snapshots.history import find
+from pqcfs.store import seen
 
 
 def add_parser(sub) -> None:
@@ -150,6 +151,11 @@ def _list(args) -> int:
     from pqcfs.snapshots.store import SnapshotStore
     store = SnapshotStore(vault.drives, vault.header.vault_id, vault.root_key, writable=False)
     history = History(store, vault.header.vault_id, vault.root_key, accept_older=True)
+    recorded = seen.snapshots(vault.header.vault_id, vault.root_key)
+    if history.index.seq < recorded:      # listed all the same: what is left is still the user's
+        store.problems.append(f"the snapshot list is older than this machine has seen (sequence "
+                              f"{history.index.seq} < {recorded}): snapshots were removed behind pqcfs' back "
+                              "or the drives were rolled back")
     snaps = [s.to_json() for s in history.index.snapshots]
     kept = sum(store.kept().values()) if snaps else 0
     p = history.index.policy

@@ -33,6 +33,7 @@ from pqcfs.store import seen
 from pqcfs.store.replicas import TREE_DIR
 
 log = logging.getLogger(__name__)
+LABEL_MAX = 200
 
 
 def _full(e: BaseException) -> bool:
@@ -162,6 +163,9 @@ class History:
         """A snapshot of vfs now (the caller holds the tree still: no request in between)."""
         if not self.store.writable:
             raise PqcfsError("the vault is open read-only: no snapshot can be taken")
+        if kind not in fmt.KINDS or not isinstance(label, str) or len(label.encode()) > LABEL_MAX \
+                or any(c in label for c in "\n\r\0"):
+            raise PqcfsError(f"a snapshot's label is one line of at most {LABEL_MAX} bytes")
         self.store.prepare()
         head, data, held = take.take(vfs, self.store.key, self.vault_id, label, kind)
         self.store.write_manifest(head.snap_id, data)

@@ -54,7 +54,11 @@ def records(vfs, snap_id: bytes) -> tuple[list[bytes], int, int, dict[bytes, int
                 files += 1
                 size += entry.size
                 held[e.node_id] = entry.counter
+                if node is not None:
+                    vfs.inodes.maybe_drop(node)     # looked up only for this: not kept in memory
         out.append(fmt.encode_record(dir_node.keys.meta_key, snap_id, rec))
+        if dir_node is not vfs.inodes.root:
+            vfs.inodes.maybe_drop(dir_node)         # its children hold it while they are known
     return out, files, size, held
 
 

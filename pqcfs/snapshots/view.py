@@ -205,7 +205,7 @@ class SnapshotTree:
                 if self._version_ok(drive, kept, node):
                     return drive.read_at(kept, length, offset)
             for drive in self.drives[:1] if attempt < ATTEMPTS - 1 else self.drives:
-                for rel in self._live_paths(node, search=attempt > 0):
+                for rel in self._live_paths(node, attempt):
                     if not self._version_ok(drive, rel, node):
                         continue
                     data = drive.read_at(rel, length, offset)
@@ -216,10 +216,12 @@ class SnapshotTree:
         raise DamagedStructure(f"a file of the snapshot ({node.p_name.decode(errors='replace')}) is on no "
                                "drive: neither its kept copy nor the live file is that version")
 
-    def _live_paths(self, node: SnapNode, search: bool) -> list[str]:
+    def _live_paths(self, node: SnapNode, attempt: int) -> list[str]:
+        """Where the live file may be: where it was, else (after a miss) where a search of
+        the drive found it; the last attempt searches again (it may have moved meanwhile)."""
         paths = [f"{TREE_DIR}/{node.live_path}"]
-        if search and not node.hard_linked:
-            if self._live is None:
+        if attempt and not node.hard_linked:
+            if self._live is None or attempt == ATTEMPTS - 1:
                 self._live = self._index_live()
             moved = self._live.get(node.keys.node_id)
             if moved is not None:

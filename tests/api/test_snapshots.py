@@ -272,3 +272,12 @@ def test_snapshots_go_to_the_offsite_remote_and_come_back_with_a_recovery(locati
                 "--passfile", str(pw), "--backup", str(new_b))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "back").read_bytes() == b"draft 1"
+
+
+def test_a_label_is_one_short_line(locations, tmp_path):
+    from pqcfs.errors import PqcfsError
+    with Open(locations, tmp_path) as v:
+        for label in ("two\nlines", "x" * 201):
+            with pytest.raises(PqcfsError, match="one line"):
+                v.history.create(v.vfs, label=label)
+        assert v.history.index.snapshots == []
