@@ -45,6 +45,16 @@ def prepare(args) -> grantee.GranteeSession:
     """Every grant of this identity (or the one --grant names), each a top-level directory
     named by its label; a grant that is refused (expired, revoked, forged) is left out with
     a warning, and only when none is left does the mount fail."""
+    return _open(args, for_snapshots=False)
+
+
+def open_for_snapshots(args) -> grantee.GranteeVault:
+    """The grants of this identity, opened to read snapshots of their directories: no lock
+    and nothing written (the vault may be mounted meanwhile), as the owner's snapshot reads."""
+    return _open(args, for_snapshots=True)
+
+
+def _open(args, for_snapshots: bool):
     header = vault_mod.read_header(args.vault)[0]
     vault_id = header.vault_id
     public = _public(args)
@@ -52,7 +62,8 @@ def prepare(args) -> grantee.GranteeSession:
     locations = options.replica_locations(args.vault, getattr(args, "backup", None), require_all=False)
     drives = [vault_mod.open_location(location) for location in locations]
     lock = VaultLock(drives)
-    lock.acquire()   # before the passphrase: "in use" is said first
+    if not for_snapshots:
+        lock.acquire()   # before the passphrase: "in use" is said first
     try:
         pw = secrets.passphrase(args.passfile, args.extpass, f"Passphrase for identity {args.identity}")
         try:
@@ -72,7 +83,7 @@ def prepare(args) -> grantee.GranteeSession:
             except (GrantRefused, DamagedStructure, DriveError) as e:
                 host.record(vault_id.hex(), "grantee-unlock-failed", grant=record["id"],
                             recipient=public.fingerprint, reason=f"{type(e).__name__}: {e}")
-                if getattr(e, "opened", None) is not None:    # expired or not yet valid: the key is known
+                if getattr(e, "opened", None) is not None and not for_snapshots:   # expired or not yet valid
                     grantee.record([d for d in drives if not d.read_only], e.opened, vault_id,
                                    "grantee-unlock-failed", recipient=public.fingerprint, reason=str(e))
                 refused.append((record, e))
@@ -80,6 +91,8 @@ def prepare(args) -> grantee.GranteeSession:
             raise refused[0][1]
         for record, e in refused:
             print(f"pqcfs: warning: grant {record['id']} left out: {e}", file=sys.stderr)
+        if for_snapshots:
+            return grantee.GranteeVault(header, locations, opened, drives, lock=None)
         read_only = args.ro or any(o.grant.read_only for o in opened)
         if read_only and not args.ro and not all(o.grant.read_only for o in opened):
             print("pqcfs: warning: some of these grants are read-only, so the mount is; mount a read-write "
@@ -93,7 +106,8 @@ def prepare(args) -> grantee.GranteeSession:
         gv = grantee.GranteeVault(header, locations, opened, drives, lock=lock)
         return grantee.GranteeSession(gv, args.mountpoint, read_only=read_only)
     except BaseException:
-        lock.release()
+        if not for_snapshots:
+            lock.release()
         for drive in drives:
             drive.close()
         raise

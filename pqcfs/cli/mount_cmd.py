@@ -23,6 +23,7 @@ from pqcfs.errors import DriveError, MountError, PqcfsError
 from pqcfs.session import fuseenv, mounttable
 from pqcfs.session import session as session_mod
 from pqcfs.session import snapshot_mount
+from pqcfs.snapshots.view import SnapshotTree
 from pqcfs.session.owner import MountOwner, open_no_links
 from pqcfs.store import devices
 
@@ -141,9 +142,16 @@ def _mount(args, owner: MountOwner | None) -> int:
     if args.snapshot:
         # Lock-free and read-only: the live vault may be mounted (its daemon owns the lock
         # and the audit log) while a snapshot of it is read.
-        vault = options.unlock(args, require_all=False, audit=False)
-        session = snapshot_mount.SnapshotSession(vault, args.mountpoint, args.snapshot, owner=owner,
-                                                 accept_older=args.accept_older)
+        if args.identity and grantee_mount.is_grantee(args):
+            vault = grantee_mount.open_for_snapshots(args)
+            chosen = snapshot_mount.find_grantee_snapshot(snapshot_mount.grantee_snapshots(vault), args.snapshot)
+            tree = SnapshotTree(chosen.manifest, vault.drives, vault.header.block_size)
+            snap_id = chosen.snap_id
+        else:
+            vault = options.unlock(args, require_all=False, audit=False)
+            tree, listed = snapshot_mount.open_snapshot(vault, args.snapshot, args.accept_older)
+            snap_id = listed.snap_id
+        session = snapshot_mount.SnapshotSession(vault, args.mountpoint, tree, snap_id, owner=owner)
         session.mount_fd = mount_fd
         return _serve(session, args)
     if args.identity and grantee_mount.is_grantee(args):

@@ -16,7 +16,9 @@ from pqcfs.format import snapshot as fmt
 from pqcfs.fs.copier import Copier, exists
 from pqcfs.session import control
 from pqcfs.session import session as session_mod
+from pqcfs.session import snapshot_mount
 from pqcfs.session.snapshot_mount import open_snapshot
+from pqcfs.snapshots.view import SnapshotTree
 from pqcfs.snapshots import plain, policy
 from pqcfs.snapshots.history import find
 from pqcfs.store import seen
@@ -39,6 +41,7 @@ def add_parser(sub) -> None:
     for q in (c, ls, d):
         options.add_unlock_options(q)
         options.add_replica_options(q)
+    _grantee_options(ls)
     p.set_defaults(func=run_snapshot)
 
     r = sub.add_parser("restore", help="take a file or directory back from a snapshot")
@@ -51,6 +54,7 @@ def add_parser(sub) -> None:
     r.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     options.add_unlock_options(r)
     options.add_replica_options(r)
+    _grantee_options(r)
     r.set_defaults(func=run_restore)
 
     df = sub.add_parser("diff", help="what changed between a snapshot and another one (or the vault now)")
@@ -72,6 +76,12 @@ def add_parser(sub) -> None:
     options.add_unlock_options(h)
     options.add_replica_options(h)
     h.set_defaults(func=run_history)
+
+
+def _grantee_options(p) -> None:
+    p.add_argument("--grant", metavar="ID", help="with --identity, as a grantee: only this grant's directory")
+    p.add_argument("--owner", metavar="FINGERPRINT",
+                   help="with --identity, as a grantee: the owner key the grant must be signed by")
 
 
 # --- reaching the vault ---------------------------------------------------------------------
@@ -145,7 +155,32 @@ def run_snapshot(args) -> int:
     return 0
 
 
+def _grantee(args) -> bool:
+    if not getattr(args, "identity", None):
+        return False
+    from pqcfs.cli import grantee_mount
+    return grantee_mount.is_grantee(args)
+
+
+def _grantee_snapshots(args):
+    from pqcfs.cli import grantee_mount
+    gv = grantee_mount.open_for_snapshots(args)
+    return gv, snapshot_mount.grantee_snapshots(gv)
+
+
+def _grantee_list(args) -> int:
+    """A grantee's snapshots: those holding a directory of theirs, taken while the grant was live."""
+    _, snaps = _grantee_snapshots(args)
+    data = {"snapshots": [{"id": s.snap_id.hex(), "created": s.created, "grant": s.grant, "directory": s.label}
+                          for s in snaps]}
+    lines = [f"{s.snap_id.hex()[:12]}  {_when(s.created)}  {s.label} (grant {s.grant[:8]})" for s in snaps]
+    options.emit(args, data, "\n".join(lines) or "no snapshots of your granted directories")
+    return 0
+
+
 def _list(args) -> int:
+    if _grantee(args):
+        return _grantee_list(args)
     vault = options.unlock(args, require_all=False, audit=False)
     from pqcfs.snapshots.history import History
     from pqcfs.snapshots.store import SnapshotStore
@@ -172,44 +207,64 @@ def _list(args) -> int:
 # --- restore --------------------------------------------------------------------------------
 
 def run_restore(args) -> int:
+    if _grantee(args):
+        if not args.to:
+            raise PqcfsError("a grantee restores to plain files: give --to DEST")
+        gv, snaps = _grantee_snapshots(args)
+        chosen = snapshot_mount.find_grantee_snapshot(snaps, args.snapshot)
+        tree = SnapshotTree(chosen.manifest, gv.drives, gv.header.block_size)
+        listed = fmt.Listed(snap_id=chosen.snap_id, created=chosen.created, label="", kind="", digest=b"", size=0)
+        return _restore_plain(args, tree, listed, tree.resolve(args.path))
     info = None if args.to else _mounted(args.vault)
     if args.to or info is not None:
         vault = options.unlock(args, require_all=False, audit=False)
         tree, listed = open_snapshot(vault, args.snapshot)
         node = tree.resolve(args.path)
         if args.to:
-            dest = os.path.abspath(args.to)
-            if os.path.isdir(dest) and args.path.strip("/"):
-                dest = os.path.join(dest, os.path.basename(args.path.rstrip("/")))
-        else:
-            dest = _into_mount(info["mountpoint"], args.path, listed)
-        if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.listdir(dest) and node.is_dir):
-            raise PqcfsError(f"{dest} exists; restore writes only new names (give another --to)")
-        if os.path.isdir(dest):
-            os.rmdir(dest)            # an empty directory named as the destination: filled instead
+            return _restore_plain(args, tree, listed, node)
+        dest = _into_mount(info["mountpoint"], args.path, listed)
+        if os.path.lexists(dest):
+            raise PqcfsError(f"{dest} exists; restore writes only new names")
         writer = plain.Writer(tree, _progress(tree, node, "restore"))
         writer.restore(node, dest)
         return _restored(args, listed, dest, writer.files, writer.bytes, writer.skipped)
+    return _offline(args, "restore", lambda session: _into_vault(args, session))
 
-    def into_vault(session):
-        tree, listed = open_snapshot(session.vault, args.snapshot)
-        node = tree.resolve(args.path)
-        parts = [p for p in args.path.split("/") if p and p != "."]
-        if not parts:
-            raise PqcfsError("restoring the whole vault into itself: give --to DEST, or restore its directories "
-                             "one by one")
-        live = session.vfs
-        parent = sharing.resolve(live, "/".join(parts[:-1]))
-        name = _free_in_vault(live, parent, parts[-1], listed)
-        copier = Copier(tree, live, _progress(tree, node, "restore"))
-        if node.is_dir:
-            copier.tree(node, copier.mkdir(node, parent, name.encode()))
-        else:
-            copier.entry(node, parent, name.encode())
-        where = "/".join(parts[:-1] + [name])
-        session.event("snapshot-restored", snapshot=listed.snap_id.hex(), files=copier.files)
-        return _restored(args, listed, "/" + where, copier.files, copier.bytes, [])
-    return _offline(args, "restore", into_vault)
+
+def _restore_plain(args, tree, listed, node) -> int:
+    """node as plain files at --to (into it, when it is a directory and node is not the top)."""
+    dest = os.path.abspath(args.to)
+    if os.path.isdir(dest) and args.path.strip("/"):
+        dest = os.path.join(dest, os.path.basename(args.path.rstrip("/")))
+    if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.listdir(dest) and node.is_dir):
+        raise PqcfsError(f"{dest} exists; restore writes only new names (give another --to)")
+    if os.path.isdir(dest):
+        os.rmdir(dest)            # an empty directory named as the destination: filled instead
+    writer = plain.Writer(tree, _progress(tree, node, "restore"))
+    writer.restore(node, dest)
+    return _restored(args, listed, dest, writer.files, writer.bytes, writer.skipped)
+
+
+def _into_vault(args, session) -> int:
+    """Unmounted: through the tree of a session of the command's own, as a copy (new node
+    ids, the keys of where it lands)."""
+    tree, listed = open_snapshot(session.vault, args.snapshot)
+    node = tree.resolve(args.path)
+    parts = [p for p in args.path.split("/") if p and p != "."]
+    if not parts:
+        raise PqcfsError("restoring the whole vault into itself: give --to DEST, or restore its directories "
+                         "one by one")
+    live = session.vfs
+    parent = sharing.resolve(live, "/".join(parts[:-1]))
+    name = _free_in_vault(live, parent, parts[-1], listed)
+    copier = Copier(tree, live, _progress(tree, node, "restore"))
+    if node.is_dir:
+        copier.tree(node, copier.mkdir(node, parent, name.encode()))
+    else:
+        copier.entry(node, parent, name.encode())
+    where = "/".join(parts[:-1] + [name])
+    session.event("snapshot-restored", snapshot=listed.snap_id.hex(), files=copier.files)
+    return _restored(args, listed, "/" + where, copier.files, copier.bytes, [])
 
 
 def _progress(tree, node, what: str):

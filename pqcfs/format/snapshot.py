@@ -1,19 +1,29 @@
 """Snapshots (docs/snapshots.md): a snapshot's manifest and the replica's snapshot index.
 
-  manifest = "PQCS" | version u8 (1) | 3 zero bytes | snapshot id (16) | u32 len | head | record*
+  manifest = "PQCS" | version u8 (1) | 3 zero bytes | snapshot id (16) | u32 len | head
+             | u32 len | wrap* | record*
   head     = AES-256-GCM(snapshot_key, JSON, aad = "pqcfs snapshot head v1" || vault id || snapshot id)
-  record   = locator (16) | u32 len | AES-256-GCM(meta_key(dir), payload,
+             (JSON: id, created, label, kind, root, records, digest, files, bytes, secret)
+  wrap     = locator_w (16) | u32 len | AES-256-GCM(wrap_key(dir), secret || u64 created,
+                                                    aad = "pqcfs snapshot grant v1" || snapshot id || dir id)
+  record   = locator (16) | u32 len | AES-256-GCM(record_key(dir), payload,
                                                  aad = "pqcfs snapshot dir v1" || snapshot id || dir id)
-  locator  = HMAC(meta_key(dir), "pqcfs snapshot locator v1" || snapshot id)[:16]
+  record_key(dir) = HKDF(meta_key(dir), "pqcfs snapshot record v1", 32, salt = secret)
+  locator  = HMAC(record_key(dir), "pqcfs snapshot locator v1" || snapshot id)[:16]
+  wrap_key(dir)   = HKDF(meta_key(dir), "pqcfs snapshot grant v1", 32, salt = snapshot id)
+  locator_w       = HMAC(meta_key(dir), "pqcfs snapshot grant locator v1" || snapshot id)[:16]
   payload  = u16 len | c_path | self entry | u32 len | xattrs | u32 n | (entry | key (32) | u32 len | xattrs)*
 
-One record per directory, sealed under that directory's own metadata key: whoever holds a
-directory's key (its owner, a grantee) finds and opens the records of its subtree and
-nothing above it; the head (the owner's) counts the records and hashes them all, so the
-owner notices one dropped, added or swapped. Entries are the directory table's (format 2)
-with each child's node key beside it: a snapshot does not depend on the overrides of the
-live tree. The index lists the snapshots with each manifest's hash under a sequence
-number that only grows. Pure: bytes in, bytes out.
+One record per directory, sealed under a key made of that directory's own metadata key
+and the snapshot's secret (32 random bytes in the owner's head). A directory that a live
+grant opens when the snapshot is taken gets a wrap of the secret under its own key: its
+grantee finds and opens the records of that subtree, and of no snapshot taken before the
+grant or after a revoke (which re-keys the directory), and nothing above it. The head
+(the owner's) counts the records and hashes everything after it, so the owner notices
+one dropped, added or swapped. Entries are the directory table's (format 2) with each
+child's node key beside it: a snapshot does not depend on the overrides of the live tree.
+The index lists the snapshots with each manifest's hash under a sequence number that
+only grows. Pure: bytes in, bytes out.
 """
 
 from __future__ import annotations
@@ -36,6 +46,11 @@ HEAD_AD = b"pqcfs snapshot head v1"
 DIR_AD = b"pqcfs snapshot dir v1"
 INDEX_AD = b"pqcfs snapshot index v1"
 LOCATOR_INFO = b"pqcfs snapshot locator v1"
+RECORD_INFO = b"pqcfs snapshot record v1"
+GRANT_AD = b"pqcfs snapshot grant v1"
+GRANT_LOCATOR_INFO = b"pqcfs snapshot grant locator v1"
+SECRET_LEN = 32
+MAX_WRAPS = 4096
 _PREFIX = struct.Struct(">4sB3x16sI")
 _INDEX_PREFIX = struct.Struct(">4sB3x")
 _U32 = struct.Struct(">I")
@@ -54,8 +69,31 @@ def snapshot_key(root_key: bytes) -> bytes:
     return hkdf(root_key, b"pqcfs snapshot v1", 32)
 
 
-def locator(meta_key: bytes, snap_id: bytes) -> bytes:
-    return hmac.new(meta_key, LOCATOR_INFO + snap_id, "sha256").digest()[:LOCATOR_LEN]
+def record_key(meta_key: bytes, secret: bytes) -> bytes:
+    return hkdf(meta_key, RECORD_INFO, 32, salt=secret)
+
+
+def locator(rec_key: bytes, snap_id: bytes) -> bytes:
+    return hmac.new(rec_key, LOCATOR_INFO + snap_id, "sha256").digest()[:LOCATOR_LEN]
+
+
+def wrap_locator(meta_key: bytes, snap_id: bytes) -> bytes:
+    return hmac.new(meta_key, GRANT_LOCATOR_INFO + snap_id, "sha256").digest()[:LOCATOR_LEN]
+
+
+def encode_wrap(meta_key: bytes, snap_id: bytes, dir_id: bytes, secret: bytes, created: int) -> bytes:
+    """The snapshot's secret for the holder of dir's key (a live grant of dir)."""
+    sealed = aead.seal(hkdf(meta_key, GRANT_AD, 32, salt=snap_id), secret + struct.pack(">Q", created),
+                       GRANT_AD + snap_id + dir_id)
+    return wrap_locator(meta_key, snap_id) + _U32.pack(len(sealed)) + sealed
+
+
+def open_wrap(meta_key: bytes, snap_id: bytes, dir_id: bytes, sealed: bytes) -> tuple[bytes, int]:
+    """(the snapshot's secret, when it was taken) from dir's wrap."""
+    raw = aead.open_sealed(hkdf(meta_key, GRANT_AD, 32, salt=snap_id), sealed, GRANT_AD + snap_id + dir_id)
+    if len(raw) != SECRET_LEN + 8:
+        raise DamagedStructure("a snapshot's grant wrap is malformed")
+    return raw[:SECRET_LEN], struct.unpack(">Q", raw[SECRET_LEN:])[0]
 
 
 @dataclass
@@ -86,11 +124,12 @@ class Head:
     digest: bytes = b""               # BLAKE3 of every record's bytes, in order
     files: int = 0
     bytes: int = 0                    # plaintext bytes of the files it holds
+    secret: bytes = b""               # what every record's key is made with (format docstring)
 
     def to_json(self) -> dict:
         return {"format": VERSION, "id": self.snap_id.hex(), "created": self.created, "label": self.label,
                 "kind": self.kind, "root": self.root_id.hex(), "records": self.records,
-                "digest": self.digest.hex(), "files": self.files, "bytes": self.bytes}
+                "digest": self.digest.hex(), "files": self.files, "bytes": self.bytes, "secret": self.secret.hex()}
 
 
 def _xattrs_bytes(table: dict[bytes, bytes]) -> bytes:
@@ -113,7 +152,7 @@ def _read_xattrs(buf: memoryview, off: int) -> tuple[dict[bytes, bytes], int]:
         raise DamagedStructure("snapshot record holds malformed extended attributes") from None
 
 
-def encode_record(meta_key: bytes, snap_id: bytes, rec: DirRecord) -> bytes:
+def encode_record(rec_key: bytes, snap_id: bytes, rec: DirRecord) -> bytes:
     c_path = rec.c_path.encode("ascii")
     parts = [_U16.pack(len(c_path)), c_path, pack_entry(rec.self_attrs), _xattrs_bytes(rec.xattrs),
              _U32.pack(len(rec.children))]
@@ -121,12 +160,12 @@ def encode_record(meta_key: bytes, snap_id: bytes, rec: DirRecord) -> bytes:
         if len(child.key) != KEY_LEN:
             raise ValueError("a node key is 32 bytes")
         parts += [pack_entry(child.entry), child.key, _xattrs_bytes(child.xattrs)]
-    sealed = aead.seal(meta_key, b"".join(parts), DIR_AD + snap_id + rec.dir_id)
-    return locator(meta_key, snap_id) + _U32.pack(len(sealed)) + sealed
+    sealed = aead.seal(rec_key, b"".join(parts), DIR_AD + snap_id + rec.dir_id)
+    return locator(rec_key, snap_id) + _U32.pack(len(sealed)) + sealed
 
 
-def decode_record(meta_key: bytes, snap_id: bytes, dir_id: bytes, sealed: bytes) -> DirRecord:
-    payload = aead.open_sealed(meta_key, sealed, DIR_AD + snap_id + dir_id)
+def decode_record(rec_key: bytes, snap_id: bytes, dir_id: bytes, sealed: bytes) -> DirRecord:
+    payload = aead.open_sealed(rec_key, sealed, DIR_AD + snap_id + dir_id)
     buf = memoryview(payload)
     try:
         (n,) = _U16.unpack_from(buf, 0)
@@ -154,16 +193,14 @@ def decode_record(meta_key: bytes, snap_id: bytes, dir_id: bytes, sealed: bytes)
     return rec
 
 
-def encode_manifest(snap_key: bytes, vault_id: bytes, head: Head, records: list[bytes]) -> bytes:
-    """The whole manifest file from records made by encode_record (head's count and digest
-    are filled in here)."""
-    digest = blake3.blake3()
-    for r in records:
-        digest.update(r)
-    head.records, head.digest = len(records), digest.digest()
+def encode_manifest(snap_key: bytes, vault_id: bytes, head: Head, records: list[bytes], wraps: list[bytes] = ()) -> bytes:
+    """The whole manifest file from records made by encode_record and wraps made by
+    encode_wrap (head's count and digest are filled in here)."""
+    body = _U32.pack(sum(len(w) for w in wraps)) + b"".join(wraps) + b"".join(records)
+    head.records, head.digest = len(records), blake3.blake3(body).digest()
     sealed = aead.seal(snap_key, json.dumps(head.to_json(), sort_keys=True).encode(),
                        HEAD_AD + vault_id + head.snap_id)
-    return _PREFIX.pack(MAGIC, VERSION, head.snap_id, len(sealed)) + sealed + b"".join(records)
+    return _PREFIX.pack(MAGIC, VERSION, head.snap_id, len(sealed)) + sealed + body
 
 
 def _prefix(data: bytes) -> tuple[bytes, int]:
@@ -179,8 +216,27 @@ def _prefix(data: bytes) -> tuple[bytes, int]:
     return snap_id, n
 
 
-def records_start(data: bytes) -> int:
+def _body_start(data: bytes) -> int:
     return _PREFIX.size + _prefix(data)[1]
+
+
+def records_start(data: bytes) -> int:
+    start = _body_start(data)
+    if start + _U32.size > len(data):
+        raise DamagedStructure("snapshot manifest is truncated")
+    (n,) = _U32.unpack_from(data, start)
+    if start + _U32.size + n > len(data):
+        raise DamagedStructure("snapshot manifest's grant wraps run past its end")
+    return start + _U32.size + n
+
+
+def split_wraps(data: bytes) -> dict[bytes, tuple[int, int]]:
+    """locator -> (offset, length) of each grant wrap's sealed bytes."""
+    start, end = _body_start(data) + _U32.size, records_start(data)
+    found = split_records(data[:end], start)
+    if len(found) > MAX_WRAPS:
+        raise DamagedStructure("snapshot manifest has too many grant wraps")
+    return found
 
 
 def manifest_id(data: bytes) -> bytes:
@@ -207,8 +263,9 @@ def split_records(data: bytes, offset: int) -> dict[bytes, tuple[int, int]]:
 
 
 def decode_head(snap_key: bytes, vault_id: bytes, data: bytes, snap_id: bytes | None = None) -> tuple[Head, int]:
-    """(the authenticated head, where the records start); the records' count and hash are
-    checked against it, so nothing after the head can be dropped, added or changed."""
+    """(the authenticated head, where the records start); the hash of everything after it
+    (wraps and records) is checked against it, so nothing there can be dropped, added or
+    changed."""
     claimed, n = _prefix(data)
     if snap_id is not None and not hmac.compare_digest(claimed, snap_id):
         raise DamagedStructure("the snapshot manifest is another snapshot's")
@@ -220,15 +277,16 @@ def decode_head(snap_key: bytes, vault_id: bytes, data: bytes, snap_id: bytes | 
         j = json.loads(raw)
         head = Head(snap_id=bytes.fromhex(j["id"]), created=int(j["created"]), label=str(j["label"]),
                     kind=str(j["kind"]), root_id=bytes.fromhex(j["root"]), records=int(j["records"]),
-                    digest=bytes.fromhex(j["digest"]), files=int(j["files"]), bytes=int(j["bytes"]))
+                    digest=bytes.fromhex(j["digest"]), files=int(j["files"]), bytes=int(j["bytes"]),
+                    secret=bytes.fromhex(j["secret"]))
     except (ValueError, KeyError, TypeError):
         raise DamagedStructure("the snapshot manifest's head is malformed") from None
     start = _PREFIX.size + n
-    if head.snap_id != claimed or j.get("format") != VERSION:
+    if head.snap_id != claimed or j.get("format") != VERSION or len(head.secret) != SECRET_LEN:
         raise DamagedStructure("the snapshot manifest's head is malformed")
     if not hmac.compare_digest(blake3.blake3(bytes(data[start:])).digest(), head.digest):
         raise DamagedStructure("the snapshot manifest's records are not the ones its head names")
-    return head, start
+    return head, records_start(data)
 
 
 # --- the index ------------------------------------------------------------------------

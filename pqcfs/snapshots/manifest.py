@@ -34,15 +34,16 @@ class Manifest:
         return {data_name(node_id, counter) for node_id, counter, _, _ in self.files()}
 
 
-def _walk(data: bytes, snap_id: bytes, located: dict, top: NodeKeys, manifest: Manifest) -> Manifest:
+def _walk(data: bytes, snap_id: bytes, secret: bytes, located: dict, top: NodeKeys, manifest: Manifest) -> Manifest:
     pending = [top]
     while pending:
         keys = pending.pop()
-        where = located.pop(fmt.locator(keys.meta_key, snap_id), None)
+        rec_key = fmt.record_key(keys.meta_key, secret)
+        where = located.pop(fmt.locator(rec_key, snap_id), None)
         if where is None:
             raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: a directory's record is missing")
         off, n = where
-        rec = fmt.decode_record(keys.meta_key, snap_id, keys.node_id, bytes(data[off:off + n]))
+        rec = fmt.decode_record(rec_key, snap_id, keys.node_id, bytes(data[off:off + n]))
         if rec.dir_id in manifest.dirs:
             raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: a directory is named twice")
         manifest.dirs[rec.dir_id] = rec
@@ -60,20 +61,24 @@ def load(data: bytes, snap_key: bytes, vault_id: bytes, root_key: bytes, snap_id
     located = fmt.split_records(data, start)
     if len(located) != head.records:
         raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: {len(located)} records, its head names {head.records}")
-    manifest = _walk(data, snap_id, located, root_dir_keys(root_key, head.root_id),
+    manifest = _walk(data, snap_id, head.secret, located, root_dir_keys(root_key, head.root_id),
                      Manifest(snap_id=snap_id, head=head, top=head.root_id))
     if located:
         raise DamagedStructure(f"snapshot {snap_id.hex()[:12]}: records that no directory of it names")
     return manifest
 
 
-def load_subtree(data: bytes, top: NodeKeys) -> Manifest | None:
-    """A grantee's view from the directory whose key it holds: None when the snapshot does
-    not hold that directory (taken before the grant, or after a revoke re-keyed it)."""
+def load_subtree(data: bytes, top: NodeKeys) -> tuple[Manifest, int] | None:
+    """A grantee's view from the directory whose key it holds, and when the snapshot was
+    taken: None when the snapshot holds no wrap for that directory (taken before the
+    grant, or after a revoke re-keyed it). Nothing here is authenticated by the owner's
+    head (a grantee has not its key): each wrap and record by the directory's own key."""
     snap_id = fmt.manifest_id(data)
-    located = fmt.split_records(data, fmt.records_start(data))
-    if fmt.locator(top.meta_key, snap_id) not in located:
+    where = fmt.split_wraps(data).get(fmt.wrap_locator(top.meta_key, snap_id))
+    if where is None:
         return None
-    manifest = Manifest(snap_id=snap_id, head=None, top=top.node_id)
-    manifest = _walk(data, snap_id, located, top, manifest)
-    return manifest
+    off, n = where
+    secret, created = fmt.open_wrap(top.meta_key, snap_id, top.node_id, bytes(data[off:off + n]))
+    located = fmt.split_records(data, fmt.records_start(data))
+    manifest = _walk(data, snap_id, secret, located, top, Manifest(snap_id=snap_id, head=None, top=top.node_id))
+    return manifest, created

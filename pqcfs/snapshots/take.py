@@ -27,9 +27,11 @@ def _resolved(vfs, node, e: Entry) -> Entry:
                  counter=m.counter, p_name=e.p_name, disk_name=e.disk_name)
 
 
-def records(vfs, snap_id: bytes) -> tuple[list[bytes], int, int, dict[bytes, int]]:
-    """(the sealed records, files, plaintext bytes, node id -> write counter of every file)."""
-    out, files, size, held = [], 0, 0, {}
+def records(vfs, snap_id: bytes, secret: bytes, created: int) -> tuple[list[bytes], list[bytes], int, int, dict]:
+    """(the sealed records, the grant wraps, files, plaintext bytes, node id -> write
+    counter of every file). A directory a live grant opens gets a wrap: its grantee reads
+    this snapshot of it."""
+    out, wraps, files, size, held = [], [], 0, 0, {}
     pending = [vfs.inodes.root]
     while pending:
         dir_node = pending.pop()
@@ -56,10 +58,12 @@ def records(vfs, snap_id: bytes) -> tuple[list[bytes], int, int, dict[bytes, int
                 held[e.node_id] = entry.counter
                 if node is not None:
                     vfs.inodes.maybe_drop(node)     # looked up only for this: not kept in memory
-        out.append(fmt.encode_record(dir_node.keys.meta_key, snap_id, rec))
+        out.append(fmt.encode_record(fmt.record_key(dir_node.keys.meta_key, secret), snap_id, rec))
+        if dir_node.keys.node_id in vfs.grant_roots:
+            wraps.append(fmt.encode_wrap(dir_node.keys.meta_key, snap_id, dir_node.keys.node_id, secret, created))
         if dir_node is not vfs.inodes.root:
             vfs.inodes.maybe_drop(dir_node)         # its children hold it while they are known
-    return out, files, size, held
+    return out, wraps, files, size, held
 
 
 def take(vfs, snap_key: bytes, vault_id: bytes, label: str, kind: str) -> tuple[fmt.Head, bytes, dict[bytes, int]]:
@@ -67,11 +71,11 @@ def take(vfs, snap_key: bytes, vault_id: bytes, label: str, kind: str) -> tuple[
     every open file raises its write counter again on its next change, so the keeper
     sees that change coming (a snapshot ends every open write session, as a close would)."""
     vfs.settle()
-    snap_id = os.urandom(fmt.ID_LEN)
-    recs, files, size, held = records(vfs, snap_id)
-    head = fmt.Head(snap_id=snap_id, created=time.time_ns(), label=label, kind=kind,
-                    root_id=vfs.inodes.root.keys.node_id, files=files, bytes=size)
-    data = fmt.encode_manifest(snap_key, vault_id, head, recs)
+    snap_id, secret, created = os.urandom(fmt.ID_LEN), os.urandom(fmt.SECRET_LEN), time.time_ns()
+    recs, wraps, files, size, held = records(vfs, snap_id, secret, created)
+    head = fmt.Head(snap_id=snap_id, created=created, label=label, kind=kind,
+                    root_id=vfs.inodes.root.keys.node_id, files=files, bytes=size, secret=secret)
+    data = fmt.encode_manifest(snap_key, vault_id, head, recs, wraps)
     for node in vfs.inodes.nodes():
         node.bumped = False
     return head, data, held

@@ -233,3 +233,26 @@ def test_kill_9_while_a_snapshot_is_taken_or_deleted(plain_vault, seed):
     out = cli(vault, "restore", vault.primary, "d0", "--snapshot", "base", "--to", os.path.join(vault.workdir, "d0"))
     with open(os.path.join(vault.workdir, "d0/f0"), "rb") as f:
         assert f.read() == b"0"
+
+
+def test_a_grantee_mounts_a_snapshot_of_its_directory(vault, tmp_path):
+    mnt = vault.mountpoint
+    fill(mnt)
+    bob, bob_pw = str(tmp_path / "bob.json"), tmp_path / "bob-pw"
+    bob_pw.write_text("bob's own long passphrase here\n")
+    drives.pqcfs("identity", "new", "--file", bob, "--passfile", str(bob_pw))
+    drives.pqcfs("identity", "export", "--file", bob, "-o", bob + ".pub")
+    vault.umount()                                    # share writes the header: not while mounted
+    cli(vault, "share", vault.primary, "docs", "--to", bob + ".pub", "--label", "shared docs")
+    vault.mount()
+    cli(vault, "snapshot", "create", vault.primary, "--label", "with-grant")
+    before = tree_digest(os.path.join(mnt, "docs"))
+    shutil.rmtree(os.path.join(mnt, "docs/letters"))
+    snap_mnt = str(tmp_path / "bob-snap")
+    os.mkdir(snap_mnt)
+    drives.pqcfs("mount", vault.primary, snap_mnt, "--identity", bob, "--passfile", str(bob_pw), "--snapshot",
+                 "latest", "--backup", vault.backup, "--allow-fixed", "--allow-same-device")
+    try:
+        assert tree_digest(snap_mnt) == before          # the granted directory, as it was; nothing above it
+    finally:
+        drives.pqcfs("umount", snap_mnt, check=False)

@@ -58,9 +58,11 @@ def test_the_offsite_remote_caps_and_labels():
 
 def test_the_snapshot_caps_and_labels():
     from pqcfs.format import snapshot
-    assert stated(r"no record over (\d+) (MiB)") == snapshot.RECORD_CAP
+    assert stated(r"no record or wrap over (\d+) (MiB)") == snapshot.RECORD_CAP
+    assert f"at most {snapshot.MAX_WRAPS} wraps" in DOC
     assert stated(r"a manifest over (\d+) (MiB)") == snapshot.MANIFEST_CAP
     assert stated(r"an index over (\d+) (KiB)") == snapshot.INDEX_CAP
     assert f"over {snapshot.MAX_SNAPSHOTS} snapshots" in DOC.replace("\n", " ")
-    for label in (snapshot.HEAD_AD, snapshot.DIR_AD, snapshot.INDEX_AD, snapshot.LOCATOR_INFO, b"pqcfs snapshot v1"):
+    for label in (snapshot.HEAD_AD, snapshot.DIR_AD, snapshot.INDEX_AD, snapshot.LOCATOR_INFO, snapshot.RECORD_INFO,
+                  snapshot.GRANT_AD, snapshot.GRANT_LOCATOR_INFO, b"pqcfs snapshot v1"):
         assert f'"{label.decode()}"' in DOC

@@ -28,7 +28,7 @@ def test_a_record_round_trips_and_is_bound_to_its_snapshot_and_directory():
     key, snap_id, rec, raw = record()
     located = fmt.split_records(raw, 0)
     (off, n), = located.values()
-    assert list(located) == [fmt.locator(key, snap_id)]
+    assert list(located) == [fmt.locator(key, snap_id)]        # key: the record key (here a random one)
     back = fmt.decode_record(key, snap_id, rec.dir_id, raw[off:off + n])
     assert back.c_path == rec.c_path and back.xattrs == rec.xattrs
     assert [(c.entry, c.key, c.xattrs) for c in back.children] == [(c.entry, c.key, c.xattrs) for c in rec.children]
@@ -41,10 +41,17 @@ def test_a_record_round_trips_and_is_bound_to_its_snapshot_and_directory():
 
 def test_a_manifest_counts_and_hashes_its_records():
     key, snap_id, rec, raw = record()
-    head = fmt.Head(snap_id=snap_id, created=1, label="l", kind="manual", root_id=rec.dir_id)
-    data = fmt.encode_manifest(KEY, VAULT, head, [raw])
+    secret, meta = os.urandom(32), os.urandom(32)
+    head = fmt.Head(snap_id=snap_id, created=1, label="l", kind="manual", root_id=rec.dir_id, secret=secret)
+    wrap = fmt.encode_wrap(meta, snap_id, rec.dir_id, secret, 77)
+    data = fmt.encode_manifest(KEY, VAULT, head, [raw], [wrap])
     back, start = fmt.decode_head(KEY, VAULT, data, snap_id)
-    assert back.records == 1 and fmt.split_records(data, start)
+    assert back.records == 1 and fmt.split_records(data, start) and back.secret == secret
+    (w_off, w_n), = fmt.split_wraps(data).values()
+    assert list(fmt.split_wraps(data)) == [fmt.wrap_locator(meta, snap_id)]
+    assert fmt.open_wrap(meta, snap_id, rec.dir_id, data[w_off:w_off + w_n]) == (secret, 77)
+    with pytest.raises(CryptoError):
+        fmt.open_wrap(os.urandom(32), snap_id, rec.dir_id, data[w_off:w_off + w_n])
     assert fmt.manifest_id(data) == snap_id and fmt.records_start(data) == start
     for bad, error in ((data + b"x", DamagedStructure), (data[:-1], DamagedStructure),
                        (b"PQCX" + data[4:], DamagedStructure), (data[:4] + b"\x02" + data[5:], UnsupportedVersion)):
