@@ -361,3 +361,49 @@ def decode_index(snap_key: bytes, vault_id: bytes, data: bytes) -> Index:
     if len({s.snap_id for s in snaps}) != len(snaps) or any(len(s.snap_id) != ID_LEN for s in snaps):
         raise DamagedStructure("the snapshot index is malformed")
     return index
+
+
+# --- kept blocks (a delta) --------------------------------------------------------------------
+#
+#   delta  = "PQCB" | version u8 (1) | 3 zero bytes | counter u64 | record*
+#   record = block index u64 | u32 len | the block's ciphertext as the version had it (len bytes)
+#
+# A large file's version is kept block by block: before the live tree changes a block of it
+# for the first time since the snapshot, that block is appended here (and made durable) on
+# every replica. Each block authenticates on its own (node key, index, end-of-file flag);
+# the version a delta belongs to is its name's. A torn last record (a crash while appending)
+# is ignored, and cut off before the next append.
+
+DELTA_MAGIC = b"PQCB"
+_DELTA_PREFIX = struct.Struct(">4sB3xQ")
+_DELTA_RECORD = struct.Struct(">QI")
+DELTA_PREFIX_LEN = _DELTA_PREFIX.size
+DELTA_RECORD_LEN = _DELTA_RECORD.size
+MAX_BLOCK = 1 << 20 | 64           # a block's ciphertext is never larger (block sizes up to 1 MiB)
+
+
+def delta_prefix(counter: int) -> bytes:
+    return _DELTA_PREFIX.pack(DELTA_MAGIC, VERSION, counter)
+
+
+def delta_record(index: int, c_block: bytes) -> bytes:
+    return _DELTA_RECORD.pack(index, len(c_block)) + c_block
+
+
+def parse_delta_prefix(data: bytes) -> int:
+    """The counter a delta claims (its name's must agree)."""
+    if len(data) < DELTA_PREFIX_LEN:
+        raise DamagedStructure("kept blocks file is truncated")
+    magic, version, counter = _DELTA_PREFIX.unpack_from(data)
+    if magic != DELTA_MAGIC:
+        raise DamagedStructure("not a kept blocks file")
+    if version != VERSION:
+        raise UnsupportedVersion(f"kept blocks file version {version} (this pqcfs reads {VERSION})")
+    return counter
+
+
+def parse_delta_record_head(data: bytes) -> tuple[int, int]:
+    index, n = _DELTA_RECORD.unpack(data)
+    if n > MAX_BLOCK:
+        raise DamagedStructure("kept blocks file holds a record larger than a block")
+    return index, n

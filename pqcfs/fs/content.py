@@ -21,12 +21,16 @@ log = logging.getLogger(__name__)
 class FileContent:
     """Plaintext view of one node's ciphertext (shared by all its open handles)."""
 
-    def __init__(self, cipher: ContentCipher, file: MirroredFile, size: int, on_heal=None, on_change=None):
+    def __init__(self, cipher: ContentCipher, file: MirroredFile, size: int, on_heal=None, on_change=None,
+                 on_blocks=None):
         self.cipher = cipher
         self.file = file
         self.size = size
         self.on_heal = on_heal
         self.on_change = on_change or (lambda: None)   # before every change (times, write counter)
+        # Before blocks first..last change on the drives, once they are read for this change
+        # (a snapshot's version keeps them: snapshots/history.py); None: nothing to tell.
+        self.on_blocks = on_blocks
         self.B = cipher.p_block
         self.C = cipher.c_block
 
@@ -123,6 +127,10 @@ class FileContent:
             # The old last block loses its end-of-file flag (and grows to a full block)
             # when the file now extends past it and this write does not rewrite it.
             resealed = self.cipher.seal(old_last, block(old_last).ljust(B, b"\0"), eof_at_end=False)
+        if self.on_blocks is not None:
+            self.on_blocks(first, last)
+            if resealed is not None:
+                self.on_blocks(old_last, old_last)
         try:
             self.file.pwrite(c_data, self._c_off(first))
         except NoSpace:
@@ -145,6 +153,8 @@ class FileContent:
             start = max(old_size, self._last_index(new_size) * self.B)
             self.write(start, bytes(new_size - start))
             return
+        if self.on_blocks is not None:
+            self.on_blocks(self._last_index(new_size) if new_size else 0, self._last_index(old_size))
         if new_size == 0:
             self.file.truncate(HEADER_LEN)
             self.size = 0

@@ -463,8 +463,11 @@ class VaultFS(NamespaceOps):
         return node.content
 
     def _file_content(self, node: Node, file: MirroredFile) -> FileContent:
+        history, block_size = self.history, self.block_size
+        on_blocks = None if history is None else \
+            (lambda first, last: history.before_blocks(node.keys.node_id, node.data_path, first, last, block_size))
         return FileContent(node.cipher(self.block_size), file, node.size, on_heal=self._healed,
-                           on_change=lambda: self.wrote(node))
+                           on_change=lambda: self.wrote(node), on_blocks=on_blocks)
 
     def read(self, node: Node, offset: int, length: int) -> bytes:
         """A read through an open handle (relatime: the access may move atime)."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pqcfs.crypto.content import BlockCorrupt, ContentCipher
+from pqcfs.crypto.content import BlockCorrupt, ContentCipher, p_size
 from pqcfs.errors import PqcfsError
 from pqcfs.format.node_header import HEADER_LEN
 from pqcfs.snapshots.history import History
-from pqcfs.snapshots.store import SnapshotStore, data_rel
-from pqcfs.snapshots.view import SnapNode, SnapshotTree
+from pqcfs.snapshots.store import SnapshotStore, data_rel, delta_index, delta_rel, needed
+from pqcfs.snapshots.view import SnapNode, SnapshotTree, names_node
 from pqcfs.store import seen
 
 CHUNK_BLOCKS = 256
@@ -26,9 +26,15 @@ class Finding:
     rollback: bool = False
 
 
-def _blocks_ok(drive, rel: str, node: SnapNode, block_size: int) -> bool:
+def _whole_ok(drive, rel: str, node: SnapNode, counter: int, block_size: int) -> bool:
+    """A whole kept copy: its header names the node at counter, every block authenticates."""
+    if not names_node(drive, rel, node, counter, at_least=False):
+        return False
     cipher = ContentCipher(node.keys.content_key, node.keys.node_id, block_size)
-    size = node.entry.size
+    try:
+        size = p_size(drive.lstat(rel).st_size - HEADER_LEN, block_size)
+    except PqcfsError:
+        return False
     if not size:
         return True
     last = (size - 1) // block_size
@@ -39,6 +45,25 @@ def _blocks_ok(drive, rel: str, node: SnapNode, block_size: int) -> bool:
             cipher.open(first, c_data, last)
         except BlockCorrupt:
             return False
+    return True
+
+
+def _delta_ok(drive, rel: str, node: SnapNode, block_size: int) -> bool:
+    """Kept blocks: each record's block authenticates (as its version's last block, or not)."""
+    cipher = ContentCipher(node.keys.content_key, node.keys.node_id, block_size)
+    try:
+        index = delta_index(drive, rel)
+    except PqcfsError:
+        return False
+    for i, (off, n) in index.items():
+        data = drive.read_at(rel, n, off)
+        try:
+            cipher.open(i, data, i + 1)          # a block before the end
+        except BlockCorrupt:
+            try:
+                cipher.open(i, data, i)          # the version's last block
+            except BlockCorrupt:
+                return False
     return True
 
 
@@ -56,6 +81,7 @@ def check(vault, repair: bool = False) -> tuple[list[Finding], int]:
                              f"the snapshot list is older than this machine has seen ({history.index.seq} < "
                              f"{recorded}): snapshots were removed behind pqcfs' back", rollback=True))
     checked: set[tuple[bytes, int]] = set()
+    chains = store.chains()
     for listed in history.index.snapshots:
         store.problems = []
         try:
@@ -70,40 +96,39 @@ def check(vault, repair: bool = False) -> tuple[list[Finding], int]:
             if node.is_dir or (node.keys.node_id, node.entry.counter) in checked:
                 continue
             checked.add((node.keys.node_id, node.entry.counter))
-            found += _check_version(tree, node, header.block_size, repair)
+            found += _check_version(tree, node, chains, header.block_size, repair)
     return found, len(checked)
 
 
-def _check_version(tree: SnapshotTree, node: SnapNode, block_size: int, repair: bool) -> list[Finding]:
-    rel = data_rel(node.keys.node_id, node.entry.counter)
-    good, bad = [], []
-    for drive in tree.drives:
-        if not drive.exists(rel):
-            bad.append((drive, "missing"))
-        elif tree._version_ok(drive, rel, node) and _blocks_ok(drive, rel, node, block_size):
-            good.append(drive)
-        else:
-            bad.append((drive, "fails authentication (altered, or another version put in its place)"))
-    if not good:
-        # Not kept: the live file must still be this version (on the first drive; the tree's
-        # own fsck compares the replicas).
-        try:
-            tree.read_version(node, HEADER_LEN, 0)
-            return []
-        except (PqcfsError, OSError):
-            pass
-        what = "a file version a snapshot holds is on no drive (kept copy and live file both gone or changed)"
-        return [Finding(tree.drives[0].location, rel, what)]
+def _check_version(tree: SnapshotTree, node: SnapNode, chains: dict, block_size: int, repair: bool) -> list[Finding]:
+    """Every kept file version node's chain uses, on every replica; then the version read
+    whole (kept blocks, a whole copy or the live file: every block authenticates)."""
     findings = []
-    for drive, why in bad:
-        f = Finding(drive.location, rel, f"kept file version {why}")
-        if repair:
-            try:
-                if drive.exists(rel):
-                    drive.quarantine(rel, "a kept file version that fails authentication (fsck)")
-                drive.copy_from(good[0], rel)
-                f.repaired = True
-            except (PqcfsError, OSError):
-                pass
-        findings.append(f)
+    for k, delta in needed(chains.get(node.keys.node_id, []), node.entry.counter):
+        rel = (delta_rel if delta else data_rel)(node.keys.node_id, k)
+        good, bad = [], []
+        for drive in tree.drives:
+            if not drive.exists(rel):
+                bad.append((drive, "missing"))
+            elif (_delta_ok(drive, rel, node, block_size) if delta
+                  else _whole_ok(drive, rel, node, k, block_size)):
+                good.append(drive)
+            else:
+                bad.append((drive, "fails authentication (altered, or another version put in its place)"))
+        for drive, why in bad:
+            f = Finding(drive.location, rel, f"kept file version {why}")
+            if repair and good:
+                try:
+                    if drive.exists(rel):
+                        drive.quarantine(rel, "a kept file version that fails authentication (fsck)")
+                    drive.copy_from(good[0], rel)
+                    f.repaired = True
+                except (PqcfsError, OSError):
+                    pass
+            findings.append(f)
+    try:
+        tree.read_all(node)
+    except (PqcfsError, OSError) as e:
+        findings.append(Finding(tree.drives[0].location, data_rel(node.keys.node_id, node.entry.counter),
+                                f"a file version a snapshot holds can not be read whole: {e}"))
     return findings

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from dataclasses import dataclass
 
 import blake3
 
@@ -28,12 +29,24 @@ from pqcfs.format import snapshot as fmt
 from pqcfs.snapshots import manifest as manifest_mod
 from pqcfs.snapshots import policy as policy_mod
 from pqcfs.snapshots import take
-from pqcfs.snapshots.store import DATA, INDEX, SnapshotStore, data_name, data_rel
+from pqcfs.crypto.content import OVERHEAD as CONTENT_OVERHEAD
+from pqcfs.format.node_header import HEADER_LEN
+from pqcfs.snapshots.store import (DATA, INDEX, SnapshotStore, append_delta, data_name, data_rel, delta_index,
+                                   delta_name, delta_rel, needed)
 from pqcfs.store import seen
 from pqcfs.store.replicas import TREE_DIR
 
 log = logging.getLogger(__name__)
 LABEL_MAX = 200
+SMALL = 256 << 10     # a version up to this size is kept whole at its first change; a larger one block by block
+
+
+@dataclass
+class Held:
+    """A file version the newest snapshot holds that is not kept complete yet."""
+    counter: int
+    size: int                       # its plaintext size
+    blocks: set | None = None       # large versions: the blocks kept so far (read on first use)
 
 
 def _full(e: BaseException) -> bool:
@@ -88,13 +101,19 @@ class History:
     def _load_held(self) -> None:
         kept = self.store.kept()
         self.kept_bytes = sum(kept.values())
-        for n in self.store.healthy[1:]:     # kept means kept on every replica (a crash may have cut a copy short)
-            kept = {name: size for name, size in self.store.kept(n).items() if name in kept}
+        self.held = {}
         if not self.index.snapshots:
-            self.held = {}
             return
         newest = self.manifest(self.index.snapshots[-1])
-        self.held = {n: c for n, c, _, _ in newest.files() if data_name(n, c) not in kept}
+        chains = self.store.chains()
+        for node_id, counter, size, _ in newest.files():
+            # A version with a whole copy in its chain (kept whole, or its file removed since)
+            # is complete: nothing the live tree does can change it any more. A copy on one
+            # replica only (a crash cut the others short) is not: it is made again where missing.
+            whole = [k for k, delta in needed(chains.get(node_id, []), counter) if not delta]
+            if whole and all(self.store.drives[n].exists(data_rel(node_id, whole[0])) for n in self.store.healthy):
+                continue
+            self.held[node_id] = Held(counter, size)
 
     # --- the keeper: what the live tree calls (VaultFS.history) -------------------------
 
@@ -102,21 +121,77 @@ class History:
         """Keep files through the session's replica set (its failures, its change journal)."""
         self.replicas = replicas
 
+    def _holds(self, node_id: bytes, counter: int) -> bool:
+        h = self.held.get(node_id)
+        return h is not None and h.counter == counter
+
     def before_change(self, node_id: bytes, counter: int, data_path: str) -> None:
-        """The file at data_path (tree-relative) is about to change for the first time
-        since the newest snapshot: keep a copy when a snapshot holds this version."""
-        if self.held.get(node_id) != counter:
+        """The file at data_path (tree-relative) is about to change for the first time in
+        an open: a small version a snapshot holds is kept whole (a large one block by block,
+        before_blocks)."""
+        h = self.held.get(node_id)
+        if h is None or h.counter != counter or h.size > SMALL:
             return
         src = f"{TREE_DIR}/{data_path}"
-        self._keep(node_id, counter, lambda d, dst: d.copy_from(d, src, to=dst, use_reserve=False), [src])
+        dst = data_rel(node_id, counter)
+        self._keep(node_id, counter, lambda d: d.exists(dst) or d.copy_from(d, src, to=dst, use_reserve=False),
+                   [src, dst])
+
+    def before_blocks(self, node_id: bytes, data_path: str, first: int, last: int, block_size: int) -> None:
+        """Blocks first..last of a file are about to change: those of a large version a
+        snapshot holds that are not kept yet are appended to its kept blocks first, on
+        every replica, durably (the change may reach the drive right after)."""
+        h = self.held.get(node_id)
+        if h is None or h.size <= SMALL:
+            return
+        c_block = block_size + CONTENT_OVERHEAD
+        last_index = (h.size - 1) // block_size if h.size else -1
+        if first > last_index:
+            return
+        dst = delta_rel(node_id, h.counter)
+        if h.blocks is None:
+            h.blocks = self._kept_blocks(dst)
+        want = [k for k in range(first, min(last, last_index) + 1) if k not in h.blocks]
+        if not want:
+            return
+        src = f"{TREE_DIR}/{data_path}"
+        end = HEADER_LEN + (h.size // block_size) * c_block + (h.size % block_size + CONTENT_OVERHEAD
+                                                                if h.size % block_size else 0)
+
+        def append(drive) -> None:
+            records = []
+            for k in want:
+                offset = HEADER_LEN + k * c_block
+                records.append(fmt.delta_record(k, drive.read_at(src, min(c_block, end - offset), offset)))
+            append_delta(drive, dst, h.counter, b"".join(records))
+        counter = h.counter
+        if self._keep(node_id, counter, append, [dst], pop=False):
+            h.blocks.update(want)
+            self.kept_bytes += len(want) * c_block
+            self._within_share()
+
+    def _kept_blocks(self, rel: str) -> set[int]:
+        """Blocks a version's kept blocks file holds on every replica (a crash may have cut
+        one replica's append short: those are appended again there)."""
+        found = None
+        for n in self.replicas.healthy:
+            try:
+                here = set(delta_index(self.replicas.drives[n], rel))
+            except (PqcfsError, OSError) as e:
+                log.warning("%s: %s; its blocks are kept again", self.replicas.drives[n].describe(rel), e)
+                here = set()
+            found = here if found is None else found & here
+        return found or set()
 
     def before_remove(self, node_id: bytes, counter: int, data_path: str) -> bool:
-        """The file is about to be removed: True when it was moved to the snapshots'
-        data instead (the caller removes nothing)."""
-        if self.held.get(node_id) != counter:
+        """The file is about to be removed: True when it was moved to the snapshots' data
+        instead, whole, as the version it is now (for a large one, the end of its chain)."""
+        h = self.held.get(node_id)
+        if h is None or counter < h.counter:
             return False
         src = f"{TREE_DIR}/{data_path}"
-        if not self._keep(node_id, counter, lambda d, dst: d.rename(src, dst), [src]):
+        dst = data_rel(node_id, counter)
+        if not self._keep(node_id, h.counter, lambda d: d.rename(src, dst), [src, dst]):
             # History yielded half way: what was not moved is removed, as asked.
             for n in self.replicas.healthy:
                 try:
@@ -125,23 +200,23 @@ class History:
                     pass
         return True
 
-    def _keep(self, node_id: bytes, counter: int, op, sources: list[str]) -> bool:
-        """Run op(drive, dst) on every replica; False when history yielded on the way
-        and some replica was left out (nothing holds that version any more)."""
-        dst = data_rel(node_id, counter)
+    def _keep(self, node_id: bytes, counter: int, op, rels: list[str], pop: bool = True) -> bool:
+        """Run op(drive) on every replica while version counter of node_id is held (a full
+        drive makes history yield: the oldest snapshot goes, and the op is tried again);
+        False when history yielded on the way and some replica was left out (nothing holds
+        that version any more). pop: the version is complete afterwards."""
         replicas, everywhere = self.replicas, True
-        for rel in (*sources, dst):
+        for rel in rels:
             replicas.on_change(rel)
         for n in replicas.healthy:
             drive = replicas.drives[n]
             while True:
-                if self.held.get(node_id) != counter:
+                if not self._holds(node_id, counter):
                     everywhere = False
                     break
                 try:
-                    if not drive.exists(dst):
-                        op(drive, dst)
-                        drive.fsync_dir(DATA)
+                    op(drive)
+                    drive.fsync_dir(DATA)
                     break
                 except (OSError, NoSpace) as e:
                     if _full(e) and self._yield("a drive is full", keep_one=False):
@@ -149,9 +224,10 @@ class History:
                     if not _full(e) and replicas.survives(n, e):
                         break
                     raise
-        if self.held.pop(node_id, None) is not None:
+        if pop and self._holds(node_id, counter):
+            del self.held[node_id]
             try:
-                self.kept_bytes += self.store.drives[replicas.healthy[0]].lstat(dst).st_size
+                self.kept_bytes += self.store.drives[replicas.healthy[0]].lstat(rels[-1]).st_size
             except OSError:
                 pass
             self._within_share()
@@ -177,7 +253,7 @@ class History:
             raise PqcfsError(f"a vault holds at most {fmt.MAX_SNAPSHOTS} snapshots; delete some first")
         self.store.commit(self.index)       # the snapshot exists from here on
         self._recorded()
-        self.held = held
+        self.held = {node_id: Held(counter, size) for node_id, (counter, size) in held.items()}
         self.on_event("snapshot-created", snapshot=head.snap_id.hex(), label=label, kind=kind, files=head.files,
                       manifest_bytes=len(data))
         if self.index.policy is not None:
@@ -198,13 +274,20 @@ class History:
         """Kept files no listed snapshot needs leave every replica, then manifests the
         index does not list. In that order: a manifest left over says that a cleanup was
         cut short (a crash), and the next session (unfinished_cleanup) does it again."""
-        referenced: set[str] = set()
-        for listed in self.index.snapshots:
-            referenced |= self.manifest(listed).kept_names()
-        freed = self.store.drop_unreferenced(referenced)
+        freed = self.store.drop_unreferenced(self.referenced())
         self.store.sweep_manifests({s.snap_id for s in self.index.snapshots})
         self._load_held()
         return freed
+
+    def referenced(self) -> set[str]:
+        """Names of the kept files some listed snapshot reads (store.needed)."""
+        referenced: set[str] = set()
+        chains = self.store.chains()
+        for listed in self.index.snapshots:
+            for node_id, counter, _, _ in self.manifest(listed).files():
+                for k, delta in needed(chains.get(node_id, []), counter):
+                    referenced.add((delta_name if delta else data_name)(node_id, k))
+        return referenced
 
     def unfinished_cleanup(self) -> bool:
         """A create or delete cut short left a manifest the index does not list (or a
@@ -291,6 +374,9 @@ class BlindKeeper:
     def before_change(self, node_id: bytes, counter: int, data_path: str) -> None:
         if self._active():
             self._each(node_id, counter, lambda d, src, dst: d.copy_from(d, src, to=dst, use_reserve=False), data_path)
+
+    def before_blocks(self, node_id: bytes, data_path: str, first: int, last: int, block_size: int) -> None:
+        pass     # every version it changes was kept whole at the open's first change
 
     def before_remove(self, node_id: bytes, counter: int, data_path: str) -> bool:
         if not self._active():

@@ -10,7 +10,6 @@ from pqcfs.crypto.keys import NodeKeys, root_dir_keys
 from pqcfs.errors import DamagedStructure
 from pqcfs.format import snapshot as fmt
 from pqcfs.format.dir_table import FLAG_LINKED
-from pqcfs.snapshots.store import data_name
 
 
 @dataclass
@@ -29,9 +28,6 @@ class Manifest:
                 e = child.entry
                 if not stat.S_ISDIR(e.mode):
                     yield e.node_id, e.counter, e.size, bool(e.flags & FLAG_LINKED)
-
-    def kept_names(self) -> set[str]:
-        return {data_name(node_id, counter) for node_id, counter, _, _ in self.files()}
 
 
 def _walk(data: bytes, snap_id: bytes, secret: bytes, located: dict, top: NodeKeys, manifest: Manifest) -> Manifest:

@@ -42,16 +42,93 @@ def data_rel(node_id: bytes, counter: int) -> str:
     return f"{DATA}/{data_name(node_id, counter)}"
 
 
-def parse_data_name(name: str) -> tuple[bytes, int] | None:
-    node, _, counter = name.partition(".")
+def delta_name(node_id: bytes, counter: int) -> str:
+    return f"{node_id.hex()}.{counter}{DELTA_SUFFIX}"
+
+
+def delta_rel(node_id: bytes, counter: int) -> str:
+    return f"{DATA}/{delta_name(node_id, counter)}"
+
+
+DELTA_SUFFIX = ".b"
+
+
+def parse_data_name(name: str) -> tuple[bytes, int, bool] | None:
+    """(node id, write counter, a delta?) of a kept file's name; None for any other name."""
+    delta = name.endswith(DELTA_SUFFIX)
+    node, _, counter = name.removesuffix(DELTA_SUFFIX).partition(".")
     try:
         node_id = bytes.fromhex(node)
         n = int(counter)
     except ValueError:
         return None
-    if len(node_id) != 16 or n < 0 or name != data_name(node_id, n):
+    if len(node_id) != 16 or n < 0 or name != (delta_name if delta else data_name)(node_id, n):
         return None
-    return node_id, n
+    return node_id, n, delta
+
+
+def needed(chain: list[tuple[int, bool]], counter: int) -> list[tuple[int, bool]]:
+    """The kept files (counter, a delta?) that version `counter` of a node is read from, in
+    order: its deltas from that counter on, up to and including the first whole copy. (A
+    block the live file changed since is in the first delta from `counter` on that has it,
+    or in that whole copy; any other block is unchanged: the live file's.)"""
+    out = []
+    for k, delta in chain:
+        if k < counter:
+            continue
+        out.append((k, delta))
+        if not delta:
+            break
+    return out
+
+
+def delta_index(drive: Drive, rel: str) -> dict[int, tuple[int, int]]:
+    """block index -> (offset, length) of each block a kept blocks file holds on drive (the
+    first record of an index wins); empty when it is missing. A torn last record is left out."""
+    return _scan_delta(drive, rel)[0]
+
+
+def _scan_delta(drive: Drive, rel: str) -> tuple[dict[int, tuple[int, int]], int]:
+    try:
+        size = drive.lstat(rel).st_size
+        fmt.parse_delta_prefix(drive.read_at(rel, fmt.DELTA_PREFIX_LEN))
+    except FileNotFoundError:
+        return {}, 0
+    found, off = {}, fmt.DELTA_PREFIX_LEN
+    while off + fmt.DELTA_RECORD_LEN <= size:
+        index, n = fmt.parse_delta_record_head(drive.read_at(rel, fmt.DELTA_RECORD_LEN, off))
+        if off + fmt.DELTA_RECORD_LEN + n > size:
+            break
+        found.setdefault(index, (off + fmt.DELTA_RECORD_LEN, n))
+        off += fmt.DELTA_RECORD_LEN + n
+    return found, off
+
+
+def append_delta(drive: Drive, rel: str, counter: int, records: bytes) -> None:
+    """records at the end of a kept blocks file's valid part (made when missing), durably."""
+    try:
+        _, valid = _scan_delta(drive, rel)
+    except PqcfsError as e:
+        # Never in the way of the live tree: a damaged file is set aside and kept again.
+        drive.quarantine(rel, f"a kept blocks file that does not parse ({e})")
+        valid = 0
+    if valid == 0:
+        drive.write_at(rel, fmt.delta_prefix(counter) + records, 0)
+    else:
+        drive.write_at(rel, records, valid)
+
+
+def chains_on(drive: Drive) -> dict[bytes, list[tuple[int, bool]]]:
+    out: dict[bytes, list[tuple[int, bool]]] = {}
+    if drive.kind(DATA) != "dir":
+        return out
+    for name, kind in drive.scandir(DATA):
+        parsed = parse_data_name(name) if kind == "file" else None
+        if parsed is not None:
+            out.setdefault(parsed[0], []).append(parsed[1:])
+    for chain in out.values():
+        chain.sort()
+    return out
 
 
 class SnapshotStore:
@@ -184,6 +261,11 @@ class SnapshotStore:
         return data
 
     # --- kept data ----------------------------------------------------------------------
+
+    def chains(self, n: int | None = None) -> dict[bytes, list[tuple[int, bool]]]:
+        """node id -> its kept files on replica n (the first healthy one) as (counter, a
+        delta?), in counter order."""
+        return chains_on(self.drives[self.healthy[0] if n is None else n])
 
     @staticmethod
     def listing(drive: Drive) -> list[str]:

@@ -28,8 +28,8 @@ def _resolved(vfs, node, e: Entry) -> Entry:
 
 
 def records(vfs, snap_id: bytes, secret: bytes, created: int) -> tuple[list[bytes], list[bytes], int, int, dict]:
-    """(the sealed records, the grant wraps, files, plaintext bytes, node id -> write
-    counter of every file). A directory a live grant opens gets a wrap: its grantee reads
+    """(the sealed records, the grant wraps, files, plaintext bytes, node id -> (write
+    counter, plaintext size) of every file). A directory a live grant opens gets a wrap: its grantee reads
     this snapshot of it."""
     out, wraps, files, size, held = [], [], 0, 0, {}
     pending = [vfs.inodes.root]
@@ -55,7 +55,7 @@ def records(vfs, snap_id: bytes, secret: bytes, created: int) -> tuple[list[byte
             else:
                 files += 1
                 size += entry.size
-                held[e.node_id] = entry.counter
+                held[e.node_id] = (entry.counter, entry.size)
                 if node is not None:
                     vfs.inodes.maybe_drop(node)     # looked up only for this: not kept in memory
         out.append(fmt.encode_record(fmt.record_key(dir_node.keys.meta_key, secret), snap_id, rec))

@@ -1,12 +1,14 @@
 """A snapshot as a read-only tree: what `mount --snapshot`, `restore` and `diff` read.
 
 Its nodes answer the same calls a tree's do for a copy (lookup, listdir, open, read,
-xattrs, times: fs/copier.py reads either). A file's contents come from the snapshots'
-data when the live tree has changed it since, else from the live file; either is used
-only when its header names the node and the write counter the snapshot recorded (both
-authenticated under the node's key), and the live file is checked again after it is
-read, so a change racing the read (the vault is mounted meanwhile) is never served: the
-read starts over from the kept copy the change made first.
+xattrs, times: fs/copier.py reads either). A file's version is read block by block from
+its chain (store.needed): the kept blocks of that version and of later ones, in order,
+then a whole kept copy, else the live file, whose blocks the live tree has not changed
+since (every change keeps a block a snapshot holds before it writes it). A whole copy is
+used only when its authenticated header names the node and the counter of its name; the
+live file when it names the node and a counter at least the snapshot's. Blocks read from
+the live file are checked against the kept blocks again afterwards: a change racing the
+read (the vault is mounted meanwhile) kept the block first, so the kept one is used.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import stat
 from dataclasses import dataclass, field
 
-from pqcfs.crypto.content import BlockCorrupt, ContentCipher, p_size
+from pqcfs.crypto.content import OVERHEAD as CONTENT_OVERHEAD
+from pqcfs.crypto.content import BlockCorrupt, ContentCipher
 from pqcfs.crypto.keys import NodeKeys
 from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError
 from pqcfs.format import node_header
@@ -25,7 +28,7 @@ from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, Meta
 from pqcfs.fs.common import FsError
 from pqcfs.fs.inodes import inode_number, link_path
 from pqcfs.snapshots.manifest import Manifest
-from pqcfs.snapshots.store import data_rel
+from pqcfs.snapshots.store import chains_on, data_rel, delta_index, delta_rel, needed
 from pqcfs.store.replicas import TREE_DIR
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,21 @@ class SnapNode:
         return f"{self.c_dir}/{self.entry.disk_name}" if self.c_dir else self.entry.disk_name
 
 
+def names_node(drive, rel: str, node: SnapNode, counter: int, at_least: bool) -> bool:
+    """rel on drive is the node at write counter `counter` (or later, at_least)."""
+    try:
+        header = drive.read_at(rel, HEADER_LEN)
+        if node_header.parse_prefix(header, MAGIC_FILE) != node.keys.node_id:
+            return False
+        found = node_header.open_meta(node.keys.meta_key, header).counter
+        return found >= counter if at_least else found == counter
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (CryptoError, DamagedStructure, OSError, PqcfsError) as e:
+        log.warning("%s is not the file a snapshot holds: %s", drive.describe(rel), e)
+        return False
+
+
 class SnapContent:
     """One file's plaintext as the snapshot holds it."""
 
@@ -78,10 +96,10 @@ class SnapContent:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
-        B, C = self.cipher.p_block, self.cipher.c_block
+        B = self.cipher.p_block
         first, last = offset // B, (end - 1) // B
         eof_index = (self.size - 1) // B
-        c_data = self.tree.read_version(self.node, HEADER_LEN + first * C, (last - first + 1) * C)
+        c_data = self.tree.read_blocks(self.node, first, last)
         try:
             plain = self.cipher.open(first, c_data, eof_index)
         except BlockCorrupt as e:
@@ -102,6 +120,8 @@ class SnapshotTree:
         self.root = SnapNode(entry=rec.self_attrs, keys=manifest.dir_keys[manifest.top], parent=None, p_name=top_name,
                              c_dir=rec.c_path, xattrs=rec.xattrs, ino=1)
         self._live: dict[bytes, str] | None = None     # node id -> tree path, once the live tree was searched
+        self._chains: dict | None = None                # node id -> its kept files (store.chains_on)
+        self._deltas: dict = {}                          # (drive, kept blocks file) -> (its size, its index)
         self.by_ino: dict[int, SnapNode] = {1: self.root}
 
     # --- the tree -------------------------------------------------------------------------
@@ -183,38 +203,94 @@ class SnapshotTree:
 
     # --- where a version's ciphertext is ----------------------------------------------------
 
-    def _version_ok(self, drive, rel: str, node: SnapNode) -> bool:
-        """rel on drive is the node at the snapshot's write counter and size."""
-        try:
-            header = drive.read_at(rel, HEADER_LEN)
-            if node_header.parse_prefix(header, MAGIC_FILE) != node.keys.node_id:
-                return False
-            meta = node_header.open_meta(node.keys.meta_key, header)
-            return meta.counter == node.entry.counter and \
-                p_size(drive.lstat(rel).st_size - HEADER_LEN, self.block_size) == node.entry.size
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except (CryptoError, DamagedStructure, OSError, PqcfsError) as e:
-            log.warning("%s is not the file a snapshot holds: %s", drive.describe(rel), e)
-            return False
+    def _chain(self, node_id: bytes, refresh: bool) -> list[tuple[int, bool]]:
+        if self._chains is None or refresh:
+            self._chains = chains_on(self.drives[0])
+        return self._chains.get(node_id, [])
 
-    def read_version(self, node: SnapNode, offset: int, length: int) -> bytes:
-        kept = data_rel(node.keys.node_id, node.entry.counter)
-        for attempt in range(ATTEMPTS):
+    def _delta(self, drive, rel: str) -> dict[int, tuple[int, int]]:
+        try:
+            size = drive.lstat(rel).st_size
+        except FileNotFoundError:
+            return {}
+        cached = self._deltas.get((drive.location, rel))
+        if cached is None or cached[0] != size:
+            cached = (size, delta_index(drive, rel))
+            self._deltas[(drive.location, rel)] = cached
+        return cached[1]
+
+    def _from_deltas(self, node: SnapNode, deltas: list[int], need: list[int], got: dict[int, bytes]) -> None:
+        for k in deltas:
+            rel = delta_rel(node.keys.node_id, k)
             for drive in self.drives:
-                if self._version_ok(drive, kept, node):
-                    return drive.read_at(kept, length, offset)
-            for drive in self.drives[:1] if attempt < ATTEMPTS - 1 else self.drives:
-                for rel in self._live_paths(node, attempt):
-                    if not self._version_ok(drive, rel, node):
-                        continue
-                    data = drive.read_at(rel, length, offset)
-                    # The live file may have changed while it was read: the change raised
-                    # the counter only after the keeper copied this version away.
-                    if self._version_ok(drive, rel, node):
-                        return data
+                try:
+                    index = self._delta(drive, rel)
+                except (OSError, PqcfsError) as e:
+                    log.warning("%s: %s", drive.describe(rel), e)
+                    continue
+                if index:
+                    for i in need:
+                        if i not in got and i in index:
+                            off, n = index[i]
+                            got[i] = drive.read_at(rel, n, off)
+                    break
+
+    def _range(self, drive, rel: str, need: list[int], got: dict[int, bytes], lengths) -> None:
+        lo, hi = min(need), max(need)
+        C = self.block_size + CONTENT_OVERHEAD
+        data = drive.read_at(rel, (hi - lo + 1) * C, HEADER_LEN + lo * C)
+        for i in need:
+            got[i] = data[(i - lo) * C:(i - lo) * C + lengths(i)]
+
+    def _from_live(self, node: SnapNode, attempt: int, need: list[int], got: dict[int, bytes], lengths) -> list[int]:
+        """need's blocks from the live file (what is left to find: all of need when it is
+        not that node any more, or not found)."""
+        c = node.entry.counter
+        for drive in self.drives[:1] if attempt < ATTEMPTS - 1 else self.drives:
+            for rel in self._live_paths(node, attempt):
+                if not names_node(drive, rel, node, c, at_least=True):
+                    continue
+                live: dict[int, bytes] = {}
+                self._range(drive, rel, need, live, lengths)
+                # A change racing this read kept each block it changed before writing it:
+                # the kept one wins.
+                kept: dict[int, bytes] = {}
+                later = [k for k, delta in needed(self._chain(node.keys.node_id, refresh=True), c) if delta]
+                self._from_deltas(node, later, need, kept)
+                for i in need:
+                    got[i] = kept.get(i, live[i])
+                return []
+        return need
+
+    def read_blocks(self, node: SnapNode, first: int, last: int) -> bytes:
+        """The ciphertext of blocks first..last of the version the snapshot holds."""
+        size, B, c = node.entry.size, self.block_size, node.entry.counter
+        last_index = (size - 1) // B
+
+        def lengths(i: int) -> int:
+            return B + CONTENT_OVERHEAD if i < last_index else size - last_index * B + CONTENT_OVERHEAD
+        for attempt in range(ATTEMPTS):
+            chain = needed(self._chain(node.keys.node_id, refresh=attempt > 0), c)
+            deltas = [k for k, delta in chain if delta]
+            whole = [k for k, delta in chain if not delta]
+            got: dict[int, bytes] = {}
+            wanted = list(range(first, last + 1))
+            self._from_deltas(node, deltas, wanted, got)
+            need = [i for i in wanted if i not in got]
+            if need and whole:
+                # The chain ends in a whole copy: the live file is past this version.
+                rel = data_rel(node.keys.node_id, whole[0])
+                for drive in self.drives:
+                    if names_node(drive, rel, node, whole[0], at_least=False):
+                        self._range(drive, rel, need, got, lengths)
+                        need = []
+                        break
+            elif need:
+                need = self._from_live(node, attempt, need, got, lengths)
+            if not need and all(i in got for i in wanted):
+                return b"".join(got[i] for i in wanted)
         raise DamagedStructure(f"a file of the snapshot ({node.p_name.decode(errors='replace')}) is on no "
-                               "drive: neither its kept copy nor the live file is that version")
+                               "drive: neither its kept versions nor the live file hold that version")
 
     def _live_paths(self, node: SnapNode, attempt: int) -> list[str]:
         """Where the live file may be: where it was, else (after a miss) where a search of
@@ -231,7 +307,7 @@ class SnapshotTree:
     def _index_live(self) -> dict[bytes, str]:
         """node id -> tree path of every file on the first drive (a file a snapshot holds
         was moved since, or its directory was): its header's unauthenticated prefix names
-        it, and _version_ok authenticates whatever is found."""
+        it, and _names_node authenticates whatever is found."""
         drive, found, pending = self.drives[0], {}, [""]
         while pending:
             here = pending.pop()

@@ -405,6 +405,28 @@ class Drive:
             os.close(src_fd)
 
     @_operation
+    def write_at(self, rel: str, data: bytes, offset: int, sync: bool = True) -> None:
+        """Write data at offset into the regular file rel (made when missing), which ends
+        right after it (a torn tail past offset is cut off first); fsync'd when sync. Not a
+        replacement: for files that only grow (a snapshot's kept blocks)."""
+        fd = self.open(rel, os.O_RDWR | os.O_CREAT)
+        try:
+            if os.fstat(fd).st_size != offset:
+                os.ftruncate(fd, offset)
+            view = memoryview(data)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+            if sync:
+                os.fsync(fd)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left on {self.location}") from None
+            raise
+        finally:
+            os.close(fd)
+
+    @_operation
     def mkdir(self, rel: str, mode: int = 0o700) -> None:
         fd, name = self._at(rel)
         os.mkdir(name, mode, dir_fd=fd)

@@ -16,7 +16,7 @@ from pqcfs.store.drive import Drive
 from pqcfs.snapshots.store import DATA, DIR
 from tests.api.test_snapshots import Open, snapshot_files
 
-WRITES = ("write_atomic", "copy_from", "rename", "unlink", "mkdir", "fsync_dir")
+WRITES = ("write_atomic", "copy_from", "rename", "unlink", "mkdir", "fsync_dir", "write_at")
 
 
 def crash_at(locations, tmp_path, n: int, op) -> bool:
@@ -54,9 +54,7 @@ def check_whole(locations, tmp_path, expected: dict[str, dict[str, bytes]]) -> l
         labels = [s.label for s in v.history.index.snapshots]
         kept = set(os.listdir(os.path.join(locations[0], DATA))) if os.path.isdir(os.path.join(locations[0], DATA)) \
             else set()
-        referenced = set()
-        for listed in v.history.index.snapshots:
-            referenced |= v.history.manifest(listed).kept_names()
+        referenced = v.history.referenced()
         manifests = {n for n in os.listdir(os.path.join(locations[0], DIR)) if n.endswith(".s")}
     for label in labels:
         assert snapshot_files(locations, label) == expected[label], label
@@ -75,6 +73,7 @@ def base(new_vault, tmp_path):
         v.put("a", b"a1")
         v.put("dir/b", b"b1" * 3000)
         v.put("dir/c", b"c1")
+        v.put("big", BIG)
         v.history.create(v.vfs, label="s1")
         v.put("a", b"a2")
     pristine = tmp_path / "pristine"
@@ -92,11 +91,12 @@ def reset(locations, pristine):
     shutil.copytree(pristine / "state", os.environ["PQCFS_STATE_DIR"], dirs_exist_ok=True)
 
 
-S1 = {"a": b"a1", "dir/b": b"b1" * 3000, "dir/c": b"c1"}
-S2 = {"a": b"a2", "dir/b": b"b1" * 3000, "dir/c": b"c1"}
+BIG = bytes(range(256)) * 4096 + b"end"      # over SMALL: kept block by block
+S1 = {"a": b"a1", "dir/b": b"b1" * 3000, "dir/c": b"c1", "big": BIG}
+S2 = {"a": b"a2", "dir/b": b"b1" * 3000, "dir/c": b"c1", "big": BIG}
 
 
-@pytest.mark.parametrize("what", ["create", "delete", "keep"])
+@pytest.mark.parametrize("what", ["create", "delete", "keep", "keep-blocks"])
 def test_kill_9_at_every_write(base, tmp_path, what):
     locations, pristine = base
 
@@ -105,9 +105,19 @@ def test_kill_9_at_every_write(base, tmp_path, what):
             v.history.create(v.vfs, label="s2")
         elif what == "delete":
             v.history.delete([v.history.index.snapshots[0].snap_id])
-        else:     # the copy-on-write of an overwrite and the move of an unlink
+        elif what == "keep":     # the copy-on-write of an overwrite and the move of an unlink
             v.put("dir/b", b"b2")
             v.vfs.unlink(v.parent_of("dir/c")[0], b"c")
+        else:                    # blocks kept one write at a time, then a cut, then the unlink
+            parent, name = v.parent_of("big")
+            node = v.vfs.lookup(parent, name)
+            v.vfs.inodes.remember(node)
+            content = v.vfs.open(node, True)
+            content.write(5 * 4096, b"x" * 9000)
+            content.write(len(BIG), b"more")
+            content.truncate(100 * 4096 + 5)
+            v.vfs.release(node)
+            v.vfs.unlink(parent, name)
     n, seen_outcomes = 1, set()
     while True:
         reset(locations, pristine)
@@ -119,5 +129,6 @@ def test_kill_9_at_every_write(base, tmp_path, what):
         n += 1
     print(f"{what}: killed at each of {n - 1} drive writes")
     assert n > 3, "the operation wrote less than expected: the crash points were not reached"
-    want = {"create": {("s1",), ("s1", "s2")}, "delete": {("s1",), ()}, "keep": {("s1",)}}[what]
+    want = {"create": {("s1",), ("s1", "s2")}, "delete": {("s1",), ()}, "keep": {("s1",)},
+            "keep-blocks": {("s1",)}}[what]
     assert seen_outcomes == want

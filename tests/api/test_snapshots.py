@@ -14,6 +14,7 @@ from pqcfs.fs.common import Caller, FsError
 from pqcfs.session.session import Session
 from pqcfs.session.snapshot_mount import open_snapshot
 from pqcfs.snapshots import plain, policy
+from pqcfs.snapshots.history import find
 from pqcfs.snapshots.store import DATA, INDEX
 from tests.api.test_cli import pqcfs
 from tests.api.test_incremental_sync import unlock
@@ -281,3 +282,43 @@ def test_a_label_is_one_short_line(locations, tmp_path):
             with pytest.raises(PqcfsError, match="one line"):
                 v.history.create(v.vfs, label=label)
         assert v.history.index.snapshots == []
+
+
+def test_a_large_file_keeps_only_the_blocks_that_change(locations, tmp_path):
+    from pqcfs import fsck
+    from pqcfs.snapshots.history import SMALL
+    v1 = os.urandom(2 << 20)                       # 512 blocks: kept block by block
+    assert len(v1) > SMALL
+    with Open(locations, tmp_path) as v:
+        node = v.put("big", v1)
+        v.history.create(v.vfs, label="s1")
+        content = v.vfs.open(node, True)
+        content.write(10 * 4096, b"A" * 4096)      # one whole block
+        content.write(200 * 4096 + 7, b"B" * 100)  # part of one
+        content.write(len(v1), b"tail")            # past the end: the old last block is sealed again
+        v.vfs.release(node)
+        v2 = v.read("big")
+        deltas = [n for n in kept(locations[0]) if n.endswith(".b")]
+        assert len(deltas) == 1 and kept(locations[0]) == kept(locations[1])
+        assert os.path.getsize(os.path.join(locations[0], DATA, deltas[0])) < 4 * 4200    # 3 blocks, not 2 MiB
+        v.history.create(v.vfs, label="s2")
+        content = v.vfs.open(node, True)
+        content.write(10 * 4096, b"C" * 4096)
+        content.write(300 * 4096, b"D" * 4096)
+        content.truncate(1 << 20)
+        v.vfs.release(node)
+        v3 = v.read("big")
+    assert snapshot_files(locations, "s1")["big"] == v1
+    assert snapshot_files(locations, "s2")["big"] == v2
+    with Open(locations, tmp_path) as v:
+        assert v.read("big") == v3
+        v.vfs.unlink(v.vfs.inodes.root, b"big")    # the live file goes whole to the end of the chain
+        s1 = find(v.history.index, "s1")
+        v.history.delete([s1.snap_id])             # s1's kept blocks go; s2 keeps what it reads
+    assert snapshot_files(locations, "s2")["big"] == v2
+    vault = unlock(locations)
+    try:
+        report = fsck.run(vault)
+        assert report.clean, report.problems
+    finally:
+        vault.close()
