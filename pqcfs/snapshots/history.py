@@ -41,7 +41,7 @@ LABEL_MAX = 200
 SMALL = 256 << 10     # a version up to this size is kept whole at its first change; a larger one block by block
 
 
-@dataclass
+@dataclass(slots=True)
 class Held:
     """A file version the newest snapshot holds that is not kept complete yet."""
     counter: int

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
+import time
 from dataclasses import dataclass, field
 
 from pqcfs.crypto.content import OVERHEAD as CONTENT_OVERHEAD
@@ -28,11 +29,12 @@ from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, Meta
 from pqcfs.fs.common import FsError
 from pqcfs.fs.inodes import inode_number, link_path
 from pqcfs.snapshots.manifest import Manifest
-from pqcfs.snapshots.store import chains_on, data_rel, delta_index, delta_rel, needed
+from pqcfs.snapshots.store import DATA, chains_on, data_rel, delta_index, delta_rel, needed
 from pqcfs.store.replicas import TREE_DIR
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
+STAMP_SETTLED_NS = 100_000_000
 
 
 @dataclass(eq=False)
@@ -121,6 +123,7 @@ class SnapshotTree:
                              c_dir=rec.c_path, xattrs=rec.xattrs, ino=1)
         self._live: dict[bytes, str] | None = None     # node id -> tree path, once the live tree was searched
         self._chains: dict | None = None                # node id -> its kept files (store.chains_on)
+        self._chains_stamp: tuple = (None, 0)           # (the mtime of their directory, when listed)
         self._deltas: dict = {}                          # (drive, kept blocks file) -> (its size, its index)
         self.by_ino: dict[int, SnapNode] = {1: self.root}
 
@@ -204,8 +207,19 @@ class SnapshotTree:
     # --- where a version's ciphertext is ----------------------------------------------------
 
     def _chain(self, node_id: bytes, refresh: bool) -> list[tuple[int, bool]]:
+        """A node's kept files, listed again when asked and the kept files' directory
+        changed (a new file changes its mtime; an append to kept blocks does not, and
+        _delta sees that by the file's size)."""
         if self._chains is None or refresh:
-            self._chains = chains_on(self.drives[0])
+            try:
+                stamp = self.drives[0].lstat(DATA).st_mtime_ns
+            except OSError:
+                stamp = None
+            # A stamp is trusted only once it is older than the listing by more than the
+            # clock's tick: a file made in the same tick as the listing leaves it unchanged.
+            if self._chains is None or stamp is None or stamp != self._chains_stamp[0] \
+                    or self._chains_stamp[1] - stamp < STAMP_SETTLED_NS:
+                self._chains, self._chains_stamp = chains_on(self.drives[0]), (stamp, time.time_ns())
         return self._chains.get(node_id, [])
 
     def _delta(self, drive, rel: str) -> dict[int, tuple[int, int]]:
