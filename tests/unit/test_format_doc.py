@@ -63,7 +63,7 @@ def test_the_snapshot_caps_and_labels():
     assert stated(r"a manifest over (\d+) (MiB)") == snapshot.MANIFEST_CAP
     assert stated(r"an index over (\d+) (KiB)") == snapshot.INDEX_CAP
     from pqcfs.snapshots.history import SMALL
-    assert stated(r"a version of at most (\d+) (KiB)") == SMALL
+    assert stated(r"a version of at most\s+(\d+) (KiB)") == SMALL
     assert f"over {snapshot.MAX_SNAPSHOTS} snapshots" in DOC.replace("\n", " ")
     for label in (snapshot.HEAD_AD, snapshot.DIR_AD, snapshot.INDEX_AD, snapshot.LOCATOR_INFO, snapshot.RECORD_INFO,
                   snapshot.GRANT_AD, snapshot.GRANT_LOCATOR_INFO, b"pqcfs snapshot v1"):
