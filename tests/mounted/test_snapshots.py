@@ -184,9 +184,15 @@ def test_a_full_drive_with_history_on_yields_history_not_the_write(tmp_path):
         with open(big, "wb") as f:
             f.write(os.urandom(22 << 20))
         cli(vault, "snapshot", "create", vault.primary, "--label", "old")
-        # Overwriting the 22 MiB file needs its old version kept: there is no room for both.
+        # A change of 1 MiB keeps 1 MiB of the old version (block by block): that fits.
         with open(big, "r+b") as f:
             f.write(os.urandom(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        assert [s["label"] for s in snapshot_list(vault)] == ["old"]
+        # Rewriting the whole file keeps all 22 MiB of it: there is no room for both.
+        with open(big, "wb") as f:
+            f.write(os.urandom(22 << 20))
             f.flush()
             os.fsync(f.fileno())
         with open(os.path.join(mnt, "after"), "wb") as f:
