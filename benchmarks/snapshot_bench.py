@@ -2,8 +2,9 @@
 file) mounted on two fresh ext4 stand-in drives; `pqcfs snapshot create` while mounted
 (wall time, as a user waits for it, and the manifest's bytes; nothing is copied); then the
 time of one round of writes (every 10th small file rewritten, 16 MiB written at random
-places in the big file, 1,000 new files) with no snapshot, and with 10 snapshots kept
-(each taken after a round, the newest just before the measured one), alternated.
+places in the big file, 1,000 new files; each part made durable) with no snapshot, and
+with 10 snapshots kept (each taken after a round, the newest just before the measured
+one: the first round after a snapshot, the one that keeps what it changes), alternated.
 
     .venv/bin/python benchmarks/snapshot_bench.py [--files 10000] [--repetitions 3]
 """
@@ -64,23 +65,28 @@ def fill(locations, work, files):
     vault.close()
 
 
-def round_of_writes(mnt: str, files: int, rng: random.Random, tag: int) -> float:
-    t = time.perf_counter()
+def round_of_writes(mnt: str, files: int, rng: random.Random, tag: int) -> tuple[float, float, float]:
+    """(seconds rewriting every 10th small file, writing 16 MiB into the big one, creating
+    1,000 new files), each with what it wrote made durable."""
+    t0 = time.perf_counter()
     for n in range(tag % 10, files, 10):
         with open(os.path.join(mnt, f"d{n // 1000:04d}/f{n:07d}"), "wb") as f:
             f.write(os.urandom(4096))
+    os.sync()
+    t1 = time.perf_counter()
     with open(os.path.join(mnt, "big"), "r+b") as f:
         for _ in range(16):
             f.seek(rng.randrange(BIG - (1 << 20)))
             f.write(os.urandom(1 << 20))
         f.flush()
         os.fsync(f.fileno())
+    t2 = time.perf_counter()
     os.makedirs(os.path.join(mnt, f"new{tag}"))
     for n in range(1000):
         with open(os.path.join(mnt, f"new{tag}/n{n}"), "wb") as f:
             f.write(b"x" * 100)
     os.sync()
-    return time.perf_counter() - t
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
 def kept_bytes(location: str) -> int:
@@ -137,13 +143,18 @@ def main() -> None:
                     t = time.perf_counter()
                     cli("snapshot", "delete", a, *ids, *unlock)
                     deleting = time.perf_counter() - t
-                    print(f"round {rep + 1}: no snapshot {without[-1]:.2f} s, 10 kept {with10[-1]:.2f} s; "
+                    print(f"round {rep + 1}: no snapshot {sum(without[-1]):.2f} s, 10 kept {sum(with10[-1]):.2f} s; "
                           f"kept data {kept / 2**20:.1f} MiB; deleting all 10 {deleting:.2f} s "
                           f"(kept data after: {kept_bytes(a)} bytes)", flush=True)
-                print(f"\nwrite round (1/10 of the small files rewritten, 16 MiB into the big file, 1,000 new files): "
-                      f"no snapshot {statistics.median(without):.2f} s, 10 snapshots kept "
-                      f"{statistics.median(with10):.2f} s: ratio "
-                      f"{statistics.median(w / o for w, o in zip(with10, without)):.2f}")
+                parts = ("1,000 small files rewritten", "16 MiB into the 64 MiB file", "1,000 files created")
+                print("\nthe first round of writes after a snapshot (medians):")
+                print("| part | no snapshot (s) | 10 snapshots kept (s) | ratio |\n|---|---:|---:|---:|")
+                for i, part in enumerate(parts):
+                    a_, b_ = statistics.median(w[i] for w in without), statistics.median(w[i] for w in with10)
+                    print(f"| {part} | {a_:.2f} | {b_:.2f} | {b_ / a_:.2f} |")
+                total_a = statistics.median(sum(w) for w in without)
+                total_b = statistics.median(sum(w) for w in with10)
+                print(f"| all | {total_a:.2f} | {total_b:.2f} | {total_b / total_a:.2f} |")
             finally:
                 cli("umount", mnt, check=False)
                 unmount(mnt)

@@ -39,6 +39,7 @@ from pqcfs.store.replicas import TREE_DIR
 log = logging.getLogger(__name__)
 LABEL_MAX = 200
 SMALL = 256 << 10     # a version up to this size is kept whole at its first change; a larger one block by block
+STREAM_AHEAD = 256    # blocks kept ahead of a write that continues the last one (1 MiB of 4 KiB blocks)
 
 
 @dataclass(slots=True)
@@ -47,6 +48,7 @@ class Held:
     counter: int
     size: int                       # its plaintext size
     blocks: set | None = None       # large versions: the blocks kept so far (read on first use)
+    next: int = -1                  # the block after the last change (a stream continues there)
 
 
 def _full(e: BaseException) -> bool:
@@ -151,6 +153,12 @@ class History:
         dst = delta_rel(node_id, h.counter)
         if h.blocks is None:
             h.blocks = self._kept_blocks(dst)
+        if first == h.next:
+            # A write that goes on where the last one ended: a stream (a big write comes as
+            # many requests, a copy as many writes): what follows is kept ahead, once, not
+            # one append and fsync per request. Scattered writes keep only their own blocks.
+            last = max(last, first + STREAM_AHEAD - 1)
+        h.next = last + 1
         want = [k for k in range(first, min(last, last_index) + 1) if k not in h.blocks]
         if not want:
             return
