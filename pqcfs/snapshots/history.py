@@ -71,6 +71,17 @@ def find(index: fmt.Index, ref: str) -> fmt.Listed:
     return found[0]
 
 
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as (first, last) runs of neighbours."""
+    runs: list[tuple[int, int]] = []
+    for k in indices:
+        if runs and runs[-1][1] == k - 1:
+            runs[-1] = (runs[-1][0], k)
+        else:
+            runs.append((k, k))
+    return runs
+
+
 class History:
     """The vault's snapshots, for one session (store: its replicas' snapshot structures)."""
 
@@ -166,11 +177,15 @@ class History:
         end = HEADER_LEN + (h.size // block_size) * c_block + (h.size % block_size + CONTENT_OVERHEAD
                                                                 if h.size % block_size else 0)
 
+        runs = _runs(want)
+
         def append(drive) -> None:
             records = []
-            for k in want:
-                offset = HEADER_LEN + k * c_block
-                records.append(fmt.delta_record(k, drive.read_at(src, min(c_block, end - offset), offset)))
+            for lo, hi in runs:      # one read per run of neighbouring blocks
+                start = HEADER_LEN + lo * c_block
+                data = drive.read_at(src, min((hi - lo + 1) * c_block, end - start), start)
+                records += [fmt.delta_record(k, data[(k - lo) * c_block:(k - lo + 1) * c_block])
+                            for k in range(lo, hi + 1)]
             append_delta(drive, dst, h.counter, b"".join(records))
         counter = h.counter
         if self._keep(node_id, counter, append, [dst], pop=False):

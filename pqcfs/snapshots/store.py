@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 
 import blake3
 
@@ -90,18 +91,22 @@ def delta_index(drive: Drive, rel: str) -> dict[int, tuple[int, int]]:
 
 def _scan_delta(drive: Drive, rel: str) -> tuple[dict[int, tuple[int, int]], int]:
     try:
-        size = drive.lstat(rel).st_size
-        fmt.parse_delta_prefix(drive.read_at(rel, fmt.DELTA_PREFIX_LEN))
+        fd = drive.open(rel)
     except FileNotFoundError:
         return {}, 0
-    found, off = {}, fmt.DELTA_PREFIX_LEN
-    while off + fmt.DELTA_RECORD_LEN <= size:
-        index, n = fmt.parse_delta_record_head(drive.read_at(rel, fmt.DELTA_RECORD_LEN, off))
-        if off + fmt.DELTA_RECORD_LEN + n > size:
-            break
-        found.setdefault(index, (off + fmt.DELTA_RECORD_LEN, n))
-        off += fmt.DELTA_RECORD_LEN + n
-    return found, off
+    try:
+        size = os.fstat(fd).st_size
+        fmt.parse_delta_prefix(os.pread(fd, fmt.DELTA_PREFIX_LEN, 0))
+        found, off = {}, fmt.DELTA_PREFIX_LEN
+        while off + fmt.DELTA_RECORD_LEN <= size:
+            index, n = fmt.parse_delta_record_head(os.pread(fd, fmt.DELTA_RECORD_LEN, off))
+            if off + fmt.DELTA_RECORD_LEN + n > size:
+                break
+            found.setdefault(index, (off + fmt.DELTA_RECORD_LEN, n))
+            off += fmt.DELTA_RECORD_LEN + n
+        return found, off
+    finally:
+        os.close(fd)
 
 
 def append_delta(drive: Drive, rel: str, counter: int, records: bytes) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 import time
 from dataclasses import dataclass, field
@@ -243,10 +244,15 @@ class SnapshotTree:
                     log.warning("%s: %s", drive.describe(rel), e)
                     continue
                 if index:
-                    for i in need:
-                        if i not in got and i in index:
-                            off, n = index[i]
-                            got[i] = drive.read_at(rel, n, off)
+                    found = [i for i in need if i not in got and i in index]
+                    if found:
+                        fd = drive.open(rel)
+                        try:
+                            for i in found:
+                                off, n = index[i]
+                                got[i] = os.pread(fd, n, off)
+                        finally:
+                            os.close(fd)
                     break
 
     def _range(self, drive, rel: str, need: list[int], got: dict[int, bytes], lengths) -> None:
