@@ -39,3 +39,13 @@ def two_dirs(tmp_path):
 def new_vault(two_dirs):
     vault, code = vault_mod.create(list(two_dirs), passphrase=PASSPHRASE, kdf=calibrate())
     return vault, code
+
+
+@pytest.fixture
+def locations(new_vault) -> list[str]:
+    """A new vault's replica locations, the vault closed (each test opens its own sessions)."""
+    vault, _ = new_vault
+    found = list(vault.locations)
+    vault.close()
+    return found
+

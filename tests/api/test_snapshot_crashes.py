@@ -65,10 +65,7 @@ def check_whole(locations, tmp_path, expected: dict[str, dict[str, bytes]]) -> l
 
 
 @pytest.fixture
-def base(new_vault, tmp_path):
-    vault, _ = new_vault
-    locations = list(vault.locations)
-    vault.close()
+def base(locations, tmp_path):
     with Open(locations, tmp_path) as v:
         v.put("a", b"a1")
         v.put("dir/b", b"b1" * 3000)

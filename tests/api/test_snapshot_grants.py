@@ -32,10 +32,7 @@ def grantee_session(locations, ident, tmp_path):
     return vault, session, session.build()
 
 
-def test_a_grantee_sees_the_snapshots_of_its_grant_and_no_others(new_vault, tmp_path):
-    vault, _ = new_vault
-    locations = list(vault.locations)
-    vault.close()
+def test_a_grantee_sees_the_snapshots_of_its_grant_and_no_others(locations, tmp_path):
     with Open(locations, tmp_path) as v:
         v.put("docs/plan.txt", b"plan v1")
         v.put("private.txt", b"the owner's alone")

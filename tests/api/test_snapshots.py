@@ -88,14 +88,6 @@ def kept(location) -> list[str]:
     return sorted(os.listdir(os.path.join(location, DATA)))
 
 
-@pytest.fixture
-def locations(new_vault):
-    vault, _ = new_vault
-    locations = list(vault.locations)
-    vault.close()
-    return locations
-
-
 def test_a_snapshot_costs_metadata_and_keeps_only_what_changes(locations, tmp_path):
     with Open(locations, tmp_path) as v:
         v.put("a.txt", b"first a")

@@ -43,10 +43,7 @@ def fsck_problems(locations, repair=False) -> list[str]:
 
 
 @pytest.fixture
-def two_snapshots(new_vault, tmp_path):
-    vault, _ = new_vault
-    locations = list(vault.locations)
-    vault.close()
+def two_snapshots(locations, tmp_path):
     with Open(locations, tmp_path) as v:
         v.put("secret.txt", b"the original")
         v.put("dir/other", b"o" * 9000)
