@@ -1,13 +1,14 @@
 """A vault's snapshots while a session has it: create, delete, thin, and the keeper the live
 tree calls before it changes or removes a file that a snapshot holds.
 
-Copy-on-write, one file at a time: a snapshot records each file's node id and write
-counter; the first change after it (which raises the counter) first copies the file's
-ciphertext to `pqcfs.snapshots/data/<node>.<counter>`, and an unlink (or a rename over
-it) moves the file there instead of removing it. A file no later change touches is never
-copied: every snapshot that holds it reads the live one. Only the newest snapshot needs
-to be asked (`held`): a file unchanged since an older snapshot is unchanged since every
-later one too, so the newest holds the same counter.
+Copy-on-write: a snapshot records each file's node id and write counter. A version of at
+most SMALL bytes is copied whole to `pqcfs.snapshots/data/<node>.<counter>` at the first
+change after it (which raises the counter); a larger one keeps each block before the live
+tree first changes it, in `<node>.<counter>.b`; an unlink (or a rename over it) moves the
+file there whole instead of removing it. A file no later change touches is never copied:
+every snapshot that holds it reads the live one (snapshots/view.py reads the chains). Only
+the newest snapshot needs to be asked (`held`): a file unchanged since an older snapshot is
+unchanged since every later one too, so the newest holds the same counter.
 
 Space: what only history holds never makes the live vault hit ENOSPC. A copy that does
 not fit removes the oldest snapshot (and what only it held) and tries again; with a
@@ -99,7 +100,7 @@ class History:
                              "back or the drives were rolled back. To use them anyway: --accept-older")
         for problem in store.problems:
             self.on_event("integrity-failure", what="snapshots", error=problem)
-        self.held: dict[bytes, int] = {}
+        self.held: dict[bytes, Held] = {}
         self.kept_bytes = 0
         self.replicas = None
         if store.writable and not self.unfinished_cleanup() and self.index.snapshots:
