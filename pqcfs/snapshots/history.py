@@ -278,8 +278,10 @@ class History:
         self.store.commit(self.index)       # the snapshot exists from here on
         self._recorded()
         self.held = {node_id: Held(counter, size) for node_id, (counter, size) in held.items()}
+        # The manifest's hash in the audit log (MAC-chained, and signed at each checkpoint)
+        # ties the snapshot's whole tree to the record of its making.
         self.on_event("snapshot-created", snapshot=head.snap_id.hex(), label=label, kind=kind, files=head.files,
-                      manifest_bytes=len(data))
+                      manifest_bytes=len(data), manifest_blake3=listed.digest.hex())
         if self.index.policy is not None:
             self.thin()
         return listed
