@@ -18,6 +18,9 @@ from tests.mounted import drives
 from tests.mounted.test_faults import daemon_pid, fsck
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
+# Daemon kills while it creates (even rounds) or deletes (odd) a snapshot; every drive write
+# of both is killed at in tests/api/test_snapshot_crashes.py. More rounds: a longer soak.
+ROUNDS = int(os.environ.get("PQCFS_SNAPSHOT_KILL_ROUNDS", "2"))
 
 
 def cli(vault, *args, check=True, timeout=120):
@@ -215,7 +218,7 @@ def test_kill_9_while_a_snapshot_is_taken_or_deleted(plain_vault, seed):
                 f.write(b"%d" % n)
     vault.umount()
     cli(vault, "snapshot", "create", vault.primary, "--label", "base")
-    for round_ in range(4):
+    for round_ in range(ROUNDS):
         vault.mount()
         with open(os.path.join(vault.mountpoint, f"d{round_}/f0"), "wb") as f:
             f.write(b"round %d" % round_)
