@@ -24,58 +24,61 @@ from pqcfs.snapshots.history import find
 from pqcfs.store import seen
 
 
+def _command(parent, name: str, help: str, vault_help: str, *, func=None, grantee: bool = False):
+    """A subcommand taking VAULT first, and --json, the unlock and replica options last."""
+    p = parent.add_parser(name, help=help)
+    p.add_argument("vault", help=vault_help)
+    if func is not None:
+        p.set_defaults(func=func)
+    return p, lambda: _vault_options(p, grantee)
+
+
+def _vault_options(p, grantee: bool) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+    options.add_unlock_options(p)
+    options.add_replica_options(p)
+    if grantee:
+        _grantee_options(p)
+
+
+PRIMARY = "the vault: where its primary replica is"
+ANY = "the vault: where its primary (or any) replica is"
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("snapshot", help="snapshots: the whole vault as it is now, kept read-only (cheap: metadata only)")
     ssub = p.add_subparsers(dest="snapshot_cmd", required=True, metavar="create|list|delete", help="what to do")
-    c = ssub.add_parser("create", help="take a snapshot now (also while mounted: a consistent point)")
-    c.add_argument("vault", help="the vault: where its primary replica is")
-    c.add_argument("--label", default="", help="a name for it (shown by list; usable instead of its id)")
-    c.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    ls = ssub.add_parser("list", help="the vault's snapshots, oldest first")
-    ls.add_argument("vault", help="the vault: where its primary (or any) replica is")
-    ls.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    d = ssub.add_parser("delete", help="delete snapshots (what only they hold is freed)")
-    d.add_argument("vault", help="the vault: where its primary replica is")
-    d.add_argument("ids", nargs="+", metavar="ID", help="a snapshot's id (or a unique start of it) or label")
-    d.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    for q in (c, ls, d):
-        options.add_unlock_options(q)
-        options.add_replica_options(q)
-    _grantee_options(ls)
     p.set_defaults(func=run_snapshot)
+    c, done = _command(ssub, "create", "take a snapshot now (also while mounted: a consistent point)", PRIMARY)
+    c.add_argument("--label", default="", help="a name for it (shown by list; usable instead of its id)")
+    done()
+    _command(ssub, "list", "the vault's snapshots, oldest first", ANY, grantee=True)[1]()
+    d, done = _command(ssub, "delete", "delete snapshots (what only they hold is freed)", PRIMARY)
+    d.add_argument("ids", nargs="+", metavar="ID", help="a snapshot's id (or a unique start of it) or label")
+    done()
 
-    r = sub.add_parser("restore", help="take a file or directory back from a snapshot")
-    r.add_argument("vault", help="the vault: where its primary replica is")
+    r, done = _command(sub, "restore", "take a file or directory back from a snapshot", PRIMARY, func=run_restore,
+                       grantee=True)
     r.add_argument("path", help="the path inside the vault (as it was in the snapshot; / for everything)")
     r.add_argument("--snapshot", required=True, metavar="ID", help="the snapshot: id, label or \"latest\"")
     r.add_argument("--to", metavar="DEST",
                    help="write plain files to DEST outside the vault (default: back into the vault, at PATH when "
                         "nothing is there now, else beside it as NAME.restored-ID)")
-    r.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    options.add_unlock_options(r)
-    options.add_replica_options(r)
-    _grantee_options(r)
-    r.set_defaults(func=run_restore)
+    done()
 
-    df = sub.add_parser("diff", help="what changed between a snapshot and another one (or the vault now)")
-    df.add_argument("vault", help="the vault: where its primary (or any) replica is")
+    df, done = _command(sub, "diff", "what changed between a snapshot and another one (or the vault now)", ANY,
+                        func=run_diff)
     df.add_argument("old", metavar="ID", help="the older snapshot")
     df.add_argument("new", metavar="ID2", nargs="?", help="the newer snapshot (default: the vault as it is now)")
-    df.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    options.add_unlock_options(df)
-    options.add_replica_options(df)
-    df.set_defaults(func=run_diff)
+    done()
 
-    h = sub.add_parser("history", help="automatic snapshots: at every clean unmount and hourly while mounted, thinned")
-    h.add_argument("vault", help="the vault: where its primary replica is")
+    h, done = _command(sub, "history", "automatic snapshots: at every clean unmount and hourly while mounted, thinned",
+                       PRIMARY, func=run_history)
     h.add_argument("--keep", metavar="AGE", help="how long history reaches back (30d, 12h, 8w)")
     h.add_argument("--max-space", metavar="PERCENT", default="20%",
                    help="the share of a drive history may hold before its oldest snapshots go (default 20%%)")
     h.add_argument("--off", action="store_true", help="take no more automatic snapshots (the ones there stay)")
-    h.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    options.add_unlock_options(h)
-    options.add_replica_options(h)
-    h.set_defaults(func=run_history)
+    done()
 
 
 def _grantee_options(p) -> None:
