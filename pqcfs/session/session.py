@@ -66,6 +66,7 @@ def check_mountpoint(mountpoint: str) -> None:
 
 class Session:
     SNAPSHOT_AT_END = True     # automatic history: a snapshot at every clean unmount
+
     def __init__(self, vault: vault_mod.UnlockedVault, mountpoint: str, read_only: bool = False,
                  audit_files: bool = False, accept_older: bool = False, owner: MountOwner | None = None):
         self.vault = vault
