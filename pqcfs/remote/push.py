@@ -15,6 +15,7 @@ stages again and sends only what the remote does not hold yet.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -99,7 +100,10 @@ class PushResult:
 class Pusher:
     def __init__(self, entry: RemoteEntry, vault_id: bytes, root_key: bytes, bwlimit: str | None = None):
         self.entry, self.vault_id, self.root_key = entry, vault_id, root_key
-        self.remote = entry.remote(bwlimit)
+        # rclone's file lists go beside the staging directory, swept here: what a push killed
+        # mid-way left goes with the next one.
+        self.remote = dataclasses.replace(entry.remote(bwlimit), scratch=entry.file(vault_id, "lists"))
+        shutil.rmtree(self.remote.scratch, ignore_errors=True)
         self.keys = fmt.RemoteKeys.derive(root_key)
         self.staging = entry.file(vault_id, "staging")
 

@@ -50,6 +50,9 @@ class Remote:
     config: str | None = None   # rclone config file (None: rclone's default)
     bwlimit: str | None = None
     transfers: int = 4
+    # Where the file lists handed to rclone go: a directory its user sweeps (a daemon killed
+    # mid-push leaves its lists there, not in /tmp); None: the system's temporary directory.
+    scratch: str | None = None
 
     def at(self, rel: str = "") -> str:
         if not rel:
@@ -130,13 +133,13 @@ class Remote:
     def delete_files(self, rel: str, files: list[str]) -> None:
         if not files:
             return
-        with _file_list(files) as listing:
+        with _file_list(files, self.scratch) as listing:
             self.run("delete", self.at(rel), "--files-from-raw", listing, ok=(0, *NOT_FOUND))
 
     def _copy(self, src: str, dst: str, files: list[str], on_bytes) -> None:
         if not files:
             return
-        with _file_list(files) as listing:
+        with _file_list(files, self.scratch) as listing:
             def line(text: str) -> None:
                 try:
                     stats = json.loads(text).get("stats")
@@ -150,9 +153,11 @@ class Remote:
 
 
 @contextlib.contextmanager
-def _file_list(files: list[str]):
+def _file_list(files: list[str], where: str | None):
     """A file listing the paths, one per line, for rclone's --files-from-raw."""
-    fd, path = tempfile.mkstemp(prefix="pqcfs-rclone-")
+    if where is not None:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="pqcfs-rclone-", dir=where)
     try:
         with os.fdopen(fd, "w") as f:
             f.write("".join(name + "\n" for name in files))

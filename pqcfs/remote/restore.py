@@ -9,6 +9,8 @@ key's holder makes one) and its size is the one its page gives, and each read is
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import random
 import shutil
@@ -56,9 +58,11 @@ def read_header(remote: Remote) -> bytes:
 
 class Reader:
     def __init__(self, remote: Remote, vault_id: bytes, root_key: bytes, work: str):
-        self.remote, self.vault_id = remote, vault_id
+        # work: a directory for downloads (on the target drive for recover), and for rclone's
+        # file lists; cleanup() removes it all.
+        self.remote, self.vault_id = dataclasses.replace(remote, scratch=work), vault_id
         self.keys = fmt.RemoteKeys.derive(root_key)
-        self.work = work             # a directory for downloads (on the target drive for recover)
+        self.work = work
 
     def epoch(self, seen: int = 0, accept_older: bool = False, warn=lambda text: None) -> tuple[fmt.Epoch, bytes]:
         """The newest epoch that authenticates. One that fails is named; an older one is used
