@@ -14,7 +14,7 @@ from tests.mounted.exerciser import snapshot
 
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(not drives.ROOT, reason="needs root and /dev/fuse")]
 WORKERS = 4
-OPS = int(os.environ.get("PQCFS_EXERCISER_OPS", "1000"))   # per worker; raise it for a longer soak
+OPS = int(os.environ.get("PQCFS_EXERCISER_OPS", "700"))    # per worker; raise it for a longer soak
 SEEDS = int(os.environ.get("PQCFS_EXERCISER_SEEDS", "2"))   # runs per file system; more for a longer soak
 SCRIPT = os.path.join(os.path.dirname(__file__), "exerciser.py")
 
