@@ -380,6 +380,7 @@ _DELTA_RECORD = struct.Struct(">QI")
 DELTA_PREFIX_LEN = _DELTA_PREFIX.size
 DELTA_RECORD_LEN = _DELTA_RECORD.size
 MAX_BLOCK = 1 << 20 | 64           # a block's ciphertext is never larger (block sizes up to 1 MiB)
+MIN_BLOCK = 29                     # nor smaller (one byte and the nonce and tag): a scan moves on
 
 
 def delta_prefix(counter: int) -> bytes:
@@ -404,6 +405,6 @@ def parse_delta_prefix(data: bytes) -> int:
 
 def parse_delta_record_head(data: bytes) -> tuple[int, int]:
     index, n = _DELTA_RECORD.unpack(data)
-    if n > MAX_BLOCK:
-        raise DamagedStructure("kept blocks file holds a record larger than a block")
+    if not MIN_BLOCK <= n <= MAX_BLOCK:
+        raise DamagedStructure("kept blocks file holds a record that is no block")
     return index, n

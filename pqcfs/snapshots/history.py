@@ -32,14 +32,13 @@ from pqcfs.snapshots import policy as policy_mod
 from pqcfs.snapshots import take
 from pqcfs.crypto.content import OVERHEAD as CONTENT_OVERHEAD
 from pqcfs.format.node_header import HEADER_LEN
-from pqcfs.snapshots.store import (DATA, INDEX, SnapshotStore, append_delta, data_name, data_rel, delta_index,
-                                   delta_name, delta_rel, needed)
+from pqcfs.snapshots.store import (DATA, INDEX, SMALL, SnapshotStore, append_delta, data_name, data_rel,
+                                   delta_index, delta_name, delta_rel, needed)
 from pqcfs.store import seen
 from pqcfs.store.replicas import TREE_DIR
 
 log = logging.getLogger(__name__)
 LABEL_MAX = 200
-SMALL = 256 << 10     # a version up to this size is kept whole at its first change; a larger one block by block
 STREAM_AHEAD = 256    # blocks kept ahead of a write that continues the last one (1 MiB of 4 KiB blocks)
 
 

@@ -21,13 +21,14 @@ import blake3
 
 from pqcfs.errors import CryptoError, DamagedStructure, PqcfsError, UnsupportedVersion
 from pqcfs.format import snapshot as fmt
-from pqcfs.store.drive import Drive
+from pqcfs.store.drive import Drive, is_sparse
 from pqcfs.store.sync import SNAPSHOTS
 
 log = logging.getLogger(__name__)
 DIR = SNAPSHOTS
 INDEX = f"{DIR}/index"
 DATA = f"{DIR}/data"
+SMALL = 256 << 10     # a version up to this size is kept whole at its first change; a larger one block by block
 DAMAGE = (CryptoError, DamagedStructure, UnsupportedVersion, OSError, PqcfsError)
 
 
@@ -95,7 +96,12 @@ def _scan_delta(drive: Drive, rel: str) -> tuple[dict[int, tuple[int, int]], int
     except FileNotFoundError:
         return {}, 0
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if is_sparse(st):
+            # Written by appends of real blocks, never sparse: a planted one would cost a
+            # scan of its size for nothing (what fails here is set aside and kept again).
+            raise DamagedStructure(f"{drive.describe(rel)} is a sparse file of {st.st_size} bytes")
+        size = st.st_size
         fmt.parse_delta_prefix(os.pread(fd, fmt.DELTA_PREFIX_LEN, 0))
         found, off = {}, fmt.DELTA_PREFIX_LEN
         while off + fmt.DELTA_RECORD_LEN <= size:

@@ -30,7 +30,7 @@ from pqcfs.format.node_header import HEADER_LEN, MAGIC_FILE, Meta
 from pqcfs.fs.common import FsError
 from pqcfs.fs.inodes import inode_number, link_path
 from pqcfs.snapshots.manifest import Manifest
-from pqcfs.snapshots.store import DATA, chains_on, data_rel, delta_index, delta_rel, needed
+from pqcfs.snapshots.store import DATA, SMALL, chains_on, data_rel, delta_index, delta_rel, needed
 from pqcfs.store.replicas import TREE_DIR
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,10 @@ class SnapshotTree:
                         finally:
                             os.close(fd)
                     break
+            else:
+                # Listed but readable on no drive: the blocks it held changed in the live file
+                # since, so the live file must not stand in for them.
+                raise DamagedStructure(f"{rel}: kept blocks of a snapshot's file are damaged on every drive")
 
     def _range(self, drive, rel: str, need: list[int], got: dict[int, bytes], lengths) -> None:
         lo, hi = min(need), max(need)
@@ -268,7 +272,9 @@ class SnapshotTree:
         c = node.entry.counter
         for drive in self.drives[:1] if attempt < ATTEMPTS - 1 else self.drives:
             for rel in self._live_paths(node, attempt):
-                if not names_node(drive, rel, node, c, at_least=True):
+                # A small version was kept whole before its first change: only an unchanged
+                # live file is it. A large one's changed blocks are in its kept blocks.
+                if not names_node(drive, rel, node, c, at_least=node.entry.size > SMALL):
                     continue
                 live: dict[int, bytes] = {}
                 self._range(drive, rel, need, live, lengths)

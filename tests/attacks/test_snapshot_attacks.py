@@ -170,3 +170,26 @@ def test_the_index_forged_or_rolled_back(two_snapshots, tmp_path):
 def test_an_unknown_snapshot_is_its_own_error(two_snapshots):
     with pytest.raises(NoSuchSnapshot):
         snapshot_files(two_snapshots, "nonexistent")
+
+
+def test_kept_versions_removed_or_damaged_on_every_drive_are_never_replaced_by_the_live_file(two_snapshots,
+                                                                                           tmp_path):
+    """The live file changed since: it must not stand in for a version whose kept copy (a
+    small file's) or kept blocks (a large file's) an attacker removed or spoiled."""
+    locations = two_snapshots
+    for loc in locations:
+        for name in os.listdir(os.path.join(loc, DATA)):
+            os.unlink(os.path.join(loc, DATA, name))       # secret.txt's kept copies, gone
+    with pytest.raises(DamagedStructure, match="on no drive"):
+        snapshot_files(locations, "one")
+    big = os.urandom(1 << 20)
+    with Open(locations, tmp_path) as v:
+        v.put("big", big)
+        v.history.create(v.vfs, label="three")
+        v.put("big", b"overwritten")                  # its blocks kept, then the live file cut
+    for loc in locations:
+        for name in os.listdir(os.path.join(loc, DATA)):
+            if name.endswith(".b"):
+                write(os.path.join(loc, DATA, name), b"PQCB\x01\0\0\0" + bytes(8) + bytes(12))   # a record of 0 bytes
+    with pytest.raises(DamagedStructure):
+        snapshot_files(locations, "three")
