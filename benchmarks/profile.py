@@ -3,7 +3,7 @@ while a workload runs, and the functions with the most samples (own time, then w
 what they call) are printed.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python benchmarks/profile.py create      (or: stat, statcold, rm, readall, untar, randwrite)
+    .venv/bin/python benchmarks/profile.py create      (or: stat, statcold, rm, readall, untar, randwrite, randread)
 
 PQCFS_PROFILE_REPLICAS=1 profiles a one-drive vault (default two), PQCFS_PROFILE_GIL=1
 samples only while the daemon holds the GIL (its Python work, not its waits).
@@ -51,6 +51,19 @@ def randwrite(mnt):
     os.close(fd)
 
 
+def bigfile(mnt):
+    subprocess.run(["dd", "if=/dev/zero", f"of={mnt}/big", "bs=1M", "count=256", "conv=fsync"],
+                   check=True, capture_output=True)
+
+
+def randread(mnt):
+    fd = os.open(os.path.join(mnt, "big"), os.O_RDONLY)
+    rng = random.Random(1)
+    for _ in range(10000):
+        os.pread(fd, 4096, rng.randrange(0, 65536) * 4096)
+    os.close(fd)
+
+
 def statcold(mnt):
     for n in range(5000):
         os.stat(os.path.join(mnt, "many", f"f{n:05d}"))
@@ -70,7 +83,7 @@ def readall(mnt):
 
 
 # What runs before the profiler starts, for the workloads that need something to work on.
-PREPARE = {"rm": create, "readall": create, "statcold": create}
+PREPARE = {"rm": create, "readall": create, "statcold": create, "randread": bigfile}
 
 
 def main(which: str) -> None:

@@ -108,6 +108,8 @@ class FileContent:
         old_last = self._last_index(old_size)
         first, last = offset // B, (end - 1) // B
         blocks: dict[int, bytes] = {}
+        if first <= old_last:
+            self.file.will_overwrite(self._c_off(first), self._c_off(last + 1) - self._c_off(first))
 
         def block(index: int) -> bytes:
             if index not in blocks:

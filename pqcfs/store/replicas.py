@@ -21,6 +21,8 @@ from pqcfs.errors import NoSpace
 from pqcfs.store import reserve
 from pqcfs.store.drive import TEMP_PREFIX, Drive, UnsafeEntry
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
 log = logging.getLogger(__name__)
 TREE_DIR = "tree"
 
@@ -349,6 +351,17 @@ def _open_replica(replicas: ReplicaSet, n: int, full: str, flags: int, fds: dict
         fds[n] = replicas.drives[n].open(full, flags)
 
 
+def partial_pages(offset: int, length: int) -> list[tuple[int, int]]:
+    """The pages (start, length) that bytes [offset, offset + length) cover only in part:
+    the ones a write must read before it can change them. Adjacent ones are one span."""
+    end = offset + length
+    pages = sorted({p for p, partial in ((offset - offset % _PAGE, offset % _PAGE),
+                                         (end - end % _PAGE, end % _PAGE)) if partial})
+    if len(pages) == 2 and pages[1] == pages[0] + _PAGE:
+        return [(pages[0], 2 * _PAGE)]
+    return [(p, _PAGE) for p in pages]
+
+
 class MirroredFile:
     """One open ciphertext file on every healthy replica (replica index -> fd); a file
     opened lazily is open on the serving one and the rest (later) are opened on first need."""
@@ -433,6 +446,21 @@ class MirroredFile:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
         self._each(write)
+
+    def will_overwrite(self, offset: int, length: int) -> None:
+        """Bytes [offset, offset + length) are about to be overwritten: start reading,
+        on every replica at once, the pages the write only partly covers. A ciphertext
+        block straddles pages, and the kernel reads a partly written page before it
+        changes it, one page and one replica after the other, each waiting for its disk;
+        asked ahead, those reads overlap (a random 4 KiB write to two cold drives waits
+        for one read instead of four). Only a hint: errors are the write's to find."""
+        spans = partial_pages(offset, length)
+        for fd in self.fds.values():
+            for start, span in spans:
+                try:
+                    os.posix_fadvise(fd, start, span, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
 
     def first_good(self, read, heal=None, errors: tuple = (OSError,)):
         """The replica set's one healing policy, over the replicas this file is open on

@@ -172,3 +172,25 @@ def test_a_reservation_takes_space_on_every_replica_and_keeps_the_size(tmp_path)
     for name in ("a", "b"):
         st = os.stat(tmp_path / name / TREE_DIR / "f")
         assert st.st_size == len(b"header") and st.st_blocks * 512 >= 1 << 20
+
+
+def test_an_overwrite_asks_ahead_for_the_pages_it_only_partly_covers(tmp_path):
+    """A ciphertext block straddles pages; the pages a write covers only in part are the
+    ones the kernel must read first, and the hint asks for them on every drive at once."""
+    from pqcfs.store.replicas import partial_pages
+    P = os.sysconf("SC_PAGE_SIZE")
+    assert partial_pages(0, P) == [] and partial_pages(P, 3 * P) == []
+    assert partial_pages(88, 4124) == [(0, 2 * P)]                 # one block after the header
+    assert partial_pages(100, 10) == [(0, P)]                      # both ends in one page
+    assert partial_pages(100, 3 * P) == [(0, P), (3 * P, P)]       # only the ends
+    assert partial_pages(P, P + 1) == [(2 * P, P)]
+    replicas, f, pa, pb = _mirrored(tmp_path, b"h" * 88)
+    f.pwrite(b"a" * (8 * P), 88)
+    f.will_overwrite(88 + 4124, 4124)
+    f.pwrite(b"b" * 4124, 88 + 4124)
+    # A hint never fails the write that follows: a descriptor gone bad is the write's to find.
+    os.close(f.fds[1])
+    f.will_overwrite(88, 4124)
+    f.fds[1] = os.open(pb, os.O_RDWR)
+    f.close()
+    assert pa.read_bytes() == pb.read_bytes() == b"h" * 88 + b"a" * 4124 + b"b" * 4124 + b"a" * (8 * P - 8248)
