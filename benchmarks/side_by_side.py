@@ -1,9 +1,11 @@
 """Two pqcfs vaults mounted at once and used in turn: the measure of one change on a
-machine whose speed drifts. Each vault's daemon gets its own environment (here the
-worker's spin time, PQCFS_SPIN_US); rounds alternate which vault goes first.
+machine whose speed drifts. Each vault's daemon gets its own value of one environment
+variable (by default the worker's spin time, PQCFS_SPIN_US); rounds alternate which vault
+goes first.
 
     .venv/bin/python benchmarks/side_by_side.py 0 200          (spin 0 us against 200 us)
     .venv/bin/python benchmarks/side_by_side.py 0 200 --tar    (tar xzf and cold tar c)
+    .venv/bin/python benchmarks/side_by_side.py 700 0 --var PQCFS_GC_THRESHOLD
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def tars(mnt: str, r: int, tarball: str) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("a", help="PQCFS_SPIN_US of the first vault")
-    ap.add_argument("b", help="PQCFS_SPIN_US of the second vault")
+    ap.add_argument("a", help="the variable's value for the first vault")
+    ap.add_argument("b", help="the variable's value for the second vault")
+    ap.add_argument("--var", default="PQCFS_SPIN_US", help="the environment variable (default PQCFS_SPIN_US)")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--files", type=int, default=400)
     ap.add_argument("--tar", action="store_true", help="tar xzf of a generated tree and tar c of it")
@@ -64,7 +67,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         mnts = {}
         for name in (args.a, args.b):
-            os.environ["PQCFS_SPIN_US"] = name
+            os.environ[args.var] = name
             sub = os.path.join(work, "v" + name)
             os.mkdir(sub)
             mnts[name] = stack.enter_context(pqcfs(sub, 2))[0]
@@ -76,7 +79,7 @@ def main() -> int:
     subprocess.run(["rm", "-rf", work])
     for name, got in results.items():
         for k, v in got.items():
-            print(f"PQCFS_SPIN_US={name:>5}  {k:<15} median {statistics.median(v):9.2f}   "
+            print(f"{args.var}={name:>5}  {k:<15} median {statistics.median(v):9.2f}   "
                   + " ".join(f"{x:.2f}" for x in v))
     return 0
 
