@@ -51,6 +51,8 @@ WORKLOADS = [
     ("random 4 KiB write", 1.0, "ops"),
 ]
 RSS_LIMIT_MIB = 64
+# Workloads that run together, each on what the one before it left.
+GROUP = {w: {"files": "files", "entries": "tree", "MiB": "big", "ops": "big"}[unit] for w, _, unit in WORKLOADS}
 
 
 def sh(*cmd, **kw):
@@ -120,16 +122,18 @@ def pqcfs(work, replicas, size_mb=4096):
         os.mkdir(mnt)
         env = {**os.environ, "PQCFS_INSECURE_FAST_KDF": "1"}
         py = [sys.executable, "-m", "pqcfs"]
+        # PQCFS_BENCH_REPO: another checkout's code (side_by_side.py compares two commits).
+        code = os.environ.get("PQCFS_BENCH_REPO", REPO)
         sh(*py, "init", *locs, "--passfile", passfile, "--allow-fixed", *(["--single"] if replicas == 1 else []),
-           env=env, cwd=REPO)
-        sh(*py, "mount", locs[0], mnt, "--passfile", passfile, "--allow-fixed", env=env, cwd=REPO)
+           env=env, cwd=code)
+        sh(*py, "mount", locs[0], mnt, "--passfile", passfile, "--allow-fixed", env=env, cwd=code)
         try:
             from pqcfs.session.session import runtime_file
             with open(runtime_file(mnt)) as f:
                 pid = json.load(f)["pid"]
             yield mnt, pid
         finally:
-            subprocess.run([*py, "umount", mnt], capture_output=True, cwd=REPO)
+            subprocess.run([*py, "umount", mnt], capture_output=True, cwd=code)
 
 
 def _fuse_daemon(mnt: str) -> int | None:
@@ -206,8 +210,12 @@ def make_tree_tarball(work: str, entries: int, seed: int = 7) -> tuple[str, int]
 # -- workloads: each returns seconds; they run in this order on one fresh mount -----------
 
 def run_workloads(d: str, pid: int | None, args, tarball: str) -> dict[str, tuple[float, float]]:
-    """{workload: (seconds, daemon CPU seconds)}."""
+    """{workload: (seconds, daemon CPU seconds)}. With --only, the workloads asked for and
+    the ones they stand on (a group runs whole: create before stat and rm -rf, the tree's
+    untar before ls -lR and tar c, the big file's write before its reads and rewrites)."""
     out = {}
+    wanted = set(args.only or (w for w, _, _ in WORKLOADS))
+    groups = {GROUP[w] for w in wanted}
 
     def measure(name, fn, cold=False):
         if cold:
@@ -232,14 +240,18 @@ def run_workloads(d: str, pid: int | None, args, tarball: str) -> dict[str, tupl
             os.close(fd)
         os.sync()
 
-    measure("create", create)
-    measure("stat (cold)", lambda: [os.stat(p) for p in paths], cold=True)
-    measure("rm -rf", lambda: (sh("rm", "-rf", small), os.sync()))
-    measure("untar (tar xzf)", lambda: (sh("tar", "-xzf", tarball, "-C", d), os.sync()))
-    measure("ls -lR (cold)", lambda: sh("sh", "-c", f"ls -lR {d}/src > /dev/null"), cold=True)
-    # GNU tar skips reading data when the archive is /dev/null: give it a pipe.
-    measure("tar c (cold)", lambda: sh("sh", "-c", f"tar -C {d} -cf - src | cat > /dev/null"), cold=True)
-    sh("rm", "-rf", os.path.join(d, "src"))
+    if "files" in groups:
+        measure("create", create)
+        measure("stat (cold)", lambda: [os.stat(p) for p in paths], cold=True)
+        measure("rm -rf", lambda: (sh("rm", "-rf", small), os.sync()))
+    if "tree" in groups:
+        measure("untar (tar xzf)", lambda: (sh("tar", "-xzf", tarball, "-C", d), os.sync()))
+        measure("ls -lR (cold)", lambda: sh("sh", "-c", f"ls -lR {d}/src > /dev/null"), cold=True)
+        # GNU tar skips reading data when the archive is /dev/null: give it a pipe.
+        measure("tar c (cold)", lambda: sh("sh", "-c", f"tar -C {d} -cf - src | cat > /dev/null"), cold=True)
+        sh("rm", "-rf", os.path.join(d, "src"))
+    if "big" not in groups:
+        return {w: v for w, v in out.items() if w in wanted}
 
     big = os.path.join(d, "big")
     measure("sequential write",
@@ -267,7 +279,7 @@ def run_workloads(d: str, pid: int | None, args, tarball: str) -> dict[str, tupl
     measure("random 4 KiB read (cold)", rand_read, cold=True)
     measure("random 4 KiB write", rand_write)
     os.unlink(big)
-    return out
+    return {w: v for w, v in out.items() if w in wanted}
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -291,7 +303,9 @@ def main() -> int:
                          "(default: every replica gets its own bandwidth, as two USB sticks do) or "
                          "/var/tmp on this machine's one disk (a second replica then halves it)")
     ap.add_argument("--passthrough", action="store_true", help="also the bare pyfuse3 passthrough")
-    ap.add_argument("--only", nargs="*", help="workloads to run (default all)")
+    ap.add_argument("--only", nargs="*", choices=[w for w, _, _ in WORKLOADS], metavar="WORKLOAD",
+                    help="workloads to report (default all; those they stand on run too); "
+                         "the report is printed, not written to docs/benchmarks.md")
     ap.add_argument("--no-write-docs", action="store_true")
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
@@ -342,7 +356,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     report = render(runs, list(contenders), args, entries, seed, time.monotonic() - started)
     print("\n" + report)
-    if not args.no_write_docs:
+    if not args.no_write_docs and not args.only:
         path = os.path.join(REPO, "docs", "benchmarks.md")
         kept = ""
         if os.path.exists(path):

@@ -5,7 +5,8 @@ goes first.
 
     .venv/bin/python benchmarks/side_by_side.py 0 200          (spin 0 us against 200 us)
     .venv/bin/python benchmarks/side_by_side.py 0 200 --tar    (tar xzf and cold tar c)
-    .venv/bin/python benchmarks/side_by_side.py 700 0 --var PQCFS_GC_THRESHOLD
+    .venv/bin/python benchmarks/side_by_side.py /tmp/old . --var PQCFS_BENCH_REPO
+                                         (the code of a checkout at /tmp/old against this one)
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> int:
         mnts = {}
         for name in (args.a, args.b):
             os.environ[args.var] = name
-            sub = os.path.join(work, "v" + name)
+            sub = os.path.join(work, "v" + str(len(mnts)))
             os.mkdir(sub)
             mnts[name] = stack.enter_context(pqcfs(sub, 2))[0]
         for r in range(args.rounds):

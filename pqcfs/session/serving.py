@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import gc
 import inspect
 import logging
 import os
@@ -52,24 +51,10 @@ def _steady_heap() -> None:
         pass                         # not glibc: its defaults stay
 
 
-def _quiet_collector() -> None:
-    """Python's cycle collector runs after every 700 new container objects, and a request
-    makes dozens (its coroutine, context, attributes), while the vault's own objects (the
-    session, keys, inode table) live until unmount and are walked again by every older
-    generation's pass (perf of the daemon during rm -rf: 2-3 % of its CPU in the
-    collector). Those made at mount are moved out of its sight, and it runs after 10,000.
-    Reference counting frees everything without cycles at once either way.
-    Two vaults side by side, 6 rounds of 400 creates and unlinks: create 542 -> 523 us,
-    unlink 191 -> 186 us per file (medians; 20,000 as the threshold)."""
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-
-
 def serve(session, extra_options: list[str], ready=None) -> None:
     """Mount and serve until unmounted or signalled; ready() runs once mounted."""
     _steady_heap()
     vfs = session.build()
-    _quiet_collector()
     if session.snapshot is not None:
         ops = SnapshotOperations(vfs)
     else:
