@@ -192,7 +192,10 @@ async def _serve() -> None:
                     pyfuse3.terminate()
                     return
         nursery.start_soon(stop_on_signal)
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        # The same request loop as pqcfs' daemon (the patched pyfuse3's wait and spin):
+        # this file system then shows what pyfuse3 costs per request, and no more.
+        from pqcfs.session.serving import _main_options
+        await pyfuse3.main(min_tasks=1, max_tasks=1, **_main_options())
         nursery.cancel_scope.cancel()
 
 
