@@ -89,7 +89,7 @@ def gocryptfs(work, size_mb):
 
 @contextlib.contextmanager
 def passthrough(work, size_mb):
-    """The bare pyfuse3 passthrough (benchmarks/passthrough.py): the Python ceiling."""
+    """The bare pyfuse3 passthrough (benchmarks/passthrough.py): what pyfuse3 costs per request."""
     with drives.loop_drive(work, "pt", "ext4", size_mb, settled=True) as (drive, _):
         backing, mnt = os.path.join(drive, "backing"), os.path.join(work, "pt-mnt")
         os.mkdir(backing)
@@ -384,7 +384,8 @@ def render(runs, names, args, entries, seed, took) -> str:
         f"Python {platform.python_version()}, gocryptfs {sh('gocryptfs', '-version').stdout.split()[1].rstrip(';')}; "
         f"{len(runs)} repetitions in {took / 60:.0f} min (contender order shuffled, seed {seed}).", "",
         f"Command: `.venv/bin/python benchmarks/bench.py --repetitions {args.repetitions} --files {args.files} "
-        f"--tree-entries {args.tree_entries} --size-mb {args.size_mb} --rand-ops {args.rand_ops} --images {args.images}`", "",
+        f"--tree-entries {args.tree_entries} --size-mb {args.size_mb} --rand-ops {args.rand_ops} --images {args.images}"
+        f"{' --passthrough' if args.passthrough else ''}`", "",
         "Every repetition mounts each contender on fresh loop-device ext4 images (made whole at mkfs: "
         "`-E lazy_itable_init=0,lazy_journal_init=0`, as on a drive formatted long ago; loop devices with "
         "`--direct-io=on`, so that one page cache sits in front of each drive, as with a real one) "
@@ -397,7 +398,10 @@ def render(runs, names, args, entries, seed, took) -> str:
         "(then `sync`), `ls -lR` and `tar c` of it (cold), a sequential write of "
         f"{args.size_mb} MiB (`dd bs=1M conv=fsync`) and read (cold), then {args.rand_ops:,} random "
         "4 KiB `pread`s (cold) and `pwrite`s (ending with `fsync`). gocryptfs writes one copy; "
-        "pqcfs-2 writes every byte to two drives (its everyday set-up), pqcfs-1 to one.", "",
+        "pqcfs-2 writes every byte to two drives (its everyday set-up), pqcfs-1 to one."
+        + (" passthrough is a bare pyfuse3 pass-through file system (`benchmarks/passthrough.py`, no "
+           "encryption, one image) served by pqcfs' own request loop: what pyfuse3 and Python cost per "
+           "request, before any work of pqcfs'." if args.passthrough else ""), "",
         "**Time ratios** (pqcfs time ÷ gocryptfs time in the same repetition; median, with the "
         "range over repetitions; below 1.00 pqcfs is faster):", "",
         "| workload | target (pqcfs-2) | pqcfs-2 ÷ gocryptfs | met | pqcfs-1 ÷ gocryptfs | pqcfs-2 ÷ plain |",
