@@ -533,7 +533,7 @@ class TabledFS(VaultFS):
         own.atime = own.atime if atime_ns is None else atime_ns
         own.mtime = own.mtime if mtime_ns is None else mtime_ns
         own.ctime = now_ns()
-        self.save_attrs(node)
+        self._attrs_changed(node)
         return True
 
     def _changed(self, node: Node) -> None:
@@ -844,6 +844,22 @@ class TabledFS(VaultFS):
             self._changed(node)
             return
         node.entry.ctime = now_ns()
+        self._attrs_changed(node)
+
+    def _attrs_changed(self, node: Node) -> None:
+        """chmod, chown or utimens changed a node's entry in memory. A file created by a
+        request that also opened it, and still open, has no record on the drives yet: its
+        release writes the entry once with all of it (`tar x` sets owner, mode and times
+        on each file before closing it: three records on every drive saved per file). An
+        fsync writes it at once; a crash before either loses the file's creation anyway."""
+        e = node.entry
+        if node.opens and not node.is_dir and e is not None and node.parent is not None:
+            table = self.table_of(node.parent)
+            if e.disk_name in table.unsaved and table.entries.get(e.disk_name) is e:
+                m = node.meta
+                e.mode, e.uid, e.gid, e.rdev = m.mode, m.uid, m.gid, m.rdev
+                node.dirty = True
+                return
         self.save_attrs(node)
 
     def _name_taken(self, dir_node: Node, p_name: bytes, disk_name: str) -> bool:

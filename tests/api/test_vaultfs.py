@@ -447,3 +447,44 @@ def test_a_read_moves_atime_in_memory_and_its_directory_writes_it_later(new_vaul
     again.unlink(again.inodes.root, b"other.txt")
     third = make_vfs(new_vault[0])
     assert third.lookup(third.inodes.root, b"old.txt").entry.atime == later
+
+
+def test_attributes_set_on_a_file_still_being_created_go_with_its_release(new_vault, vfs):
+    """tar x sets owner, mode and times on each file before closing it: while the file's
+    entry has never been written, those changes wait for the release's one record (an
+    fsync writes them at once), and a fresh mount sees every one of them."""
+    root = vfs.inodes.root
+    table = [os.path.join(loc, TREE_DIR, vfs._table_path(root)) for loc in new_vault[0].locations]
+
+    def sizes():
+        return [os.path.getsize(t) for t in table]
+    f = vfs.create(root, b"made", stat.S_IFREG | 0o600, ME)
+    f.content.write(0, b"data")
+    before = sizes()
+    vfs.set_owner(f, 1234, 5678)
+    vfs.set_mode(f, 0o4751)
+    vfs.set_times(f, 1_000_000_000, 2_000_000_000)
+    assert sizes() == before                       # nothing written yet, all in memory
+    assert (f.entry.uid, f.entry.gid, stat.S_IMODE(f.entry.mode), f.entry.mtime) == (1234, 5678, 0o4751, 2_000_000_000)
+    vfs.release(f)
+    after = sizes()
+    assert all(a > b for a, b in zip(after, before))
+    fresh = make_vfs(new_vault[0])
+    again = fresh.lookup(fresh.inodes.root, b"made")
+    assert (again.entry.uid, again.entry.gid, stat.S_IMODE(again.entry.mode)) == (1234, 5678, 0o4751)
+    assert (again.entry.atime, again.entry.mtime) == (1_000_000_000, 2_000_000_000)
+
+    # An fsync does not wait for the release; a file whose entry is on the drives is
+    # written at each change, as before.
+    g = vfs.create(root, b"synced", stat.S_IFREG | 0o600, ME)
+    vfs.set_mode(g, 0o640)
+    vfs.fsync(g, False)
+    fresh = make_vfs(new_vault[0])
+    assert stat.S_IMODE(fresh.lookup(fresh.inodes.root, b"synced").entry.mode) == 0o640
+    vfs.release(g)
+    g = vfs.lookup(root, b"synced")
+    vfs.open(g, True)
+    written = sizes()
+    vfs.set_mode(g, 0o644)
+    assert all(a > b for a, b in zip(sizes(), written))
+    vfs.release(g)
