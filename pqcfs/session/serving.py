@@ -15,6 +15,7 @@ import signal
 import pyfuse3
 import trio
 
+from mounttool import mountinfo
 from pqcfs.errors import MountError
 from pqcfs.fuse.operations import Operations
 from pqcfs.fuse.snapshot_ops import SnapshotOperations
@@ -49,6 +50,28 @@ def _steady_heap() -> None:
         libc.mallopt(-1, 8 << 20)    # M_TRIM_THRESHOLD: keep up to 8 MiB free at the top
     except (OSError, AttributeError):
         pass                         # not glibc: its defaults stay
+
+
+# The kernel reads ahead on a FUSE mount by at most its backing device's setting, 128 KiB
+# by default, while a request may carry 1 MiB (max_write): a sequential read then cost a
+# request, a reply and a worker wake-up per 128 KiB. With 1 MiB, `dd bs=1M` of a cold
+# 512 MiB file on two ext4 stand-ins took 0.47-0.56 s instead of 1.00-1.27 s, the
+# daemon's CPU 0.44-0.55 s instead of 0.88-1.25 s. A read that looks random is not read
+# ahead at all, so small and random reads are unchanged.
+READ_AHEAD_KB = 1024
+
+
+def _widen_readahead(mountpoint: str) -> None:
+    """Give this mount's FUSE device READ_AHEAD_KB of read-ahead (/sys/class/bdi: root
+    only; a mount by an ordinary user keeps the kernel's default)."""
+    for mount in reversed(mountinfo.read()):
+        if mount.mountpoint == mountpoint and mount.fstype.startswith("fuse"):
+            try:
+                with open(f"/sys/class/bdi/{mount.device}/read_ahead_kb", "w") as f:
+                    f.write(str(READ_AHEAD_KB))
+            except OSError as e:
+                log.debug("read-ahead of %s left as it was: %s", mountpoint, e)
+            return
 
 
 def serve(session, extra_options: list[str], ready=None) -> None:
@@ -93,15 +116,23 @@ def serve(session, extra_options: list[str], ready=None) -> None:
 
 async def _announce_ready(session) -> None:
     # Ready means answering: a stat of the mountpoint is a request this loop serves.
-    await trio.to_thread.run_sync(session.owner.stat_as if session.owner else os.stat, session.mountpoint)
-    session._ready()
+    try:
+        await trio.to_thread.run_sync(session.owner.stat_as if session.owner else os.stat, session.mountpoint)
+    except OSError:
+        if session._ready:
+            raise
+        return           # nobody waits for it, and the read-ahead is only a speed-up
+    # The kernel sets the mount's read-ahead when FUSE's INIT is answered, which this
+    # loop did before the stat could be.
+    _widen_readahead(session.mountpoint)
+    if session._ready:
+        session._ready()
 
 
 async def _main(session) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, session, nursery.cancel_scope)
-        if session._ready:
-            nursery.start_soon(_announce_ready, session)
+        nursery.start_soon(_announce_ready, session)
         if session.services:
             nursery.start_soon(control_server.serve, session, control.socket_path(session.runtime_path))
             interval = float(os.environ.get("PQCFS_REJOIN_INTERVAL", "3"))

@@ -63,3 +63,20 @@ def test_contents_survive_remount_and_nothing_plaintext_reaches_the_drives(vault
     assert os.getxattr(os.path.join(m, "x"), "user.secretattr") == MARKER
     # Inode numbers are the files' own, not the mount's: the same after a remount.
     assert {name: os.lstat(os.path.join(m, name)).st_ino for name in numbers} == numbers
+
+
+def test_a_sequential_reader_gets_a_megabyte_of_read_ahead(vault):
+    """The kernel's 128 KiB default made a request, a reply and a wake-up of the daemon
+    per 128 KiB of a sequential read; the daemon widens it once FUSE's INIT is answered."""
+    from mounttool import mountinfo
+    from pqcfs.session.serving import READ_AHEAD_KB
+    mount = [m for m in mountinfo.read() if m.mountpoint == vault.mountpoint][-1]
+    with open(f"/sys/class/bdi/{mount.device}/read_ahead_kb") as f:
+        assert int(f.read()) == READ_AHEAD_KB
+    data = os.urandom(3 << 20)
+    p = os.path.join(vault.mountpoint, "sequential")
+    with open(p, "wb") as f:
+        f.write(data)
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
+    with open(p, "rb") as f:
+        assert f.read() == data
