@@ -3,10 +3,11 @@ while a workload runs, and the functions with the most samples (own time, then w
 what they call) are printed.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python benchmarks/profile.py create      (or: stat, statcold, rm, readall, untar, randwrite, randread)
+    .venv/bin/python benchmarks/profile.py create      (or: stat, statcold, rm, readall, untar, randwrite, randread, coldwrite)
 
 PQCFS_PROFILE_REPLICAS=1 profiles a one-drive vault (default two), PQCFS_PROFILE_GIL=1
-samples only while the daemon holds the GIL (its Python work, not its waits).
+samples only while the daemon holds the GIL (its Python work, not its waits),
+PQCFS_PROFILE_IDLE=1 also while it waits (a disk read inside a write shows).
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def randread(mnt):
     os.close(fd)
 
 
+def coldwrite(mnt):
+    fd = os.open(os.path.join(mnt, "big"), os.O_WRONLY)
+    rng = random.Random(1)
+    for _ in range(5000):
+        os.pwrite(fd, b"y" * 4096, rng.randrange(0, 65536) * 4096)
+    os.close(fd)
+
+
 def statcold(mnt):
     for n in range(5000):
         os.stat(os.path.join(mnt, "many", f"f{n:05d}"))
@@ -83,7 +92,7 @@ def readall(mnt):
 
 
 # What runs before the profiler starts, for the workloads that need something to work on.
-PREPARE = {"rm": create, "readall": create, "statcold": create, "randread": bigfile}
+PREPARE = {"rm": create, "readall": create, "statcold": create, "randread": bigfile, "coldwrite": bigfile}
 
 
 def main(which: str) -> None:
@@ -94,7 +103,8 @@ def main(which: str) -> None:
             drop_caches()
         raw = os.path.join(work, "samples.txt")
         spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", raw,
-                                "--nonblocking", *(["--gil"] if os.environ.get("PQCFS_PROFILE_GIL") else [])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--nonblocking", *(["--gil"] if os.environ.get("PQCFS_PROFILE_GIL") else []),
+                                *(["--idle"] if os.environ.get("PQCFS_PROFILE_IDLE") else [])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
         start = time.perf_counter()
         globals()[which](mnt)
