@@ -44,6 +44,12 @@ def meta_of(e: Entry) -> Meta:
     return Meta(mode=e.mode, uid=e.uid, gid=e.gid, rdev=e.rdev, nlink=e.nlink, counter=e.counter)
 
 
+def _take_meta(e: Entry, node: Node) -> None:
+    """The node's mode and owners (node.meta, what chmod and chown change) into its entry."""
+    m = node.meta
+    e.mode, e.uid, e.gid, e.rdev = m.mode, m.uid, m.gid, m.rdev
+
+
 class TabledFS(VaultFS):
     NEW_FILE_COUNTER = 1
 
@@ -416,8 +422,7 @@ class TabledFS(VaultFS):
         e = node.entry
         if e is None or node.unlinked:
             return
-        m = node.meta
-        e.mode, e.uid, e.gid, e.rdev = m.mode, m.uid, m.gid, m.rdev
+        _take_meta(e, node)
         if node.is_dir:
             self._append(node, self_changed=True)
             return
@@ -856,8 +861,7 @@ class TabledFS(VaultFS):
         if node.opens and not node.is_dir and e is not None and node.parent is not None:
             table = self.table_of(node.parent)
             if e.disk_name in table.unsaved and table.entries.get(e.disk_name) is e:
-                m = node.meta
-                e.mode, e.uid, e.gid, e.rdev = m.mode, m.uid, m.gid, m.rdev
+                _take_meta(e, node)
                 node.dirty = True
                 return
         self.save_attrs(node)

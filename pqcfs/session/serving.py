@@ -55,9 +55,10 @@ def _steady_heap() -> None:
 # The kernel reads ahead on a FUSE mount by at most its backing device's setting, 128 KiB
 # by default, while a request may carry 1 MiB (max_write): a sequential read then cost a
 # request, a reply and a worker wake-up per 128 KiB. With 1 MiB, `dd bs=1M` of a cold
-# 512 MiB file on two ext4 stand-ins took 0.47-0.56 s instead of 1.00-1.27 s, the
-# daemon's CPU 0.44-0.55 s instead of 0.88-1.25 s. A read that looks random is not read
-# ahead at all, so small and random reads are unchanged.
+# 512 MiB file on two ext4 stand-ins: 0.98 -> 0.91 s (median of 4 alternated mounts), and
+# 1.00-1.27 -> 0.47-0.56 s, the daemon's CPU halved, when the drive is fast (the same file
+# read again). A read that looks random is not read ahead at all, so small and random
+# reads are unchanged.
 READ_AHEAD_KB = 1024
 
 
