@@ -17,6 +17,10 @@ class Terminal:
     def __init__(self, *args, env_extra=None):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
+            # A person's shell starts programs with Ctrl-C live; a runner that started the
+            # tests in the background without job control left SIGINT ignored, and an
+            # ignored signal stays ignored across exec (Python then installs no handler).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.environ.update(env_extra or {})
             os.execv(sys.executable, [sys.executable, "-m", "pqcfs", *args])
         self.seen = ""
