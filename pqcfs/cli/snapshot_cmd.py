@@ -24,16 +24,17 @@ from pqcfs.snapshots.history import find
 from pqcfs.store import seen
 
 
-def _command(parent, name: str, help: str, vault_help: str, *, func=None, grantee: bool = False):
-    """A subcommand taking VAULT first, and --json, the unlock and replica options last."""
+def _command(parent, name: str, help: str, vault_help: str, *, func=None):
+    """A subcommand taking VAULT first; its own options follow, then _vault_options."""
     p = parent.add_parser(name, help=help)
     p.add_argument("vault", help=vault_help)
     if func is not None:
         p.set_defaults(func=func)
-    return p, lambda: _vault_options(p, grantee)
+    return p
 
 
-def _vault_options(p, grantee: bool) -> None:
+def _vault_options(p, grantee: bool = False) -> None:
+    """--json, the unlock and replica options (and a grantee's), last in every subcommand."""
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     options.add_unlock_options(p)
     options.add_replica_options(p)
@@ -49,36 +50,35 @@ def add_parser(sub) -> None:
     p = sub.add_parser("snapshot", help="snapshots: the whole vault as it is now, kept read-only (cheap: metadata only)")
     ssub = p.add_subparsers(dest="snapshot_cmd", required=True, metavar="create|list|delete", help="what to do")
     p.set_defaults(func=run_snapshot)
-    c, done = _command(ssub, "create", "take a snapshot now (also while mounted: a consistent point)", PRIMARY)
+    c = _command(ssub, "create", "take a snapshot now (also while mounted: a consistent point)", PRIMARY)
     c.add_argument("--label", default="", help="a name for it (shown by list; usable instead of its id)")
-    done()
-    _command(ssub, "list", "the vault's snapshots, oldest first", ANY, grantee=True)[1]()
-    d, done = _command(ssub, "delete", "delete snapshots (what only they hold is freed)", PRIMARY)
+    _vault_options(c)
+    _vault_options(_command(ssub, "list", "the vault's snapshots, oldest first", ANY), grantee=True)
+    d = _command(ssub, "delete", "delete snapshots (what only they hold is freed)", PRIMARY)
     d.add_argument("ids", nargs="+", metavar="ID", help="a snapshot's id (or a unique start of it) or label")
-    done()
+    _vault_options(d)
 
-    r, done = _command(sub, "restore", "take a file or directory back from a snapshot", PRIMARY, func=run_restore,
-                       grantee=True)
+    r = _command(sub, "restore", "take a file or directory back from a snapshot", PRIMARY, func=run_restore)
     r.add_argument("path", help="the path inside the vault (as it was in the snapshot; / for everything)")
     r.add_argument("--snapshot", required=True, metavar="ID", help="the snapshot: id, label or \"latest\"")
     r.add_argument("--to", metavar="DEST",
                    help="write plain files to DEST outside the vault (default: back into the vault, at PATH when "
                         "nothing is there now, else beside it as NAME.restored-ID)")
-    done()
+    _vault_options(r, grantee=True)
 
-    df, done = _command(sub, "diff", "what changed between a snapshot and another one (or the vault now)", ANY,
-                        func=run_diff)
+    df = _command(sub, "diff", "what changed between a snapshot and another one (or the vault now)", ANY,
+                  func=run_diff)
     df.add_argument("old", metavar="ID", help="the older snapshot")
     df.add_argument("new", metavar="ID2", nargs="?", help="the newer snapshot (default: the vault as it is now)")
-    done()
+    _vault_options(df)
 
-    h, done = _command(sub, "history", "automatic snapshots: at every clean unmount and hourly while mounted, thinned",
-                       PRIMARY, func=run_history)
+    h = _command(sub, "history", "automatic snapshots: at every clean unmount and hourly while mounted, thinned",
+                 PRIMARY, func=run_history)
     h.add_argument("--keep", metavar="AGE", help="how long history reaches back (30d, 12h, 8w)")
     h.add_argument("--max-space", metavar="PERCENT", default="20%",
                    help="the share of a drive history may hold before its oldest snapshots go (default 20%%)")
     h.add_argument("--off", action="store_true", help="take no more automatic snapshots (the ones there stay)")
-    done()
+    _vault_options(h)
 
 
 def _grantee_options(p) -> None:

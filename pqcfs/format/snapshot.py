@@ -380,7 +380,7 @@ _DELTA_RECORD = struct.Struct(">QI")
 DELTA_PREFIX_LEN = _DELTA_PREFIX.size
 DELTA_RECORD_LEN = _DELTA_RECORD.size
 MAX_BLOCK = 1 << 20 | 64           # a block's ciphertext is never larger (block sizes up to 1 MiB)
-MIN_BLOCK = 29                     # nor smaller (one byte and the nonce and tag): a scan moves on
+MIN_BLOCK = aead.OVERHEAD + 1      # nor smaller (one byte, its nonce and tag): a scan moves on
 
 
 def delta_prefix(counter: int) -> bytes:

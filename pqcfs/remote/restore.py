@@ -10,7 +10,6 @@ key's holder makes one) and its size is the one its page gives, and each read is
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import random
 import shutil
