@@ -17,6 +17,7 @@ in, bytes out.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass, field, replace
 
@@ -79,6 +80,7 @@ class DirTable:
     valid_len: int = 0       # bytes of the file that decoded (less than its size: a torn tail)
     missing: set[str] = field(default_factory=set)   # entries the drives lack (damage found by a reader)
     unsaved: set[str] = field(default_factory=set)    # entries known in memory, not yet in a record
+    gone: set[str] = field(default_factory=set)       # entries in the file, gone from memory, not yet in a record
     self_dirty: bool = False                          # self_attrs changed since the last record
 
     def file_len(self) -> int:
@@ -142,16 +144,17 @@ def new_table(key: bytes, dir_id: bytes, self_attrs: Entry) -> tuple[DirTable, b
 
 
 def encode_delta(key: bytes, table: DirTable, puts: list[Entry] = (), dels: list[str] = (),
-                 self_changed: bool = False) -> bytes:
+                 self_changed: bool = False, forgotten: list[str] = ()) -> bytes:
     """Apply puts (whole entries, by disk name), deletions and the table's own attributes,
-    and return the record to append."""
+    and return the record to append. forgotten: deletions memory has made already (they
+    are recorded, not applied: the name may hold a newer entry since)."""
     parts = [bytes((DELTA, 1 if self_changed else 0))]
     if self_changed:
         parts.append(pack_entry(table.self_attrs))
     parts.append(_COUNT.pack(len(puts)))
     parts.extend(pack_entry(e) for e in puts)
-    parts.append(_COUNT.pack(len(dels)))
-    for disk_name in dels:
+    parts.append(_COUNT.pack(len(dels) + len(forgotten)))
+    for disk_name in itertools.chain(dels, forgotten):
         raw = disk_name.encode("ascii")
         parts.append(bytes((len(raw),)) + raw)
     for disk_name in dels:

@@ -36,6 +36,7 @@ TABLE_FILE_CAP = 512 << 20     # 10 million entries would not fit; a million do
 DAY_NS = 86_400 * 10**9
 OPEN_TABLES = 16               # table files kept open (2 descriptors each with two drives)
 LAZY_ATIMES = 10_000          # atime-only changes held in memory at most (then written out)
+GONE_HELD = 1_024             # removals one table holds back at most (then recorded)
 ALL = frozenset({"*"})         # in_flux: every directory (a sentinel, compared by identity)
 DAMAGE = (CryptoError, DamagedStructure, OSError)
 
@@ -70,7 +71,7 @@ class TabledFS(VaultFS):
         self.in_flux: set[str] | frozenset = in_flux if in_flux is not None else set()
         self._live_tables: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._pending: dict[bytes, Node] = {}   # tables whose last append failed (a full drive)
-        self._unsaved: dict[bytes, Node] = {}   # tables holding entries not yet written (put_unsaved)
+        self._unsaved: dict[bytes, Node] = {}   # tables holding changes not yet written (put_unsaved, _entry_gone)
         # Lazy atime (as ext4's lazytime): a read that only moves a file's atime writes no
         # record; the entry goes with its directory's next record, an fsync, or the unmount
         # (a crash loses those atimes and nothing else). dir id -> (dir node, {disk name: entry}).
@@ -248,7 +249,8 @@ class TabledFS(VaultFS):
         """One record: the memory copy changes first (it is what the drives' entries now
         are); a record that can not be written (a full drive) leaves the table to be
         written whole at the next change or at unmount. Entries created but not yet
-        written (see put_unsaved) need no record to go again."""
+        written (see put_unsaved) need no record to go again; removals held back (see
+        _entry_gone) ride along."""
         table = self.table_of(dir_node)
         dir_id = dir_node.keys.node_id
         lazy = self._lazy_atimes.pop(dir_id, None)
@@ -272,11 +274,17 @@ class TabledFS(VaultFS):
                 if table.by_name.get(gone.p_name) is gone:
                     del table.by_name[gone.p_name]
             dels = [d for d in dels if d not in quiet]
-            if not table.unsaved:
-                self._unsaved.pop(dir_id, None)
-        if not (puts or dels or self_changed):
+        forgotten = ()
+        if table.gone:
+            # A put of a name whose old entry is held back replaces that entry itself.
+            table.gone.difference_update(e.disk_name for e in puts)
+            forgotten, table.gone = sorted(table.gone), set()
+        if not table.unsaved:
+            self._unsaved.pop(dir_id, None)
+        if not (puts or dels or forgotten or self_changed):
             return
-        record = dir_table.encode_delta(dir_node.keys.meta_key, table, list(puts), list(dels), self_changed)
+        record = dir_table.encode_delta(dir_node.keys.meta_key, table, list(puts), list(dels), self_changed,
+                                        forgotten)
         if dir_id in self._pending or table.wants_compaction():
             self._write_table(dir_node)
             return
@@ -331,6 +339,7 @@ class TabledFS(VaultFS):
             self._lazy_count -= len(lazy[1])
         data = dir_table.encode_snapshot(dir_node.keys.meta_key, table)
         table.unsaved.clear()
+        table.gone.clear()
         table.self_dirty = False
         self._unsaved.pop(dir_id, None)
         self.intent.note(DIRECTORY, dir_node.c_path)
@@ -352,7 +361,7 @@ class TabledFS(VaultFS):
         self.write_lazy_atimes()
         for node in list(self._unsaved.values()):
             table = self.table_of(node)
-            if not node.unlinked and table.unsaved:
+            if not node.unlinked and (table.unsaved or table.gone or table.self_dirty):
                 self._append(node, puts=[table.entries[d] for d in sorted(table.unsaved)])
         for node in list(self._pending.values()):
             if not node.unlinked:
@@ -907,12 +916,34 @@ class TabledFS(VaultFS):
             node.entry = None
 
     def _entry_gone(self, dir_node: Node, disk_name: str) -> None:
+        """The entry is gone from the drives: memory forgets it now, and its removal goes
+        with the directory's next record (or the unmount, or once GONE_HELD pile up). `rm
+        -rf` wrote a record on every drive per file, then removed the directory and its
+        table with it. A crash in between is covered as for put_unsaved: the intent log
+        names the directory, whose table is rebuilt from what the drives hold."""
         self._dir_changed(dir_node, now_ns())
-        self._append(dir_node, dels=[disk_name], self_changed=True)
+        table = self.table_of(dir_node)
+        dir_id = dir_node.keys.node_id
+        self.intent.note(DIRECTORY, dir_node.c_path)
+        gone = table.entries.pop(disk_name, None)
+        if gone is None:
+            return
+        if table.by_name.get(gone.p_name) is gone:
+            del table.by_name[gone.p_name]
+        if disk_name in table.unsaved:
+            table.unsaved.discard(disk_name)     # never written: nothing to remove
+        else:
+            table.gone.add(disk_name)
+        table.self_dirty = True
+        self._unsaved[dir_id] = dir_node
+        self._unfolded[dir_id] = dir_node
+        if len(table.gone) >= GONE_HELD:
+            self._append(dir_node)
 
     def _dir_leaving(self, node: Node) -> None:
         self._drop_handle(node.keys.node_id)
         self._live_tables.pop(node.keys.node_id, None)
+        self._unsaved.pop(node.keys.node_id, None)     # its table goes with it
 
     def _renamed_entry(self, node: Node, dir_node: Node, old_disk: str, p_name: bytes, disk_name: str,
                        now: int) -> Entry:

@@ -438,15 +438,63 @@ def test_a_read_moves_atime_in_memory_and_its_directory_writes_it_later(new_vaul
     again = make_vfs(new_vault[0])
     node = again.lookup(again.inodes.root, b"old.txt")
     assert node.entry.atime == moved
-    # The next change in the directory takes a pending atime along.
-    g = again.create_file(again.inodes.root, b"other.txt", stat.S_IFREG | 0o644, ME)
-    write(again, g, 0, b"x")
+    # The next record of the directory takes a pending atime along.
     again.set_times(node, 1_000_000_000_000_000_000, 1_000_000_000_000_000_000)
     again.accessed(node)
     later = node.entry.atime
-    again.unlink(again.inodes.root, b"other.txt")
+    g = again.create_file(again.inodes.root, b"other.txt", stat.S_IFREG | 0o644, ME)
+    write(again, g, 0, b"x")
     third = make_vfs(new_vault[0])
     assert third.lookup(third.inodes.root, b"old.txt").entry.atime == later
+
+
+def test_removals_wait_for_the_directorys_next_record(new_vault, vfs, monkeypatch):
+    """An unlink or rmdir removes the entry from memory and from the drives at once; its
+    table record waits for the directory's next one (or the unmount, or GONE_HELD of
+    them). A directory emptied and removed (rm -rf) wrote no record for its files; a
+    name removed and made again keeps its new entry whichever record comes first."""
+    from pqcfs.fs import tables
+    root = vfs.inodes.root
+    loc = new_vault[0].locations[0]
+    d = vfs.mkdir(root, b"d", stat.S_IFDIR | 0o755, ME)
+    for n in range(5):
+        vfs.create_file(d, b"f%d" % n, stat.S_IFREG | 0o644, ME, content=b"x")
+    for name in (b"keep", b"again", b"gone"):
+        vfs.create_file(root, name, stat.S_IFREG | 0o644, ME, content=name)
+    root_table = os.path.join(loc, TREE_DIR, vfs._table_path(root))
+    before = os.path.getsize(root_table)
+    for n in range(5):
+        vfs.unlink(d, b"f%d" % n)
+    vfs.rmdir(root, b"d")
+    vfs.unlink(root, b"gone")
+    vfs.unlink(root, b"again")
+    assert os.path.getsize(root_table) == before
+    # Made again, still open (its entry unsaved), while another record goes: the old
+    # entry's removal is in that record, the new entry stays in memory.
+    again = vfs.create(root, b"again", stat.S_IFREG | 0o644, ME)
+    vfs.open(again, True).write(0, b"second")
+    vfs.create_file(root, b"other", stat.S_IFREG | 0o644, ME, content=b"o")
+    assert os.path.getsize(root_table) > before
+    vfs.release(again)
+    vfs.release(again)
+    vfs.unlink(root, b"other")
+    vfs.settle()
+    fresh = make_vfs(new_vault[0])
+    assert sorted(p for p, _ in fresh.listdir(fresh.inodes.root)) == [b"again", b"keep"]
+    assert fresh.read_all(fresh.lookup(fresh.inodes.root, b"again")) == b"second"
+    assert fsck.run(new_vault[0]).clean
+    # At most GONE_HELD removals wait.
+    monkeypatch.setattr(tables, "GONE_HELD", 3)
+    for n in range(3):
+        fresh.create_file(fresh.inodes.root, b"g%d" % n, stat.S_IFREG | 0o644, ME, content=b"g")
+    size = os.path.getsize(root_table)
+    fresh.unlink(fresh.inodes.root, b"g0")
+    fresh.unlink(fresh.inodes.root, b"g1")
+    assert os.path.getsize(root_table) == size
+    fresh.unlink(fresh.inodes.root, b"g2")
+    assert os.path.getsize(root_table) > size
+    third = make_vfs(new_vault[0])
+    assert sorted(p for p, _ in third.listdir(third.inodes.root)) == [b"again", b"keep"]
 
 
 def test_attributes_set_on_a_file_still_being_created_go_with_its_release(new_vault, vfs):

@@ -248,6 +248,37 @@ def test_a_crash_mid_change_is_reconciled_not_reported(vault_dirs, tmp_path, dri
     assert fsck_clean(locations)
 
 
+@pytest.mark.parametrize("drives", [1, 2])
+def test_a_crash_after_removals_the_table_held_back_is_reconciled_not_reported(vault_dirs, tmp_path, drives):
+    """Removals wait for the directory's next record; the daemon dies before it: the next
+    mount rebuilds the table from the drives, the removed names stay removed, a name
+    removed and made again keeps its new file, and nothing is reported as tampering."""
+    locations, disk = vault_dirs
+    locations = locations[:drives]
+    vault = unlock(locations)
+    s = Session(vault, str(tmp_path / "mnt"))
+    s.prepare()
+    vfs = s.build()
+    table = os.path.join(locations[0], "tree", "d.t")
+    before = os.path.getsize(table)
+    vfs.unlink(vfs.inodes.root, b"one")
+    vfs.unlink(vfs.inodes.root, b"two")
+    vfs.unlink(vfs.lookup(vfs.inodes.root, b"dir-a"), b"inside-a")
+    assert os.path.getsize(table) == before          # no record yet
+    vfs.create_file(vfs.inodes.root, b"two", stat.S_IFREG | 0o644, ME, content=b"second life")
+    s.intent.sync()
+    vault.close()                                    # no unmount: the daemon is gone
+
+    def names_and_two(vfs):
+        with pytest.raises(FsError):
+            vfs.lookup(vfs.inodes.root, b"one")
+        return (sorted(p for p, _ in vfs.listdir(vfs.inodes.root)), vfs.listdir(vfs.lookup(vfs.inodes.root, b"dir-a")),
+                vfs.read_all(vfs.lookup(vfs.inodes.root, b"two")))
+    listed, inside_a, two = session(locations, tmp_path, names_and_two)
+    assert listed == [b"dir-a", b"dir-b", b"three", b"two"] and inside_a == [] and two == b"second life"
+    assert fsck_clean(locations)
+
+
 def test_a_table_damaged_on_one_drive_heals_on_mount_and_fsck_repairs_it(vault_dirs, tmp_path):
     locations, disk = vault_dirs
     for loc in reversed(locations):            # the backup first: fsck --repair's case
