@@ -184,6 +184,34 @@ def unlink_while_open(d):
 
 
 @check
+def truncating_opens_and_more_files_than_the_mount_holds_open(d):
+    """open is declined (the kernel sends no open or release for files): a truncating
+    open still truncates (it comes as a setattr), files used after more than HELD_FILES
+    others (their ciphertext let go and opened again) keep their bytes, and so does one
+    unlinked while open, however many files are used meanwhile."""
+    from pqcfs.fuse.operations import HELD_FILES
+    p = os.path.join(d, "t")
+    _write(p, b"x" * 10000)
+    os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+    assert os.path.getsize(p) == 0 and _read(p) == b""
+    _write(p, b"y" * 5000)
+    _write(p, b"short")
+    assert _read(p) == b"short" and os.path.getsize(p) == 5
+    with open(os.path.join(d, "ghost"), "w+b") as ghost:
+        ghost.write(b"still here")
+        ghost.flush()
+        os.unlink(os.path.join(d, "ghost"))
+        count = 3 * HELD_FILES
+        for i in range(count):
+            _write(os.path.join(d, f"m{i}"), b"%d," % i * 50)
+        for i in reversed(range(count)):
+            assert _read(os.path.join(d, f"m{i}")) == b"%d," % i * 50
+        ghost.seek(0)
+        assert ghost.read() == b"still here"
+    assert sorted(os.listdir(d)) == sorted(["t"] + [f"m{i}" for i in range(count)])
+
+
+@check
 def renames(d):
     j = lambda *p: os.path.join(d, *p)  # noqa: E731
     os.mkdir(j("x"))
