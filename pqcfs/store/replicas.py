@@ -232,7 +232,14 @@ class ReplicaSet:
                 error = error or e
                 continue
             if first_error is not None and heal is not None and first not in self.failed:
-                heal(first, replica, value, first_error)
+                try:
+                    heal(first, replica, value, first_error)
+                except OSError as e:
+                    # The serving drive failing as it is healed (pulled: a short read
+                    # from what its page cache still held, then the write fails) is
+                    # dropped like anywhere else; the good copy answers.
+                    if not (drive_failed(e) and self.survives(first, e)):
+                        raise
             return value, replica, first_error
         raise error if error is not None else OSError(errno.EIO, "every replica has failed")
 
@@ -335,9 +342,14 @@ class ReplicaSet:
         for n in self.healthy:
             try:
                 results.append(self.drives[n].statvfs())
-            except OSError:
-                if n == self.serving:
+            except OSError as e:
+                # The serving drive gone (pulled) is dropped here like anywhere else: a
+                # write to a file held open may ask for space before any request opens
+                # something on it.
+                if n == self.serving and not self.survives(n, e):
                     raise
+        if not results:
+            raise OSError(errno.EIO, "every replica has failed")
         return min(results, key=lambda st: st.f_bavail * st.f_frsize)
 
 

@@ -194,3 +194,33 @@ def test_an_overwrite_asks_ahead_for_the_pages_it_only_partly_covers(tmp_path):
     f.fds[1] = os.open(pb, os.O_RDWR)
     f.close()
     assert pa.read_bytes() == pb.read_bytes() == b"h" * 88 + b"a" * 4124 + b"b" * 4124 + b"a" * (8 * P - 8248)
+
+
+def test_a_serving_drive_that_fails_while_it_is_healed_or_asked_for_space_is_dropped(tmp_path, monkeypatch):
+    """A pulled primary can still answer from its page cache (a short read: a block that
+    fails), then fail the heal's write, or fail the free-space question before anything
+    else touched it (a write to a file held open): each drops it, and the backup answers."""
+    import errno
+    drives = []
+    for name in ("a", "b"):
+        (tmp_path / name / TREE_DIR).mkdir(parents=True)
+        drives.append(Drive(str(tmp_path / name)))
+    replicas = ReplicaSet(drives)
+
+    def read(n: int) -> str:
+        if n == 0:
+            raise ValueError("a block that fails on the primary")
+        return "good"
+
+    def heal(first, source, value, why):
+        raise OSError(errno.ENOTCONN, "the primary's file system is gone")
+    assert replicas.first_good(read, heal, (ValueError,))[:2] == ("good", 1)
+    assert replicas.failed == {0} and replicas.serving == 1
+
+    replicas = ReplicaSet(drives)
+    monkeypatch.setattr(drives[0], "statvfs", lambda: (_ for _ in ()).throw(OSError(errno.EIO, "gone")))
+    assert replicas.statvfs() == drives[1].statvfs() and replicas.failed == {0}
+    replicas.failed.add(1)
+    import pytest
+    with pytest.raises(OSError):
+        replicas.statvfs()
