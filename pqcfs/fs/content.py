@@ -58,8 +58,13 @@ class FileContent:
             if self.on_heal:
                 self.on_heal(first, last, source)
         try:
-            # The common case, one replica read and no closure call through the policy.
-            return self.cipher.open(first, self.file.pread(length, offset), eof_index)
+            # The common case, one replica read and no closure call through the policy,
+            # opened into one buffer (not 256 block objects and their join: a peak of the
+            # daemon's memory during big reads).
+            c_data = self.file.pread(length, offset)
+            plain = bytearray(self.cipher.opened_len(len(c_data)))
+            self.cipher.open_into(first, c_data, eof_index, plain)
+            return plain
         except BlockCorrupt:
             pass
         return self.file.first_good(read, heal, (BlockCorrupt,))[0][0]
@@ -96,7 +101,7 @@ class FileContent:
         first, last = offset // self.B, (end - 1) // self.B
         plain = self._read_blocks(first, last)
         base = first * self.B
-        return plain[offset - base : end - base]
+        return bytes(memoryview(plain)[offset - base : end - base])
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         if not data:
@@ -123,7 +128,10 @@ class FileContent:
         tail = block(last)[end % B :] if end % B and end < old_size else b""
         plain = b"".join((head, bytes(data), tail)) if head or tail else data
         new_last = self._last_index(new_size)
-        c_data = self.cipher.seal(first, plain, eof_at_end=(last == new_last))
+        # Sealed into one buffer (not 256 block objects and their join: a peak of the
+        # daemon's memory during big writes).
+        c_data = bytearray(self.cipher.sealed_len(len(plain)))
+        self.cipher.seal_into(first, plain, last == new_last, c_data)
         resealed = None
         if 0 <= old_last < first:
             # The old last block loses its end-of-file flag (and grows to a full block)

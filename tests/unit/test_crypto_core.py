@@ -119,6 +119,38 @@ def test_flipped_bit_is_detected(cipher):
         cipher.open(0, bytes(c), last_index=1)
 
 
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 3 * 4096 + 100, 256 * 4096])
+def test_sealing_and_opening_into_a_buffer_match_the_bytes_calls(cipher, size):
+    """seal_into/open_into write into the caller's buffer (a slice of a larger one too),
+    exactly sealed_len/opened_len bytes of it, and agree with seal/open both ways."""
+    data = os.urandom(size)
+    last = max(0, -(-size // 4096) - 1)
+    whole = bytearray(cipher.sealed_len(size) + 10)
+    into = memoryview(whole)[5:5 + cipher.sealed_len(size)]
+    assert cipher.seal_into(7, data, True, into) == len(into)
+    assert whole[:5] == bytes(5) and whole[-5:] == bytes(5)
+    assert cipher.open(7, bytes(into), last + 7) == data
+    c = cipher.seal(7, data, eof_at_end=True)
+    assert len(c) == cipher.sealed_len(size)
+    out = bytearray(cipher.opened_len(len(c)))
+    assert cipher.open_into(7, memoryview(c), last + 7, out) == size and out == data
+
+
+def test_opening_into_a_buffer_fails_as_open_does(cipher):
+    b = cipher.c_block
+    tail = cipher.seal(1, b"tail", eof_at_end=True)
+    out = bytearray(cipher.opened_len(b + len(tail)))
+    cipher.open_into(0, bytes(b) + tail, 1, out)
+    assert out == bytes(4096) + b"tail"                        # a hole, then the tail
+    bad = bytearray(cipher.seal(0, b"x" * 5000, eof_at_end=True))
+    bad[5000] ^= 1
+    with pytest.raises(BlockCorrupt) as e:
+        cipher.open_into(0, bad, 1, bytearray(5000))
+    assert e.value.index == 1
+    with pytest.raises(BlockCorrupt):
+        cipher.open_into(0, bad[:b + 10], 1, bytearray(4096))  # a tail too short to hold a tag
+
+
 # --- names ----------------------------------------------------------------------------
 
 def test_names_round_trip_and_are_exfat_safe():
