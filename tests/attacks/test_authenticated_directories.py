@@ -223,17 +223,22 @@ def test_lookups_of_missing_names_read_no_file(vault_dirs, tmp_path):
     assert syscr(after) - syscr(before) < 10
 
 
+def dying_session(locations, tmp_path):
+    """A mount session without the kernel that a test ends without its unmount (a killed
+    daemon): (vault, session, vfs)."""
+    vault = unlock(locations)
+    s = Session(vault, str(tmp_path / "mnt"))
+    s.prepare()
+    return vault, s, s.build()
+
+
 @pytest.mark.parametrize("drives", [1, 2])
 def test_a_crash_mid_change_is_reconciled_not_reported(vault_dirs, tmp_path, drives):
     """The daemon dies with a file half written, its table record torn and a create not
     yet in the table: the next mount rebuilds the tables the intent log names (on one
     drive as on two), and nothing written is lost or reported as tampering."""
-    locations, disk = vault_dirs
-    locations = locations[:drives]
-    vault = unlock(locations)
-    s = Session(vault, str(tmp_path / "mnt"))
-    s.prepare()
-    vfs = s.build()
+    locations = vault_dirs[0][:drives]
+    vault, s, vfs = dying_session(locations, tmp_path)
     node = vfs.lookup(vfs.inodes.root, b"one")
     content = vfs.open(node, True)
     content.write(0, b"X" * 10_000)          # header counter raised, table not yet told
@@ -253,12 +258,8 @@ def test_a_crash_after_removals_the_table_held_back_is_reconciled_not_reported(v
     """Removals wait for the directory's next record; the daemon dies before it: the next
     mount rebuilds the table from the drives, the removed names stay removed, a name
     removed and made again keeps its new file, and nothing is reported as tampering."""
-    locations, disk = vault_dirs
-    locations = locations[:drives]
-    vault = unlock(locations)
-    s = Session(vault, str(tmp_path / "mnt"))
-    s.prepare()
-    vfs = s.build()
+    locations = vault_dirs[0][:drives]
+    vault, s, vfs = dying_session(locations, tmp_path)
     table = os.path.join(locations[0], "tree", "d.t")
     before = os.path.getsize(table)
     vfs.unlink(vfs.inodes.root, b"one")
