@@ -59,16 +59,14 @@ install_python() {
 }
 
 # pyfuse3 3.5.0 with patches/ applied (a fallocate handler, docs/posix.md; a worker that
-# waits for the next request outside trio's loop, docs/benchmarks.md; inode numbers as the
-# handles of files once open is declined, docs/benchmarks.md), built from its
+# waits for the next request outside trio's loop, docs/benchmarks.md), built from its
 # source release once per patch set and kept as a wheel in the user's cache.
 PYFUSE3_VERSION=3.5.0
 patched_pyfuse3() {
   .venv/bin/python -c "
 import inspect, pyfuse3, sys
 sys.exit(not (hasattr(pyfuse3.Operations, 'fallocate')
-              and 'next_request_spin_us' in inspect.signature(pyfuse3.main).parameters
-              and hasattr(pyfuse3, 'declined_open_handles_are_inodes')))" 2>/dev/null
+              and 'next_request_spin_us' in inspect.signature(pyfuse3.main).parameters))" 2>/dev/null
 }
 install_pyfuse3() {
   local cache="${XDG_CACHE_HOME:-$HOME/.cache}/pqcfs/wheels"

@@ -438,16 +438,11 @@ class VaultFS(NamespaceOps):
 
     # --- contents -------------------------------------------------------------------
 
-    def writing(self, node: Node) -> None:
-        """The node's contents may change from now on: the intent log hears of it first."""
-        if not self.read_only:
+    def open(self, node: Node, writable: bool) -> FileContent:
+        if writable and not self.read_only:
             self.intent.note(FILE, node.data_path)
             if node.entry is not None and node.parent is not None:
                 self.intent.note(DIRECTORY, node.parent.c_path)   # its table follows at release
-
-    def open(self, node: Node, writable: bool) -> FileContent:
-        if writable:
-            self.writing(node)
         if node.content is None:
             parent = None if node.hard_linked else node.parent
             heal = None if parent is None else self._heal_missing_entry(parent, node.disk_name)

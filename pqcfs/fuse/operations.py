@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import stat
-from collections import OrderedDict
 
 import pyfuse3
 
@@ -25,12 +24,6 @@ log = logging.getLogger(__name__)
 # long: every change reaches the kernel through this mount anyway.
 ENTRY_TIMEOUT = 300
 ATTR_TIMEOUT = 300
-# Files whose ciphertext stays open after their last request while open is declined
-# (see Operations.declines_open); one unlinked while open is held until its forget. With
-# 64, `tar xzf` took 1.35 s against 1.22 without declining (10 alternated rounds; likely
-# because a file let go 64 creates later writes its record to a directory table no longer
-# among the open ones); with 16, 1.37 against 1.41, and `tar c` 0.72 against 0.80.
-HELD_FILES = 16
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -97,15 +90,6 @@ class Operations(pyfuse3.Operations):
         self.audit_files = audit_files
         self._open_dirs: dict[int, tuple[Node, list[tuple[bytes, str]]]] = {}
         self._next_fh = 1
-        # open is declined (ENOSYS): the kernel then sends neither open nor release for
-        # files (a program reading a file makes two requests instead of four), and every
-        # request on an open file names it by its inode (pyfuse3 with patches/). A file's
-        # ciphertext is opened at its first read or write and held among the HELD_FILES
-        # most recently used; it is released (its record written, its descriptors closed)
-        # when it falls out of them, at the kernel's forget, or at unmount. Per-file audit
-        # records need every open, so with them open is served.
-        self.declines_open = not audit_files
-        self._held: OrderedDict[int, Node] = OrderedDict()
 
     # --- helpers --------------------------------------------------------------------
 
@@ -114,46 +98,6 @@ class Operations(pyfuse3.Operations):
         if node is None:
             raise FsError(errno.ENOENT)
         return node
-
-    def _file(self, fh: int, writing: bool = False) -> Node:
-        """The node a request on an open file names, its ciphertext open (held here when
-        open is declined)."""
-        node = self._node(fh)
-        if not self.declines_open:
-            return node
-        if fh in self._held:
-            self._held.move_to_end(fh)
-            if writing:
-                self.vfs.writing(node)
-            return node
-        self.vfs.open(node, writing)
-        self._hold(node)
-        return node
-
-    def _hold(self, node: Node) -> None:
-        """Keep the node's content open (one open of it is this layer's), the least
-        recently used beyond HELD_FILES released; a file unlinked while open stays until
-        its forget (the kernel's last reference: a program may still read it)."""
-        self._held[node.ino] = node
-        while len(self._held) > HELD_FILES:
-            oldest = next((n for n in self._held.values() if not n.unlinked), None)
-            if oldest is None:
-                return
-            self._let_go(oldest)
-
-    def _let_go(self, node: Node) -> None:
-        del self._held[node.ino]
-        try:
-            self.vfs.release(node)
-        except (PqcfsError, OSError) as e:
-            # No request is waiting for it (an eviction or a forget): the record is
-            # written again with the file's next change, or at unmount.
-            log.error("a file's record could not be written on release: %s", e)
-
-    def close_files(self) -> None:
-        """At unmount: every held file is released."""
-        for node in list(self._held.values()):
-            self._let_go(node)
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         times = self.vfs.times(node)    # pqcfs' own (format 2), else the backing file's
@@ -211,9 +155,6 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list):
         for inode, nlookup in inode_list:
-            node = self._held.get(inode)
-            if node is not None and node.lookups <= nlookup:
-                self._let_go(node)     # the kernel is done with it: no request can name it
             self.vfs.inodes.forget(inode, nlookup)
 
     # --- attributes -----------------------------------------------------------------
@@ -304,10 +245,6 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
-        if self.declines_open:
-            # Also for the first file: the kernel takes ENOSYS as an open without a
-            # handle, and a truncating open comes as a setattr (no atomic O_TRUNC).
-            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         if node.is_dir:
             raise FsError(errno.EISDIR)
@@ -329,23 +266,21 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         node = self.vfs.create(self._node(parent_inode), name, mode, _caller(ctx))
         self._file_event("create", self._node(parent_inode), name)
-        if self.declines_open:
-            self._hold(node)     # the create's open: no release may come for it
         return self._file_info(node), self._entry(node)
 
     @_errors
     async def read(self, fh, off, size):
-        return self.vfs.read(self._file(fh), off, size)
+        return self.vfs.read(self._node(fh), off, size)
 
     @_errors
     async def write(self, fh, off, buf):
-        return self.vfs.write(self._file(fh, writing=True), off, buf)
+        return self.vfs.write(self._node(fh), off, buf)
 
     @_errors
     async def fallocate(self, fh, mode, offset, length):
         # Reached only through pyfuse3 with patches/ applied (scripts/dev.sh builds it);
         # a stock pyfuse3 never asks, and the kernel says EOPNOTSUPP itself.
-        self.vfs.fallocate(self._file(fh, writing=True), mode, offset, length)
+        self.vfs.fallocate(self._node(fh), mode, offset, length)
 
     async def flush(self, fh):
         # Every write reached the drives before it returned (no writeback cache), so a
@@ -355,13 +290,10 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def fsync(self, fh, datasync):
-        # A held file let go since is opened again: fsync reaches every write to it.
-        self.vfs.fsync(self._file(fh), bool(datasync))
+        self.vfs.fsync(self._node(fh), bool(datasync))
 
     @_errors
     async def release(self, fh):
-        if self.declines_open:
-            return      # held files are released here (a create's may still come)
         self.vfs.release(self._node(fh))
 
     # --- directories ----------------------------------------------------------------

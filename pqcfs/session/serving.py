@@ -93,11 +93,6 @@ def serve(session, extra_options: list[str], ready=None) -> None:
         with session.owner.real_ids() if session.owner else contextlib.nullcontext():
             target = session.mountpoint if session.mount_fd is None else f"/proc/self/fd/{session.mount_fd}"
             try:
-                if isinstance(ops, Operations):
-                    # A pyfuse3 without patches/ could not tell the files apart: open is served.
-                    ops.declines_open &= hasattr(pyfuse3, "declined_open_handles_are_inodes")
-                    if ops.declines_open:
-                        pyfuse3.declined_open_handles_are_inodes(True)
                 pyfuse3.init(ops, target, fuse_options(session, extra_options))
             finally:
                 if session.mount_fd is not None:
@@ -115,8 +110,6 @@ def serve(session, extra_options: list[str], ready=None) -> None:
             pyfuse3.close(unmount=True)
         except Exception:  # already unmounted from outside (fusermount3 -u)
             pass
-        if isinstance(ops, Operations):
-            ops.close_files()
         session._finish()
         session._remove_runtime()
         session.unlock()

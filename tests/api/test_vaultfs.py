@@ -194,56 +194,6 @@ def test_corrupt_block_is_healed_from_the_backup(new_vault, vfs):
         assert p.read() == b.read()
 
 
-def test_with_open_declined_files_are_held_by_inode_and_released_by_the_layer(new_vault, vfs, monkeypatch):
-    """open answers ENOSYS (the kernel then sends no open or release for files, and names
-    a file by its inode): a file's ciphertext opens at its first read or write and stays
-    open among the HELD_FILES most recently used; the one that falls out is released (its
-    record written), a file unlinked while held stays until its forget, and the unmount
-    releases the rest. With per-file audit records, open is served as before."""
-    from pqcfs.fuse import operations as ops_mod
-    monkeypatch.setattr(ops_mod, "HELD_FILES", 3)
-    ops = Operations(vfs)
-    assert ops.declines_open and not Operations(vfs, audit_files=True).declines_open
-    root_table = os.path.join(new_vault[0].locations[0], TREE_DIR, vfs._table_path(vfs.inodes.root))
-
-    async def scenario():
-        inos = []
-        for n in range(4):
-            size = os.path.getsize(root_table)
-            fi, entry = await ops.create(pyfuse3.ROOT_INODE, b"f%d" % n, stat.S_IFREG | 0o644, os.O_WRONLY, ME)
-            assert fi.fh == entry.st_ino
-            await ops.write(fi.fh, 0, b"data %d" % n)
-            await ops.release(fi.fh)             # ignored: the layer holds the file
-            inos.append(entry.st_ino)
-            # The fourth create lets the first go: its record (entry and size) is written.
-            assert (os.path.getsize(root_table) > size) == (n == 3)
-        assert sorted(ops._held) == sorted(inos[1:]) and vfs.inodes.get(inos[0]).content is None
-        assert vfs.table_of(vfs.inodes.root).unsaved == {vfs.inodes.get(i).disk_name for i in inos[1:]}
-        with pytest.raises(pyfuse3.FUSEError) as e:
-            await ops.open(inos[0], os.O_RDONLY, None)
-        assert e.value.errno == errno.ENOSYS
-        assert await ops.read(inos[0], 0, 100) == b"data 0"       # opened again by its inode
-        # A file unlinked while held is not let go for others, only at its forget.
-        assert await ops.read(inos[1], 0, 100) == b"data 1" and inos[1] in ops._held
-        await ops.unlink(pyfuse3.ROOT_INODE, b"f1", ME)
-        node = vfs.inodes.get(inos[1])
-        for ino in (inos[2], inos[3], inos[0], inos[2]):
-            await ops.read(ino, 0, 10)
-        assert inos[1] in ops._held and await ops.read(inos[1], 0, 100) == b"data 1"
-        await ops.forget([(inos[1], node.lookups)])
-        assert inos[1] not in ops._held and node.content is None and vfs.inodes.get(inos[1]) is None
-        before = os.path.getsize(root_table)
-        await ops.write(inos[2], 0, b"DATA 2 longer")
-        ops.close_files()                         # the unmount
-        assert not ops._held and os.path.getsize(root_table) > before
-        assert all(vfs.inodes.get(i).content is None for i in (inos[0], inos[2], inos[3]))
-    trio.run(scenario)
-    vfs.settle()
-    fresh = make_vfs(new_vault[0])
-    got = {p: fresh.read_all(fresh.lookup(fresh.inodes.root, p)) for p, _ in fresh.listdir(fresh.inodes.root)}
-    assert got == {b"f0": b"data 0", b"f2": b"DATA 2 longer", b"f3": b"data 3"}
-
-
 def test_corrupt_block_on_every_replica_is_an_io_error(new_vault, vfs):
     f = vfs.create_file(vfs.inodes.root, b"f", stat.S_IFREG | 0o644, ME)
     write(vfs, f, 0, b"A" * 10000)
@@ -255,11 +205,12 @@ def test_corrupt_block_on_every_replica_is_an_io_error(new_vault, vfs):
 
     async def scenario():
         entry = await ops.lookup(pyfuse3.ROOT_INODE, b"f")
-        # open is declined: the kernel names the file by its inode.
-        assert await ops.read(entry.st_ino, 0, 100) == b"A" * 100
+        fi = await ops.open(entry.st_ino, os.O_RDONLY, None)
+        assert await ops.read(fi.fh, 0, 100) == b"A" * 100
         with pytest.raises(pyfuse3.FUSEError) as e:
-            await ops.read(entry.st_ino, 4096, 100)
+            await ops.read(fi.fh, 4096, 100)
         assert e.value.errno == errno.EIO
+        await ops.release(fi.fh)
     trio.run(scenario)
 
 
