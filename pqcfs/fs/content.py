@@ -95,13 +95,17 @@ class FileContent:
         self.file.close()
 
     def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.read_view(offset, length))
+
+    def read_view(self, offset: int, length: int) -> memoryview:
+        """As read, without the copy into bytes (a FUSE reply takes any buffer)."""
         end = min(offset + length, self.size)
         if offset >= end:
-            return b""
+            return memoryview(b"")
         first, last = offset // self.B, (end - 1) // self.B
         plain = self._read_blocks(first, last)
         base = first * self.B
-        return bytes(memoryview(plain)[offset - base : end - base])
+        return memoryview(plain)[offset - base : end - base]
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         if not data:

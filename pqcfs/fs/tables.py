@@ -51,6 +51,15 @@ def _take_meta(e: Entry, node: Node) -> None:
     e.mode, e.uid, e.gid, e.rdev = m.mode, m.uid, m.gid, m.rdev
 
 
+def _forget_entry(table: DirTable, disk_name: str) -> Entry | None:
+    """The entry leaves memory (not yet any record); returns it, None if it was not there."""
+    table.unsaved.discard(disk_name)
+    gone = table.entries.pop(disk_name, None)
+    if gone is not None and table.by_name.get(gone.p_name) is gone:
+        del table.by_name[gone.p_name]
+    return gone
+
+
 class TabledFS(VaultFS):
     NEW_FILE_COUNTER = 1
 
@@ -269,10 +278,7 @@ class TabledFS(VaultFS):
                 table.unsaved.discard(e.disk_name)
             quiet = [d for d in dels if d in table.unsaved]
             for disk_name in quiet:
-                table.unsaved.discard(disk_name)
-                gone = table.entries.pop(disk_name)
-                if table.by_name.get(gone.p_name) is gone:
-                    del table.by_name[gone.p_name]
+                _forget_entry(table, disk_name)
             dels = [d for d in dels if d not in quiet]
         forgotten = ()
         if table.gone:
@@ -925,14 +931,10 @@ class TabledFS(VaultFS):
         table = self.table_of(dir_node)
         dir_id = dir_node.keys.node_id
         self.intent.note(DIRECTORY, dir_node.c_path)
-        gone = table.entries.pop(disk_name, None)
-        if gone is None:
+        was_unsaved = disk_name in table.unsaved
+        if _forget_entry(table, disk_name) is None:
             return
-        if table.by_name.get(gone.p_name) is gone:
-            del table.by_name[gone.p_name]
-        if disk_name in table.unsaved:
-            table.unsaved.discard(disk_name)     # never written: nothing to remove
-        else:
+        if not was_unsaved:                      # never written: nothing to remove
             table.gone.add(disk_name)
         table.self_dirty = True
         self._unsaved[dir_id] = dir_node

@@ -469,10 +469,11 @@ class VaultFS(NamespaceOps):
         return FileContent(node.cipher(self.block_size), file, node.size, on_heal=self._healed,
                            on_change=lambda: self.wrote(node), on_blocks=on_blocks)
 
-    def read(self, node: Node, offset: int, length: int) -> bytes:
-        """A read through an open handle (relatime: the access may move atime)."""
+    def read(self, node: Node, offset: int, length: int) -> memoryview:
+        """A read through an open handle (relatime: the access may move atime): a view of
+        the plaintext, not a copy (pyfuse3 replies from any buffer)."""
         self.accessed(node)
-        return node.content.read(offset, length)
+        return node.content.read_view(offset, length)
 
     def write(self, node: Node, offset: int, data) -> int:
         """A write through an open handle: refused in a read-only session, while a full

@@ -344,8 +344,8 @@ class ReplicaSet:
                 results.append(self.drives[n].statvfs())
             except OSError as e:
                 # The serving drive gone (pulled) is dropped here like anywhere else: a
-                # write to a file held open may ask for space before any request opens
-                # something on it.
+                # write to a file already open may ask for space before anything else
+                # touches the drive.
                 if n == self.serving and not self.survives(n, e):
                     raise
         if not results:
