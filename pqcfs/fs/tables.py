@@ -37,6 +37,7 @@ DAY_NS = 86_400 * 10**9
 OPEN_TABLES = 16               # table files kept open (2 descriptors each with two drives)
 LAZY_ATIMES = 10_000          # atime-only changes held in memory at most (then written out)
 GONE_HELD = 1_024             # removals one table holds back at most (then recorded)
+UNSAVED_HELD = 1_024          # entries made since a table's last record, at most (then recorded)
 ALL = frozenset({"*"})         # in_flux: every directory (a sentinel, compared by identity)
 DAMAGE = (CryptoError, DamagedStructure, OSError)
 
@@ -280,6 +281,10 @@ class TabledFS(VaultFS):
             for disk_name in quiet:
                 _forget_entry(table, disk_name)
             dels = [d for d in dels if d not in quiet]
+            # Entries made since the last record ride along (a file still open is
+            # written again by its release).
+            puts = list(puts) + [table.entries[d] for d in sorted(table.unsaved)]
+            table.unsaved.clear()
         forgotten = ()
         if table.gone:
             # A put of a name whose old entry is held back replaces that entry itself.
@@ -306,9 +311,14 @@ class TabledFS(VaultFS):
 
     def put_unsaved(self, dir_node: Node, e: Entry) -> None:
         """A new entry that the table learns in memory only: the file was created by a
-        request that also opens it, and its release writes the entry (with its size and
-        times) in one record instead of two. A crash in between is covered like any
-        other: the intent log names the directory, whose table is rebuilt."""
+        request that also opens it. Its release does not write it either: it goes, with
+        its size and times, in the directory's next record (any change there, an fsync,
+        the unmount, or once UNSAVED_HELD wait), so that a program making many files
+        writes one record for many instead of one per file. A crash in between is
+        covered like any other: the intent log names the directory, whose table is
+        rebuilt from what the drives hold (names, sizes, and the owner and mode each
+        file was made with; a chmod, chown or utimens of such a file before the record
+        is what a crash loses)."""
         table = self.table_of(dir_node)
         self.intent.note(DIRECTORY, dir_node.c_path)
         table.entries[e.disk_name] = e
@@ -377,6 +387,21 @@ class TabledFS(VaultFS):
         self.close_tables()
         return self.tree_seq() or 0
 
+    def write_held(self) -> int:
+        """What the tables hold back for their next record (files made, removals) goes
+        to the drives now: the serving loop calls this every few seconds, so that a
+        crash after a burst of work loses no more than those seconds of it (as a local
+        file system's journal commit). Returns how many tables were written."""
+        if self.read_only:
+            return 0
+        written = 0
+        for node in list(self._unsaved.values()):
+            table = self.table_of(node)
+            if not node.unlinked and (table.unsaved or table.gone):
+                self._append(node)
+                written += 1
+        return written
+
     def write_lazy_atimes(self) -> None:
         for dir_node, _ in list(self._lazy_atimes.values()):
             if dir_node.unlinked or self.inodes.get(dir_node.ino) is not dir_node:
@@ -427,9 +452,10 @@ class TabledFS(VaultFS):
         dir_node.table, dir_node.entry = table, self_attrs
         self._live_tables[dir_node.keys.node_id] = table
 
-    def save_attrs(self, node: Node) -> None:
+    def save_attrs(self, node: Node, hold: bool = False) -> None:
         """Write a node's attributes (memory -> its table): a directory's to its own
-        table, anything else's to its parent's."""
+        table, anything else's to its parent's. hold (a release): a file whose entry
+        no record holds yet waits for the directory's next one (see put_unsaved)."""
         node.dirty = False
         if node.hard_linked:
             self._save_link_times(node)
@@ -443,8 +469,16 @@ class TabledFS(VaultFS):
             return
         e.size = self.size_of(node)
         parent = node.parent
-        if parent is not None and self.table_of(parent).entries.get(e.disk_name) is e:
-            self._append(parent, puts=[e])
+        if parent is None:
+            return
+        table = self.table_of(parent)
+        if table.entries.get(e.disk_name) is not e:
+            return
+        if hold and e.disk_name in table.unsaved:
+            if len(table.unsaved) >= UNSAVED_HELD:
+                self._append(parent)
+            return
+        self._append(parent, puts=[e])
 
     def sync_attrs(self, node: Node) -> None:
         """fsync: the node's attributes reach its table, and the table the drives."""
@@ -455,10 +489,13 @@ class TabledFS(VaultFS):
             return
         if node.dirty:
             self.save_attrs(node)
-        elif not node.is_dir and node.parent is not None and node.parent.keys.node_id in self._lazy_atimes:
-            self._append(node.parent)      # fsync makes a lazy atime durable too
         holder = node if node.is_dir else node.parent
         if holder is not None:
+            table = self.table_of(holder)
+            if table.unsaved or table.gone or table.self_dirty or holder.keys.node_id in self._lazy_atimes:
+                # What the table holds back reaches it now: a file made and released
+                # since the last record, removals, a lazy atime.
+                self._append(holder)
             self._table_handle(holder).fsync()
 
     def _dir_changed(self, dir_node: Node, now: int) -> None:
@@ -868,10 +905,10 @@ class TabledFS(VaultFS):
 
     def _attrs_changed(self, node: Node) -> None:
         """chmod, chown or utimens changed a node's entry in memory. A file created by a
-        request that also opened it, and still open, has no record on the drives yet: its
-        release writes the entry once with all of it (`tar x` sets owner, mode and times
-        on each file before closing it: three records on every drive saved per file). An
-        fsync writes it at once; a crash before either loses the file's creation anyway."""
+        request that also opened it, and still open, has no record on the drives yet: the
+        directory's next record writes the entry once with all of it (`tar x` sets owner,
+        mode and times on each file before closing it: three records on every drive saved
+        per file). An fsync writes it at once (see put_unsaved for a crash before)."""
         e = node.entry
         if node.opens and not node.is_dir and e is not None and node.parent is not None:
             table = self.table_of(node.parent)

@@ -156,11 +156,17 @@ class VaultFS(NamespaceOps):
     def wrote(self, node: Node) -> None:
         """Before a change of an open file's contents."""
 
-    def save_attrs(self, node: Node) -> None:
-        """Attributes held in memory reach the drives."""
+    def save_attrs(self, node: Node, hold: bool = False) -> None:
+        """Attributes held in memory reach the drives (hold: the caller is a release,
+        and a file made since its directory's last record may wait for the next)."""
 
     def sync_attrs(self, node: Node) -> None:
         """fsync: as save_attrs, and durably."""
+
+    def write_held(self) -> int:
+        """What waits in memory for a directory's next record reaches the drives (a
+        format without such waiting has nothing to write)."""
+        return 0
 
     def settle(self) -> int:
         """Before unmount: what is only in memory reaches the drives. Returns the tree's
@@ -526,7 +532,7 @@ class VaultFS(NamespaceOps):
             node.size = node.content.size
             try:
                 if node.dirty and not self.read_only:
-                    self.save_attrs(node)
+                    self.save_attrs(node, hold=True)
             finally:
                 node.bumped = False
                 node.content.close()

@@ -350,7 +350,9 @@ class Operations(pyfuse3.Operations):
         _refuse_acl(name)
         value = self.vfs.xattrs(self._node(inode)).get(name)
         if value is None:
-            raise FsError(pyfuse3.ENOATTR)
+            # The kernel asks for security.capability before every write(2) to a file:
+            # the common answer goes straight out, without a domain error and its log.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @_errors

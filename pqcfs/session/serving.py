@@ -16,7 +16,7 @@ import pyfuse3
 import trio
 
 from mounttool import mountinfo
-from pqcfs.errors import MountError
+from pqcfs.errors import MountError, PqcfsError
 from pqcfs.fuse.operations import Operations
 from pqcfs.fuse.snapshot_ops import SnapshotOperations
 from pqcfs.session import control, control_server, history
@@ -145,9 +145,29 @@ async def _main(session) -> None:
             history_interval = float(os.environ.get("PQCFS_HISTORY_INTERVAL", "3600"))
             if history_interval > 0:
                 nursery.start_soon(session.snapshots.watch, history_interval)
+        hold_interval = float(os.environ.get("PQCFS_HOLD_INTERVAL", str(HOLD_INTERVAL)))
+        if hold_interval > 0:
+            nursery.start_soon(_write_held, session, hold_interval)
         # One worker: handlers never await, so more would only cost dispatch.
         await pyfuse3.main(min_tasks=1, max_tasks=1, **_main_options())
         nursery.cancel_scope.cancel()
+
+
+# Seconds that files made and removals may wait for their directory's next record (see
+# TabledFS.put_unsaved) before this loop writes them: what a crash can lose of them.
+HOLD_INTERVAL = 5.0
+
+
+async def _write_held(session, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        if session.vfs is None:
+            continue
+        try:
+            session.vfs.write_held()
+        except (PqcfsError, OSError) as e:
+            # The next change of that directory, or the unmount, tries again.
+            log.warning("directory records held in memory could not be written yet: %s", e)
 
 
 def _main_options() -> dict:

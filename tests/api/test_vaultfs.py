@@ -497,30 +497,59 @@ def test_removals_wait_for_the_directorys_next_record(new_vault, vfs, monkeypatc
     assert sorted(p for p, _ in third.listdir(third.inodes.root)) == [b"again", b"keep"]
 
 
-def test_attributes_set_on_a_file_still_being_created_go_with_its_release(new_vault, vfs):
+def test_files_made_wait_for_their_directorys_next_record(new_vault, vfs, monkeypatch):
     """tar x sets owner, mode and times on each file before closing it: while the file's
-    entry has never been written, those changes wait for the release's one record (an
-    fsync writes them at once), and a fresh mount sees every one of them."""
+    entry has never been written, those changes and its release wait for the
+    directory's next record (any change there, an fsync, the unmount, or UNSAVED_HELD
+    files), and a fresh mount then sees every one of them."""
+    from pqcfs.fs import tables
     root = vfs.inodes.root
     table = [os.path.join(loc, TREE_DIR, vfs._table_path(root)) for loc in new_vault[0].locations]
 
     def sizes():
         return [os.path.getsize(t) for t in table]
+    before = sizes()
     f = vfs.create(root, b"made", stat.S_IFREG | 0o600, ME)
     f.content.write(0, b"data")
-    before = sizes()
     vfs.set_owner(f, 1234, 5678)
     vfs.set_mode(f, 0o4751)
     vfs.set_times(f, 1_000_000_000, 2_000_000_000)
-    assert sizes() == before                       # nothing written yet, all in memory
     assert (f.entry.uid, f.entry.gid, stat.S_IMODE(f.entry.mode), f.entry.mtime) == (1234, 5678, 0o4751, 2_000_000_000)
     vfs.release(f)
+    h = vfs.create(root, b"second", stat.S_IFREG | 0o644, ME)
+    h.content.write(0, b"more data")
+    vfs.release(h)
+    assert sizes() == before                       # nothing written yet, all in memory
+    vfs.mkdir(root, b"sub", stat.S_IFDIR | 0o755, ME)     # the directory's next record
     after = sizes()
     assert all(a > b for a, b in zip(after, before))
     fresh = make_vfs(new_vault[0])
     again = fresh.lookup(fresh.inodes.root, b"made")
     assert (again.entry.uid, again.entry.gid, stat.S_IMODE(again.entry.mode)) == (1234, 5678, 0o4751)
     assert (again.entry.atime, again.entry.mtime) == (1_000_000_000, 2_000_000_000)
+    assert fresh.read_all(fresh.lookup(fresh.inodes.root, b"second")) == b"more data"
+    assert fsck.run(new_vault[0]).clean
+
+    # At most UNSAVED_HELD files wait.
+    monkeypatch.setattr(tables, "UNSAVED_HELD", 3)
+    held = sizes()
+    for n in range(3):
+        g = vfs.create(root, b"g%d" % n, stat.S_IFREG | 0o644, ME)
+        vfs.release(g)
+        assert (sizes() == held) == (n < 2)
+    fresh = make_vfs(new_vault[0])
+    assert {b"g0", b"g1", b"g2"} <= {p for p, _ in fresh.listdir(fresh.inodes.root)}
+
+    # A file made, released and opened again: an fsync writes its entry though nothing
+    # about it changed since.
+    k = vfs.create(root, b"kept", stat.S_IFREG | 0o644, ME)
+    k.content.write(0, b"k")
+    vfs.release(k)
+    vfs.open(k, False)
+    vfs.fsync(k, False)
+    fresh = make_vfs(new_vault[0])
+    assert fresh.read_all(fresh.lookup(fresh.inodes.root, b"kept")) == b"k"
+    vfs.release(k)
 
     # An fsync does not wait for the release; a file whose entry is on the drives is
     # written at each change, as before.
