@@ -55,8 +55,8 @@ class NamespaceOps:
 
     def create(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller) -> Node:
         """A regular file made and opened by one request (open(2) with O_CREAT): the
-        descriptors that made it are its open handle, and its release writes its table
-        entry (size and times in one record)."""
+        descriptors that made it are its open handle, and its table entry waits for the
+        directory's next record (TabledFS.put_unsaved)."""
         return self._make_file(dir_node, p_name, mode, caller, keep_open=True)
 
     def create_file(self, dir_node: Node, p_name: bytes, mode: int, caller: Caller, rdev: int = 0,

@@ -26,15 +26,34 @@ from pqcfs.session import rejoin as rejoin_mod
 log = logging.getLogger(__name__)
 
 
+# Options that let processes other than the mounting user's into a mount.
+SHARED = {"allow_other", "allow_root"}
+
+
 def fuse_options(session, extra: list[str]) -> set[str]:
     opts = set(pyfuse3.default_options)
     opts |= {"fsname=pqcfs", "subtype=pqcfs"}
+    if only_root_enters(session, extra):
+        # With default_permissions the kernel asks for a directory's attributes again
+        # after every create, unlink, rename or mkdir in it (it forgets them at each
+        # change and checks the mode before the next): a second request per file for
+        # `rm -rf`. A mount only root's processes may enter (FUSE without allow_other
+        # lets in nobody else) gains nothing from those checks, which root passes
+        # anyway; the one root does not pass, executing a file without an x bit, FUSE
+        # makes without them. gocryptfs mounts the same way.
+        opts.discard("default_permissions")
     opts |= set(extra)
     if session.read_only:
         # Read-only is not the mount options' to undo: "rw" among them is dropped.
         opts.discard("rw")
         opts.add("ro")
     return opts
+
+
+def only_root_enters(session, extra: list[str]) -> bool:
+    """Whether the mount is root's alone: made by root for no other user (not --user),
+    with neither allow_other nor allow_root."""
+    return os.geteuid() == 0 and session.owner is None and not SHARED & set(extra)
 
 
 def _steady_heap() -> None:

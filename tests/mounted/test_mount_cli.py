@@ -80,6 +80,54 @@ def kill_daemon(mountpoint: str) -> None:
         time.sleep(0.05)
 
 
+def test_a_mount_only_root_enters_does_without_default_permissions(plain_vault):
+    """Root's own mount (no allow_other) lets in root's processes alone, which pass the
+    kernel's permission checks anyway: it goes without them (no attribute request after
+    every create and unlink), as gocryptfs does. What still holds there: no other user
+    enters, and a file without an x bit does not run. With allow_other the kernel checks
+    modes and owners for everyone."""
+    import pwd
+    from mounttool import mountinfo
+    nobody = pwd.getpwnam("nobody")
+
+    def options():
+        mount = [m for m in mountinfo.read() if m.mountpoint == plain_vault.mountpoint][-1]
+        return set(mount.super_options.split(","))
+
+    def as_nobody(command):
+        # Through a descriptor of the mountpoint: the test's own directories are root's alone.
+        fd = os.open(plain_vault.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return subprocess.run(["sh", "-c", command.replace("MNT", f"/proc/self/fd/{fd}")], pass_fds=(fd,),
+                                  user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], capture_output=True,
+                                  timeout=60)
+        finally:
+            os.close(fd)
+    plain_vault.mount()
+    try:
+        assert "default_permissions" not in options()
+        script = os.path.join(plain_vault.mountpoint, "script")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\necho ran\n")
+        os.chmod(script, 0o644)
+        with pytest.raises(PermissionError):
+            subprocess.run([script], check=True)
+        os.chmod(script, 0o755)
+        assert subprocess.run([script], capture_output=True, text=True).stdout == "ran\n"
+        assert as_nobody("ls MNT/").returncode != 0
+    finally:
+        plain_vault.umount()
+    plain_vault.mount("-o", "allow_other")
+    try:
+        assert "default_permissions" in options()
+        os.chmod(plain_vault.mountpoint, 0o755)
+        assert as_nobody("ls MNT/").stdout == b"script\n"
+        assert as_nobody("touch MNT/by-nobody").returncode != 0
+        assert os.listdir(plain_vault.mountpoint) == ["script"]
+    finally:
+        plain_vault.umount()
+
+
 def test_a_dead_mount_is_named_and_cleaned_up(plain_vault):
     vault = plain_vault
     assert mount(vault, vault.mountpoint).returncode == 0
