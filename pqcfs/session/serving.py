@@ -165,7 +165,7 @@ async def _main(session) -> None:
             if history_interval > 0:
                 nursery.start_soon(session.snapshots.watch, history_interval)
         hold_interval = float(os.environ.get("PQCFS_HOLD_INTERVAL", str(HOLD_INTERVAL)))
-        if hold_interval > 0:
+        if hold_interval > 0 and not session.read_only:    # a read-only tree holds nothing back
             nursery.start_soon(_write_held, session, hold_interval)
         # One worker: handlers never await, so more would only cost dispatch.
         await pyfuse3.main(min_tasks=1, max_tasks=1, **_main_options())
