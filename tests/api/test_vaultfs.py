@@ -565,3 +565,40 @@ def test_files_made_wait_for_their_directorys_next_record(new_vault, vfs, monkey
     vfs.set_mode(g, 0o644)
     assert all(a > b for a, b in zip(sizes(), written))
     vfs.release(g)
+
+
+def test_files_made_and_held_survive_renames_links_and_exchanges(new_vault, vfs):
+    """The ways programs finish a file they made (an editor's or rsync's temporary file
+    renamed over the target, into another directory, a hard link, an exchange) while its
+    entry still waits for the directory's next record: a fresh mount after the unmount
+    sees exactly the result, and fsck finds nothing."""
+    root = vfs.inodes.root
+    sub = vfs.mkdir(root, b"sub", stat.S_IFDIR | 0o755, ME)
+    vfs.create_file(root, b"target", stat.S_IFREG | 0o644, ME, content=b"old")
+
+    def made(parent, name, data):
+        node = vfs.create(parent, name, stat.S_IFREG | 0o644, ME)
+        node.content.write(0, data)
+        vfs.release(node)
+        return node
+    made(root, b".target.tmp", b"new contents")
+    vfs.rename(root, b".target.tmp", root, b"target")               # over a recorded file
+    made(root, b"a", b"A")
+    made(root, b"b", b"B")
+    vfs.rename(root, b"a", root, b"b")                              # a held file over a held file
+    made(root, b"moved", b"M")
+    vfs.rename(root, b"moved", sub, b"moved")                       # into another directory
+    linked = made(sub, b"one", b"L")
+    vfs.link(linked, root, b"two")                                  # a second name
+    made(root, b"x", b"X")
+    made(sub, b"y", b"Y")
+    vfs.rename(root, b"x", sub, b"y", exchange=True)
+    vfs.settle()
+    fresh = make_vfs(new_vault[0])
+    froot = fresh.inodes.root
+    fsub = fresh.lookup(froot, b"sub")
+    got = {p: fresh.read_all(fresh.lookup(froot, p)) for p, _ in fresh.listdir(froot) if p != b"sub"}
+    got_sub = {p: fresh.read_all(fresh.lookup(fsub, p)) for p, _ in fresh.listdir(fsub)}
+    assert got == {b"target": b"new contents", b"b": b"A", b"two": b"L", b"x": b"Y"}
+    assert got_sub == {b"moved": b"M", b"one": b"L", b"y": b"X"}
+    assert fsck.run(new_vault[0]).clean

@@ -315,6 +315,46 @@ def test_a_crash_before_the_record_of_files_made_keeps_them_whole(vault_dirs, tm
     assert fsck_clean(locations)
 
 
+def test_a_crash_after_held_files_were_renamed_linked_and_exchanged(vault_dirs, tmp_path):
+    """Files made whose entries wait for their directory's next record, then renamed over
+    a recorded file, over each other, into another directory, linked and exchanged; the
+    daemon dies: the next mount has exactly the result, and nothing reports tampering."""
+    locations = vault_dirs[0]
+    vault, s, vfs = dying_session(locations, tmp_path)
+    root = vfs.inodes.root
+    sub = vfs.lookup(root, b"dir-a")
+
+    def made(parent, name, data):
+        node = vfs.create(parent, name, stat.S_IFREG | 0o644, ME)
+        node.content.write(0, data)
+        vfs.release(node)
+    made(root, b".one.tmp", b"new one")
+    vfs.rename(root, b".one.tmp", root, b"one")
+    made(root, b"a", b"A")
+    made(root, b"b", b"B")
+    vfs.rename(root, b"a", root, b"b")
+    made(root, b"moved", b"M")
+    vfs.rename(root, b"moved", sub, b"moved")
+    made(sub, b"linked", b"L")
+    vfs.link(vfs.lookup(sub, b"linked"), root, b"second")
+    made(root, b"x", b"X")
+    made(sub, b"y", b"Y")
+    vfs.rename(root, b"x", sub, b"y", exchange=True)
+    s.intent.sync()
+    vault.close()                                    # no unmount: the daemon is gone
+
+    def found(vfs):
+        root = vfs.inodes.root
+        sub = vfs.lookup(root, b"dir-a")
+        return ({p: vfs.read_all(vfs.lookup(root, p)) for p in (b"one", b"b", b"second", b"x")},
+                {p: vfs.read_all(vfs.lookup(sub, p)) for p in (b"moved", b"linked", b"y")},
+                {p for p, _ in vfs.listdir(root)} & {b".one.tmp", b"a", b"moved"})
+    top, inside, gone = session(locations, tmp_path, found)
+    assert top == {b"one": b"new one", b"b": b"A", b"second": b"L", b"x": b"Y"}
+    assert inside == {b"moved": b"M", b"linked": b"L", b"y": b"X"} and gone == set()
+    assert fsck_clean(locations)
+
+
 def test_a_table_damaged_on_one_drive_heals_on_mount_and_fsck_repairs_it(vault_dirs, tmp_path):
     locations, disk = vault_dirs
     for loc in reversed(locations):            # the backup first: fsck --repair's case
