@@ -387,6 +387,15 @@ class TabledFS(VaultFS):
         self.close_tables()
         return self.tree_seq() or 0
 
+    def _files_among(self, dir_node: Node, disk_names: list[str]) -> list[str]:
+        entries = self.table_of(dir_node).entries
+        wanted = []
+        for disk_name in disk_names:
+            e = entries.get(disk_name)
+            if e is not None and stat.S_ISREG(e.mode) and not e.flags & dir_table.FLAG_LINKED:
+                wanted.append(self._join(dir_node.c_path, disk_name))
+        return wanted
+
     def write_held(self) -> int:
         """What the tables hold back for their next record (files made, removals) goes
         to the drives now: the serving loop calls this every few seconds, so that a

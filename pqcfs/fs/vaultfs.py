@@ -31,6 +31,7 @@ from pqcfs.fs.common import Caller, FsError, full_c_name, now_ns  # noqa: F401 -
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import InodeTable, Node
 from pqcfs.fs.namespace import NamespaceOps
+from pqcfs.fs.scan_ahead import HEAD_BYTES, ScanAhead
 from pqcfs.store.intent import DIRECTORY, FILE, NoIntent
 from pqcfs.store import devices, reserve
 from pqcfs.store.replicas import FALLOC_FL_KEEP_SIZE, MirroredFile, ReplicaSet
@@ -65,6 +66,7 @@ class VaultFS(NamespaceOps):
         # Told before a file a snapshot may hold changes or leaves (snapshots/history.py);
         # None: the vault keeps no history (or this is a grantee's or a format 1 tree).
         self.history = None
+        self.scan_ahead = ScanAhead()
         self.inodes: InodeTable
 
     def _owner_root(self, root_keys: NodeKeys) -> Node:
@@ -465,8 +467,18 @@ class VaultFS(NamespaceOps):
                 raise
             node.bumped = False
             node.content = self._file_content(node, file)
+            if not writable and node.parent is not None and not node.hard_linked:
+                parent = node.parent
+                ahead = self.scan_ahead.opened(parent.keys.node_id, parent.listing, node.disk_name)
+                if ahead:
+                    self.replicas.read_ahead(self._files_among(parent, ahead), HEAD_BYTES)
         node.opens += 1
         return node.content
+
+    def _files_among(self, dir_node: Node, disk_names: list[str]) -> list[str]:
+        """The data paths of the regular files among a directory's entries (what a scan
+        of it opens next): none where the format does not tell kinds from the listing."""
+        return []
 
     def _file_content(self, node: Node, file: MirroredFile) -> FileContent:
         history, block_size = self.history, self.block_size

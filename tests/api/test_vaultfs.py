@@ -602,3 +602,49 @@ def test_files_made_and_held_survive_renames_links_and_exchanges(new_vault, vfs)
     assert got == {b"target": b"new contents", b"b": b"A", b"two": b"L", b"x": b"Y"}
     assert got_sub == {b"moved": b"M", b"one": b"L", b"y": b"X"}
     assert fsck.run(new_vault[0]).clean
+
+
+def test_files_opened_in_listing_order_have_the_next_ones_read_ahead(new_vault, vfs, monkeypatch):
+    """A scan (tar c) opens a directory's files in listing order: the next regular files'
+    first pages are asked of the serving drive ahead (not subdirectories, not hard-linked
+    files, whose data lives elsewhere); opens out of order, or for writing, ask nothing.
+    A FIFO planted in place of a file ahead neither blocks nor fails the scan."""
+    root = vfs.inodes.root
+    d = vfs.mkdir(root, b"d", stat.S_IFDIR | 0o755, ME)
+    for n in range(12):
+        vfs.create_file(d, b"f%02d" % n, stat.S_IFREG | 0o644, ME, content=b"x" * n)
+    vfs.mkdir(d, b"sub", stat.S_IFDIR | 0o755, ME)
+    vfs.link(vfs.lookup(d, b"f00"), d, b"hard")
+    asked = []
+    real = os.posix_fadvise
+
+    def noting(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED and offset == 0:
+            asked.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd, offset, length, advice)
+    monkeypatch.setattr(os, "posix_fadvise", noting)
+    listing = vfs.listdir(d)
+    order = [p for p, _ in listing]
+    primary = new_vault[0].locations[0]
+    on_disk = {p: os.path.join(primary, TREE_DIR, d.c_path, disk) for p, disk in listing}
+    files = [p for p in order if p.startswith(b"f") and p != b"f00"]
+    fifo = files[4]
+    os.unlink(on_disk[fifo])
+    os.mkfifo(on_disk[fifo])                     # planted on the primary, ahead of the scan
+    first, second = files[0], files[1]
+    for p in (first, second):
+        node = vfs.lookup(d, p)
+        vfs.open(node, False)
+        vfs.release(node)
+    window = order[order.index(first) + 1:order.index(second) + 1 + 8]
+    assert all(a.startswith(primary) for a in asked)         # the serving drive alone
+    assert sorted(asked) == sorted(on_disk[p] for p in window if p in files and p != fifo)
+    assert len(window) > 8 and b"sub" in order and b"hard" in order
+    asked.clear()
+    node = vfs.lookup(d, files[-1])                          # a jump: nothing asked
+    vfs.open(node, False)
+    vfs.release(node)
+    node = vfs.lookup(d, files[2])                           # for writing: nothing asked
+    vfs.open(node, True)
+    vfs.release(node)
+    assert asked == []
