@@ -75,10 +75,11 @@ class ContentCipher:
                                       o[body : body + len(chunk) + aead_tag_len])
         return pos
 
-    def seal(self, first_index: int, p_data: bytes | memoryview, eof_at_end: bool) -> bytes:
+    def seal(self, first_index: int, p_data: bytes | memoryview, eof_at_end: bool) -> bytearray:
+        """As seal_into, into a new buffer (the caller's: not copied again into bytes)."""
         out = bytearray(self.sealed_len(len(p_data)))
         self.seal_into(first_index, p_data, eof_at_end, out)
-        return bytes(out)
+        return out
 
     def opened_len(self, c_len: int) -> int:
         """The plaintext length of c_len bytes of consecutive blocks (as open reads them)."""
@@ -111,11 +112,12 @@ class ContentCipher:
             index += 1
         return pos
 
-    def open(self, first_index: int, c_data: bytes | memoryview, last_index: int) -> bytes:
-        """Open consecutive ciphertext blocks; last_index is the file's final block."""
+    def open(self, first_index: int, c_data: bytes | memoryview, last_index: int) -> bytearray:
+        """Open consecutive ciphertext blocks into a new buffer (the caller's: not copied
+        again into bytes); last_index is the file's final block."""
         out = bytearray(self.opened_len(len(c_data)))
         self.open_into(first_index, c_data, last_index, out)
-        return bytes(out)
+        return out
 
     def reseal_stale_final(self, index: int, slot: bytes) -> bytes | None:
         """A file that grew past its last block writes the new blocks first and then

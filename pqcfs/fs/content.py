@@ -41,7 +41,7 @@ class FileContent:
         size = self.size if size is None else size
         return (size - 1) // self.B if size else -1
 
-    def _read_blocks(self, first: int, last: int) -> bytes:
+    def _read_blocks(self, first: int, last: int) -> bytearray:
         """Plaintext of blocks first..last (inclusive); blocks that fail on the serving
         replica come from the first replica where they authenticate, and are healed there
         (the replica set's one healing policy)."""
@@ -58,13 +58,8 @@ class FileContent:
             if self.on_heal:
                 self.on_heal(first, last, source)
         try:
-            # The common case, one replica read and no closure call through the policy,
-            # opened into one buffer (not 256 block objects and their join: a peak of the
-            # daemon's memory during big reads).
-            c_data = self.file.pread(length, offset)
-            plain = bytearray(self.cipher.opened_len(len(c_data)))
-            self.cipher.open_into(first, c_data, eof_index, plain)
-            return plain
+            # The common case, one replica read and no closure call through the policy.
+            return self.cipher.open(first, self.file.pread(length, offset), eof_index)
         except BlockCorrupt:
             pass
         return self.file.first_good(read, heal, (BlockCorrupt,))[0][0]
@@ -132,10 +127,7 @@ class FileContent:
         tail = block(last)[end % B :] if end % B and end < old_size else b""
         plain = b"".join((head, bytes(data), tail)) if head or tail else data
         new_last = self._last_index(new_size)
-        # Sealed into one buffer (not 256 block objects and their join: a peak of the
-        # daemon's memory during big writes).
-        c_data = bytearray(self.cipher.sealed_len(len(plain)))
-        self.cipher.seal_into(first, plain, last == new_last, c_data)
+        c_data = self.cipher.seal(first, plain, eof_at_end=(last == new_last))
         resealed = None
         if 0 <= old_last < first:
             # The old last block loses its end-of-file flag (and grows to a full block)

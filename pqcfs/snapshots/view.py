@@ -107,7 +107,7 @@ class SnapContent:
             plain = self.cipher.open(first, c_data, eof_index)
         except BlockCorrupt as e:
             raise DamagedStructure(f"snapshot data of a file is damaged ({e})") from None
-        return plain[offset - first * B: end - first * B]
+        return bytes(memoryview(plain)[offset - first * B: end - first * B])
 
 
 class SnapshotTree:
