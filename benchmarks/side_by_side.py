@@ -5,6 +5,7 @@ goes first.
 
     .venv/bin/python benchmarks/side_by_side.py 0 200          (spin 0 us against 200 us)
     .venv/bin/python benchmarks/side_by_side.py 0 200 --tar    (tar xzf and cold tar c)
+    .venv/bin/python benchmarks/side_by_side.py 0 200 --big 512    (512 MiB dd conv=fsync, cold dd read)
     .venv/bin/python benchmarks/side_by_side.py /tmp/old . --var PQCFS_BENCH_REPO
                                          (the code of a checkout at /tmp/old against this one)
 """
@@ -52,6 +53,20 @@ def tars(mnt: str, r: int, tarball: str) -> dict[str, float]:
     return {"tar xzf s": untar, "tar c s": time.perf_counter() - start}
 
 
+def big(mnt: str, r: int, size_mb: int) -> dict[str, float]:
+    path = f"{mnt}/big{r}"
+    start = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={size_mb}", "conv=fsync"],
+                   check=True, capture_output=True)
+    wrote = time.perf_counter() - start
+    drop_caches()
+    start = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True)
+    read = time.perf_counter() - start
+    os.unlink(path)
+    return {"seq write s": wrote, "seq read s": read}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", help="the variable's value for the first vault")
@@ -60,6 +75,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--files", type=int, default=400)
     ap.add_argument("--tar", action="store_true", help="tar xzf of a generated tree and tar c of it")
+    ap.add_argument("--big", type=int, default=0, metavar="MiB",
+                    help="a sequential write (dd conv=fsync) and cold read of a file this large")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="pqcfs-sbs-", dir="/var/tmp")
     tarball = make_tree_tarball(work, 1500)[0] if args.tar else None
@@ -74,7 +91,12 @@ def main() -> int:
             mnts[name] = stack.enter_context(pqcfs(sub, 2))[0]
         for r in range(args.rounds):
             for name in ((args.a, args.b) if r % 2 == 0 else (args.b, args.a)):
-                got = tars(mnts[name], r, tarball) if args.tar else files(mnts[name], r, args.files, payload)
+                if args.big:
+                    got = big(mnts[name], r, args.big)
+                elif args.tar:
+                    got = tars(mnts[name], r, tarball)
+                else:
+                    got = files(mnts[name], r, args.files, payload)
                 for k, v in got.items():
                     results[name].setdefault(k, []).append(v)
     subprocess.run(["rm", "-rf", work])

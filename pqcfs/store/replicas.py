@@ -18,7 +18,7 @@ import os
 import weakref
 
 from pqcfs.errors import NoSpace, PqcfsError
-from pqcfs.store import reserve
+from pqcfs.store import reserve, write_behind
 from pqcfs.store.drive import TEMP_PREFIX, Drive, UnsafeEntry
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -407,6 +407,7 @@ class MirroredFile:
         self.bookkeeping = False
         self.rel = rel          # inside the replica
         self.flags = flags
+        self._writes = write_behind.WriteRun()    # a sequential run's writeback starts early
         replicas.open_files.add(self)
 
     def reopen(self, n: int) -> None:
@@ -476,6 +477,11 @@ class MirroredFile:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
         self._each(write)
+        behind = self._writes.written(offset, len(data))
+        if behind is not None:
+            for n, fd in self.fds.items():
+                if n not in self.replicas.failed:
+                    write_behind.start_writeback(fd, *behind)
 
     def will_overwrite(self, offset: int, length: int) -> None:
         """Bytes [offset, offset + length) are about to be overwritten: start reading,

@@ -1,0 +1,63 @@
+"""Sequential write runs through one open backing file, and the writeback they start.
+
+A drive's page cache holds what pqcfs wrote until the kernel's flusher gets to it (a
+tenth of the memory dirty, or 30 s old) or an fsync asks. A large file copied to two
+drives then waited at its fsync for all of it, one drive after the other, while the disks
+had sat idle during the copy. Starting the writeback of each finished MiB of a
+sequential run (sync_file_range SYNC_FILE_RANGE_WRITE: start, do not wait) keeps the
+drives busy while the copy goes on, and keeps little unwritten data in memory, which a
+USB stick pulled without an unmount would lose. Durability does not change: an fsync
+still waits for every byte on every drive, and reports its errors as before (this call
+starts I/O; it does not collect errors). Random and small writes are left alone: a run
+counts once it is contiguous and a MiB long.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+WRITE_BEHIND = 1 << 20       # bytes of a sequential write run before its writeback starts
+
+_SYNC_FILE_RANGE_WRITE = 2   # linux/fs.h: start writeback of dirty pages, do not wait
+
+_libc = ctypes.CDLL(None, use_errno=True)
+try:
+    _sync_file_range = _libc.sync_file_range
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+except AttributeError:       # not Linux/glibc: the flusher and fsync write as before
+    _sync_file_range = None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing [offset, offset + length) of fd's dirty pages to its drive. Only a
+    hint: an error is the next fsync's to report."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+# A write that starts at most this far before a run's end continues the run: an append
+# that did not end on a block boundary (tar writes 10 KiB records) reseals the run's last
+# block next time (a block is 4 KiB, its ciphertext a little more).
+TAIL = 64 << 10
+
+
+class WriteRun:
+    """Back-to-back writes: written() answers the span whose writeback is due, if any.
+    The block an append rewrites at the run's end goes with the next span again; a write
+    anywhere else begins a new run."""
+
+    __slots__ = ("low", "end")
+
+    def __init__(self) -> None:
+        self.low = self.end = -1     # the run's part not handed to writeback yet
+
+    def written(self, offset: int, length: int) -> tuple[int, int] | None:
+        if self.end >= 0 and self.end - TAIL <= offset <= self.end:
+            self.low, self.end = min(self.low, offset), max(self.end, offset + length)
+        else:
+            self.low, self.end = offset, offset + length
+        if self.end - self.low < WRITE_BEHIND:
+            return None
+        span = (self.low, self.end - self.low)
+        self.low = self.end
+        return span
