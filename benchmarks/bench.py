@@ -121,8 +121,9 @@ def pqcfs(work, replicas, size_mb=4096):
             f.write(PW + "\n")
         os.mkdir(mnt)
         env = {**os.environ, "PQCFS_INSECURE_FAST_KDF": "1"}
-        py = [sys.executable, "-m", "pqcfs"]
-        # PQCFS_BENCH_REPO: another checkout's code (side_by_side.py compares two commits).
+        # PQCFS_BENCH_REPO: another checkout's code, PQCFS_BENCH_PYTHON: another interpreter
+        # (a virtual environment with another pyfuse3 build); side_by_side.py compares two.
+        py = [os.environ.get("PQCFS_BENCH_PYTHON") or sys.executable, "-m", "pqcfs"]
         code = os.environ.get("PQCFS_BENCH_REPO", REPO)
         sh(*py, "init", *locs, "--passfile", passfile, "--allow-fixed", *(["--single"] if replicas == 1 else []),
            env=env, cwd=code)

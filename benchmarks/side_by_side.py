@@ -5,6 +5,7 @@ goes first.
 
     .venv/bin/python benchmarks/side_by_side.py 0 200          (spin 0 us against 200 us)
     .venv/bin/python benchmarks/side_by_side.py 0 200 --tar    (tar xzf and cold tar c)
+    .venv/bin/python benchmarks/side_by_side.py 0 200 --rand 3000  (random 4 KiB reads and writes)
     .venv/bin/python benchmarks/side_by_side.py 0 200 --big 512    (512 MiB dd conv=fsync, cold dd read)
     .venv/bin/python benchmarks/side_by_side.py /tmp/old . --var PQCFS_BENCH_REPO
                                          (the code of a checkout at /tmp/old against this one)
@@ -67,6 +68,30 @@ def big(mnt: str, r: int, size_mb: int) -> dict[str, float]:
     return {"seq write s": wrote, "seq read s": read}
 
 
+def rand(mnt: str, r: int, ops: int) -> dict[str, float]:
+    """Random 4 KiB reads of a cold 256 MiB file, then as many random 4 KiB writes (fsync)."""
+    import random
+    path = f"{mnt}/rand{r}"
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", "count=256", "conv=fsync"],
+                   check=True, capture_output=True)
+    rng = random.Random(r)
+    drop_caches()
+    fd = os.open(path, os.O_RDWR)
+    start = time.perf_counter()
+    for _ in range(ops):
+        os.pread(fd, 4096, rng.randrange(65536) * 4096)
+    read = time.perf_counter() - start
+    block = os.urandom(4096)
+    start = time.perf_counter()
+    for _ in range(ops):
+        os.pwrite(fd, block, rng.randrange(65536) * 4096)
+    os.fsync(fd)
+    wrote = time.perf_counter() - start
+    os.close(fd)
+    os.unlink(path)
+    return {"rand read us": read / ops * 1e6, "rand write us": wrote / ops * 1e6}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", help="the variable's value for the first vault")
@@ -75,6 +100,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--files", type=int, default=400)
     ap.add_argument("--tar", action="store_true", help="tar xzf of a generated tree and tar c of it")
+    ap.add_argument("--rand", type=int, default=0, metavar="OPS",
+                    help="random 4 KiB reads (cold) and writes of a 256 MiB file, this many each")
     ap.add_argument("--big", type=int, default=0, metavar="MiB",
                     help="a sequential write (dd conv=fsync) and cold read of a file this large")
     args = ap.parse_args()
@@ -91,7 +118,9 @@ def main() -> int:
             mnts[name] = stack.enter_context(pqcfs(sub, 2))[0]
         for r in range(args.rounds):
             for name in ((args.a, args.b) if r % 2 == 0 else (args.b, args.a)):
-                if args.big:
+                if args.rand:
+                    got = rand(mnts[name], r, args.rand)
+                elif args.big:
                     got = big(mnts[name], r, args.big)
                 elif args.tar:
                     got = tars(mnts[name], r, tarball)

@@ -62,8 +62,10 @@ install_python() {
 # waits for the next request outside trio's loop, docs/benchmarks.md), built from its
 # source release once per patch set and kept as a wheel in the user's cache.
 PYFUSE3_VERSION=3.5.0
+patches_tag() { cat patches/pyfuse3-"$PYFUSE3_VERSION"-*.patch | sha256sum | cut -c1-12; }
+# The build in .venv is the one of today's patches (a changed patch builds anew).
 patched_pyfuse3() {
-  .venv/bin/python -c "
+  [ "$(cat .venv/.pyfuse3-patches 2>/dev/null)" = "$(patches_tag)" ] && .venv/bin/python -c "
 import inspect, pyfuse3, sys
 sys.exit(not (hasattr(pyfuse3.Operations, 'fallocate')
               and 'next_request_spin_us' in inspect.signature(pyfuse3.main).parameters))" 2>/dev/null
@@ -71,7 +73,7 @@ sys.exit(not (hasattr(pyfuse3.Operations, 'fallocate')
 install_pyfuse3() {
   local cache="${XDG_CACHE_HOME:-$HOME/.cache}/pqcfs/wheels"
   local tag
-  tag=$(cat patches/pyfuse3-"$PYFUSE3_VERSION"-*.patch | sha256sum | cut -c1-12)
+  tag=$(patches_tag)
   local wheel
   wheel=$(ls "$cache/$tag"/pyfuse3-"$PYFUSE3_VERSION"-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$wheel" ]; then
@@ -89,6 +91,7 @@ install_pyfuse3() {
     wheel=$(ls "$cache/$tag"/pyfuse3-"$PYFUSE3_VERSION"-*.whl | head -1)
   fi
   .venv/bin/pip install -q --no-deps --force-reinstall "$wheel"
+  echo "$tag" > .venv/.pyfuse3-patches
 }
 
 # What the operating system must find (/usr/bin/pqcfs, the mount(8) and umount helpers,
