@@ -375,10 +375,7 @@ class TabledFS(VaultFS):
             if node.dirty and not node.unlinked:
                 self.save_attrs(node)
         self.write_lazy_atimes()
-        for node in list(self._unsaved.values()):
-            table = self.table_of(node)
-            if not node.unlinked and (table.unsaved or table.gone or table.self_dirty):
-                self._append(node, puts=[table.entries[d] for d in sorted(table.unsaved)])
+        self.write_held()
         for node in list(self._pending.values()):
             if not node.unlinked:
                 self._write_table(node)
@@ -396,20 +393,16 @@ class TabledFS(VaultFS):
                 wanted.append(self._join(dir_node.c_path, disk_name))
         return wanted
 
-    def write_held(self) -> int:
-        """What the tables hold back for their next record (files made, removals) goes
-        to the drives now: the serving loop calls this every few seconds, so that a
-        crash after a burst of work loses no more than those seconds of it (as a local
-        file system's journal commit). Returns how many tables were written."""
-        if self.read_only:
-            return 0
-        written = 0
+    def write_held(self) -> None:
+        """What the tables hold back for their next record (files made, removals, the
+        directory's own times they changed) goes to the drives now: the serving loop
+        calls this every few seconds, so that a crash after a burst of work loses no
+        more than those seconds of it (as a local file system's journal commit), and
+        the unmount calls it last."""
         for node in list(self._unsaved.values()):
             table = self.table_of(node)
-            if not node.unlinked and (table.unsaved or table.gone):
-                self._append(node)
-                written += 1
-        return written
+            if not node.unlinked and (table.unsaved or table.gone or table.self_dirty):
+                self._append(node)      # which takes every held entry along
 
     def write_lazy_atimes(self) -> None:
         for dir_node, _ in list(self._lazy_atimes.values()):

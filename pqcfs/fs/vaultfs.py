@@ -165,10 +165,9 @@ class VaultFS(NamespaceOps):
     def sync_attrs(self, node: Node) -> None:
         """fsync: as save_attrs, and durably."""
 
-    def write_held(self) -> int:
+    def write_held(self) -> None:
         """What waits in memory for a directory's next record reaches the drives (a
         format without such waiting has nothing to write)."""
-        return 0
 
     def settle(self) -> int:
         """Before unmount: what is only in memory reaches the drives. Returns the tree's
