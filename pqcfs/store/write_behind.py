@@ -1,4 +1,4 @@
-"""Sequential write runs through one open backing file, and the writeback they start.
+"""Sequential write runs through one open backing file: when their writeback is due.
 
 A drive's page cache holds what pqcfs wrote until the kernel's flusher gets to it (a
 tenth of the memory dirty, or 30 s old) or an fsync asks. A large file copied to two
@@ -10,30 +10,13 @@ USB stick pulled without an unmount would lose. Durability does not change: an f
 still waits for every byte on every drive, and reports its errors as before (this call
 starts I/O; it does not collect errors). Random and small writes are left alone: a run
 counts once it is contiguous and a MiB long.
+
+Bookkeeping only; the storage layer makes the call (replicas.start_writeback).
 """
 
 from __future__ import annotations
 
-import ctypes
-
 WRITE_BEHIND = 1 << 20       # bytes of a sequential write run before its writeback starts
-
-_SYNC_FILE_RANGE_WRITE = 2   # linux/fs.h: start writeback of dirty pages, do not wait
-
-_libc = ctypes.CDLL(None, use_errno=True)
-try:
-    _sync_file_range = _libc.sync_file_range
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-except AttributeError:       # not Linux/glibc: the flusher and fsync write as before
-    _sync_file_range = None
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing [offset, offset + length) of fd's dirty pages to its drive. Only a
-    hint: an error is the next fsync's to report."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
 
 # A write that starts at most this far before a run's end continues the run: an append
 # that did not end on a block boundary (tar writes 10 KiB records) reseals the run's last

@@ -2,7 +2,7 @@
 
 import os
 
-from pqcfs.store import write_behind
+from pqcfs.store import replicas
 from pqcfs.store.write_behind import WRITE_BEHIND, WriteRun
 
 K = 1024
@@ -53,8 +53,8 @@ def test_writeback_really_starts(tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         os.pwrite(fd, b"z" * 8192, 5 << 30)
-        assert write_behind._sync_file_range(fd, 5 << 30, 8192, write_behind._SYNC_FILE_RANGE_WRITE) == 0
-        write_behind.start_writeback(fd, 5 << 30, 8192)
+        assert replicas._sync_file_range(fd, 5 << 30, 8192, replicas.SYNC_FILE_RANGE_WRITE) == 0
+        replicas.start_writeback(fd, 5 << 30, 8192)
         os.fsync(fd)
         assert os.pread(fd, 8192, 5 << 30) == b"z" * 8192
     finally:
