@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -70,7 +71,6 @@ def big(mnt: str, r: int, size_mb: int) -> dict[str, float]:
 
 def rand(mnt: str, r: int, ops: int) -> dict[str, float]:
     """Random 4 KiB reads of a cold 256 MiB file, then as many random 4 KiB writes (fsync)."""
-    import random
     path = f"{mnt}/rand{r}"
     subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", "count=256", "conv=fsync"],
                    check=True, capture_output=True)
