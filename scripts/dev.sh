@@ -59,8 +59,9 @@ install_python() {
 }
 
 # pyfuse3 3.5.0 with patches/ applied (a fallocate handler, docs/posix.md; a worker that
-# waits for the next request outside trio's loop, docs/benchmarks.md), built from its
-# source release once per patch set and kept as a wheel in the user's cache.
+# waits for the next request outside trio's loop, docs/benchmarks.md; FUSE_HANDLE_KILLPRIV_V2,
+# docs/posix.md), built from its source release once per patch set and kept as a wheel in
+# the user's cache. The patches apply in the order of their names.
 PYFUSE3_VERSION=3.5.0
 patches_tag() { cat patches/pyfuse3-"$PYFUSE3_VERSION"-*.patch | sha256sum | cut -c1-12; }
 # The build in .venv is the one of today's patches (a changed patch builds anew).
@@ -68,7 +69,8 @@ patched_pyfuse3() {
   [ "$(cat .venv/.pyfuse3-patches 2>/dev/null)" = "$(patches_tag)" ] && .venv/bin/python -c "
 import inspect, pyfuse3, sys
 sys.exit(not (hasattr(pyfuse3.Operations, 'fallocate')
-              and 'next_request_spin_us' in inspect.signature(pyfuse3.main).parameters))" 2>/dev/null
+              and 'next_request_spin_us' in inspect.signature(pyfuse3.main).parameters
+              and hasattr(pyfuse3, 'handles_killpriv_v2')))" 2>/dev/null
 }
 install_pyfuse3() {
   local cache="${XDG_CACHE_HOME:-$HOME/.cache}/pqcfs/wheels"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,15 @@ class Caller:
     uid: int = 0
     gid: int = 0
     umask: int = 0o022
+
+
+def without_setid(mode: int) -> int:
+    """The mode after a write, truncation or chown that drops privileges: Linux clears
+    the set-user-ID bit, and the set-group-ID bit where the group may execute (without
+    group execute it marks mandatory locking, not a privilege, and stays)."""
+    if mode & stat.S_IXGRP:
+        return mode & ~(stat.S_ISUID | stat.S_ISGID)
+    return mode & ~stat.S_ISUID
 
 
 def full_c_name(dir_node: Node, p_name: bytes) -> str:

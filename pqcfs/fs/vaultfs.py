@@ -27,7 +27,7 @@ from pqcfs.errors import CryptoError, DamagedStructure, NoSpace, PqcfsError
 from pqcfs.format import names, node_header, sealed_table
 from pqcfs.format.dir_table import FLAG_XATTRS
 from pqcfs.format.node_header import HEADER_LEN, MAGIC_DIR, MAGIC_FILE, MAGIC_LINK, Meta
-from pqcfs.fs.common import Caller, FsError, full_c_name, now_ns  # noqa: F401 - Caller, FsError are part of this API
+from pqcfs.fs.common import Caller, FsError, full_c_name, now_ns, without_setid  # noqa: F401 - Caller, FsError are part of this API
 from pqcfs.fs.content import FileContent
 from pqcfs.fs.inodes import InodeTable, Node
 from pqcfs.fs.namespace import NamespaceOps
@@ -423,12 +423,24 @@ class VaultFS(NamespaceOps):
         self._save_meta(node)
 
     def set_owner(self, node: Node, uid: int | None, gid: int | None) -> None:
+        """chown(2). A file that is not a directory loses its set-ID bits as on Linux,
+        whoever asks (see without_setid)."""
         self._check_writable(node)
         if uid is not None:
             node.meta.uid = uid
         if gid is not None:
             node.meta.gid = gid
+        if not node.is_dir:
+            node.meta.mode = without_setid(node.meta.mode)
         self._save_meta(node)
+
+    def drop_setid(self, node: Node) -> None:
+        """What a write or truncation by a caller without CAP_FSETID does to the file's
+        mode (the kernel marks such requests, and leaves this to the file system, under
+        FUSE_HANDLE_KILLPRIV_V2)."""
+        mode = without_setid(node.meta.mode)
+        if mode != node.meta.mode:
+            self.set_mode(node, mode)
 
     def set_times(self, node: Node, atime_ns: int | None, mtime_ns: int | None) -> None:
         self._check_writable(node)

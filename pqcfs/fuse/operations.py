@@ -83,6 +83,11 @@ class Operations(pyfuse3.Operations):
     # and a file looked larger than the drives held. docs/benchmarks.md has what it cost.
     enable_writeback_cache = False
     enable_acl = False
+    # With pyfuse3 built from patches/: the kernel stops asking for security.capability
+    # before every write(2) (a request of its own, and a wake-up of the writer, per
+    # write), and pqcfs clears set-ID bits where the kernel would have (write, open and
+    # setattr below, VaultFS.set_owner).
+    handle_killpriv_v2 = True
 
     def __init__(self, vfs: VaultFS, audit_files: bool = False):
         super().__init__()
@@ -168,6 +173,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if fields.update_size:
             self.vfs.truncate(node, attr.st_size)
+            if getattr(fields, "kill_suidgid", False):
+                self.vfs.drop_setid(node)
         if fields.update_mode:
             self.vfs.set_mode(node, attr.st_mode)
         if fields.update_uid or fields.update_gid:
@@ -244,7 +251,7 @@ class Operations(pyfuse3.Operations):
         return fi
 
     @_errors
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode, flags, ctx, kill_suidgid=False):
         node = self._node(inode)
         if node.is_dir:
             raise FsError(errno.EISDIR)
@@ -260,6 +267,8 @@ class Operations(pyfuse3.Operations):
             self._file_event("open", node.parent, node.p_name, write=bool(writable))
         if flags & os.O_TRUNC and writable:
             self.vfs.truncate(node, 0)
+            if kill_suidgid:
+                self.vfs.drop_setid(node)
         return self._file_info(node)
 
     @_errors
@@ -273,8 +282,11 @@ class Operations(pyfuse3.Operations):
         return self.vfs.read(self._node(fh), off, size)
 
     @_errors
-    async def write(self, fh, off, buf):
-        return self.vfs.write(self._node(fh), off, buf)
+    async def write(self, fh, off, buf, kill_suidgid=False):
+        node = self._node(fh)
+        if kill_suidgid:
+            self.vfs.drop_setid(node)
+        return self.vfs.write(node, off, buf)
 
     @_errors
     async def fallocate(self, fh, mode, offset, length):

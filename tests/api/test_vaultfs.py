@@ -3,6 +3,7 @@
 import errno
 import os
 import stat
+import types
 
 import pyfuse3
 import pytest
@@ -234,6 +235,64 @@ def test_operations_translate_and_count_lookups(vfs):
             await ops.getxattr(pyfuse3.ROOT_INODE, b"user.none", Ctx())
         assert e.value.errno == pyfuse3.ENOATTR
     trio.run(scenario)
+
+
+def test_set_id_bits_drop_where_the_kernel_marks_it_and_at_every_chown(new_vault, vfs):
+    """Under FUSE_HANDLE_KILLPRIV_V2 the kernel marks the writes, truncations and O_TRUNC
+    opens of callers without CAP_FSETID and leaves the clearing to pqcfs; unmarked ones
+    keep the bits, a chown of a non-directory drops them always. The modes are kept."""
+    ops = Operations(vfs)
+    assert ops.handle_killpriv_v2
+
+    class Ctx:
+        uid, gid, umask, pid = 0, 0, 0o022, 1
+
+    def fields(**set_):
+        names = ("atime", "mtime", "ctime", "mode", "uid", "gid", "size")
+        return types.SimpleNamespace(**{f"update_{n}": set_.get(n, False) for n in names},
+                                     kill_suidgid=set_.get("kill", False))
+
+    async def made(name, mode):
+        fi, entry = await ops.create(pyfuse3.ROOT_INODE, name, stat.S_IFREG | mode, os.O_RDWR, Ctx())
+        await ops.write(fi.fh, 0, b"#!/bin/sh\n")
+        return fi.fh
+
+    def mode_of(ino):
+        return stat.S_IMODE(vfs.inodes[ino].meta.mode)
+
+    async def scenario():
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size, attr.st_uid, attr.st_gid = 1, 4321, 4321
+        plain, marked, locking = [await made(n, m) for n, m in
+                                  ((b"plain", 0o6755), (b"marked", 0o6755), (b"locking", 0o6745))]
+        await ops.write(plain, 0, b"x")                                  # root: no mark
+        await ops.setattr(plain, attr, fields(size=True), plain, Ctx())
+        assert mode_of(plain) == 0o6755
+        await ops.write(marked, 0, b"x", kill_suidgid=True)
+        await ops.write(locking, 0, b"x", kill_suidgid=True)
+        assert (mode_of(marked), mode_of(locking)) == (0o755, 0o2745)
+        for how in ("setattr", "open"):
+            ino = await made(how.encode(), 0o6755)
+            if how == "setattr":
+                await ops.setattr(ino, attr, fields(size=True, kill=True), ino, Ctx())
+            else:
+                await ops.open(ino, os.O_WRONLY | os.O_TRUNC, Ctx(), kill_suidgid=True)
+            assert mode_of(ino) == 0o755, how
+        chowned = await made(b"chowned", 0o6755)
+        await ops.setattr(chowned, attr, fields(uid=True, gid=True), chowned, Ctx())
+        assert mode_of(chowned) == 0o755
+        d = await ops.mkdir(pyfuse3.ROOT_INODE, b"d", stat.S_IFDIR | 0o2775, Ctx())
+        await ops.setattr(d.st_ino, attr, fields(uid=True), None, Ctx())
+        assert mode_of(d.st_ino) == 0o2775                          # a directory keeps it
+        for ino in (plain, marked, locking, chowned):
+            await ops.release(ino)
+    trio.run(scenario)
+    vfs.settle()
+    again = make_vfs(new_vault[0])
+    modes = {n: stat.S_IMODE(again.lookup(again.inodes.root, n).meta.mode)
+             for n in (b"plain", b"marked", b"locking", b"setattr", b"open", b"chowned")}
+    assert modes == {b"plain": 0o6755, b"marked": 0o755, b"locking": 0o2745, b"setattr": 0o755,
+                     b"open": 0o755, b"chowned": 0o755}
 
 
 def test_open_unlinked_file_keeps_working(vfs):

@@ -626,3 +626,48 @@ def directory_times_follow_their_entries(d):
     os.rename(os.path.join(sub, "g"), moved)
     st = os.stat(moved)
     assert st.st_mtime_ns == old and st.st_ctime_ns >= before   # a rename changes the node's ctime
+
+
+@check
+def set_id_bits_drop_as_on_linux(d):
+    """A chown drops a file's set-user-ID bit, and its set-group-ID bit where the group
+    may execute, whoever asks; a write, truncation or O_TRUNC open drops them when the
+    caller is not privileged (root keeps them). pqcfs does this itself: with
+    FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to the file system."""
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    def made(name, bits, gid=0):
+        p = os.path.join(d, name)
+        _write(p, b"#!/bin/sh\n")
+        os.chown(p, 0, gid)
+        os.chmod(p, bits)
+        return p
+
+    os.chmod(d, 0o755)
+    for bits, after_chown in ((0o6755, 0o755), (0o6745, 0o2745), (0o4700, 0o700)):
+        p = made(f"chown-{bits:o}", bits)
+        os.chown(p, 4321, 4321)
+        assert mode(p) == after_chown, (oct(bits), oct(mode(p)))
+    d_sub = os.path.join(d, "sub")
+    os.mkdir(d_sub)
+    os.chmod(d_sub, 0o2775)
+    os.chown(d_sub, 4321, 4321)
+    assert mode(d_sub) == 0o2775                    # a directory keeps its set-group-ID
+
+    for how in ("write", "truncate", "o_trunc"):
+        by_root = made(f"root-{how}", 0o6777)
+        by_nobody = made(f"nobody-{how}", 0o6777)
+        # Without group execute the set-group-ID bit marks mandatory locking and stays
+        # for a writer in the file's group.
+        no_group_x = made(f"nobody-{how}-locking", 0o6767, gid=65534)
+        for p in (by_root, by_nobody, no_group_x):
+            change = {"write": f"echo more >> {p}", "truncate": f"truncate -s 1 {p}",
+                      "o_trunc": f"echo new > {p}"}[how]
+            who = {} if p == by_root else {"user": 65534, "group": 65534}
+            done = subprocess.run(["sh", "-c", change], capture_output=True, **who)
+            assert done.returncode == 0, (how, done.stderr)
+        _drop_caches()
+        assert mode(by_root) == 0o6777, how
+        assert mode(by_nobody) == 0o777, (how, oct(mode(by_nobody)))
+        assert mode(no_group_x) == 0o2767, (how, oct(mode(no_group_x)))

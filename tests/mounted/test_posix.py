@@ -1,7 +1,9 @@
 """The POSIX checklist on real mounts: pqcfs over ext4 and over exFAT stand-in drives."""
 
+import contextlib
 import inspect
 import os
+import re
 import subprocess
 
 import pytest
@@ -80,3 +82,55 @@ def test_a_sequential_reader_gets_a_megabyte_of_read_ahead(vault):
     subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
     with open(p, "rb") as f:
         assert f.read() == data
+
+
+@contextlib.contextmanager
+def fuse_requests_of_this_process():
+    """The FUSE opcodes the kernel sends for this process's system calls while the block
+    runs (the fuse_request_send tracepoint), as a list of names."""
+    tracing = "/sys/kernel/tracing"
+    if not os.path.isdir(os.path.join(tracing, "events", "fuse")):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", tracing], check=True)
+
+    def put(name, value):
+        with open(os.path.join(tracing, name), "w") as f:
+            f.write(value)
+
+    with open(os.path.join(tracing, "tracing_on")) as f:
+        was_on = f.read().strip()
+    seen: list[str] = []
+    put("trace", "")
+    put("events/fuse/fuse_request_send/enable", "1")
+    put("tracing_on", "1")
+    try:
+        yield seen
+    finally:
+        put("tracing_on", was_on)
+        put("events/fuse/fuse_request_send/enable", "0")
+        with open(os.path.join(tracing, "trace")) as f:
+            trace = f.read()
+        put("trace", "")
+    mine = re.compile(rf"-{os.getpid()}\s+\[.*opcode \d+ \((FUSE_\w+)\)")
+    seen.extend(m.group(1) for m in mine.finditer(trace))
+
+
+def test_writes_do_not_ask_for_security_capability_each_time(vault):
+    """Under FUSE_HANDLE_KILLPRIV_V2 the kernel asks once whether a file carries
+    privileges, not before every write(2): each such question was a request of its own,
+    and a wake-up of the writer, per 4 KiB random write."""
+    p = os.path.join(vault.mountpoint, "random-writes")
+    with open(p, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    with fuse_requests_of_this_process() as seen:
+        fd = os.open(p, os.O_RDWR)
+        try:
+            for n in range(50):
+                os.pwrite(fd, os.urandom(4096), (n * 37 % 256) * 4096)
+        finally:
+            os.close(fd)
+    assert seen.count("FUSE_WRITE") == 50, seen
+    assert seen.count("FUSE_GETXATTR") <= 1, seen
+    os.setxattr(p, "security.capability", bytes.fromhex("01000002" + "00" * 16))
+    with open(p, "r+b") as f:                 # a file with privileges loses them at a write
+        f.write(b"x")
+    assert "security.capability" not in os.listxattr(p)
