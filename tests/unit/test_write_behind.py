@@ -3,7 +3,7 @@
 import os
 
 from pqcfs.store import replicas
-from pqcfs.store.write_behind import WRITE_BEHIND, WriteRun
+from pqcfs.store.write_behind import WHOLE_FILE, WRITE_BEHIND, WriteRun
 
 K = 1024
 
@@ -33,10 +33,21 @@ def test_appends_that_rewrite_the_runs_last_block_continue_it():
     assert done[1][0] <= sum(done[0]) < done[1][0] + c_block     # a block the span ended in goes again
 
 
-def test_random_and_small_writes_start_nothing():
+def test_random_writes_start_the_whole_files_writeback_once_a_mib_of_them_waits():
+    """Random 4 KiB writes left every dirty page for the fsync, which then wrote both
+    drives' share one after the other (350 ms after 10,000 such writes on two stand-ins)."""
     run = WriteRun()
     offsets = [(n * 7919 % 5000) * 4124 for n in range(5000)]
-    assert all(run.written(o, 4124) is None for o in offsets)
+    answers = [run.written(o, 4124) for o in offsets]
+    due = [n for n, a in enumerate(answers) if a is not None]
+    assert {answers[n] for n in due} == {WHOLE_FILE}
+    assert len(due) == 5000 * 4124 // WRITE_BEHIND
+    assert all(b - a in (WRITE_BEHIND // 4124, WRITE_BEHIND // 4124 + 1) for a, b in zip(due, due[1:]))
+
+
+def test_small_writes_below_a_mib_start_nothing():
+    run = WriteRun()
+    assert all(run.written(n * 100_000, 4124) is None for n in range(WRITE_BEHIND // 4124 - 1))
 
 
 def test_a_jump_starts_a_new_run():
