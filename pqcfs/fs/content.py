@@ -47,7 +47,13 @@ class FileContent:
         (the replica set's one healing policy)."""
         length, offset = (last - first + 1) * self.C, self._c_off(first)
         eof_index = self._last_index()
+        try:
+            # The common case: one replica read, nothing made for the healing policy.
+            return self.cipher.open(first, self.file.pread(length, offset), eof_index)
+        except BlockCorrupt:
+            return self._heal_blocks(first, last, length, offset, eof_index)
 
+    def _heal_blocks(self, first: int, last: int, length: int, offset: int, eof_index: int) -> bytearray:
         def read(replica: int) -> tuple[bytes, bytes]:
             c_data = self.file.pread(length, offset, replica)
             return self.cipher.open(first, c_data, eof_index), c_data
@@ -57,11 +63,6 @@ class FileContent:
             log.warning("healed blocks %d-%d of a file from replica %d", first, last, source)
             if self.on_heal:
                 self.on_heal(first, last, source)
-        try:
-            # The common case, one replica read and no closure call through the policy.
-            return self.cipher.open(first, self.file.pread(length, offset), eof_index)
-        except BlockCorrupt:
-            pass
         return self.file.first_good(read, heal, (BlockCorrupt,))[0][0]
 
     # The ciphertext file's own operations the tree needs: its header, times and sync.

@@ -41,10 +41,12 @@ def _errno_of(exc: BaseException) -> int:
 
 
 def _errors(fn):
+    """A handler as pyfuse3 calls it: a coroutine around a plain function, which thus can
+    not await (each request is atomic, above), and costs no coroutine of its own."""
     @functools.wraps(fn)
     async def wrapper(self, *args, **kwargs):
         try:
-            return await fn(self, *args, **kwargs)
+            return fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except (PqcfsError, OSError, names.InvalidName) as e:
@@ -144,7 +146,7 @@ class Operations(pyfuse3.Operations):
     # --- lookup counts --------------------------------------------------------------
 
     @_errors
-    async def lookup(self, parent_inode, name, ctx=None):
+    def lookup(self, parent_inode, name, ctx=None):
         try:
             node = self.vfs.lookup(self._node(parent_inode), name)
         except FsError as e:
@@ -165,11 +167,11 @@ class Operations(pyfuse3.Operations):
     # --- attributes -----------------------------------------------------------------
 
     @_errors
-    async def getattr(self, inode, ctx=None):
+    def getattr(self, inode, ctx=None):
         return self.attrs(self._node(inode))
 
     @_errors
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
         if fields.update_size:
             self.vfs.truncate(node, attr.st_size)
@@ -186,14 +188,14 @@ class Operations(pyfuse3.Operations):
         return self.attrs(node)
 
     @_errors
-    async def readlink(self, inode, ctx):
+    def readlink(self, inode, ctx):
         node = self._node(inode)
         if not stat.S_ISLNK(node.meta.mode):
             raise FsError(errno.EINVAL)
         return self.vfs.read_all(node)
 
     @_errors
-    async def statfs(self, ctx):
+    def statfs(self, ctx):
         st = self.vfs.replicas.statvfs()
         out = pyfuse3.StatvfsData()
         out.f_bsize, out.f_frsize = st.f_bsize, st.f_frsize
@@ -205,37 +207,37 @@ class Operations(pyfuse3.Operations):
     # --- creating and removing ------------------------------------------------------
 
     @_errors
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    def mknod(self, parent_inode, name, mode, rdev, ctx):
         node = self.vfs.create_file(self._node(parent_inode), name, mode, _caller(ctx), rdev)
         return self._entry(node)
 
     @_errors
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    def mkdir(self, parent_inode, name, mode, ctx):
         self._file_event("mkdir", self._node(parent_inode), name)
         return self._entry(self.vfs.mkdir(self._node(parent_inode), name, mode, _caller(ctx)))
 
     @_errors
-    async def symlink(self, parent_inode, name, target, ctx):
+    def symlink(self, parent_inode, name, target, ctx):
         node = self.vfs.create_file(self._node(parent_inode), name, stat.S_IFLNK | 0o777, _caller(ctx),
                                     content=target)
         return self._entry(node)
 
     @_errors
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    def link(self, inode, new_parent_inode, new_name, ctx):
         return self._entry(self.vfs.link(self._node(inode), self._node(new_parent_inode), new_name))
 
     @_errors
-    async def unlink(self, parent_inode, name, ctx):
+    def unlink(self, parent_inode, name, ctx):
         self._file_event("unlink", self._node(parent_inode), name)
         self.vfs.unlink(self._node(parent_inode), name)
 
     @_errors
-    async def rmdir(self, parent_inode, name, ctx):
+    def rmdir(self, parent_inode, name, ctx):
         self._file_event("rmdir", self._node(parent_inode), name)
         self.vfs.rmdir(self._node(parent_inode), name)
 
     @_errors
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._file_event("rename", self._node(parent_inode_old), name_old,
                          to=name_new.decode("utf-8", "surrogateescape"))
         self.vfs.rename(self._node(parent_inode_old), name_old, self._node(parent_inode_new), name_new,
@@ -251,7 +253,7 @@ class Operations(pyfuse3.Operations):
         return fi
 
     @_errors
-    async def open(self, inode, flags, ctx, kill_suidgid=False):
+    def open(self, inode, flags, ctx, kill_suidgid=False):
         node = self._node(inode)
         if node.is_dir:
             raise FsError(errno.EISDIR)
@@ -272,24 +274,24 @@ class Operations(pyfuse3.Operations):
         return self._file_info(node)
 
     @_errors
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    def create(self, parent_inode, name, mode, flags, ctx):
         node = self.vfs.create(self._node(parent_inode), name, mode, _caller(ctx))
         self._file_event("create", self._node(parent_inode), name)
         return self._file_info(node), self._entry(node)
 
     @_errors
-    async def read(self, fh, off, size):
+    def read(self, fh, off, size):
         return self.vfs.read(self._node(fh), off, size)
 
     @_errors
-    async def write(self, fh, off, buf, kill_suidgid=False):
+    def write(self, fh, off, buf, kill_suidgid=False):
         node = self._node(fh)
         if kill_suidgid:
             self.vfs.drop_setid(node)
         return self.vfs.write(node, off, buf)
 
     @_errors
-    async def fallocate(self, fh, mode, offset, length):
+    def fallocate(self, fh, mode, offset, length):
         # Reached only through pyfuse3 with patches/ applied (scripts/dev.sh builds it);
         # a stock pyfuse3 never asks, and the kernel says EOPNOTSUPP itself.
         self.vfs.fallocate(self._node(fh), mode, offset, length)
@@ -301,17 +303,17 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_errors
-    async def fsync(self, fh, datasync):
+    def fsync(self, fh, datasync):
         self.vfs.fsync(self._node(fh), bool(datasync))
 
     @_errors
-    async def release(self, fh):
+    def release(self, fh):
         self.vfs.release(self._node(fh))
 
     # --- directories ----------------------------------------------------------------
 
     @_errors
-    async def opendir(self, inode, ctx):
+    def opendir(self, inode, ctx):
         node = self._node(inode)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
@@ -322,7 +324,7 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @_errors
-    async def readdir(self, fh, start_id, token):
+    def readdir(self, fh, start_id, token):
         node, entries = self._open_dirs[fh]
         # Offsets 0 and 1 are "." and ".." (the root is its own parent), as ext4 lists them.
         # The kernel takes no reference for either (fuse_direntplus_link skips them), so
@@ -351,14 +353,14 @@ class Operations(pyfuse3.Operations):
         self._open_dirs.pop(fh, None)
 
     @_errors
-    async def fsyncdir(self, fh, datasync):
+    def fsyncdir(self, fh, datasync):
         node, _ = self._open_dirs[fh]
         self.vfs.replicas.fsync_dir(node.c_path)
 
     # --- extended attributes --------------------------------------------------------
 
     @_errors
-    async def getxattr(self, inode, name, ctx):
+    def getxattr(self, inode, name, ctx):
         _refuse_acl(name)
         value = self.vfs.xattrs(self._node(inode)).get(name)
         if value is None:
@@ -368,16 +370,16 @@ class Operations(pyfuse3.Operations):
         return value
 
     @_errors
-    async def setxattr(self, inode, name, value, ctx):
+    def setxattr(self, inode, name, value, ctx):
         _refuse_acl(name)
         self.vfs.set_xattr(self._node(inode), name, value)
 
     @_errors
-    async def listxattr(self, inode, ctx):
+    def listxattr(self, inode, ctx):
         return [name for name in self.vfs.xattrs(self._node(inode)) if name not in POSIX_ACLS]
 
     @_errors
-    async def removexattr(self, inode, name, ctx):
+    def removexattr(self, inode, name, ctx):
         _refuse_acl(name)
         try:
             self.vfs.set_xattr(self._node(inode), name, None)

@@ -51,7 +51,7 @@ class SnapshotOperations(pyfuse3.Operations):
         return a
 
     @_errors
-    async def lookup(self, parent_inode, name, ctx=None):
+    def lookup(self, parent_inode, name, ctx=None):
         try:
             return self.attrs(self.vfs.lookup(self._node(parent_inode), name))
         except FsError as e:
@@ -66,18 +66,18 @@ class SnapshotOperations(pyfuse3.Operations):
         pass      # the tree is small and fixed: every node it made stays known
 
     @_errors
-    async def getattr(self, inode, ctx=None):
+    def getattr(self, inode, ctx=None):
         return self.attrs(self._node(inode))
 
     @_errors
-    async def readlink(self, inode, ctx):
+    def readlink(self, inode, ctx):
         node = self._node(inode)
         if not stat.S_ISLNK(node.entry.mode):
             raise FsError(errno.EINVAL)
         return self.vfs.read_all(node)
 
     @_errors
-    async def statfs(self, ctx):
+    def statfs(self, ctx):
         st = os.statvfs(self.vfs.drives[0].location)
         out = pyfuse3.StatvfsData()
         out.f_bsize, out.f_frsize = st.f_bsize, st.f_frsize
@@ -87,7 +87,7 @@ class SnapshotOperations(pyfuse3.Operations):
         return out
 
     @_errors
-    async def open(self, inode, flags, ctx):
+    def open(self, inode, flags, ctx):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise FsError(errno.EROFS)
         node = self._node(inode)
@@ -98,21 +98,21 @@ class SnapshotOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_errors
-    async def read(self, fh, off, size):
+    def read(self, fh, off, size):
         return self._files[fh].read(off, size)
 
     async def release(self, fh):
         self._files.pop(fh, None)
 
     @_errors
-    async def opendir(self, inode, ctx):
+    def opendir(self, inode, ctx):
         node = self._node(inode)
         fh = self._fh()
         self._dirs[fh] = (node, self.vfs.listdir(node))
         return fh
 
     @_errors
-    async def readdir(self, fh, start_id, token):
+    def readdir(self, fh, start_id, token):
         node, entries = self._dirs[fh]
         for offset, name, target in ((0, b".", node), (1, b"..", node.parent or node)):
             if start_id <= offset and not pyfuse3.readdir_reply(token, name, self.attrs(target), offset + 1):
@@ -127,12 +127,12 @@ class SnapshotOperations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @_errors
-    async def getxattr(self, inode, name, ctx):
+    def getxattr(self, inode, name, ctx):
         value = None if name in POSIX_ACLS else self.vfs.xattrs(self._node(inode)).get(name)
         if value is None:
             raise FsError(pyfuse3.ENOATTR)
         return value
 
     @_errors
-    async def listxattr(self, inode, ctx):
+    def listxattr(self, inode, ctx):
         return [name for name in self.vfs.xattrs(self._node(inode)) if name not in POSIX_ACLS]
