@@ -173,6 +173,14 @@ class Operations(pyfuse3.Operations):
     @_errors
     def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
+        if not (fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid
+                or fields.update_atime or fields.update_mtime or fields.update_ctime):
+            # Nothing to set: the kernel's own request to drop set-ID bits (a fallocate, or
+            # a write it did not mark, by a caller without CAP_FSETID), whose mode FUSE
+            # leaves to the file system under FUSE_HANDLE_KILLPRIV_V2.
+            if not node.is_dir:
+                self.vfs.drop_setid(node)
+            return self.attrs(node)
         if fields.update_size:
             self.vfs.truncate(node, attr.st_size)
             if getattr(fields, "kill_suidgid", False):

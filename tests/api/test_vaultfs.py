@@ -278,13 +278,20 @@ def test_set_id_bits_drop_where_the_kernel_marks_it_and_at_every_chown(new_vault
             else:
                 await ops.open(ino, os.O_WRONLY | os.O_TRUNC, Ctx(), kill_suidgid=True)
             assert mode_of(ino) == 0o755, how
+        # A setattr with nothing to set is the kernel's own request (a fallocate by such
+        # a caller); a directory is left alone.
+        asked = await made(b"asked", 0o6755)
+        await ops.setattr(asked, attr, fields(), asked, Ctx())
+        assert mode_of(asked) == 0o755
         chowned = await made(b"chowned", 0o6755)
         await ops.setattr(chowned, attr, fields(uid=True, gid=True), chowned, Ctx())
         assert mode_of(chowned) == 0o755
         d = await ops.mkdir(pyfuse3.ROOT_INODE, b"d", stat.S_IFDIR | 0o2775, Ctx())
         await ops.setattr(d.st_ino, attr, fields(uid=True), None, Ctx())
         assert mode_of(d.st_ino) == 0o2775                          # a directory keeps it
-        for ino in (plain, marked, locking, chowned):
+        await ops.setattr(d.st_ino, attr, fields(), None, Ctx())
+        assert mode_of(d.st_ino) == 0o2775
+        for ino in (plain, marked, locking, asked, chowned):
             await ops.release(ino)
     trio.run(scenario)
     vfs.settle()

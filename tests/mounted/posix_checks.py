@@ -632,7 +632,8 @@ def directory_times_follow_their_entries(d):
 def set_id_bits_drop_as_on_linux(d):
     """A chown drops a file's set-user-ID bit, and its set-group-ID bit where the group
     may execute, whoever asks; a write, truncation or O_TRUNC open drops them when the
-    caller is not privileged (root keeps them). pqcfs does this itself: with
+    caller is not privileged (root keeps them), and so does a fallocate that grows the
+    file. pqcfs does this itself: with
     FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to the file system."""
     def mode(p):
         return stat.S_IMODE(os.stat(p).st_mode)
@@ -655,7 +656,7 @@ def set_id_bits_drop_as_on_linux(d):
     os.chown(d_sub, 4321, 4321)
     assert mode(d_sub) == 0o2775                    # a directory keeps its set-group-ID
 
-    for how in ("write", "truncate", "o_trunc"):
+    for how in ("write", "truncate", "o_trunc", "fallocate"):
         by_root = made(f"root-{how}", 0o6777)
         by_nobody = made(f"nobody-{how}", 0o6777)
         # Without group execute the set-group-ID bit marks mandatory locking and stays
@@ -663,7 +664,7 @@ def set_id_bits_drop_as_on_linux(d):
         no_group_x = made(f"nobody-{how}-locking", 0o6767, gid=65534)
         for p in (by_root, by_nobody, no_group_x):
             change = {"write": f"echo more >> {p}", "truncate": f"truncate -s 1 {p}",
-                      "o_trunc": f"echo new > {p}"}[how]
+                      "o_trunc": f"echo new > {p}", "fallocate": f"fallocate -l 65536 {p}"}[how]
             who = {} if p == by_root else {"user": 65534, "group": 65534}
             done = subprocess.run(["sh", "-c", change], capture_output=True, **who)
             assert done.returncode == 0, (how, done.stderr)
