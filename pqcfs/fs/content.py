@@ -41,7 +41,7 @@ class FileContent:
         size = self.size if size is None else size
         return (size - 1) // self.B if size else -1
 
-    def _read_blocks(self, first: int, last: int) -> bytearray:
+    def _read_blocks(self, first: int, last: int) -> bytes | bytearray:
         """Plaintext of blocks first..last (inclusive); blocks that fail on the serving
         replica come from the first replica where they authenticate, and are healed there
         (the replica set's one healing policy)."""
@@ -53,7 +53,7 @@ class FileContent:
         except BlockCorrupt:
             return self._heal_blocks(first, last, length, offset, eof_index)
 
-    def _heal_blocks(self, first: int, last: int, length: int, offset: int, eof_index: int) -> bytearray:
+    def _heal_blocks(self, first: int, last: int, length: int, offset: int, eof_index: int) -> bytes | bytearray:
         def read(replica: int) -> tuple[bytes, bytes]:
             c_data = self.file.pread(length, offset, replica)
             return self.cipher.open(first, c_data, eof_index), c_data

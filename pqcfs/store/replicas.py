@@ -479,8 +479,10 @@ class MirroredFile:
                 try:
                     return os.pread(fd, size, offset)
                 except OSError as e:
-                    if not drive_failed(e):
-                        raise     # a failing drive goes the general way, to the next
+                    # As serve does: a failed drive is dropped, and the next one serves
+                    # below (not asked again: a pulled stick can take seconds to say EIO).
+                    if not drive_failed(e) or not self.replicas.survives(0, e):
+                        raise
         return self.replicas.serve(replica, lambda: self.serving, lambda n: os.pread(self.fds[n], size, offset))
 
     @property

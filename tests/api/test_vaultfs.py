@@ -369,6 +369,32 @@ def test_the_size_cap_follows_the_drives_serving(vfs, monkeypatch):
         bigger.close()
 
 
+def test_a_read_the_primary_fails_is_served_by_the_backup_asking_the_primary_once(vfs, monkeypatch):
+    """A drive failing under a read (EIO from a pulled stick, which can take seconds to
+    come) drops the primary and the backup serves; the primary is not asked again."""
+    from pqcfs.store import replicas as replicas_mod
+    root = vfs.inodes.root
+    f = vfs.create_file(root, b"f", stat.S_IFREG | 0o644, ME)
+    data = os.urandom(3 * 4096)
+    write(vfs, f, 0, data)
+    content = vfs.open(f, False)
+    content.file._open_later()                           # a reader opens the rest on need
+    primary_fd = content.file.fds[0]
+    real, asked = os.pread, []
+
+    def pread(fd, size, offset):
+        if fd == primary_fd:
+            asked.append(offset)
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, size, offset)
+    monkeypatch.setattr(replicas_mod.os, "pread", pread)
+    assert bytes(vfs.read(f, 4096, 4096)) == data[4096:8192]
+    assert len(asked) == 1 and 0 in vfs.replicas.failed
+    assert bytes(vfs.read(f, 0, 4096)) == data[:4096] and len(asked) == 1
+    monkeypatch.undo()
+    vfs.release(f)
+
+
 def test_inode_numbers_never_change_for_the_life_of_a_file(new_vault, vfs):
     """What backup tools and build systems rely on: st_ino of a file is the same after
     the kernel forgets it, after a rename or a move, for every hard link, after a remount,
