@@ -89,27 +89,32 @@ def fuse_requests_of_this_process():
     """The FUSE opcodes the kernel sends for this process's system calls while the block
     runs (the fuse_request_send tracepoint), as a list of names."""
     tracing = "/sys/kernel/tracing"
-    if not os.path.isdir(os.path.join(tracing, "events", "fuse")):
+    mounted = not os.path.isdir(os.path.join(tracing, "events", "fuse"))
+    if mounted:
         subprocess.run(["mount", "-t", "tracefs", "nodev", tracing], check=True)
 
     def put(name, value):
         with open(os.path.join(tracing, name), "w") as f:
             f.write(value)
 
-    with open(os.path.join(tracing, "tracing_on")) as f:
-        was_on = f.read().strip()
-    seen: list[str] = []
-    put("trace", "")
-    put("events/fuse/fuse_request_send/enable", "1")
-    put("tracing_on", "1")
     try:
-        yield seen
-    finally:
-        put("tracing_on", was_on)
-        put("events/fuse/fuse_request_send/enable", "0")
-        with open(os.path.join(tracing, "trace")) as f:
-            trace = f.read()
+        with open(os.path.join(tracing, "tracing_on")) as f:
+            was_on = f.read().strip()
+        seen: list[str] = []
         put("trace", "")
+        put("events/fuse/fuse_request_send/enable", "1")
+        put("tracing_on", "1")
+        try:
+            yield seen
+        finally:
+            put("tracing_on", was_on)
+            put("events/fuse/fuse_request_send/enable", "0")
+            with open(os.path.join(tracing, "trace")) as f:
+                trace = f.read()
+            put("trace", "")
+    finally:
+        if mounted:                               # only what this test mounted
+            subprocess.run(["umount", tracing], check=False)
     mine = re.compile(rf"-{os.getpid()}\s+\[.*opcode \d+ \((FUSE_\w+)\)")
     seen.extend(m.group(1) for m in mine.finditer(trace))
 
